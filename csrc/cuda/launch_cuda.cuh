@@ -1,0 +1,39 @@
+// Runs a step functor (step_functors.h) over [0, n) on the current CUDA stream:
+// one grid-stride kernel for every functor, checked after every launch.
+#pragma once
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <algorithm>
+
+namespace rnnfused {
+
+template <typename Functor>
+__global__ void step_kernel(int64_t n, Functor f) {
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += stride) {
+    f(i);
+  }
+}
+
+struct CudaLaunch {
+  using Guard = c10::cuda::CUDAGuard;
+
+  static constexpr int kThreads = 256;
+
+  template <typename Functor>
+  static void run(int64_t n, const Functor& f) {
+    if (n == 0) return;
+    const int64_t max_blocks =
+        static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 32;
+    const int64_t blocks = std::min<int64_t>((n + kThreads - 1) / kThreads, max_blocks);
+    step_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        n, f);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+};
+
+}  // namespace rnnfused

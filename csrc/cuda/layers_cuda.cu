@@ -1,0 +1,10 @@
+// CUDA kernels of every layer op: the shared drivers (cuBLAS GEMMs through ATen
+// on the current stream) with the CUDA step launcher.
+#include <torch/library.h>
+
+#include "../layers/ops_impl.h"
+#include "launch_cuda.cuh"
+
+TORCH_LIBRARY_IMPL(rnnfused, CUDA, m) {
+  RNNFUSED_REGISTER_LAYER_OPS(m, rnnfused::CudaLaunch);
+}

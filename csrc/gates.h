@@ -1,0 +1,132 @@
+// Gate math of every cell, forward and backward: the one copy shared by the CPU
+// loops and the CUDA kernels. Scalar functions over the accumulation type `T`
+// (float for float/half/bfloat16 storage, double for double); no tensors, no
+// indexing. Gate order and formulas are torch.nn's.
+#pragma once
+
+#include <c10/macros/Macros.h>
+#include <cmath>
+
+namespace rnnfused {
+
+template <typename T>
+C10_HOST_DEVICE inline T sigmoid(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+
+// ---------------------------------------------------------------- RNN
+// h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu.
+template <typename T>
+C10_HOST_DEVICE inline T rnn_forward(T preactivation, bool relu) {
+  if (relu) {
+    // NaN propagates as in torch.relu (x > 0 is false for NaN, so test x < 0).
+    return preactivation < T(0) ? T(0) : preactivation;
+  }
+  return std::tanh(preactivation);
+}
+
+// d_pre given the output h' of the activation and d_h' (the gradient on h').
+template <typename T>
+C10_HOST_DEVICE inline T rnn_backward(T h, T d_h, bool relu) {
+  if (relu) {
+    return h > T(0) ? d_h : T(0);
+  }
+  return d_h * (T(1) - h * h);
+}
+
+// ---------------------------------------------------------------- LSTM
+// Gates i, f, g, o (rows of weight_ih in this order).
+template <typename T>
+struct LstmGates {
+  T i, f, g, o;
+};
+
+// Activated gates from the pre-activations (x and h products plus both biases).
+template <typename T>
+C10_HOST_DEVICE inline LstmGates<T> lstm_activate(T pre_i, T pre_f, T pre_g, T pre_o) {
+  return {sigmoid(pre_i), sigmoid(pre_f), std::tanh(pre_g), sigmoid(pre_o)};
+}
+
+// c' = f * c + i * g
+template <typename T>
+C10_HOST_DEVICE inline T lstm_cell(const LstmGates<T>& a, T c_prev) {
+  return a.f * c_prev + a.i * a.g;
+}
+
+// The hidden output before the projection: o * tanh(c').
+template <typename T>
+C10_HOST_DEVICE inline T lstm_hidden(const LstmGates<T>& a, T c) {
+  return a.o * std::tanh(c);
+}
+
+template <typename T>
+struct LstmGrads {
+  LstmGates<T> d_pre;  // gradient on the four pre-activations
+  T d_c_prev;          // gradient on the previous cell state
+};
+
+// Backward of one unit. `d_hidden`: gradient on o*tanh(c') (after the projection's
+// backward, if any); `d_c`: gradient on c' arriving from the next step.
+template <typename T>
+C10_HOST_DEVICE inline LstmGrads<T> lstm_backward(
+    const LstmGates<T>& a, T c, T c_prev, T d_hidden, T d_c) {
+  const T tanh_c = std::tanh(c);
+  const T d_o = d_hidden * tanh_c;
+  const T d_cell = d_c + d_hidden * a.o * (T(1) - tanh_c * tanh_c);
+  LstmGrads<T> out;
+  out.d_pre.i = d_cell * a.g * a.i * (T(1) - a.i);
+  out.d_pre.f = d_cell * c_prev * a.f * (T(1) - a.f);
+  out.d_pre.g = d_cell * a.i * (T(1) - a.g * a.g);
+  out.d_pre.o = d_o * a.o * (T(1) - a.o);
+  out.d_c_prev = d_cell * a.f;
+  return out;
+}
+
+// ---------------------------------------------------------------- GRU
+// Gates r, z, n. `x_*` include b_ih, `h_*` include b_hh:
+//   r = sigmoid(x_r + h_r), z = sigmoid(x_z + h_z), n = tanh(x_n + r * h_n),
+//   h' = (1 - z) * n + z * h.
+template <typename T>
+struct GruGates {
+  T r, z, n;
+  T h_n;  // W_hn h + b_hn, kept for the backward
+};
+
+template <typename T>
+C10_HOST_DEVICE inline GruGates<T> gru_activate(T x_r, T x_z, T x_n, T h_r, T h_z, T h_n) {
+  const T r = sigmoid(x_r + h_r);
+  const T z = sigmoid(x_z + h_z);
+  const T n = std::tanh(x_n + r * h_n);
+  return {r, z, n, h_n};
+}
+
+template <typename T>
+C10_HOST_DEVICE inline T gru_hidden(const GruGates<T>& a, T h_prev) {
+  return (T(1) - a.z) * a.n + a.z * h_prev;
+}
+
+template <typename T>
+struct GruGrads {
+  T d_x_r, d_x_z, d_x_n;  // gradient on the input-side pre-activations (and b_ih)
+  T d_h_r, d_h_z, d_h_n;  // gradient on the hidden-side products (and b_hh)
+  T d_h_prev_direct;      // the part of d h that skips W_hh (z * d_h')
+};
+
+template <typename T>
+C10_HOST_DEVICE inline GruGrads<T> gru_backward(const GruGates<T>& a, T h_prev, T d_h) {
+  const T d_n = d_h * (T(1) - a.z);
+  const T d_z = d_h * (h_prev - a.n);
+  const T d_n_pre = d_n * (T(1) - a.n * a.n);
+  const T d_r = d_n_pre * a.h_n;
+  GruGrads<T> out;
+  out.d_x_r = d_r * a.r * (T(1) - a.r);
+  out.d_x_z = d_z * a.z * (T(1) - a.z);
+  out.d_x_n = d_n_pre;
+  out.d_h_r = out.d_x_r;
+  out.d_h_z = out.d_x_z;
+  out.d_h_n = d_n_pre * a.r;
+  out.d_h_prev_direct = d_h * a.z;
+  return out;
+}
+
+}  // namespace rnnfused

@@ -1,0 +1,141 @@
+// What the three layer drivers share: the step schedule over a dense or packed
+// sequence, the GEMM helpers, and the weight gradients formed after the loop.
+// Everything here is device-generic ATen (cuBLAS on CUDA, the CPU BLAS on CPU).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "../checks.h"
+
+namespace rnnfused {
+
+// The rows of the [N, *] sequence matrix that each step touches, in processing
+// order (time T-1 first when `reverse`). Dense input [T, B, *] is batch_sizes
+// {B, ..., B}. A packed sequence's batch sizes do not increase with time, so in
+// the reverse direction every sequence starts at its own last step.
+class Schedule {
+ public:
+  Schedule(const char* op, const LayerSizes& sizes, const at::Tensor& input,
+           const std::optional<at::Tensor>& batch_sizes, bool reverse)
+      : reverse_(reverse) {
+    if (batch_sizes.has_value() && batch_sizes->defined()) {
+      const at::Tensor bs = batch_sizes->contiguous();
+      const int64_t* data = bs.data_ptr<int64_t>();
+      rows_.assign(data, data + bs.numel());
+      int64_t total = 0;
+      for (size_t t = 0; t < rows_.size(); ++t) {
+        const int64_t limit = t == 0 ? sizes.batch : rows_[t - 1];
+        TORCH_CHECK(rows_[t] >= 0 && rows_[t] <= limit, op, ": expected 'batch_sizes'[", t,
+                    "] in [0, ", limit, "] (batch sizes never increase and never exceed ",
+                    "hx.size(0) = ", sizes.batch, "), got ", rows_[t]);
+        total += rows_[t];
+      }
+      TORCH_CHECK(rows_.empty() || rows_[0] == sizes.batch, op,
+                  ": expected 'batch_sizes'[0] == hx.size(0) = ", sizes.batch, ", got ",
+                  rows_[0]);
+      TORCH_CHECK(total == sizes.rows, op, ": expected sum('batch_sizes') == input.size(0) = ",
+                  sizes.rows, ", got ", total);
+    } else {
+      rows_.assign(input.size(0), sizes.batch);
+    }
+    offsets_.resize(rows_.size());
+    int64_t offset = 0;
+    for (size_t t = 0; t < rows_.size(); ++t) {
+      offsets_[t] = offset;
+      offset += rows_[t];
+    }
+  }
+
+  int64_t steps() const { return static_cast<int64_t>(rows_.size()); }
+  int64_t time(int64_t s) const { return reverse_ ? steps() - 1 - s : s; }
+  int64_t rows(int64_t s) const { return rows_[time(s)]; }
+  int64_t offset(int64_t s) const { return offsets_[time(s)]; }
+  // Rows of the previous processing step (0 before the first).
+  int64_t rows_before(int64_t s) const { return s == 0 ? 0 : rows(s - 1); }
+  int64_t offset_before(int64_t s) const { return s == 0 ? 0 : offset(s - 1); }
+
+  // For every row of the sequence, the row holding its previous state: a row of
+  // `sequence` [N, D] or, for a sequence's first step, a row of `initial` [B, D].
+  // Returns [N, D]: the matrix the recurrent weight gradient multiplies.
+  at::Tensor previous(const at::Tensor& sequence, const at::Tensor& initial) const {
+    const int64_t n = sequence.size(0);
+    std::vector<int64_t> index(n);
+    for (int64_t s = 0; s < steps(); ++s) {
+      const int64_t before = rows_before(s), offset_prev = offset_before(s);
+      for (int64_t b = 0; b < rows(s); ++b) {
+        index[offset(s) + b] = b < before ? offset_prev + b : n + b;
+      }
+    }
+    const at::Tensor index_t =
+        at::tensor(index, at::TensorOptions().dtype(at::kLong)).to(sequence.device());
+    return at::cat({sequence, initial}, 0).index_select(0, index_t);
+  }
+
+ private:
+  bool reverse_;
+  std::vector<int64_t> rows_;     // batch size at each time
+  std::vector<int64_t> offsets_;  // first row of each time in [N, *]
+};
+
+// out = a @ b^T, into an existing buffer. a: [m, k], b: [n, k], out: [m, n].
+inline void matmul_nt(at::Tensor out, const at::Tensor& a, const at::Tensor& b) {
+  at::mm_out(out, a, b.t());
+}
+
+// x_proj = input @ w_ih^T + bias: the input projection of every step as one GEMM.
+// input: [N, I], w_ih: [G*H, I], bias: [G*H] or undefined. Returns [N, G*H].
+inline at::Tensor input_projection(const at::Tensor& input, const at::Tensor& w_ih,
+                                   const at::Tensor& bias) {
+  if (bias.defined()) {
+    return at::addmm(bias, input, w_ih.t());
+  }
+  return at::mm(input, w_ih.t());
+}
+
+// The sum of the biases that enter the pre-activations together (RNN, LSTM).
+inline at::Tensor combined_bias(const std::optional<at::Tensor>& b_ih,
+                                const std::optional<at::Tensor>& b_hh) {
+  const bool has_ih = b_ih.has_value() && b_ih->defined();
+  const bool has_hh = b_hh.has_value() && b_hh->defined();
+  if (has_ih && has_hh) return *b_ih + *b_hh;
+  if (has_ih) return *b_ih;
+  if (has_hh) return *b_hh;
+  return at::Tensor();
+}
+
+inline at::Tensor empty_grad(const at::Tensor& like) { return at::empty({0}, like.options()); }
+
+// Which gradients the caller needs: [input, initial states, weights and biases].
+struct GradMask {
+  bool input, states, weights;
+};
+
+struct WeightGrads {
+  at::Tensor w_ih, w_hh, b_ih, b_hh;
+};
+
+// The parameter gradients as large GEMMs over all steps.
+//   d_x: [N, G*H] gradient on the input-side pre-activations, d_h: [N, G*H] on the
+//   hidden-side products (the same tensor for RNN and LSTM), input: [N, I],
+//   h_prev: [N, P] the previous state of every row.
+inline WeightGrads weight_grads(const at::Tensor& d_x, const at::Tensor& d_h,
+                                const at::Tensor& input, const at::Tensor& h_prev,
+                                bool has_bias) {
+  WeightGrads g;
+  g.w_ih = at::mm(d_x.t(), input);
+  g.w_hh = at::mm(d_h.t(), h_prev);
+  if (has_bias) {
+    g.b_ih = d_x.sum(0);
+    g.b_hh = d_h.is_same(d_x) ? g.b_ih.clone() : d_h.sum(0);
+  } else {
+    g.b_ih = empty_grad(d_x);
+    g.b_hh = empty_grad(d_x);
+  }
+  return g;
+}
+
+}  // namespace rnnfused

@@ -1,0 +1,73 @@
+// One GRU layer in one direction, forward and backward (see lstm.h for the shape
+// of the loop). b_hh stays out of the input projection: r multiplies W_hn h + b_hn.
+#pragma once
+
+#include "../step_functors.h"
+#include "common.h"
+
+namespace rnnfused {
+
+// input: [N, I], h0: [B, H]. Returns output [N, H], h_n [B, H], workspace [N, 4H]
+// (r, z, n, W_hn h + b_hn of every row).
+template <typename scalar_t, typename Launch>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
+    const LayerSizes& sz, const Schedule& sched, const at::Tensor& input, const at::Tensor& h0,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& b_ih,
+    const at::Tensor& b_hh) {
+  const int64_t H = sz.hidden, B = sz.batch, N = sz.rows;
+  const at::Tensor x_proj = input_projection(input, w_ih, b_ih);  // [N, 3H]
+  at::Tensor output = at::empty({N, H}, input.options());
+  at::Tensor workspace = at::empty({N, 4 * H}, input.options());
+  at::Tensor h = h0.clone(at::MemoryFormat::Contiguous);  // running state [B, H]
+  at::Tensor h_proj = at::empty({B, 3 * H}, input.options());
+
+  for (int64_t s = 0; s < sched.steps(); ++s) {
+    const int64_t rows = sched.rows(s), off = sched.offset(s);
+    if (rows == 0) continue;
+    at::Tensor out_rows = output.narrow(0, off, rows);
+    matmul_nt(h_proj.narrow(0, 0, rows), h.narrow(0, 0, rows), w_hh);
+    Launch::run(rows * H, GruForwardStep<scalar_t>{
+        x_proj.data_ptr<scalar_t>() + off * 3 * H, h_proj.data_ptr<scalar_t>(),
+        b_hh.defined() ? b_hh.data_ptr<scalar_t>() : nullptr, h.data_ptr<scalar_t>(),
+        workspace.data_ptr<scalar_t>() + off * 4 * H, out_rows.data_ptr<scalar_t>(), H});
+    h.narrow(0, 0, rows).copy_(out_rows);
+  }
+  return {output, h, workspace};
+}
+
+// Returns grad_input [N, I], grad_h0 [B, H], grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh.
+template <typename scalar_t, typename Launch>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_backward(
+    const LayerSizes& sz, const Schedule& sched, const at::Tensor& grad_output,
+    const at::Tensor& grad_h_n, const at::Tensor& input, const at::Tensor& h0,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
+    const at::Tensor& workspace, bool has_bias, GradMask mask) {
+  const int64_t H = sz.hidden, N = sz.rows;
+  at::Tensor d_h = grad_h_n.clone(at::MemoryFormat::Contiguous);  // [B, H]
+  at::Tensor d_x = at::empty({N, 3 * H}, input.options());
+  at::Tensor d_hh = at::empty({N, 3 * H}, input.options());
+
+  for (int64_t s = sched.steps() - 1; s >= 0; --s) {
+    const int64_t rows = sched.rows(s), off = sched.offset(s);
+    if (rows == 0) continue;
+    at::Tensor d_h_rows = d_h.narrow(0, 0, rows);
+    d_h_rows.add_(grad_output.narrow(0, off, rows));
+    const int64_t before = sched.rows_before(s);
+    Launch::run(rows * H, GruBackwardStep<scalar_t>{
+        workspace.data_ptr<scalar_t>() + off * 4 * H,
+        before > 0 ? output.data_ptr<scalar_t>() + sched.offset_before(s) * H : nullptr,
+        h0.data_ptr<scalar_t>(), before, d_h.data_ptr<scalar_t>(),
+        d_x.data_ptr<scalar_t>() + off * 3 * H, d_hh.data_ptr<scalar_t>() + off * 3 * H, H});
+    d_h_rows.addmm_(d_hh.narrow(0, off, rows), w_hh);  // + [rows, 3H] @ [3H, H]
+  }
+
+  at::Tensor grad_input = mask.input ? at::mm(d_x, w_ih) : empty_grad(input);
+  WeightGrads wg{empty_grad(input), empty_grad(input), empty_grad(input), empty_grad(input)};
+  if (mask.weights) {
+    wg = weight_grads(d_x, d_hh, input, sched.previous(output, h0), has_bias);
+  }
+  if (!mask.states) d_h = empty_grad(input);
+  return {grad_input, d_h, wg.w_ih, wg.w_hh, wg.b_ih, wg.b_hh};
+}
+
+}  // namespace rnnfused

@@ -1,0 +1,102 @@
+// One LSTM layer in one direction, forward and backward: the time loop around
+// the recurrent GEMM and LstmForwardStep / LstmBackwardStep. Device-generic:
+// `Launch::run(n, functor)` runs a step functor over n indices on the device.
+#pragma once
+
+#include "../step_functors.h"
+#include "common.h"
+
+namespace rnnfused {
+
+// input: [N, I] (rows of the dense [T, B, I] or packed data), h0: [B, P], c0: [B, H].
+// Returns output [N, P], h_n [B, P], c_n [B, H], gates [N, 4H], cells [N, H].
+template <typename scalar_t, typename Launch>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
+    const LayerSizes& sz, const Schedule& sched, const at::Tensor& input, const at::Tensor& h0,
+    const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& bias,
+    const at::Tensor& w_hr) {
+  const int64_t H = sz.hidden, P = sz.output, B = sz.batch, N = sz.rows;
+  const bool proj = w_hr.defined();
+  const at::Tensor x_proj = input_projection(input, w_ih, bias);  // [N, 4H]
+  at::Tensor output = at::empty({N, P}, input.options());
+  at::Tensor gates = at::empty({N, 4 * H}, input.options());
+  at::Tensor cells = at::empty({N, H}, input.options());
+  at::Tensor h = h0.clone(at::MemoryFormat::Contiguous);  // running state [B, P]
+  at::Tensor c = c0.clone(at::MemoryFormat::Contiguous);  // running state [B, H]
+  at::Tensor h_proj = at::empty({B, 4 * H}, input.options());
+  at::Tensor hidden = proj ? at::empty({B, H}, input.options()) : at::Tensor();
+
+  for (int64_t s = 0; s < sched.steps(); ++s) {
+    const int64_t rows = sched.rows(s), off = sched.offset(s);
+    if (rows == 0) continue;
+    at::Tensor out_rows = output.narrow(0, off, rows);
+    matmul_nt(h_proj.narrow(0, 0, rows), h.narrow(0, 0, rows), w_hh);
+    scalar_t* hidden_dst = proj ? hidden.data_ptr<scalar_t>() : out_rows.data_ptr<scalar_t>();
+    Launch::run(rows * H, LstmForwardStep<scalar_t>{
+        x_proj.data_ptr<scalar_t>() + off * 4 * H, h_proj.data_ptr<scalar_t>(),
+        c.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>() + off * 4 * H,
+        cells.data_ptr<scalar_t>() + off * H, hidden_dst, H});
+    if (proj) {
+      matmul_nt(out_rows, hidden.narrow(0, 0, rows), w_hr);
+    }
+    h.narrow(0, 0, rows).copy_(out_rows);
+  }
+  return {output, h, c, gates, cells};
+}
+
+// Returns grad_input [N, I], grad_h0 [B, P], grad_c0 [B, H], grad_w_ih, grad_w_hh,
+// grad_b_ih, grad_b_hh, grad_w_hr (each [0] where not asked for by `mask`).
+template <typename scalar_t, typename Launch>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor>
+lstm_backward(const LayerSizes& sz, const Schedule& sched, const at::Tensor& grad_output,
+              const at::Tensor& grad_h_n, const at::Tensor& grad_c_n, const at::Tensor& input,
+              const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
+              const at::Tensor& w_hh, const at::Tensor& w_hr, const at::Tensor& output,
+              const at::Tensor& gates, const at::Tensor& cells, bool has_bias, GradMask mask) {
+  const int64_t H = sz.hidden, P = sz.output, B = sz.batch, N = sz.rows;
+  const bool proj = w_hr.defined();
+  at::Tensor d_h = grad_h_n.clone(at::MemoryFormat::Contiguous);  // [B, P]
+  at::Tensor d_c = grad_c_n.clone(at::MemoryFormat::Contiguous);  // [B, H]
+  at::Tensor d_pre = at::empty({N, 4 * H}, input.options());
+  // With a projection: the total gradient on every row's h' and o*tanh(c'), for grad_w_hr.
+  at::Tensor d_h_all = proj ? at::empty({N, P}, input.options()) : at::Tensor();
+  at::Tensor hidden_all = proj ? at::empty({N, H}, input.options()) : at::Tensor();
+  at::Tensor d_hidden = proj ? at::empty({B, H}, input.options()) : at::Tensor();
+
+  for (int64_t s = sched.steps() - 1; s >= 0; --s) {
+    const int64_t rows = sched.rows(s), off = sched.offset(s);
+    if (rows == 0) continue;
+    at::Tensor d_h_rows = d_h.narrow(0, 0, rows);
+    d_h_rows.add_(grad_output.narrow(0, off, rows));
+    if (proj) {
+      d_h_all.narrow(0, off, rows).copy_(d_h_rows);
+      at::Tensor d_hidden_rows = d_hidden.narrow(0, 0, rows);
+      at::mm_out(d_hidden_rows, d_h_rows, w_hr);  // [rows, P] @ [P, H]
+    }
+    const int64_t before = sched.rows_before(s);
+    Launch::run(rows * H, LstmBackwardStep<scalar_t>{
+        gates.data_ptr<scalar_t>() + off * 4 * H, cells.data_ptr<scalar_t>() + off * H,
+        before > 0 ? cells.data_ptr<scalar_t>() + sched.offset_before(s) * H : nullptr,
+        c0.data_ptr<scalar_t>(), before,
+        proj ? d_hidden.data_ptr<scalar_t>() : d_h.data_ptr<scalar_t>(), d_c.data_ptr<scalar_t>(),
+        d_pre.data_ptr<scalar_t>() + off * 4 * H,
+        proj ? hidden_all.data_ptr<scalar_t>() + off * H : nullptr, H});
+    at::mm_out(d_h_rows, d_pre.narrow(0, off, rows), w_hh);  // [rows, 4H] @ [4H, P]
+  }
+
+  at::Tensor grad_input = mask.input ? at::mm(d_pre, w_ih) : empty_grad(input);
+  WeightGrads wg{empty_grad(input), empty_grad(input), empty_grad(input), empty_grad(input)};
+  at::Tensor grad_w_hr = empty_grad(input);
+  if (mask.weights) {
+    wg = weight_grads(d_pre, d_pre, input, sched.previous(output, h0), has_bias);
+    if (proj) grad_w_hr = at::mm(d_h_all.t(), hidden_all);  // [P, H]
+  }
+  if (!mask.states) {
+    d_h = empty_grad(input);
+    d_c = empty_grad(input);
+  }
+  return {grad_input, d_h, d_c, wg.w_ih, wg.w_hh, wg.b_ih, wg.b_hh, grad_w_hr};
+}
+
+}  // namespace rnnfused

@@ -1,0 +1,64 @@
+// One Elman RNN layer (tanh or relu) in one direction, forward and backward
+// (see lstm.h for the shape of the loop).
+#pragma once
+
+#include "../step_functors.h"
+#include "common.h"
+
+namespace rnnfused {
+
+// input: [N, I], h0: [B, H]. Returns output [N, H], h_n [B, H].
+template <typename scalar_t, typename Launch>
+std::tuple<at::Tensor, at::Tensor> rnn_forward(const LayerSizes& sz, const Schedule& sched,
+                                               const at::Tensor& input, const at::Tensor& h0,
+                                               const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                               const at::Tensor& bias, bool relu) {
+  const int64_t H = sz.hidden, N = sz.rows;
+  const at::Tensor x_proj = input_projection(input, w_ih, bias);  // [N, H]
+  at::Tensor output = at::empty({N, H}, input.options());
+  at::Tensor h = h0.clone(at::MemoryFormat::Contiguous);  // running state [B, H]
+
+  for (int64_t s = 0; s < sched.steps(); ++s) {
+    const int64_t rows = sched.rows(s), off = sched.offset(s);
+    if (rows == 0) continue;
+    at::Tensor out_rows = output.narrow(0, off, rows);
+    matmul_nt(out_rows, h.narrow(0, 0, rows), w_hh);
+    Launch::run(rows * H, RnnForwardStep<scalar_t>{
+        x_proj.data_ptr<scalar_t>() + off * H, out_rows.data_ptr<scalar_t>(), H, relu});
+    h.narrow(0, 0, rows).copy_(out_rows);
+  }
+  return {output, h};
+}
+
+// Returns grad_input [N, I], grad_h0 [B, H], grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh.
+template <typename scalar_t, typename Launch>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_backward(
+    const LayerSizes& sz, const Schedule& sched, const at::Tensor& grad_output,
+    const at::Tensor& grad_h_n, const at::Tensor& input, const at::Tensor& h0,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output, bool has_bias,
+    bool relu, GradMask mask) {
+  const int64_t H = sz.hidden, N = sz.rows;
+  at::Tensor d_h = grad_h_n.clone(at::MemoryFormat::Contiguous);  // [B, H]
+  at::Tensor d_pre = at::empty({N, H}, input.options());
+
+  for (int64_t s = sched.steps() - 1; s >= 0; --s) {
+    const int64_t rows = sched.rows(s), off = sched.offset(s);
+    if (rows == 0) continue;
+    at::Tensor d_h_rows = d_h.narrow(0, 0, rows);
+    d_h_rows.add_(grad_output.narrow(0, off, rows));
+    Launch::run(rows * H, RnnBackwardStep<scalar_t>{
+        output.data_ptr<scalar_t>() + off * H, d_h.data_ptr<scalar_t>(),
+        d_pre.data_ptr<scalar_t>() + off * H, H, relu});
+    at::mm_out(d_h_rows, d_pre.narrow(0, off, rows), w_hh);  // [rows, H] @ [H, H]
+  }
+
+  at::Tensor grad_input = mask.input ? at::mm(d_pre, w_ih) : empty_grad(input);
+  WeightGrads wg{empty_grad(input), empty_grad(input), empty_grad(input), empty_grad(input)};
+  if (mask.weights) {
+    wg = weight_grads(d_pre, d_pre, input, sched.previous(output, h0), has_bias);
+  }
+  if (!mask.states) d_h = empty_grad(input);
+  return {grad_input, d_h, wg.w_ih, wg.w_hh, wg.b_ih, wg.b_hh};
+}
+
+}  // namespace rnnfused

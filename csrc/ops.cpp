@@ -1,0 +1,43 @@
+// The op schemas, declared once for every backend (kernels register per device
+// in cpu/ and cuda/). Sequence arguments: `input` is [T, B, I] when
+// `batch_sizes` is None, else the packed data [N, I]; `output` follows it.
+// Saved workspaces (`gates`, `cells`, `workspace`) are [N, k * hidden_size].
+// output_mask: which of (input, initial states, weights) get gradients.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(rnnfused, m) {
+  m.def(
+      "lstm_layer(Tensor input, Tensor? batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, "
+      "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse) "
+      "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor gates, Tensor cells)");
+  m.def(
+      "lstm_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, "
+      "Tensor? batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? w_hr, "
+      "Tensor output, Tensor gates, Tensor cells, bool has_bias, bool reverse, "
+      "bool[3] output_mask) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, "
+      "Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, Tensor grad_w_hr)");
+  m.def(
+      "gru_layer(Tensor input, Tensor? batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih, Tensor? b_hh, bool reverse) -> (Tensor output, Tensor h_n, Tensor workspace)");
+  m.def(
+      "gru_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? batch_sizes, "
+      "Tensor hx, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool has_bias, "
+      "bool reverse, bool[3] output_mask) -> (Tensor grad_input, Tensor grad_hx, "
+      "Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
+  m.def(
+      "rnn_layer(Tensor input, Tensor? batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih, Tensor? b_hh, bool relu, bool reverse) -> (Tensor output, Tensor h_n)");
+  m.def(
+      "rnn_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? batch_sizes, "
+      "Tensor hx, Tensor w_ih, Tensor w_hh, Tensor output, bool has_bias, bool relu, "
+      "bool reverse, bool[3] output_mask) -> (Tensor grad_input, Tensor grad_hx, "
+      "Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
+}
+
+// `import rnnfused._C` loads this library, which registers the ops above; the
+// module itself has no functions.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}

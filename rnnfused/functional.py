@@ -1,0 +1,332 @@
+"""One call per layer stack, with torch.nn's argument checks and the choice of
+backend: the fused ops (``rnnfused.ops``) where a kernel exists for the tensor's
+device and dtype, else the pure-PyTorch ``rnnfused.reference`` with one warning.
+
+``rnn``, ``lstm`` and ``gru`` take the arguments of ``torch._VF.rnn_tanh / lstm /
+gru`` (the calls torch.nn's modules make), so the modules stay thin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from rnnfused import ops, reference
+
+# Storage dtypes the fused kernels run (accumulating in float32 for 16-bit types).
+_FUSED_DTYPES = {
+    "cpu": (torch.float32, torch.float64, torch.bfloat16, torch.float16),
+    "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
+}
+_KERNELS = {device_type: ops.has_kernel(device_type) for device_type in _FUSED_DTYPES}
+_force_reference = False
+_warned: set[tuple[str, torch.dtype]] = set()
+
+
+@contextlib.contextmanager
+def reference_mode() -> Iterator[None]:
+    """Inside this context every call takes the pure-PyTorch reference path."""
+    global _force_reference
+    previous, _force_reference = _force_reference, True
+    try:
+        yield
+    finally:
+        _force_reference = previous
+
+
+def backend_for(device: torch.device | str, dtype: torch.dtype) -> str:
+    """'fused' or 'reference': the path a tensor of this device and dtype takes."""
+    device_type = torch.device(device).type
+    if _force_reference or not _KERNELS.get(device_type, False):
+        return "reference"
+    return "fused" if dtype in _FUSED_DTYPES[device_type] else "reference"
+
+
+def backend_info(device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Any:
+    """Without arguments: a dict of what is compiled and which path every device
+    and dtype takes. With a device and dtype: 'fused' or 'reference'."""
+    if device is not None:
+        return backend_for(device, dtype if dtype is not None else torch.get_default_dtype())
+    return {
+        "extension": ops.EXTENSION_LOADED,
+        "extension_error": ops.EXTENSION_ERROR,
+        "cpu": _KERNELS["cpu"],
+        "cuda": _KERNELS["cuda"],
+        "reference_mode": _force_reference,
+        "paths": {
+            device_type: {str(dtype): backend_for(device_type, dtype) for dtype in dtypes}
+            for device_type, dtypes in _FUSED_DTYPES.items()
+        },
+    }
+
+
+def _use_fused(input: Tensor) -> bool:
+    if backend_for(input.device, input.dtype) == "fused":
+        return True
+    key = (input.device.type, input.dtype)
+    if not _force_reference and key not in _warned:
+        _warned.add(key)
+        reason = ops.EXTENSION_ERROR or f"no fused kernel for {input.device.type} {input.dtype}"
+        warnings.warn(
+            f"rnnfused: running the pure-PyTorch reference path ({reason})", stacklevel=4
+        )
+    return False
+
+
+# ----------------------------------------------------------------- checks
+
+_DTYPE_NAMES = {
+    torch.float64: "Double", torch.float32: "Float", torch.float16: "Half",
+    torch.bfloat16: "BFloat16",
+}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return _DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def _check_same_dtype(mat1: Tensor, mat2: Tensor) -> None:
+    """torch.nn's (ATen's matmul) error when a state or input dtype differs from the weights'."""
+    if mat1.dtype != mat2.dtype:
+        raise RuntimeError(
+            "mat1 and mat2 must have the same dtype, but got "
+            f"{_dtype_name(mat1.dtype)} and {_dtype_name(mat2.dtype)}"
+        )
+
+
+def _check_stack_args(input: Tensor, hiddens: Sequence[Tensor], weights: Sequence[Tensor], dense: bool) -> None:
+    """ATen's checks in _VF.rnn_* / lstm / gru that the modules don't make."""
+    if dense and input.size(0) == 0:
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+    for hidden in hiddens:
+        if hidden.device != input.device:
+            raise RuntimeError(
+                "Input and hidden tensors are not at the same device, found input tensor at "
+                f"{input.device} and hidden tensor at {hidden.device}"
+            )
+    for weight in weights:
+        if weight.device != input.device:
+            raise RuntimeError(
+                "Input and parameter tensors are not at the same device, found input tensor at "
+                f"{input.device} and parameter tensor at {weight.device}"
+            )
+    for hidden in hiddens:
+        _check_same_dtype(hidden, weights[0])
+
+
+# ----------------------------------------------------------------- layer stacks
+
+# layer(input, batch_sizes, states tuple, weights of one layer-direction, reverse)
+#   -> (output, final states tuple)
+LayerFn = Callable[[Tensor, "Tensor | None", tuple, Sequence[Tensor], bool], tuple[Tensor, tuple]]
+
+
+def _run_stack(
+    layer: LayerFn,
+    input: Tensor,
+    batch_sizes: Tensor | None,
+    states: tuple[Tensor, ...],
+    flat_weights: Sequence[Tensor],
+    num_layers: int,
+    dropout: float,
+    train: bool,
+    bidirectional: bool,
+    batch_first: bool,
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Runs the layers over time, both directions of a layer on the same input
+    with outputs concatenated (reverse last), dropout between layers in training
+    as torch.nn does it (torch.dropout on each non-last layer's output).
+    states: each [num_layers * directions, B, *]."""
+    directions = 2 if bidirectional else 1
+    per_layer = len(flat_weights) // (num_layers * directions)
+    if batch_first and batch_sizes is None:
+        input = input.transpose(0, 1)
+    finals: list[list[Tensor]] = [[] for _ in states]
+    layer_input = input
+    for index in range(num_layers):
+        outputs = []
+        for direction in range(directions):
+            slot = index * directions + direction
+            weights = flat_weights[slot * per_layer : (slot + 1) * per_layer]
+            output, final = layer(
+                layer_input, batch_sizes, tuple(s[slot] for s in states), weights, direction == 1
+            )
+            outputs.append(output)
+            for collected, state in zip(finals, final):
+                collected.append(state)
+        layer_input = outputs[0] if directions == 1 else torch.cat(outputs, -1)
+        if dropout != 0 and train and index < num_layers - 1:
+            layer_input = torch.dropout(layer_input, dropout, True)
+    output = layer_input
+    if batch_first and batch_sizes is None:
+        output = output.transpose(0, 1)
+    return output, tuple(torch.stack(collected, 0) for collected in finals)
+
+
+def _split_weights(weights: Sequence[Tensor], has_biases: bool) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """(w_ih, w_hh, b_ih, b_hh, w_hr) of one layer-direction."""
+    w_ih, w_hh = weights[0], weights[1]
+    b_ih, b_hh = (weights[2], weights[3]) if has_biases else (None, None)
+    w_hr = weights[4 if has_biases else 2] if len(weights) > (4 if has_biases else 2) else None
+    return w_ih, w_hh, b_ih, b_hh, w_hr
+
+
+def lstm(
+    input: Tensor,
+    hx: Sequence[Tensor],
+    flat_weights: Sequence[Tensor],
+    has_biases: bool,
+    num_layers: int,
+    dropout: float,
+    train: bool,
+    bidirectional: bool,
+    batch_first: bool,
+    batch_sizes: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """LSTM stack. input [T, B, I] ([B, T, I] if batch_first) or packed data [N, I]
+    with batch_sizes; hx = (h0 [L*D, B, P], c0 [L*D, B, H]).
+    Returns (output, h_n [L*D, B, P], c_n [L*D, B, H])."""
+    _check_stack_args(input, hx, flat_weights, batch_sizes is None)
+    fused = _use_fused(input)
+
+    def layer(x, batch_sizes, states, weights, reverse):
+        w_ih, w_hh, b_ih, b_hh, w_hr = _split_weights(weights, has_biases)
+        fn = ops.lstm_layer if fused else reference.lstm_layer
+        output, h_n, c_n = fn(x, batch_sizes, states[0], states[1], w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+        return output, (h_n, c_n)
+
+    output, (h_n, c_n) = _run_stack(
+        layer, input, batch_sizes, tuple(hx), flat_weights, num_layers, dropout, train,
+        bidirectional, batch_first,
+    )
+    return output, h_n, c_n
+
+
+def gru(
+    input: Tensor,
+    hx: Tensor,
+    flat_weights: Sequence[Tensor],
+    has_biases: bool,
+    num_layers: int,
+    dropout: float,
+    train: bool,
+    bidirectional: bool,
+    batch_first: bool,
+    batch_sizes: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """GRU stack; arguments as `lstm`, hx [L*D, B, H]. Returns (output, h_n)."""
+    _check_stack_args(input, (hx,), flat_weights, batch_sizes is None)
+    fused = _use_fused(input)
+
+    def layer(x, batch_sizes, states, weights, reverse):
+        w_ih, w_hh, b_ih, b_hh, _ = _split_weights(weights, has_biases)
+        fn = ops.gru_layer if fused else reference.gru_layer
+        output, h_n = fn(x, batch_sizes, states[0], w_ih, w_hh, b_ih, b_hh, reverse)
+        return output, (h_n,)
+
+    output, (h_n,) = _run_stack(
+        layer, input, batch_sizes, (hx,), flat_weights, num_layers, dropout, train,
+        bidirectional, batch_first,
+    )
+    return output, h_n
+
+
+def rnn(
+    input: Tensor,
+    hx: Tensor,
+    flat_weights: Sequence[Tensor],
+    has_biases: bool,
+    num_layers: int,
+    dropout: float,
+    train: bool,
+    bidirectional: bool,
+    batch_first: bool,
+    batch_sizes: Tensor | None = None,
+    nonlinearity: str = "tanh",
+) -> tuple[Tensor, Tensor]:
+    """Elman RNN stack (tanh or relu); arguments as `gru`. Returns (output, h_n)."""
+    _check_stack_args(input, (hx,), flat_weights, batch_sizes is None)
+    fused = _use_fused(input)
+    relu = nonlinearity == "relu"
+
+    def layer(x, batch_sizes, states, weights, reverse):
+        w_ih, w_hh, b_ih, b_hh, _ = _split_weights(weights, has_biases)
+        fn = ops.rnn_layer if fused else reference.rnn_layer
+        output, h_n = fn(x, batch_sizes, states[0], w_ih, w_hh, b_ih, b_hh, relu, reverse)
+        return output, (h_n,)
+
+    output, (h_n,) = _run_stack(
+        layer, input, batch_sizes, (hx,), flat_weights, num_layers, dropout, train,
+        bidirectional, batch_first,
+    )
+    return output, h_n
+
+
+# ----------------------------------------------------------------- cells
+
+
+def _check_cell(input: Tensor, hiddens: Sequence[Tensor], w_ih: Tensor, w_hh: Tensor) -> None:
+    """ATen's checks in _VF.*_cell, with its messages."""
+    if input.size(1) != w_ih.size(1):
+        raise RuntimeError(
+            f"input has inconsistent input_size: got {input.size(1)} expected {w_ih.size(1)}"
+        )
+    for label, hidden in enumerate(hiddens):
+        if input.size(0) != hidden.size(0):
+            raise RuntimeError(
+                f"Input batch size {input.size(0)} doesn't match hidden{label} batch size "
+                f"{hidden.size(0)}"
+            )
+        if hidden.size(1) != w_hh.size(1):
+            raise RuntimeError(
+                f"hidden{label} has inconsistent hidden_size: got {hidden.size(1)}, "
+                f"expected {w_hh.size(1)}"
+            )
+    _check_same_dtype(input, w_ih)
+    for hidden in hiddens:
+        _check_same_dtype(hidden, w_hh)
+    for t in (*hiddens, w_ih, w_hh):
+        if t.device != input.device:
+            raise RuntimeError(
+                "Expected all tensors to be on the same device, but found at least two devices, "
+                f"{input.device} and {t.device}!"
+            )
+
+
+def lstm_cell(
+    input: Tensor,
+    hx: Sequence[Tensor],
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None = None,
+    b_hh: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One LSTM step: input [B, I], hx = (h [B, H], c [B, H]). Returns (h', c')."""
+    _check_cell(input, hx, w_ih, w_hh)
+    fn = ops.lstm_layer if _use_fused(input) else reference.lstm_layer
+    _, h, c = fn(input.unsqueeze(0), None, hx[0], hx[1], w_ih, w_hh, b_ih, b_hh, None, False)
+    return h, c
+
+
+def gru_cell(
+    input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
+    b_ih: Tensor | None = None, b_hh: Tensor | None = None,
+) -> Tensor:
+    """One GRU step: input [B, I], hx [B, H]. Returns h'."""
+    _check_cell(input, (hx,), w_ih, w_hh)
+    fn = ops.gru_layer if _use_fused(input) else reference.gru_layer
+    return fn(input.unsqueeze(0), None, hx, w_ih, w_hh, b_ih, b_hh, False)[1]
+
+
+def rnn_cell(
+    input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
+    b_ih: Tensor | None = None, b_hh: Tensor | None = None, nonlinearity: str = "tanh",
+) -> Tensor:
+    """One RNN step (tanh or relu): input [B, I], hx [B, H]. Returns h'."""
+    _check_cell(input, (hx,), w_ih, w_hh)
+    fn = ops.rnn_layer if _use_fused(input) else reference.rnn_layer
+    return fn(input.unsqueeze(0), None, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity == "relu", False)[1]

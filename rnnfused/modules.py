@@ -1,0 +1,238 @@
+"""Drop-in subclasses of torch.nn's recurrent modules.
+
+Everything but the computation is inherited: constructor, parameters and their
+names, ``state_dict``, ``repr``, ``flatten_parameters``, pickling, the shape
+checks and their messages. ``forward`` follows torch.nn's control flow (input
+forms, default states, checks, PackedSequence sorting) and calls
+``rnnfused.functional`` where torch.nn calls ``torch._VF``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from rnnfused import functional as RF
+
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert"]
+
+
+def _zeros(module: nn.RNNBase, batch: Any, size: int, like: Tensor) -> Tensor:
+    directions = 2 if module.bidirectional else 1
+    return torch.zeros(
+        module.num_layers * directions, batch, size, dtype=like.dtype, device=like.device
+    )
+
+
+class _SingleStateStack:
+    """forward() of RNN and GRU: one state tensor hx [L*D, B, H]."""
+
+    _dim_error: str  # torch.nn's wording differs between RNN and GRU
+
+    def forward(self, input, hx=None):
+        self._update_flat_weights()
+        orig_input = input
+        if isinstance(orig_input, PackedSequence):
+            input, batch_sizes, sorted_indices, unsorted_indices = input
+            if hx is None:
+                hx = _zeros(self, batch_sizes[0], self.hidden_size, input)
+            else:
+                hx = self.permute_hidden(hx, sorted_indices)
+        else:
+            batch_sizes = None
+            if input.dim() not in (2, 3):
+                raise ValueError(self._dim_error.format(input.dim()))
+            is_batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            if not is_batched:
+                input = input.unsqueeze(batch_dim)
+                if hx is not None:
+                    if hx.dim() != 2:
+                        raise RuntimeError(
+                            f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor"
+                        )
+                    hx = hx.unsqueeze(1)
+            elif hx is not None and hx.dim() != 3:
+                raise RuntimeError(
+                    f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor"
+                )
+            sorted_indices = unsorted_indices = None
+            if hx is None:
+                hx = _zeros(self, input.size(0) if self.batch_first else input.size(1), self.hidden_size, input)
+        self.check_forward_args(input, hx, batch_sizes)
+        output, hidden = self._stack(input, hx, batch_sizes)
+        if isinstance(orig_input, PackedSequence):
+            packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
+            return packed, self.permute_hidden(hidden, unsorted_indices)
+        if not is_batched:
+            output = output.squeeze(batch_dim)
+            hidden = hidden.squeeze(1)
+        return output, self.permute_hidden(hidden, unsorted_indices)
+
+
+class RNN(_SingleStateStack, nn.RNN):
+    """torch.nn.RNN on fused kernels (tanh or relu). Same arguments and results."""
+
+    _dim_error = "RNN: Expected input to be 2D or 3D, got {}D tensor instead"
+
+    def _stack(self, input: Tensor, hx: Tensor, batch_sizes: Tensor | None) -> tuple[Tensor, Tensor]:
+        if self.mode not in ("RNN_TANH", "RNN_RELU"):
+            raise AssertionError(f"mode must be RNN_TANH or RNN_RELU, got {self.mode}")
+        return RF.rnn(
+            input, hx, self._flat_weights, self.bias, self.num_layers, self.dropout,
+            self.training, self.bidirectional, self.batch_first, batch_sizes,
+            nonlinearity="relu" if self.mode == "RNN_RELU" else "tanh",
+        )
+
+
+class GRU(_SingleStateStack, nn.GRU):
+    """torch.nn.GRU on fused kernels. Same arguments and results."""
+
+    _dim_error = "GRU: Expected input to be 2D or 3D, got {}D instead"
+
+    def _stack(self, input: Tensor, hx: Tensor, batch_sizes: Tensor | None) -> tuple[Tensor, Tensor]:
+        return RF.gru(
+            input, hx, self._flat_weights, self.bias, self.num_layers, self.dropout,
+            self.training, self.bidirectional, self.batch_first, batch_sizes,
+        )
+
+
+class LSTM(nn.LSTM):
+    """torch.nn.LSTM on fused kernels, projections included. Same arguments and results."""
+
+    def forward(self, input, hx=None):
+        self._update_flat_weights()
+        orig_input = input
+        batch_sizes = None
+        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        if isinstance(orig_input, PackedSequence):
+            input, batch_sizes, sorted_indices, unsorted_indices = input
+            if hx is None:
+                hx = (
+                    _zeros(self, batch_sizes[0], real_hidden_size, input),
+                    _zeros(self, batch_sizes[0], self.hidden_size, input),
+                )
+            else:
+                hx = self.permute_hidden(hx, sorted_indices)
+            self.check_forward_args(input, hx, batch_sizes)
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            is_batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            if not is_batched:
+                input = input.unsqueeze(batch_dim)
+            sorted_indices = unsorted_indices = None
+            if hx is None:
+                batch = input.size(0) if self.batch_first else input.size(1)
+                hx = (
+                    _zeros(self, batch, real_hidden_size, input),
+                    _zeros(self, batch, self.hidden_size, input),
+                )
+            elif is_batched:
+                if hx[0].dim() != 3 or hx[1].dim() != 3:
+                    raise RuntimeError(
+                        "For batched 3-D input, hx and cx should also be 3-D but got "
+                        f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+                    )
+            else:
+                if hx[0].dim() != 2 or hx[1].dim() != 2:
+                    raise RuntimeError(
+                        "For unbatched 2-D input, hx and cx should also be 2-D but got "
+                        f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+                    )
+                hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+            self.check_forward_args(input, hx, batch_sizes)
+        output, h_n, c_n = RF.lstm(
+            input, hx, self._flat_weights, self.bias, self.num_layers, self.dropout,
+            self.training, self.bidirectional, self.batch_first, batch_sizes,
+        )
+        hidden = (h_n, c_n)
+        if isinstance(orig_input, PackedSequence):
+            packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
+            return packed, self.permute_hidden(hidden, unsorted_indices)
+        if not is_batched:
+            output = output.squeeze(batch_dim)
+            hidden = (h_n.squeeze(1), c_n.squeeze(1))
+        return output, self.permute_hidden(hidden, unsorted_indices)
+
+
+def _cell_input(name: str, input: Tensor, hiddens: tuple[tuple[str, Tensor], ...]) -> bool:
+    """torch.nn's dimension checks of a cell; returns whether the input is batched."""
+    if input.dim() not in (1, 2):
+        raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+    for label, hidden in hiddens:
+        if hidden.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected {label} to be 1D or 2D, got {hidden.dim()}D instead")
+    return input.dim() == 2
+
+
+class RNNCell(nn.RNNCell):
+    """torch.nn.RNNCell on the fused kernels."""
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        is_batched = _cell_input("RNNCell", input, () if hx is None else (("hidden", hx),))
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            hx = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+        elif not is_batched:
+            hx = hx.unsqueeze(0)
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        h = RF.rnn_cell(
+            input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity
+        )
+        return h if is_batched else h.squeeze(0)
+
+
+class LSTMCell(nn.LSTMCell):
+    """torch.nn.LSTMCell on the fused kernels."""
+
+    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        labelled = () if hx is None else tuple((f"hx[{i}]", h) for i, h in enumerate(hx))
+        is_batched = _cell_input("LSTMCell", input, labelled)
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+            hx = (zeros, zeros)
+        elif not is_batched:
+            hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        h, c = RF.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
+
+
+class GRUCell(nn.GRUCell):
+    """torch.nn.GRUCell on the fused kernels."""
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        is_batched = _cell_input("GRUCell", input, () if hx is None else (("hidden", hx),))
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            hx = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+        elif not is_batched:
+            hx = hx.unsqueeze(0)
+        h = RF.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return h if is_batched else h.squeeze(0)
+
+
+_TWINS: dict[type, type] = {
+    nn.RNN: RNN, nn.LSTM: LSTM, nn.GRU: GRU,
+    nn.RNNCell: RNNCell, nn.LSTMCell: LSTMCell, nn.GRUCell: GRUCell,
+}
+
+
+def convert(model: nn.Module) -> nn.Module:
+    """Turns every torch.nn RNN/LSTM/GRU/*Cell inside `model` (and `model` itself)
+    into its rnnfused twin, in place: the same objects with the same Parameters,
+    buffers, hooks and training mode, now running the fused kernels. Returns `model`."""
+    for module in model.modules():
+        twin = _TWINS.get(type(module))
+        if twin is not None:
+            module.__class__ = twin
+    return model

@@ -1,0 +1,285 @@
+"""Typed wrappers of the ``torch.ops.rnnfused.*`` layer ops, their fake
+(meta) kernels and their autograd, whose backward is itself an op.
+
+The ops exist only when the compiled extension ``rnnfused._C`` loads;
+``EXTENSION_ERROR`` says why it did not, and callers then take
+``rnnfused.reference``. Layouts are described in ``csrc/ops.cpp``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+try:
+    from rnnfused import _C  # noqa: F401  (loading it registers the ops)
+
+    EXTENSION_ERROR: str | None = None
+except ImportError as error:  # no compiled extension: the reference path runs
+    EXTENSION_ERROR = f"{type(error).__name__}: {error}"
+
+EXTENSION_LOADED = EXTENSION_ERROR is None
+
+
+def has_kernel(device_type: str) -> bool:
+    """Whether the extension registered kernels for this device type ('cpu', 'cuda')."""
+    if not EXTENSION_LOADED:
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "rnnfused::lstm_layer", key
+    )
+
+
+# ----------------------------------------------------------------- wrappers
+
+
+def rnn_layer(
+    input: Tensor,
+    batch_sizes: Tensor | None,
+    hx: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    relu: bool,
+    reverse: bool,
+) -> tuple[Tensor, Tensor]:
+    """One RNN layer-direction. input [T, B, I] or packed [N, I]; hx [B, H].
+    Returns (output [T, B, H] or [N, H], h_n [B, H])."""
+    return torch.ops.rnnfused.rnn_layer.default(
+        input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse
+    )
+
+
+def lstm_layer(
+    input: Tensor,
+    batch_sizes: Tensor | None,
+    hx: Tensor,
+    cx: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    w_hr: Tensor | None,
+    reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One LSTM layer-direction. hx [B, P], cx [B, H], w_hr [P, H] or None.
+    Returns (output [T, B, P] or [N, P], h_n [B, P], c_n [B, H])."""
+    output, h_n, c_n, _, _ = torch.ops.rnnfused.lstm_layer.default(
+        input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse
+    )
+    return output, h_n, c_n
+
+
+def gru_layer(
+    input: Tensor,
+    batch_sizes: Tensor | None,
+    hx: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    reverse: bool,
+) -> tuple[Tensor, Tensor]:
+    """One GRU layer-direction. Returns (output [T, B, H] or [N, H], h_n [B, H])."""
+    output, h_n, _ = torch.ops.rnnfused.gru_layer.default(
+        input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse
+    )
+    return output, h_n
+
+
+# ----------------------------------------------------------------- fake kernels
+
+
+def _sequence_shapes(
+    input: Tensor, batch_sizes: Tensor | None, width: int
+) -> tuple[tuple[Any, ...], Any]:
+    """(shape of a sequence output with last size `width`, number of rows N)."""
+    if batch_sizes is None:
+        torch._check(input.dim() == 3, lambda: f"expected 'input' [T, B, I], got {input.dim()}-D")
+        return (input.size(0), input.size(1), width), input.size(0) * input.size(1)
+    torch._check(input.dim() == 2, lambda: f"expected packed 'input' [N, I], got {input.dim()}-D")
+    return (input.size(0), width), input.size(0)
+
+
+def _check_weights(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, gates: int) -> int:
+    """The checks of csrc/checks.h that concern shapes; returns hidden_size."""
+    for name, t in (("hx", hx), ("w_ih", w_ih), ("w_hh", w_hh)):
+        torch._check(t.dim() == 2, lambda: f"expected '{name}' to be 2-D, got {t.dim()}-D")
+        torch._check(t.dtype == input.dtype, lambda: f"expected '{name}' of dtype {input.dtype}")
+    torch._check(w_ih.size(0) % gates == 0, lambda: "w_ih.size(0) must be a multiple of the gates")
+    torch._check(w_ih.size(1) == input.size(-1), lambda: "input.size(-1) must equal w_ih.size(1)")
+    torch._check(hx.size(1) == w_hh.size(1), lambda: "hx.size(1) must equal w_hh.size(1)")
+    return w_ih.size(0) // gates
+
+
+if EXTENSION_LOADED:
+
+    @torch.library.register_fake("rnnfused::rnn_layer")
+    def _rnn_layer_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse):
+        hidden = _check_weights(input, hx, w_ih, w_hh, 1)
+        out_shape, _ = _sequence_shapes(input, batch_sizes, hidden)
+        return input.new_empty(out_shape), hx.new_empty(hx.shape)
+
+    @torch.library.register_fake("rnnfused::lstm_layer")
+    def _lstm_layer_fake(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+        hidden = _check_weights(input, hx, w_ih, w_hh, 4)
+        out_shape, rows = _sequence_shapes(input, batch_sizes, hx.size(1))
+        return (
+            input.new_empty(out_shape),
+            hx.new_empty(hx.shape),
+            cx.new_empty(cx.shape),
+            input.new_empty(rows, 4 * hidden),
+            input.new_empty(rows, hidden),
+        )
+
+    @torch.library.register_fake("rnnfused::gru_layer")
+    def _gru_layer_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse):
+        hidden = _check_weights(input, hx, w_ih, w_hh, 3)
+        out_shape, rows = _sequence_shapes(input, batch_sizes, hidden)
+        return input.new_empty(out_shape), hx.new_empty(hx.shape), input.new_empty(rows, 4 * hidden)
+
+    def _weight_grads_fake(w_ih, w_hh, has_bias, mask):
+        empty = w_ih.new_empty(0)
+        if not mask[2]:
+            return empty, empty, empty, empty
+        bias = w_ih.new_empty(w_ih.size(0)) if has_bias else empty
+        bias_hh = w_ih.new_empty(w_ih.size(0)) if has_bias else empty
+        return w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape), bias, bias_hh
+
+    @torch.library.register_fake("rnnfused::rnn_layer_backward")
+    def _rnn_layer_backward_fake(
+        grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, output, has_bias, relu,
+        reverse, output_mask,
+    ):
+        empty = input.new_empty(0)
+        return (
+            input.new_empty(input.shape) if output_mask[0] else empty,
+            hx.new_empty(hx.shape) if output_mask[1] else empty,
+            *_weight_grads_fake(w_ih, w_hh, has_bias, output_mask),
+        )
+
+    @torch.library.register_fake("rnnfused::gru_layer_backward")
+    def _gru_layer_backward_fake(
+        grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, output, workspace, has_bias,
+        reverse, output_mask,
+    ):
+        empty = input.new_empty(0)
+        return (
+            input.new_empty(input.shape) if output_mask[0] else empty,
+            hx.new_empty(hx.shape) if output_mask[1] else empty,
+            *_weight_grads_fake(w_ih, w_hh, has_bias, output_mask),
+        )
+
+    @torch.library.register_fake("rnnfused::lstm_layer_backward")
+    def _lstm_layer_backward_fake(
+        grad_output, grad_h_n, grad_c_n, input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, output,
+        gates, cells, has_bias, reverse, output_mask,
+    ):
+        empty = input.new_empty(0)
+        proj = w_hr is not None and output_mask[2]
+        return (
+            input.new_empty(input.shape) if output_mask[0] else empty,
+            hx.new_empty(hx.shape) if output_mask[1] else empty,
+            cx.new_empty(cx.shape) if output_mask[1] else empty,
+            *_weight_grads_fake(w_ih, w_hh, has_bias, output_mask),
+            w_hr.new_empty(w_hr.shape) if proj else empty,
+        )
+
+
+# ----------------------------------------------------------------- autograd
+
+
+def _output_mask(ctx: Any, state_args: tuple[int, ...], weight_args: tuple[int, ...]) -> list[bool]:
+    need = ctx.needs_input_grad
+    return [need[0], any(need[i] for i in state_args), any(need[i] for i in weight_args)]
+
+
+def _keep(grad: Tensor, needed: bool) -> Tensor | None:
+    return grad if needed else None
+
+
+def _rnn_setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+    input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse = inputs
+    ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, output[0])
+    ctx.has_bias = b_ih is not None
+    ctx.relu, ctx.reverse = relu, reverse
+
+
+def _rnn_backward(ctx: Any, grad_output: Tensor, grad_h_n: Tensor):
+    input, batch_sizes, hx, w_ih, w_hh, output = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    mask = _output_mask(ctx, (2,), (3, 4, 5, 6))
+    g_in, g_hx, g_wih, g_whh, g_bih, g_bhh = torch.ops.rnnfused.rnn_layer_backward.default(
+        grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, output, ctx.has_bias,
+        ctx.relu, ctx.reverse, mask,
+    )
+    return (
+        _keep(g_in, need[0]), None, _keep(g_hx, need[2]), _keep(g_wih, need[3]),
+        _keep(g_whh, need[4]), _keep(g_bih, need[5] and ctx.has_bias),
+        _keep(g_bhh, need[6] and ctx.has_bias), None, None,
+    )
+
+
+def _lstm_setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+    input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = inputs
+    out, _, _, gates, cells = output
+    ctx.save_for_backward(input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, out, gates, cells)
+    ctx.mark_non_differentiable(gates, cells)
+    ctx.has_bias = b_ih is not None
+    ctx.reverse = reverse
+
+
+def _lstm_backward(ctx: Any, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cells):
+    input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, output, gates, cells = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    mask = _output_mask(ctx, (2, 3), (4, 5, 6, 7, 8))
+    grads = torch.ops.rnnfused.lstm_layer_backward.default(
+        grad_output, grad_h_n, grad_c_n, input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, output,
+        gates, cells, ctx.has_bias, ctx.reverse, mask,
+    )
+    g_in, g_hx, g_cx, g_wih, g_whh, g_bih, g_bhh, g_whr = grads
+    return (
+        _keep(g_in, need[0]), None, _keep(g_hx, need[2]), _keep(g_cx, need[3]),
+        _keep(g_wih, need[4]), _keep(g_whh, need[5]), _keep(g_bih, need[6] and ctx.has_bias),
+        _keep(g_bhh, need[7] and ctx.has_bias), _keep(g_whr, need[8] and w_hr is not None), None,
+    )
+
+
+def _gru_setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+    input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse = inputs
+    out, _, workspace = output
+    ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, out, workspace)
+    ctx.mark_non_differentiable(workspace)
+    ctx.has_bias = b_ih is not None
+    ctx.reverse = reverse
+
+
+def _gru_backward(ctx: Any, grad_output, grad_h_n, _grad_workspace):
+    input, batch_sizes, hx, w_ih, w_hh, output, workspace = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    mask = _output_mask(ctx, (2,), (3, 4, 5, 6))
+    g_in, g_hx, g_wih, g_whh, g_bih, g_bhh = torch.ops.rnnfused.gru_layer_backward.default(
+        grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, output, workspace,
+        ctx.has_bias, ctx.reverse, mask,
+    )
+    return (
+        _keep(g_in, need[0]), None, _keep(g_hx, need[2]), _keep(g_wih, need[3]),
+        _keep(g_whh, need[4]), _keep(g_bih, need[5] and ctx.has_bias),
+        _keep(g_bhh, need[6] and ctx.has_bias), None,
+    )
+
+
+if EXTENSION_LOADED:
+    torch.library.register_autograd(
+        "rnnfused::rnn_layer", _rnn_backward, setup_context=_rnn_setup_context
+    )
+    torch.library.register_autograd(
+        "rnnfused::lstm_layer", _lstm_backward, setup_context=_lstm_setup_context
+    )
+    torch.library.register_autograd(
+        "rnnfused::gru_layer", _gru_backward, setup_context=_gru_setup_context
+    )

@@ -98,10 +98,19 @@ def _check_same_dtype(mat1: Tensor, mat2: Tensor) -> None:
         )
 
 
-def _check_stack_args(input: Tensor, hiddens: Sequence[Tensor], weights: Sequence[Tensor], dense: bool) -> None:
-    """ATen's checks in _VF.rnn_* / lstm / gru that the modules don't make."""
-    if dense and input.size(0) == 0:
+def _check_stack_args(
+    input: Tensor, hiddens: Sequence[Tensor], weights: Sequence[Tensor], time_dim: int | None
+) -> None:
+    """ATen's checks in _VF.rnn_* / lstm / gru that the modules don't make.
+    time_dim: the time dimension of dense input, None for packed."""
+    if time_dim is not None and input.size(time_dim) == 0:
         raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+    if input.size(-1) != weights[0].size(1):  # reached by packed LSTM input, unchecked by torch.nn
+        rows = input.numel() // max(input.size(-1), 1)
+        raise RuntimeError(
+            f"mat1 and mat2 shapes cannot be multiplied ({rows}x{input.size(-1)} and "
+            f"{weights[0].size(1)}x{weights[0].size(0)})"
+        )
     for hidden in hiddens:
         if hidden.device != input.device:
             raise RuntimeError(
@@ -116,6 +125,28 @@ def _check_stack_args(input: Tensor, hiddens: Sequence[Tensor], weights: Sequenc
             )
     for hidden in hiddens:
         _check_same_dtype(hidden, weights[0])
+
+
+def _check_packed_lstm_batch(batch_sizes: Tensor, hx: Tensor, gate_rows: int) -> None:
+    """torch.nn leaves a packed LSTM's state batch unchecked; ATen's step then
+    fails on adding the gates. The same errors, raised before any work."""
+    batch = int(batch_sizes[0]) if batch_sizes.numel() else 0
+    if hx.size(1) == batch:
+        return
+    if hx.size(1) == 1:
+        raise RuntimeError(
+            f"output with shape [1, {gate_rows}] doesn't match the broadcast shape [{batch}, {gate_rows}]"
+        )
+    raise RuntimeError(
+        f"The size of tensor a ({hx.size(1)}) must match the size of tensor b ({batch}) "
+        "at non-singleton dimension 0"
+    )
+
+
+def _time_dim(batch_sizes: Tensor | None, batch_first: bool) -> int | None:
+    if batch_sizes is not None:
+        return None
+    return 1 if batch_first else 0
 
 
 # ----------------------------------------------------------------- layer stacks
@@ -190,7 +221,9 @@ def lstm(
     """LSTM stack. input [T, B, I] ([B, T, I] if batch_first) or packed data [N, I]
     with batch_sizes; hx = (h0 [L*D, B, P], c0 [L*D, B, H]).
     Returns (output, h_n [L*D, B, P], c_n [L*D, B, H])."""
-    _check_stack_args(input, hx, flat_weights, batch_sizes is None)
+    _check_stack_args(input, hx, flat_weights, _time_dim(batch_sizes, batch_first))
+    if batch_sizes is not None:
+        _check_packed_lstm_batch(batch_sizes, hx[0], flat_weights[0].size(0))
     fused = _use_fused(input)
 
     def layer(x, batch_sizes, states, weights, reverse):
@@ -219,7 +252,7 @@ def gru(
     batch_sizes: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """GRU stack; arguments as `lstm`, hx [L*D, B, H]. Returns (output, h_n)."""
-    _check_stack_args(input, (hx,), flat_weights, batch_sizes is None)
+    _check_stack_args(input, (hx,), flat_weights, _time_dim(batch_sizes, batch_first))
     fused = _use_fused(input)
 
     def layer(x, batch_sizes, states, weights, reverse):
@@ -249,7 +282,7 @@ def rnn(
     nonlinearity: str = "tanh",
 ) -> tuple[Tensor, Tensor]:
     """Elman RNN stack (tanh or relu); arguments as `gru`. Returns (output, h_n)."""
-    _check_stack_args(input, (hx,), flat_weights, batch_sizes is None)
+    _check_stack_args(input, (hx,), flat_weights, _time_dim(batch_sizes, batch_first))
     fused = _use_fused(input)
     relu = nonlinearity == "relu"
 

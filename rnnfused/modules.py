@@ -117,7 +117,7 @@ class LSTM(nn.LSTM):
                 )
             else:
                 hx = self.permute_hidden(hx, sorted_indices)
-            self.check_forward_args(input, hx, batch_sizes)
+            # torch.nn makes no module-level checks here: the op's checks apply.
         else:
             if input.dim() not in (2, 3):
                 raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")

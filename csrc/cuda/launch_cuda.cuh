@@ -2,9 +2,9 @@
 // one grid-stride kernel for every functor, checked after every launch.
 #pragma once
 
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
 
@@ -23,14 +23,14 @@ struct CudaLaunch {
   using Guard = c10::cuda::CUDAGuard;
 
   static constexpr int kThreads = 256;
+  // Enough blocks to fill any current GPU; the grid-stride loop covers the rest.
+  static constexpr int64_t kMaxBlocks = 4096;
 
   template <typename Functor>
   static void run(int64_t n, const Functor& f) {
     if (n == 0) return;
-    const int64_t max_blocks =
-        static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 32;
-    const int64_t blocks = std::min<int64_t>((n + kThreads - 1) / kThreads, max_blocks);
-    step_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    const int64_t blocks = std::min<int64_t>((n + kThreads - 1) / kThreads, kMaxBlocks);
+    step_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         n, f);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }

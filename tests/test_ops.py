@@ -1,0 +1,250 @@
+"""The torch.ops.rnnfused.* layer ops themselves: against the reference path,
+gradcheck in float64, opcheck (schema, fake kernel, autograd registration), the
+gradient mask, and garbage arguments raising Python errors."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import rnnfused
+from rnnfused import ops, reference
+
+pytestmark = pytest.mark.skipif(
+    not rnnfused.backend_info()["extension"], reason="the compiled extension is not loaded"
+)
+
+I, H, P, B, T = 3, 4, 2, 3, 4
+LENGTHS = [4, 2, 2]  # a packed batch: B sequences, non-increasing lengths
+KINDS = ["rnn_tanh", "rnn_relu", "lstm", "lstm_proj", "gru"]
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "lstm_proj": 4, "gru": 3}
+
+
+def make_args(kind: str, packed: bool, bias: bool, device: str, dtype=torch.float64, grad=True):
+    """Random arguments of the kind's forward op (without the trailing flags)."""
+    gates = GATES[kind]
+    out = P if kind == "lstm_proj" else H
+
+    def rand(*shape):
+        return torch.randn(*shape, device=device, dtype=dtype).requires_grad_(grad)
+
+    if packed:
+        batch_sizes = torch.tensor(
+            [sum(length > t for length in LENGTHS) for t in range(max(LENGTHS))], dtype=torch.long
+        )
+        input = rand(int(batch_sizes.sum()), I)
+    else:
+        batch_sizes = None
+        input = rand(T, B, I)
+    args = dict(
+        input=input, batch_sizes=batch_sizes, hx=rand(B, out),
+        w_ih=rand(gates * H, I), w_hh=rand(gates * H, out),
+        b_ih=rand(gates * H) if bias else None, b_hh=rand(gates * H) if bias else None,
+    )
+    if kind.startswith("lstm"):
+        args["cx"] = rand(B, H)
+        args["w_hr"] = rand(P, H) if kind == "lstm_proj" else None
+    return args
+
+
+def run(kind: str, fn_module, args: dict, reverse: bool):
+    """Calls rnnfused.ops or rnnfused.reference with `args`; returns the outputs."""
+    a = args
+    if kind.startswith("lstm"):
+        return fn_module.lstm_layer(
+            a["input"], a["batch_sizes"], a["hx"], a["cx"], a["w_ih"], a["w_hh"], a["b_ih"],
+            a["b_hh"], a["w_hr"], reverse,
+        )
+    if kind == "gru":
+        return fn_module.gru_layer(
+            a["input"], a["batch_sizes"], a["hx"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"],
+            reverse,
+        )
+    return fn_module.rnn_layer(
+        a["input"], a["batch_sizes"], a["hx"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"],
+        kind == "rnn_relu", reverse,
+    )
+
+
+GRID = list(itertools.product(KINDS, [False, True], [False, True], [True, False]))
+GRID_IDS = [f"{k}-{'packed' if p else 'dense'}-{'rev' if r else 'fwd'}-{'bias' if b else 'nobias'}"
+            for k, p, r, b in GRID]
+
+
+@pytest.mark.parametrize("kind,packed,reverse,bias", GRID, ids=GRID_IDS)
+def test_matches_reference(kind, packed, reverse, bias, device):
+    """Outputs and every gradient equal the pure-PyTorch reference (float64)."""
+    args = make_args(kind, packed, bias, device)
+    leaves = [v for v in args.values() if isinstance(v, torch.Tensor) and v.requires_grad]
+    results = []
+    for fn_module in (ops, reference):
+        outputs = run(kind, fn_module, args, reverse)
+        weights = [torch.randn_like(o) for o in outputs] if not results else results[0][1]
+        loss = sum((o * w).sum() for o, w in zip(outputs, weights))
+        results.append((outputs, weights, torch.autograd.grad(loss, leaves)))
+    (fused_out, _, fused_grads), (ref_out, _, ref_grads) = results
+    for got, want in zip(fused_out, ref_out):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+    for got, want in zip(fused_grads, ref_grads):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("kind,packed,reverse,bias", GRID, ids=GRID_IDS)
+def test_gradcheck(kind, packed, reverse, bias, device):
+    """Finite differences agree with the fused backward op for every input."""
+    args = make_args(kind, packed, bias, device)
+    names = [k for k, v in args.items() if isinstance(v, torch.Tensor) and v.requires_grad]
+
+    def fn(*tensors):
+        return run(kind, ops, {**args, **dict(zip(names, tensors))}, reverse)
+
+    assert torch.autograd.gradcheck(fn, [args[n] for n in names], eps=1e-6, atol=1e-7)
+
+
+def _op_args(kind: str, args: dict, reverse: bool) -> tuple:
+    a = args
+    if kind.startswith("lstm"):
+        return (a["input"], a["batch_sizes"], a["hx"], a["cx"], a["w_ih"], a["w_hh"], a["b_ih"],
+                a["b_hh"], a["w_hr"], reverse)
+    if kind == "gru":
+        return (a["input"], a["batch_sizes"], a["hx"], a["w_ih"], a["w_hh"], a["b_ih"],
+                a["b_hh"], reverse)
+    return (a["input"], a["batch_sizes"], a["hx"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"],
+            kind == "rnn_relu", reverse)
+
+
+def _op(kind: str):
+    name = "lstm_layer" if kind.startswith("lstm") else "gru_layer" if kind == "gru" else "rnn_layer"
+    return getattr(torch.ops.rnnfused, name).default
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_opcheck_forward(kind, packed, device):
+    """Schema, fake kernel (incl. dynamic shapes) and autograd registration of the forward ops."""
+    args = make_args(kind, packed, True, device)
+    torch.library.opcheck(_op(kind), _op_args(kind, args, reverse=True))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_opcheck_backward(kind, packed, device):
+    """The backward ops under opcheck, called with what the forward saved."""
+    args = make_args(kind, packed, True, device, grad=False)
+    fwd = _op(kind)(*_op_args(kind, args, reverse=False))
+    output = fwd[0]
+    a = args
+    mask = [True, True, True]
+    if kind.startswith("lstm"):
+        op = torch.ops.rnnfused.lstm_layer_backward.default
+        bargs = (torch.randn_like(output), torch.randn_like(a["hx"]), torch.randn_like(a["cx"]),
+                 a["input"], a["batch_sizes"], a["hx"], a["cx"], a["w_ih"], a["w_hh"], a["w_hr"],
+                 output, fwd[3], fwd[4], True, False, mask)
+    elif kind == "gru":
+        op = torch.ops.rnnfused.gru_layer_backward.default
+        bargs = (torch.randn_like(output), torch.randn_like(a["hx"]), a["input"], a["batch_sizes"],
+                 a["hx"], a["w_ih"], a["w_hh"], output, fwd[2], True, False, mask)
+    else:
+        op = torch.ops.rnnfused.rnn_layer_backward.default
+        bargs = (torch.randn_like(output), torch.randn_like(a["hx"]), a["input"], a["batch_sizes"],
+                 a["hx"], a["w_ih"], a["w_hh"], output, True, kind == "rnn_relu", False, mask)
+    torch.library.opcheck(op, bargs, test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradient_mask(kind, device):
+    """Only hx needs a gradient: the backward op forms that one (equal to the
+    reference) and returns empty tensors for the input and the weights."""
+    args = make_args(kind, False, True, device, grad=False)
+    args["hx"].requires_grad_(True)
+    seen = []
+    real = torch.ops.rnnfused
+    names = {"lstm": "lstm_layer_backward", "gru": "gru_layer_backward", "rnn": "rnn_layer_backward"}
+    backward = getattr(real, names[kind.split("_")[0]]).default
+
+    def spy(*a):
+        grads = backward(*a)
+        seen.append((a[-1], grads))
+        return grads
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.ops.rnnfused, names[kind.split("_")[0]], type("Op", (), {"default": staticmethod(spy)}))
+        outputs = run(kind, ops, args, reverse=False)
+        (grad,) = torch.autograd.grad(outputs[0].sum(), [args["hx"]])
+    (expected,) = torch.autograd.grad(run(kind, reference, args, False)[0].sum(), [args["hx"]])
+    torch.testing.assert_close(grad, expected)
+    (mask, grads), = seen
+    assert list(mask) == [False, True, False]
+    assert grads[0].numel() == 0  # input
+    assert all(g.numel() == 0 for g in grads[2 if kind == "gru" or kind.startswith("rnn") else 3 :])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_low_precision_runs_fused(kind, dtype, device):
+    """float32/bfloat16 (float32 accumulation) stay close to the float64 result."""
+    args = make_args(kind, True, True, device, dtype=torch.float64, grad=False)
+    want = run(kind, ops, args, reverse=True)
+    low = {k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+           for k, v in args.items()}
+    got = run(kind, ops, low, reverse=True)
+    tol = 1e-5 if dtype == torch.float32 else 5e-2
+    for g, w in zip(got, want):
+        assert g.dtype == dtype
+        torch.testing.assert_close(g.double(), w, atol=tol, rtol=tol)
+
+
+# ---------------------------------------------------------------- garbage in, errors out
+
+
+def _bad_cases(device):
+    """(description, callable, expected fragment of the message)."""
+    lstm = torch.ops.rnnfused.lstm_layer.default
+    gru = torch.ops.rnnfused.gru_layer.default
+    f = dict(device=device, dtype=torch.float32)
+    x, h, c = torch.randn(T, B, I, **f), torch.randn(B, H, **f), torch.randn(B, H, **f)
+    w_ih, w_hh = torch.randn(4 * H, I, **f), torch.randn(4 * H, H, **f)
+    bs = torch.tensor([3, 2, 2, 1])
+    xp = torch.randn(8, I, **f)
+    return [
+        ("input 2-D without batch_sizes", lambda: lstm(x[0], None, h, c, w_ih, w_hh, None, None, None, False), "'input' to have 3 dimensions"),
+        ("input size mismatch", lambda: lstm(x[..., :2], None, h, c, w_ih, w_hh, None, None, None, False), "input"),
+        ("w_ih not a multiple of 4", lambda: lstm(x, None, h, c, w_ih[:5], w_hh, None, None, None, False), "multiple of 4"),
+        ("w_hh wrong shape", lambda: lstm(x, None, h, c, w_ih, w_hh[:, :2], None, None, None, False), "'w_hh' of shape"),
+        ("hx wrong batch", lambda: lstm(x, None, h[:2], c, w_ih, w_hh, None, None, None, False), "the batch size"),
+        ("cx wrong shape", lambda: lstm(x, None, h, c[:, :2], w_ih, w_hh, None, None, None, False), "'cx' of shape"),
+        ("bias wrong size", lambda: lstm(x, None, h, c, w_ih, w_hh, torch.randn(3, **f), None, None, False), "'b_ih' of shape"),
+        ("dtype mismatch", lambda: lstm(x, None, h.double(), c, w_ih, w_hh, None, None, None, False), "dtype"),
+        ("integer input", lambda: lstm(x.long(), None, h, c, w_ih, w_hh, None, None, None, False), "floating"),
+        ("batch_sizes increasing", lambda: lstm(xp, torch.tensor([1, 2, 2, 3]), h, c, w_ih, w_hh, None, None, None, False), "batch_sizes"),
+        ("batch_sizes too long", lambda: lstm(xp, torch.tensor([3, 3, 3, 3]), h, c, w_ih, w_hh, None, None, None, False), "sum('batch_sizes')"),
+        ("batch_sizes negative", lambda: lstm(xp, torch.tensor([3, -1, 3, 3]), h, c, w_ih, w_hh, None, None, None, False), "batch_sizes"),
+        ("batch_sizes float", lambda: lstm(xp, bs.float(), h, c, w_ih, w_hh, None, None, None, False), "int64"),
+        ("batch_sizes first != B", lambda: lstm(xp, torch.tensor([2, 2, 2, 2]), h, c, w_ih, w_hh, None, None, None, False), "batch_sizes'[0]"),
+        ("gru with lstm weights", lambda: gru(x, None, h, w_ih[:10], w_hh[:10], None, None, False), "multiple of 3"),
+        ("w_hr wrong width", lambda: lstm(x, None, h[:, :2], c, w_ih, w_hh[:, :2], None, None, torch.randn(2, 3, **f), False), "'w_hr'"),
+    ]
+
+
+def test_bad_arguments_raise(device):
+    """Every malformed call raises a RuntimeError naming the argument; none crashes."""
+    for description, call, fragment in _bad_cases(device):
+        with pytest.raises(RuntimeError, match=None) as info:
+            call()
+        assert fragment in str(info.value), f"{description}: {info.value}"
+
+
+def test_zero_sizes(device):
+    """Zero batch and zero steps return empty outputs and the initial states."""
+    f = dict(device=device, dtype=torch.float64)
+    w_ih, w_hh = torch.randn(4 * H, I, **f), torch.randn(4 * H, H, **f)
+    h, c = torch.randn(0, H, **f), torch.randn(0, H, **f)
+    out, h_n, c_n = ops.lstm_layer(torch.randn(T, 0, I, **f), None, h, c, w_ih, w_hh, None, None, None, False)
+    assert out.shape == (T, 0, H) and h_n.shape == (0, H) and c_n.shape == (0, H)
+    h, c = torch.randn(B, H, **f), torch.randn(B, H, **f)
+    out, h_n, c_n = ops.lstm_layer(torch.randn(0, B, I, **f), None, h, c, w_ih, w_hh, None, None, None, False)
+    assert out.shape == (0, B, H)
+    torch.testing.assert_close(h_n, h)
+    torch.testing.assert_close(c_n, c)

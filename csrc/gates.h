@@ -1,7 +1,9 @@
 // Gate math of every cell, forward and backward: the one copy shared by the CPU
-// loops and the CUDA kernels. Scalar functions over the accumulation type `T`
-// (float for float/half/bfloat16 storage, double for double); no tensors, no
-// indexing. Gate order and formulas are torch.nn's.
+// loops and the CUDA kernels. Templates over the value type `T`: a scalar of the
+// accumulation type (float for float/half/bfloat16 storage, double for double),
+// or on the CPU a SIMD vector of floats (cpu/simd.h), which supplies its own
+// exp_of / tanh_of / relu_of / where_positive found by argument-dependent
+// lookup. No tensors, no indexing. Gate order and formulas are torch.nn's.
 #pragma once
 
 #include <c10/macros/Macros.h>
@@ -9,29 +11,45 @@
 
 namespace rnnfused {
 
+// The elementary functions, scalar versions.
+template <typename T>
+C10_HOST_DEVICE inline T exp_of(T x) {
+  return std::exp(x);
+}
+
+template <typename T>
+C10_HOST_DEVICE inline T tanh_of(T x) {
+  return std::tanh(x);
+}
+
+// relu with NaN propagating as in torch.relu.
+template <typename T>
+C10_HOST_DEVICE inline T relu_of(T x) {
+  return x < T(0) ? T(0) : x;
+}
+
+// value where h > 0, else 0 (relu's backward, as torch's threshold_backward).
+template <typename T>
+C10_HOST_DEVICE inline T where_positive(T h, T value) {
+  return h > T(0) ? value : T(0);
+}
+
 template <typename T>
 C10_HOST_DEVICE inline T sigmoid(T x) {
-  return T(1) / (T(1) + std::exp(-x));
+  return T(1) / (T(1) + exp_of(-x));
 }
 
 // ---------------------------------------------------------------- RNN
 // h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu.
 template <typename T>
 C10_HOST_DEVICE inline T rnn_forward(T preactivation, bool relu) {
-  if (relu) {
-    // NaN propagates as in torch.relu (x > 0 is false for NaN, so test x < 0).
-    return preactivation < T(0) ? T(0) : preactivation;
-  }
-  return std::tanh(preactivation);
+  return relu ? relu_of(preactivation) : tanh_of(preactivation);
 }
 
 // d_pre given the output h' of the activation and d_h' (the gradient on h').
 template <typename T>
 C10_HOST_DEVICE inline T rnn_backward(T h, T d_h, bool relu) {
-  if (relu) {
-    return h > T(0) ? d_h : T(0);
-  }
-  return d_h * (T(1) - h * h);
+  return relu ? where_positive(h, d_h) : d_h * (T(1) - h * h);
 }
 
 // ---------------------------------------------------------------- LSTM
@@ -44,7 +62,7 @@ struct LstmGates {
 // Activated gates from the pre-activations (x and h products plus both biases).
 template <typename T>
 C10_HOST_DEVICE inline LstmGates<T> lstm_activate(T pre_i, T pre_f, T pre_g, T pre_o) {
-  return {sigmoid(pre_i), sigmoid(pre_f), std::tanh(pre_g), sigmoid(pre_o)};
+  return {sigmoid(pre_i), sigmoid(pre_f), tanh_of(pre_g), sigmoid(pre_o)};
 }
 
 // c' = f * c + i * g
@@ -56,7 +74,7 @@ C10_HOST_DEVICE inline T lstm_cell(const LstmGates<T>& a, T c_prev) {
 // The hidden output before the projection: o * tanh(c').
 template <typename T>
 C10_HOST_DEVICE inline T lstm_hidden(const LstmGates<T>& a, T c) {
-  return a.o * std::tanh(c);
+  return a.o * tanh_of(c);
 }
 
 template <typename T>
@@ -70,7 +88,7 @@ struct LstmGrads {
 template <typename T>
 C10_HOST_DEVICE inline LstmGrads<T> lstm_backward(
     const LstmGates<T>& a, T c, T c_prev, T d_hidden, T d_c) {
-  const T tanh_c = std::tanh(c);
+  const T tanh_c = tanh_of(c);
   const T d_o = d_hidden * tanh_c;
   const T d_cell = d_c + d_hidden * a.o * (T(1) - tanh_c * tanh_c);
   LstmGrads<T> out;
@@ -96,7 +114,7 @@ template <typename T>
 C10_HOST_DEVICE inline GruGates<T> gru_activate(T x_r, T x_z, T x_n, T h_r, T h_z, T h_n) {
   const T r = sigmoid(x_r + h_r);
   const T z = sigmoid(x_z + h_z);
-  const T n = std::tanh(x_n + r * h_n);
+  const T n = tanh_of(x_n + r * h_n);
   return {r, z, n, h_n};
 }
 

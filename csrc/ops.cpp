@@ -6,6 +6,10 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <string>
+
+#include "cpu/simd.h"
+
 TORCH_LIBRARY(rnnfused, m) {
   m.def(
       "lstm_layer(Tensor input, Tensor? batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, "
@@ -33,6 +37,9 @@ TORCH_LIBRARY(rnnfused, m) {
       "Tensor hx, Tensor w_ih, Tensor w_hh, Tensor output, bool has_bias, bool relu, "
       "bool reverse, bool[3] output_mask) -> (Tensor grad_input, Tensor grad_hx, "
       "Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
+  // Which vectorised CPU step kernels run here: "avx512", "avx2" or "scalar".
+  m.def("cpu_isa() -> str",
+        [] { return std::string(rnnfused::cpu::isa_name(rnnfused::cpu::active_isa())); });
 }
 
 // `import rnnfused._C` loads this library, which registers the ops above; the

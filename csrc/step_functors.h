@@ -1,52 +1,98 @@
-// The pointwise work of one time step, as functors over a flat index
-// `idx = b * H + j` (b: batch row within the step, j: hidden unit). The CPU runs
-// them with a parallel loop, CUDA with a grid-stride kernel (launch.h); both call
-// the same operator(), so the CPU tests cover the indexing the GPU uses.
-// Pointers are already offset to the step's first row; row strides are the
-// matrices' widths (everything here is contiguous). Math is in `acc_t`
-// (float for half/bfloat16, else the storage type), via gates.h.
+// The pointwise work of one time step. Each functor holds the step's pointers
+// (already offset to the step's first row; row strides are the matrices' widths,
+// everything contiguous) and has one body, `apply(lanes, b, j)`, for batch row b
+// and hidden units starting at j. `lanes` says how many units one call covers
+// and how to load and store them:
+//   - ScalarLanes: one unit, in the accumulation type. `operator()(idx)` runs it
+//     for the flat index idx = b * H + j: CUDA's grid-stride kernel and the CPU's
+//     generic loop (launch*.h) both call it, so the CPU tests cover the indexing
+//     the GPU uses.
+//   - cpu/simd.h: 8 or 16 float units per call (AVX2, AVX-512), same body.
+// The math is gates.h's. This header includes no ATen, so that the SIMD
+// translation units, compiled for other instruction sets, share no inline code
+// with the rest of the library.
 #pragma once
 
-#include <ATen/OpMathType.h>
 #include <c10/macros/Macros.h>
+
+#include <cstdint>
 
 #include "gates.h"
 
+namespace c10 {
+struct Half;
+struct BFloat16;
+}  // namespace c10
+
 namespace rnnfused {
+
+// The type the math runs in for a storage type (as at::opmath_type).
+template <typename T>
+struct AccType {
+  using type = T;
+};
+template <>
+struct AccType<c10::Half> {
+  using type = float;
+};
+template <>
+struct AccType<c10::BFloat16> {
+  using type = float;
+};
+
+// One unit at a time, in the accumulation type `acc_t`.
+template <typename scalar_t>
+struct ScalarLanes {
+  using value = typename AccType<scalar_t>::type;
+  C10_HOST_DEVICE value load(const scalar_t* p) const { return value(*p); }
+  C10_HOST_DEVICE void store(scalar_t* p, value v) const { *p = scalar_t(v); }
+};
+
+// Splits a flat index into (row, unit) and runs the body on one unit.
+template <typename Derived, typename scalar_t>
+struct StepFunctor {
+  using scalar_type = scalar_t;
+
+  C10_HOST_DEVICE void operator()(int64_t idx) const {
+    const Derived& self = static_cast<const Derived&>(*this);
+    const int64_t b = idx / self.H;
+    self.apply(ScalarLanes<scalar_t>{}, b, idx - b * self.H);
+  }
+};
 
 // ----------------------------------------------------------------- RNN
 template <typename scalar_t>
-struct RnnForwardStep {
-  using acc_t = at::opmath_type<scalar_t>;
+struct RnnForwardStep : StepFunctor<RnnForwardStep<scalar_t>, scalar_t> {
   const scalar_t* x_proj;  // [rows, H]  W_ih x + b_ih + b_hh
   scalar_t* hidden;        // [rows, H]  in: W_hh h_prev, out: h'
   int64_t H;
   bool relu;
 
-  C10_HOST_DEVICE void operator()(int64_t idx) const {
-    const acc_t pre = acc_t(x_proj[idx]) + acc_t(hidden[idx]);
-    hidden[idx] = scalar_t(rnn_forward(pre, relu));
+  template <typename Lanes>
+  C10_HOST_DEVICE void apply(const Lanes& l, int64_t b, int64_t j) const {
+    const int64_t i = b * H + j;
+    l.store(hidden + i, rnn_forward(l.load(x_proj + i) + l.load(hidden + i), relu));
   }
 };
 
 template <typename scalar_t>
-struct RnnBackwardStep {
-  using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* hidden;  // [rows, H]  h' of this step
+struct RnnBackwardStep : StepFunctor<RnnBackwardStep<scalar_t>, scalar_t> {
+  const scalar_t* hidden;    // [rows, H]  h' of this step
   const scalar_t* d_hidden;  // [rows, H]  total gradient on h'
-  scalar_t* d_pre;         // [rows, H]  out: gradient on the pre-activation
+  scalar_t* d_pre;           // [rows, H]  out: gradient on the pre-activation
   int64_t H;
   bool relu;
 
-  C10_HOST_DEVICE void operator()(int64_t idx) const {
-    d_pre[idx] = scalar_t(rnn_backward(acc_t(hidden[idx]), acc_t(d_hidden[idx]), relu));
+  template <typename Lanes>
+  C10_HOST_DEVICE void apply(const Lanes& l, int64_t b, int64_t j) const {
+    const int64_t i = b * H + j;
+    l.store(d_pre + i, rnn_backward(l.load(hidden + i), l.load(d_hidden + i), relu));
   }
 };
 
 // ----------------------------------------------------------------- LSTM
 template <typename scalar_t>
-struct LstmForwardStep {
-  using acc_t = at::opmath_type<scalar_t>;
+struct LstmForwardStep : StepFunctor<LstmForwardStep<scalar_t>, scalar_t> {
   const scalar_t* x_proj;  // [rows, 4H]  W_ih x + b_ih + b_hh
   const scalar_t* h_proj;  // [rows, 4H]  W_hh h_prev
   scalar_t* cell_state;    // [rows, H]   in: c_prev, out: c'
@@ -55,33 +101,32 @@ struct LstmForwardStep {
   scalar_t* hidden;        // [rows, H]   out: o * tanh(c') (before any projection)
   int64_t H;
 
-  C10_HOST_DEVICE void operator()(int64_t idx) const {
-    const int64_t b = idx / H;
-    const int64_t j = idx - b * H;
-    const int64_t g0 = b * 4 * H + j;
-    acc_t pre[4];
-    for (int gate = 0; gate < 4; ++gate) {
-      pre[gate] = acc_t(x_proj[g0 + gate * H]) + acc_t(h_proj[g0 + gate * H]);
-    }
-    const LstmGates<acc_t> a = lstm_activate(pre[0], pre[1], pre[2], pre[3]);
-    const acc_t c = lstm_cell(a, acc_t(cell_state[idx]));
-    gates[g0] = scalar_t(a.i);
-    gates[g0 + H] = scalar_t(a.f);
-    gates[g0 + 2 * H] = scalar_t(a.g);
-    gates[g0 + 3 * H] = scalar_t(a.o);
-    cells[idx] = scalar_t(c);
-    cell_state[idx] = scalar_t(c);
-    hidden[idx] = scalar_t(lstm_hidden(a, c));
+  template <typename Lanes>
+  C10_HOST_DEVICE void apply(const Lanes& l, int64_t b, int64_t j) const {
+    const int64_t i = b * H + j;
+    const int64_t g = b * 4 * H + j;  // gate k of unit j at g + k * H
+    const auto a = lstm_activate(
+        l.load(x_proj + g) + l.load(h_proj + g),
+        l.load(x_proj + g + H) + l.load(h_proj + g + H),
+        l.load(x_proj + g + 2 * H) + l.load(h_proj + g + 2 * H),
+        l.load(x_proj + g + 3 * H) + l.load(h_proj + g + 3 * H));
+    const auto c = lstm_cell(a, l.load(cell_state + i));
+    l.store(gates + g, a.i);
+    l.store(gates + g + H, a.f);
+    l.store(gates + g + 2 * H, a.g);
+    l.store(gates + g + 3 * H, a.o);
+    l.store(cells + i, c);
+    l.store(cell_state + i, c);
+    l.store(hidden + i, lstm_hidden(a, c));
   }
 };
 
 template <typename scalar_t>
-struct LstmBackwardStep {
-  using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* gates;         // [rows, 4H]      saved activated gates
-  const scalar_t* cells;         // [rows, H]       saved c'
+struct LstmBackwardStep : StepFunctor<LstmBackwardStep<scalar_t>, scalar_t> {
+  const scalar_t* gates;         // [rows, 4H]       saved activated gates
+  const scalar_t* cells;         // [rows, H]        saved c'
   const scalar_t* cells_before;  // [rows_before, H] c' of the previous step (may be null)
-  const scalar_t* c0;            // [>= rows, H]    initial cell state, for rows >= rows_before
+  const scalar_t* c0;            // [>= rows, H]     initial cell state, for rows >= rows_before
   int64_t rows_before;
   const scalar_t* d_hidden;      // [rows, H]  gradient on o * tanh(c')
   scalar_t* d_cell;              // [rows, H]  in: gradient on c', out: gradient on c_prev
@@ -89,31 +134,30 @@ struct LstmBackwardStep {
   scalar_t* hidden;              // [rows, H]  out: o * tanh(c') when non-null (projection grads)
   int64_t H;
 
-  C10_HOST_DEVICE void operator()(int64_t idx) const {
-    const int64_t b = idx / H;
-    const int64_t j = idx - b * H;
-    const int64_t g0 = b * 4 * H + j;
-    const LstmGates<acc_t> a{
-        acc_t(gates[g0]), acc_t(gates[g0 + H]), acc_t(gates[g0 + 2 * H]), acc_t(gates[g0 + 3 * H])};
-    const acc_t c = acc_t(cells[idx]);
-    const acc_t c_prev = acc_t(b < rows_before ? cells_before[idx] : c0[idx]);
-    const LstmGrads<acc_t> d =
-        lstm_backward(a, c, c_prev, acc_t(d_hidden[idx]), acc_t(d_cell[idx]));
-    d_pre[g0] = scalar_t(d.d_pre.i);
-    d_pre[g0 + H] = scalar_t(d.d_pre.f);
-    d_pre[g0 + 2 * H] = scalar_t(d.d_pre.g);
-    d_pre[g0 + 3 * H] = scalar_t(d.d_pre.o);
-    d_cell[idx] = scalar_t(d.d_c_prev);
+  template <typename Lanes>
+  C10_HOST_DEVICE void apply(const Lanes& l, int64_t b, int64_t j) const {
+    const int64_t i = b * H + j;
+    const int64_t g = b * 4 * H + j;
+    using V = typename Lanes::value;
+    const LstmGates<V> a{l.load(gates + g), l.load(gates + g + H), l.load(gates + g + 2 * H),
+                         l.load(gates + g + 3 * H)};
+    const V c = l.load(cells + i);
+    const V c_prev = l.load(b < rows_before ? cells_before + i : c0 + i);
+    const LstmGrads<V> d = lstm_backward(a, c, c_prev, l.load(d_hidden + i), l.load(d_cell + i));
+    l.store(d_pre + g, d.d_pre.i);
+    l.store(d_pre + g + H, d.d_pre.f);
+    l.store(d_pre + g + 2 * H, d.d_pre.g);
+    l.store(d_pre + g + 3 * H, d.d_pre.o);
+    l.store(d_cell + i, d.d_c_prev);
     if (hidden != nullptr) {
-      hidden[idx] = scalar_t(lstm_hidden(a, c));
+      l.store(hidden + i, lstm_hidden(a, c));
     }
   }
 };
 
 // ----------------------------------------------------------------- GRU
 template <typename scalar_t>
-struct GruForwardStep {
-  using acc_t = at::opmath_type<scalar_t>;
+struct GruForwardStep : StepFunctor<GruForwardStep<scalar_t>, scalar_t> {
   const scalar_t* x_proj;  // [rows, 3H]  W_ih x + b_ih
   const scalar_t* h_proj;  // [rows, 3H]  W_hh h_prev (without b_hh)
   const scalar_t* b_hh;    // [3H] or null
@@ -122,30 +166,28 @@ struct GruForwardStep {
   scalar_t* hidden;        // [rows, H]   out: h'
   int64_t H;
 
-  C10_HOST_DEVICE void operator()(int64_t idx) const {
-    const int64_t b = idx / H;
-    const int64_t j = idx - b * H;
-    const int64_t g0 = b * 3 * H + j;
-    acc_t h_part[3];
-    for (int gate = 0; gate < 3; ++gate) {
-      const acc_t bias = b_hh == nullptr ? acc_t(0) : acc_t(b_hh[gate * H + j]);
-      h_part[gate] = acc_t(h_proj[g0 + gate * H]) + bias;
-    }
-    const GruGates<acc_t> a = gru_activate(
-        acc_t(x_proj[g0]), acc_t(x_proj[g0 + H]), acc_t(x_proj[g0 + 2 * H]),
-        h_part[0], h_part[1], h_part[2]);
-    const int64_t w0 = b * 4 * H + j;
-    workspace[w0] = scalar_t(a.r);
-    workspace[w0 + H] = scalar_t(a.z);
-    workspace[w0 + 2 * H] = scalar_t(a.n);
-    workspace[w0 + 3 * H] = scalar_t(a.h_n);
-    hidden[idx] = scalar_t(gru_hidden(a, acc_t(h_prev[idx])));
+  template <typename Lanes>
+  C10_HOST_DEVICE void apply(const Lanes& l, int64_t b, int64_t j) const {
+    using V = typename Lanes::value;
+    const int64_t i = b * H + j;
+    const int64_t g = b * 3 * H + j;
+    const V zero(0);
+    const auto a = gru_activate(
+        l.load(x_proj + g), l.load(x_proj + g + H), l.load(x_proj + g + 2 * H),
+        l.load(h_proj + g) + (b_hh == nullptr ? zero : l.load(b_hh + j)),
+        l.load(h_proj + g + H) + (b_hh == nullptr ? zero : l.load(b_hh + j + H)),
+        l.load(h_proj + g + 2 * H) + (b_hh == nullptr ? zero : l.load(b_hh + j + 2 * H)));
+    const int64_t w = b * 4 * H + j;
+    l.store(workspace + w, a.r);
+    l.store(workspace + w + H, a.z);
+    l.store(workspace + w + 2 * H, a.n);
+    l.store(workspace + w + 3 * H, a.h_n);
+    l.store(hidden + i, gru_hidden(a, l.load(h_prev + i)));
   }
 };
 
 template <typename scalar_t>
-struct GruBackwardStep {
-  using acc_t = at::opmath_type<scalar_t>;
+struct GruBackwardStep : StepFunctor<GruBackwardStep<scalar_t>, scalar_t> {
   const scalar_t* workspace;      // [rows, 4H]  saved r, z, n, W_hn h + b_hn
   const scalar_t* hidden_before;  // [rows_before, H] h' of the previous step (may be null)
   const scalar_t* h0;             // [>= rows, H] initial state, for rows >= rows_before
@@ -155,23 +197,23 @@ struct GruBackwardStep {
   scalar_t* d_h;       // [rows, 3H]  out: gradient on the hidden-side products
   int64_t H;
 
-  C10_HOST_DEVICE void operator()(int64_t idx) const {
-    const int64_t b = idx / H;
-    const int64_t j = idx - b * H;
-    const int64_t w0 = b * 4 * H + j;
-    const GruGates<acc_t> a{
-        acc_t(workspace[w0]), acc_t(workspace[w0 + H]), acc_t(workspace[w0 + 2 * H]),
-        acc_t(workspace[w0 + 3 * H])};
-    const acc_t h_prev = acc_t(b < rows_before ? hidden_before[idx] : h0[idx]);
-    const GruGrads<acc_t> d = gru_backward(a, h_prev, acc_t(d_hidden[idx]));
-    const int64_t g0 = b * 3 * H + j;
-    d_x[g0] = scalar_t(d.d_x_r);
-    d_x[g0 + H] = scalar_t(d.d_x_z);
-    d_x[g0 + 2 * H] = scalar_t(d.d_x_n);
-    d_h[g0] = scalar_t(d.d_h_r);
-    d_h[g0 + H] = scalar_t(d.d_h_z);
-    d_h[g0 + 2 * H] = scalar_t(d.d_h_n);
-    d_hidden[idx] = scalar_t(d.d_h_prev_direct);
+  template <typename Lanes>
+  C10_HOST_DEVICE void apply(const Lanes& l, int64_t b, int64_t j) const {
+    using V = typename Lanes::value;
+    const int64_t i = b * H + j;
+    const int64_t w = b * 4 * H + j;
+    const GruGates<V> a{l.load(workspace + w), l.load(workspace + w + H),
+                        l.load(workspace + w + 2 * H), l.load(workspace + w + 3 * H)};
+    const V h_prev = l.load(b < rows_before ? hidden_before + i : h0 + i);
+    const GruGrads<V> d = gru_backward(a, h_prev, l.load(d_hidden + i));
+    const int64_t g = b * 3 * H + j;
+    l.store(d_x + g, d.d_x_r);
+    l.store(d_x + g + H, d.d_x_z);
+    l.store(d_x + g + 2 * H, d.d_x_n);
+    l.store(d_h + g, d.d_h_r);
+    l.store(d_h + g + H, d.d_h_z);
+    l.store(d_h + g + 2 * H, d.d_h_n);
+    l.store(d_hidden + i, d.d_h_prev_direct);
   }
 };
 

@@ -26,7 +26,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
     if (rows == 0) continue;
     at::Tensor out_rows = output.narrow(0, off, rows);
     matmul_nt(h_proj.narrow(0, 0, rows), h.narrow(0, 0, rows), w_hh);
-    Launch::run(rows * H, GruForwardStep<scalar_t>{
+    Launch::run(rows * H, GruForwardStep<scalar_t>{{}, 
         x_proj.data_ptr<scalar_t>() + off * 3 * H, h_proj.data_ptr<scalar_t>(),
         b_hh.defined() ? b_hh.data_ptr<scalar_t>() : nullptr, h.data_ptr<scalar_t>(),
         workspace.data_ptr<scalar_t>() + off * 4 * H, out_rows.data_ptr<scalar_t>(), H});
@@ -53,7 +53,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     at::Tensor d_h_rows = d_h.narrow(0, 0, rows);
     d_h_rows.add_(grad_output.narrow(0, off, rows));
     const int64_t before = sched.rows_before(s);
-    Launch::run(rows * H, GruBackwardStep<scalar_t>{
+    Launch::run(rows * H, GruBackwardStep<scalar_t>{{}, 
         workspace.data_ptr<scalar_t>() + off * 4 * H,
         before > 0 ? output.data_ptr<scalar_t>() + sched.offset_before(s) * H : nullptr,
         h0.data_ptr<scalar_t>(), before, d_h.data_ptr<scalar_t>(),

@@ -32,7 +32,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
     at::Tensor out_rows = output.narrow(0, off, rows);
     matmul_nt(h_proj.narrow(0, 0, rows), h.narrow(0, 0, rows), w_hh);
     scalar_t* hidden_dst = proj ? hidden.data_ptr<scalar_t>() : out_rows.data_ptr<scalar_t>();
-    Launch::run(rows * H, LstmForwardStep<scalar_t>{
+    Launch::run(rows * H, LstmForwardStep<scalar_t>{{}, 
         x_proj.data_ptr<scalar_t>() + off * 4 * H, h_proj.data_ptr<scalar_t>(),
         c.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>() + off * 4 * H,
         cells.data_ptr<scalar_t>() + off * H, hidden_dst, H});
@@ -75,7 +75,7 @@ lstm_backward(const LayerSizes& sz, const Schedule& sched, const at::Tensor& gra
       at::mm_out(d_hidden_rows, d_h_rows, w_hr);  // [rows, P] @ [P, H]
     }
     const int64_t before = sched.rows_before(s);
-    Launch::run(rows * H, LstmBackwardStep<scalar_t>{
+    Launch::run(rows * H, LstmBackwardStep<scalar_t>{{}, 
         gates.data_ptr<scalar_t>() + off * 4 * H, cells.data_ptr<scalar_t>() + off * H,
         before > 0 ? cells.data_ptr<scalar_t>() + sched.offset_before(s) * H : nullptr,
         c0.data_ptr<scalar_t>(), before,

@@ -23,7 +23,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(const LayerSizes& sz, const Sched
     if (rows == 0) continue;
     at::Tensor out_rows = output.narrow(0, off, rows);
     matmul_nt(out_rows, h.narrow(0, 0, rows), w_hh);
-    Launch::run(rows * H, RnnForwardStep<scalar_t>{
+    Launch::run(rows * H, RnnForwardStep<scalar_t>{{}, 
         x_proj.data_ptr<scalar_t>() + off * H, out_rows.data_ptr<scalar_t>(), H, relu});
     h.narrow(0, 0, rows).copy_(out_rows);
   }
@@ -46,7 +46,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     if (rows == 0) continue;
     at::Tensor d_h_rows = d_h.narrow(0, 0, rows);
     d_h_rows.add_(grad_output.narrow(0, off, rows));
-    Launch::run(rows * H, RnnBackwardStep<scalar_t>{
+    Launch::run(rows * H, RnnBackwardStep<scalar_t>{{}, 
         output.data_ptr<scalar_t>() + off * H, d_h.data_ptr<scalar_t>(),
         d_pre.data_ptr<scalar_t>() + off * H, H, relu});
     at::mm_out(d_h_rows, d_pre.narrow(0, off, rows), w_hh);  // [rows, H] @ [H, H]

@@ -1,0 +1,50 @@
+// Run-time choice of the vectorised step kernels (simd.h).
+#include "simd.h"
+
+#include <cstdlib>
+#include <cstring>
+
+namespace rnnfused {
+namespace cpu {
+
+namespace {
+
+Isa detect() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return Isa::kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+#endif
+  return Isa::kScalar;
+}
+
+Isa requested(Isa supported) {
+  const char* env = std::getenv("RNNFUSED_CPU_ISA");
+  if (env == nullptr) return supported;
+  Isa wanted = supported;
+  if (std::strcmp(env, "scalar") == 0) wanted = Isa::kScalar;
+  if (std::strcmp(env, "avx2") == 0) wanted = Isa::kAvx2;
+  if (std::strcmp(env, "avx512") == 0) wanted = Isa::kAvx512;
+  return static_cast<int>(wanted) < static_cast<int>(supported) ? wanted : supported;
+}
+
+}  // namespace
+
+Isa active_isa() {
+  static const Isa isa = requested(detect());
+  return isa;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAvx2:
+      return "avx2";
+    default:
+      return "scalar";
+  }
+}
+
+}  // namespace cpu
+}  // namespace rnnfused

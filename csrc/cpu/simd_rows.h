@@ -1,0 +1,37 @@
+// Included by each ISA translation unit after it defines `Lanes<partial>`
+// (kWidth units per call, and for the tail a mask of the first `count` units).
+#pragma once
+
+#include <cstdint>
+
+namespace rnnfused {
+namespace cpu {
+namespace {
+
+template <template <bool> class Lanes, typename F>
+inline void run_rows(const F& f, int64_t row_begin, int64_t row_end) {
+  constexpr int64_t width = Lanes<false>::kWidth;
+  const int64_t H = f.H;
+  const int64_t full = H - H % width;
+  for (int64_t b = row_begin; b < row_end; ++b) {
+    for (int64_t j = 0; j < full; j += width) {
+      f.apply(Lanes<false>{}, b, j);
+    }
+    if (full < H) {
+      f.apply(Lanes<true>(static_cast<int>(H - full)), b, full);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace rnnfused
+
+// Explicit instantiations of run_rows_<isa> for every float step functor.
+#define RNNFUSED_INSTANTIATE_RUN_ROWS(fn)                                             \
+  template void fn(const ::rnnfused::RnnForwardStep<float>&, int64_t, int64_t);   \
+  template void fn(const ::rnnfused::RnnBackwardStep<float>&, int64_t, int64_t);  \
+  template void fn(const ::rnnfused::LstmForwardStep<float>&, int64_t, int64_t);  \
+  template void fn(const ::rnnfused::LstmBackwardStep<float>&, int64_t, int64_t); \
+  template void fn(const ::rnnfused::GruForwardStep<float>&, int64_t, int64_t);   \
+  template void fn(const ::rnnfused::GruBackwardStep<float>&, int64_t, int64_t)

@@ -1,0 +1,126 @@
+// The step functors on 16 floats at a time with AVX-512F. Compiled for
+// AVX-512 from the first line on, and run only where active_isa() says so.
+// Everything defined here is internal or unique to this file, so that no code
+// compiled for AVX-512 can stand in for a generic copy elsewhere.
+#pragma GCC target("avx512f,avx2,fma")
+// GCC 12 warns about the deliberately undefined vectors inside its own AVX-512 headers.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include <immintrin.h>
+
+#include "../step_functors.h"
+#include "simd.h"
+
+namespace rnnfused {
+namespace cpu {
+namespace {
+
+struct Vec {
+  __m512 v;
+  Vec() = default;
+  Vec(__m512 x) : v(x) {}
+  Vec(float x) : v(_mm512_set1_ps(x)) {}
+};
+
+inline Vec operator+(Vec a, Vec b) { return _mm512_add_ps(a.v, b.v); }
+inline Vec operator-(Vec a, Vec b) { return _mm512_sub_ps(a.v, b.v); }
+inline Vec operator*(Vec a, Vec b) { return _mm512_mul_ps(a.v, b.v); }
+inline Vec operator/(Vec a, Vec b) { return _mm512_div_ps(a.v, b.v); }
+inline Vec operator-(Vec a) {
+  return _mm512_castsi512_ps(
+      _mm512_xor_si512(_mm512_castps_si512(a.v), _mm512_set1_epi32(static_cast<int>(0x80000000u))));
+}
+inline Vec fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a.v, b.v, c.v); }
+
+// Bitwise float operations through the integer forms (AVX-512F has no and_ps).
+inline __m512 bits_and(__m512 a, __m512 b) {
+  return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a), _mm512_castps_si512(b)));
+}
+inline __m512 bits_andnot(__m512 a, __m512 b) {
+  return _mm512_castsi512_ps(_mm512_andnot_si512(_mm512_castps_si512(a), _mm512_castps_si512(b)));
+}
+inline __m512 bits_or(__m512 a, __m512 b) {
+  return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(a), _mm512_castps_si512(b)));
+}
+
+// Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-5 polynomial,
+// scaled by 2^n. The clamp keeps n finite; NaN passes through (min/max return
+// their second operand on NaN).
+inline Vec exp_of(Vec x) {
+  __m512 v = _mm512_max_ps(_mm512_set1_ps(-88.3762626647949f),
+                           _mm512_min_ps(_mm512_set1_ps(88.3762626647949f), x.v));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), v);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  Vec y = fma(Vec(1.9875691500e-4f), r, Vec(1.3981999507e-3f));
+  y = fma(y, r, Vec(8.3334519073e-3f));
+  y = fma(y, r, Vec(4.1665795894e-2f));
+  y = fma(y, r, Vec(1.6666665459e-1f));
+  y = fma(y, r, Vec(5.0000001201e-1f));
+  y = fma(y, Vec(r) * Vec(r), Vec(r) + Vec(1.0f));
+  return _mm512_scalef_ps(y.v, n);
+}
+
+// Cephes tanhf: an odd polynomial for |x| < 0.625, else 1 - 2 / (exp(2|x|) + 1)
+// with the sign of x.
+inline Vec tanh_of(Vec x) {
+  const __m512 sign_bit = _mm512_castsi512_ps(_mm512_set1_epi32(static_cast<int>(0x80000000u)));
+  const __m512 ax = bits_andnot(sign_bit, x.v);
+  const Vec z = x * x;
+  Vec p = fma(Vec(-5.70498872745e-3f), z, Vec(2.06390887954e-2f));
+  p = fma(p, z, Vec(-5.37397155531e-2f));
+  p = fma(p, z, Vec(1.33314422036e-1f));
+  p = fma(p, z, Vec(-3.33332819422e-1f));
+  const Vec small = fma(p * z, x, x);
+  const Vec e = exp_of(Vec(ax) + Vec(ax));
+  const Vec large_abs = Vec(1.0f) - Vec(2.0f) / (e + Vec(1.0f));
+  const __m512 large = bits_or(large_abs.v, bits_and(sign_bit, x.v));
+  const __mmask16 is_small = _mm512_cmp_ps_mask(ax, _mm512_set1_ps(0.625f), _CMP_LT_OQ);
+  return _mm512_mask_blend_ps(is_small, large, small.v);
+}
+
+inline Vec relu_of(Vec x) { return _mm512_max_ps(_mm512_setzero_ps(), x.v); }
+
+inline Vec where_positive(Vec h, Vec value) {
+  return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(h.v, _mm512_setzero_ps(), _CMP_GT_OQ), value.v);
+}
+
+template <bool kPartial>
+struct Lanes {
+  using value = Vec;
+  static constexpr int64_t kWidth = 16;
+  __mmask16 mask = 0xFFFF;
+  Lanes() = default;
+  explicit Lanes(int count) : mask(static_cast<__mmask16>((1u << count) - 1u)) {}
+  Vec load(const float* p) const {
+    return kPartial ? _mm512_maskz_loadu_ps(mask, p) : _mm512_loadu_ps(p);
+  }
+  void store(float* p, Vec v) const {
+    if (kPartial) {
+      _mm512_mask_storeu_ps(p, mask, v.v);
+    } else {
+      _mm512_storeu_ps(p, v.v);
+    }
+  }
+};
+
+}  // namespace
+}  // namespace cpu
+}  // namespace rnnfused
+
+#include "simd_rows.h"
+
+namespace rnnfused {
+namespace cpu {
+
+template <typename F>
+void run_rows_avx512(const F& f, int64_t row_begin, int64_t row_end) {
+  run_rows<Lanes>(f, row_begin, row_end);
+}
+
+RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx512);
+
+}  // namespace cpu
+}  // namespace rnnfused

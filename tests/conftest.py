@@ -1,0 +1,31 @@
+import os
+import sys
+import zlib
+
+import pytest
+import torch
+
+# helpers.py (next to this file) holds the twin builder make_twins(name, *args, device=,
+# dtype=, **kwargs) -> (torch.nn module, rnnfused module with the same weights) and the
+# comparison helpers; make it importable under any pytest import mode.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+CUDA = torch.cuda.is_available()
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="no CUDA device present")),
+]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    """Every test runs on the CPU, and on CUDA when a GPU is present."""
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _seed(request):
+    """A fixed seed per test, different between tests so that they see different data."""
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+    yield

@@ -1,0 +1,243 @@
+"""Shared helpers: build a torch.nn module and its rnnfused twin, run both, compare.
+
+A "kind" names a module configuration:
+    rnn_tanh, rnn_relu, lstm, lstm_proj, gru      (full-sequence modules)
+    rnn_tanh_cell, rnn_relu_cell, lstm_cell, gru_cell
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import rnnfused
+
+MODULE_KINDS = ["rnn_tanh", "rnn_relu", "lstm", "lstm_proj", "gru"]
+CELL_KINDS = ["rnn_tanh_cell", "rnn_relu_cell", "lstm_cell", "gru_cell"]
+
+# Small sizes keep the suite fast on 2 CPU cores; they still exercise every code path.
+INPUT_SIZE = 4
+HIDDEN_SIZE = 6
+PROJ_SIZE = 3
+SEQ_LEN = 5
+
+
+def tolerances(dtype: torch.dtype) -> dict:
+    """atol/rtol for comparing rnnfused with torch.nn.
+
+    float64: both compute the same math in double; differences are summation order only.
+    float32: the project's stated tolerance (fused GEMMs reorder the sums).
+    """
+    if dtype == torch.float64:
+        return dict(atol=1e-10, rtol=1e-8)
+    if dtype == torch.float32:
+        return dict(atol=1e-5, rtol=1e-4)
+    raise ValueError(f"no comparison tolerance for {dtype}")
+
+
+def module_spec(kind: str) -> tuple[str, dict]:
+    """(class name, extra constructor kwargs) for a kind."""
+    return {
+        "rnn_tanh": ("RNN", dict(nonlinearity="tanh")),
+        "rnn_relu": ("RNN", dict(nonlinearity="relu")),
+        "lstm": ("LSTM", {}),
+        "lstm_proj": ("LSTM", dict(proj_size=PROJ_SIZE)),
+        "gru": ("GRU", {}),
+        "rnn_tanh_cell": ("RNNCell", dict(nonlinearity="tanh")),
+        "rnn_relu_cell": ("RNNCell", dict(nonlinearity="relu")),
+        "lstm_cell": ("LSTMCell", {}),
+        "gru_cell": ("GRUCell", {}),
+    }[kind]
+
+
+def make_twins(name: str, *args, device="cpu", dtype=torch.float32, **kwargs):
+    """torch.nn.<name>(*args, **kwargs) and rnnfused.<name> holding the same weights.
+
+    The rnnfused module is built with the same arguments, then loads the torch.nn state_dict.
+    """
+    ref = getattr(torch.nn, name)(*args, device=device, dtype=dtype, **kwargs)
+    fused = getattr(rnnfused, name)(*args, device=device, dtype=dtype, **kwargs)
+    fused.load_state_dict(ref.state_dict())
+    assert type(fused) is getattr(rnnfused, name)
+    for (n_ref, p_ref), (n_fused, p_fused) in zip(ref.named_parameters(), fused.named_parameters()):
+        assert n_ref == n_fused
+        assert torch.equal(p_ref, p_fused), n_ref
+    return ref, fused
+
+
+def make_kind_twins(kind: str, device="cpu", dtype=torch.float32, **kwargs):
+    name, extra = module_spec(kind)
+    return make_twins(name, INPUT_SIZE, HIDDEN_SIZE, device=device, dtype=dtype, **extra, **kwargs)
+
+
+def is_lstm(module) -> bool:
+    return isinstance(module, (torch.nn.LSTM, torch.nn.LSTMCell))
+
+
+def fixed_randn(shape, device, dtype, seed: int) -> torch.Tensor:
+    """Deterministic normal tensor that does not touch the global RNG."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(tuple(shape), generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+
+
+def weighted_sum(tensors, seed: int = 1234) -> torch.Tensor:
+    """sum_k (t_k * W_k).sum() with a distinct fixed random weight per element, so that gradient
+    errors in different elements cannot cancel."""
+    total = None
+    for k, t in enumerate(tensors):
+        if t is None:
+            continue
+        term = (t * fixed_randn(t.shape, t.device, t.dtype, seed + 7919 * k)).sum()
+        total = term if total is None else total + term
+    return total
+
+
+# ---------------------------------------------------------------- full-sequence modules
+
+FORMS = ["batched", "unbatched", "packed_sorted", "packed_unsorted", "empty"]
+
+
+def make_inputs(module, form: str, with_hx: bool, device, dtype, batch_first=None):
+    """Leaf tensors (x, h0, c0-or-None) and a `build` function turning leaves into the
+    module arguments.  Shapes follow torch.nn's documentation for `form`."""
+    if batch_first is None:
+        batch_first = module.batch_first
+    num_dirs = 2 if module.bidirectional else 1
+    out_h = module.proj_size if getattr(module, "proj_size", 0) > 0 else module.hidden_size
+    layers = module.num_layers * num_dirs
+    T, I, H = SEQ_LEN, module.input_size, module.hidden_size
+
+    lengths = None
+    if form == "batched":
+        B = 3
+        xshape = (B, T, I) if batch_first else (T, B, I)
+    elif form == "empty":
+        B = 0
+        xshape = (B, T, I) if batch_first else (T, B, I)
+    elif form == "unbatched":
+        B = None
+        xshape = (T, I)
+    elif form == "packed_sorted":
+        lengths = [T, 3, 3, 1]          # descending, with a repeated length
+        B = len(lengths)
+        xshape = (B, T, I) if batch_first else (T, B, I)
+    elif form == "packed_unsorted":
+        lengths = [3, T, 1, 3, 2]       # the longest sequence is not first
+        B = len(lengths)
+        xshape = (B, T, I) if batch_first else (T, B, I)
+    else:
+        raise ValueError(form)
+
+    x = torch.randn(xshape, device=device, dtype=dtype)
+    if lengths is not None:
+        # zero the padding so that both modules see identical padded tensors
+        for b, n in enumerate(lengths):
+            if batch_first:
+                x[b, n:] = 0
+            else:
+                x[n:, b] = 0
+    h0 = c0 = None
+    if with_hx:
+        hshape = (layers, out_h) if B is None else (layers, B, out_h)
+        h0 = torch.randn(hshape, device=device, dtype=dtype)
+        if is_lstm(module):
+            cshape = (layers, H) if B is None else (layers, B, H)
+            c0 = torch.randn(cshape, device=device, dtype=dtype)
+
+    def build(x_, h0_, c0_):
+        inp = x_
+        if lengths is not None:
+            inp = pack_padded_sequence(
+                x_, torch.tensor(lengths), batch_first=batch_first,
+                enforce_sorted=(form == "packed_sorted"))
+        if h0_ is None:
+            return (inp,)
+        if c0_ is not None:
+            return (inp, (h0_, c0_))
+        return (inp, h0_)
+
+    return (x, h0, c0), build
+
+
+def run_module(module, leaves, build, seed: int = 1234) -> dict:
+    """Forward + weighted loss + gradients w.r.t. the input, the initial states and every
+    parameter.  Returns name -> tensor (outputs and gradients)."""
+    leaves = [None if t is None else t.detach().clone().requires_grad_(True) for t in leaves]
+    args = build(*leaves)
+    out, hidden = module(*args)
+    result = {}
+    if isinstance(out, PackedSequence):
+        result["output.data"] = out.data
+        result["output.batch_sizes"] = out.batch_sizes
+        result["output.sorted_indices"] = out.sorted_indices
+        result["output.unsorted_indices"] = out.unsorted_indices
+        out_t = out.data
+    else:
+        result["output"] = out
+        out_t = out
+    states = list(hidden) if isinstance(hidden, tuple) else [hidden]
+    for k, s in enumerate(states):
+        result[f"hidden[{k}]"] = s
+    result["output.requires_grad"] = out_t.requires_grad
+    loss = weighted_sum([out_t] + states, seed)
+    grad_names = ["input", "h0", "c0"]
+    inputs = [(n, t) for n, t in zip(grad_names, leaves) if t is not None]
+    params = list(module.named_parameters())
+    grads = torch.autograd.grad(
+        loss, [t for _, t in inputs] + [p for _, p in params],
+        allow_unused=True, materialize_grads=True)
+    for (n, _), g in zip(inputs + params, grads):
+        result[f"grad {n}"] = g
+    return result
+
+
+def assert_results_equal(actual: dict, expected: dict, dtype: torch.dtype, context: str = ""):
+    assert list(actual) == list(expected), f"{context}: result keys differ"
+    tol = tolerances(dtype)
+    for key, exp in expected.items():
+        act = actual[key]
+        if exp is None or isinstance(exp, bool):
+            assert act == exp, f"{context}: {key}: {act} != {exp}"
+        elif exp.is_floating_point():
+            torch.testing.assert_close(
+                act, exp, **tol, msg=lambda m, key=key: f"{context}: {key}: {m}")
+        else:
+            assert torch.equal(act, exp), f"{context}: {key}: {act} != {exp}"
+
+
+def compare_modules(ref, fused, form: str, with_hx: bool, device, dtype, seed: int = 1234):
+    leaves, build = make_inputs(ref, form, with_hx, device, dtype)
+    expected = run_module(ref, leaves, build, seed)
+    actual = run_module(fused, leaves, build, seed)
+    assert_results_equal(actual, expected, dtype, context=f"{type(fused).__name__} {form}")
+    return actual, expected
+
+
+def simple_forward(module, x, *rest):
+    out, _ = module(x, *rest)
+    return out
+
+
+# ---------------------------------------------------------------- cells
+
+def run_cell_loop(cell, xs, hx, seed: int = 1234) -> dict:
+    """Step `cell` over xs[t] in a Python loop; weighted loss over every step's state(s);
+    gradients w.r.t. each x_t, the initial state(s) and every parameter."""
+    xs = xs.detach().clone().requires_grad_(True)
+    if hx is not None:
+        hx = tuple(h.detach().clone().requires_grad_(True) for h in hx)
+    state = None if hx is None else (hx if is_lstm(cell) else hx[0])
+    per_step = []
+    for t in range(xs.shape[0]):
+        state = cell(xs[t], state) if state is not None else cell(xs[t])
+        per_step.extend(state if isinstance(state, tuple) else (state,))
+    result = {f"state[{k}]": s for k, s in enumerate(per_step)}
+    loss = weighted_sum(per_step, seed)
+    leaves = [("input", xs)] + ([] if hx is None else [(f"hx[{k}]", h) for k, h in enumerate(hx)])
+    params = list(cell.named_parameters())
+    grads = torch.autograd.grad(
+        loss, [t for _, t in leaves] + [p for _, p in params],
+        allow_unused=True, materialize_grads=True)
+    for (n, _), g in zip(leaves + params, grads):
+        result[f"grad {n}"] = g
+    return result

@@ -1,0 +1,377 @@
+"""rnnfused.RNN / LSTM / GRU against torch.nn holding the same weights: outputs, final states,
+gradients of the input, of h0/c0 and of every parameter; module plumbing (repr, state_dict,
+pickling, copies, dtype moves, parametrizations, dropout)."""
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+from torch.nn.utils.parametrizations import weight_norm
+
+import rnnfused
+from helpers import (
+    FORMS,
+    MODULE_KINDS,
+    assert_results_equal,
+    compare_modules,
+    make_inputs,
+    make_kind_twins,
+    make_twins,
+    module_spec,
+    run_module,
+    tolerances,
+    INPUT_SIZE,
+    HIDDEN_SIZE,
+    SEQ_LEN,
+)
+
+DTYPES = [torch.float32, torch.float64]
+
+
+# ---------------------------------------------------------------- numerics
+#
+# The full product kind x layers x directions x batch_first x bias x dtype x form x hx would be
+# 2400 cases per device; it is split in three grids that together cover every pair of options:
+#  - float64 (tightest tolerance, so the best bug detector): everything but batch_first;
+#  - float32 (its own kernel instantiation): every form and direction at 1 and 3 layers;
+#  - batch_first=True: every form, both dtypes, 1 and 2 layers (batch_first only changes the
+#    layout of batched input; for unbatched and packed input torch.nn ignores it).
+
+HX = pytest.mark.parametrize("with_hx", [False, True], ids=["no_hx", "hx"])
+FORM = pytest.mark.parametrize("form", FORMS)
+BIDIR = pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+KIND = pytest.mark.parametrize("kind", MODULE_KINDS)
+
+
+@HX
+@FORM
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@BIDIR
+@pytest.mark.parametrize("num_layers", [1, 2, 3], ids=["L1", "L2", "L3"])
+@KIND
+def test_matches_torch_float64(kind, num_layers, bidirectional, bias, form, with_hx, device):
+    ref, fused = make_kind_twins(kind, device=device, dtype=torch.float64, num_layers=num_layers,
+                                 bidirectional=bidirectional, bias=bias)
+    compare_modules(ref, fused, form, with_hx, device, torch.float64)
+
+
+@HX
+@FORM
+@BIDIR
+@pytest.mark.parametrize("num_layers", [1, 3], ids=["L1", "L3"])
+@KIND
+def test_matches_torch_float32(kind, num_layers, bidirectional, form, with_hx, device):
+    ref, fused = make_kind_twins(kind, device=device, dtype=torch.float32, num_layers=num_layers,
+                                 bidirectional=bidirectional, bias=(num_layers == 1))
+    compare_modules(ref, fused, form, with_hx, device, torch.float32)
+
+
+@HX
+@FORM
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@BIDIR
+@pytest.mark.parametrize("num_layers", [1, 2], ids=["L1", "L2"])
+@KIND
+def test_matches_torch_batch_first(kind, num_layers, bidirectional, dtype, form, with_hx,
+                                   device):
+    ref, fused = make_kind_twins(kind, device=device, dtype=dtype, num_layers=num_layers,
+                                 bidirectional=bidirectional, batch_first=True,
+                                 bias=(num_layers == 2))
+    compare_modules(ref, fused, form, with_hx, device, dtype)
+
+
+@KIND
+def test_matches_torch_other_sizes(kind, device):
+    """input_size > hidden_size and (LSTM) proj_size = hidden_size - 1."""
+    name, extra = module_spec(kind)
+    if "proj_size" in extra:
+        extra = dict(proj_size=6)
+    ref, fused = make_twins(name, 11, 7, device=device, dtype=torch.float64, num_layers=2,
+                            bidirectional=True, **extra)
+    compare_modules(ref, fused, "packed_unsorted", True, device, torch.float64)
+    compare_modules(ref, fused, "batched", True, device, torch.float64)
+
+
+@KIND
+def test_repeated_calls_and_eval_no_grad(kind, device):
+    """Same results on a second call, in eval() mode and under no_grad (no stale state)."""
+    ref, fused = make_kind_twins(kind, device=device, dtype=torch.float64, num_layers=2,
+                                 bidirectional=True)
+    leaves, build = make_inputs(ref, "batched", True, device, torch.float64)
+    first = run_module(fused, leaves, build)
+    second = run_module(fused, leaves, build)
+    assert_results_equal(second, first, torch.float64, "second call")
+    ref.eval()
+    fused.eval()
+    with torch.no_grad():
+        out_ref, h_ref = ref(*build(*leaves))
+        out_fused, h_fused = fused(*build(*leaves))
+    assert not out_fused.requires_grad
+    torch.testing.assert_close(out_fused, out_ref, **tolerances(torch.float64))
+    h_ref = h_ref if isinstance(h_ref, tuple) else (h_ref,)
+    h_fused = h_fused if isinstance(h_fused, tuple) else (h_fused,)
+    for a, b in zip(h_fused, h_ref, strict=True):
+        torch.testing.assert_close(a, b, **tolerances(torch.float64))
+
+
+@KIND
+def test_backward_through_loss_backward(kind, device):
+    """loss.backward() fills .grad of every parameter like torch.nn (not only autograd.grad)."""
+    ref, fused = make_kind_twins(kind, device=device, dtype=torch.float64, num_layers=2,
+                                 bidirectional=True, batch_first=True)
+    x = torch.randn(2, SEQ_LEN, INPUT_SIZE, device=device, dtype=torch.float64)
+    for m in (ref, fused):
+        out, _ = m(x)
+        (out * torch.linspace(-1, 1, out.numel(), device=device, dtype=torch.float64)
+         .view_as(out)).sum().backward()
+    for (name, p_ref), (_, p_fused) in zip(ref.named_parameters(), fused.named_parameters()):
+        assert p_fused.grad is not None, name
+        torch.testing.assert_close(p_fused.grad, p_ref.grad, **tolerances(torch.float64),
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
+@KIND
+def test_non_contiguous_input_and_hx(kind, device):
+    ref, fused = make_kind_twins(kind, device=device, dtype=torch.float64, num_layers=2)
+    # (B, T, I) transposed to (T, B, I): a non-contiguous view
+    x = torch.randn(3, SEQ_LEN, INPUT_SIZE, device=device, dtype=torch.float64).transpose(0, 1)
+    out_h = ref.proj_size if getattr(ref, "proj_size", 0) else ref.hidden_size
+    h0 = torch.randn(3, 2, out_h, device=device, dtype=torch.float64).transpose(0, 1)
+    hx = h0
+    if kind.startswith("lstm"):
+        hx = (h0, torch.randn(3, 2, HIDDEN_SIZE, device=device, dtype=torch.float64)
+              .transpose(0, 1))
+    assert not x.is_contiguous() and not h0.is_contiguous()
+    out_ref, _ = ref(x, hx)
+    out_fused, _ = fused(x, hx)
+    torch.testing.assert_close(out_fused, out_ref, **tolerances(torch.float64))
+
+
+@KIND
+def test_frozen_weights_and_input_without_grad(kind, device):
+    """Only some parameters require grad and the input does not: the same parameters get the
+    same gradients, frozen ones get none; with everything frozen no graph is built."""
+    ref, fused = make_kind_twins(kind, device=device, dtype=torch.float64, num_layers=2,
+                                 bidirectional=True)
+    frozen = {"weight_ih_l0", "weight_hh_l1_reverse"}
+    for m in (ref, fused):
+        for name, p in m.named_parameters():
+            p.requires_grad_(name not in frozen)
+    x = torch.randn(SEQ_LEN, 2, INPUT_SIZE, device=device, dtype=torch.float64)
+    for m in (ref, fused):
+        out, _ = m(x)
+        (out * torch.linspace(-1, 1, out.numel(), device=device, dtype=torch.float64)
+         .view_as(out)).sum().backward()
+    for (name, p_ref), (_, p_fused) in zip(ref.named_parameters(), fused.named_parameters()):
+        if name in frozen:
+            assert p_fused.grad is None, name
+        else:
+            torch.testing.assert_close(p_fused.grad, p_ref.grad, **tolerances(torch.float64),
+                                       msg=lambda m, name=name: f"{name}: {m}")
+    fused.requires_grad_(False)
+    out, hidden = fused(x)
+    assert not out.requires_grad
+
+
+# ---------------------------------------------------------------- module plumbing
+
+@KIND
+def test_isinstance_repr_state_dict(kind):
+    ref, fused = make_kind_twins(kind, num_layers=2, bidirectional=True, batch_first=True,
+                                 dropout=0.25, bias=False)
+    name, _ = module_spec(kind)
+    assert isinstance(fused, getattr(torch.nn, name))
+    assert isinstance(fused, torch.nn.RNNBase)
+    assert fused.extra_repr() == ref.extra_repr()
+    # identical up to the class name
+    assert repr(fused).split("(", 1)[1] == repr(ref).split("(", 1)[1]
+    assert list(fused.state_dict()) == list(ref.state_dict())
+    assert [n for n, _ in fused.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    assert fused._flat_weights_names == ref._flat_weights_names
+    for attr in ("mode", "input_size", "hidden_size", "num_layers", "bias", "batch_first",
+                 "dropout", "bidirectional", "proj_size"):
+        assert getattr(fused, attr) == getattr(ref, attr), attr
+
+
+@KIND
+def test_state_dict_both_directions(kind, device):
+    name, extra = module_spec(kind)
+    kwargs = dict(num_layers=2, bidirectional=True, **extra)
+    torch_m = getattr(torch.nn, name)(INPUT_SIZE, HIDDEN_SIZE, device=device,
+                                      dtype=torch.float64, **kwargs)
+    fused = getattr(rnnfused, name)(INPUT_SIZE, HIDDEN_SIZE, device=device, dtype=torch.float64,
+                                    **kwargs)
+    # independently initialised: the weights differ before loading
+    assert not torch.equal(torch_m.weight_hh_l0, fused.weight_hh_l0)
+
+    # rnnfused -> torch.nn
+    torch_m.load_state_dict(fused.state_dict())
+    compare_modules(torch_m, fused, "batched", True, device, torch.float64)
+
+    # torch.nn -> rnnfused, with fresh weights on the torch side
+    torch_m2 = getattr(torch.nn, name)(INPUT_SIZE, HIDDEN_SIZE, device=device,
+                                       dtype=torch.float64, **kwargs)
+    assert not torch.equal(torch_m2.weight_hh_l0, fused.weight_hh_l0)
+    fused.load_state_dict(torch_m2.state_dict())
+    compare_modules(torch_m2, fused, "packed_unsorted", True, device, torch.float64)
+
+
+@KIND
+def test_in_place_weight_update_is_seen(kind, device):
+    """Writing into a parameter in place (what an optimizer does) changes the next output."""
+    ref, fused = make_kind_twins(kind, device=device, dtype=torch.float64)
+    with torch.no_grad():
+        for m in (ref, fused):
+            m.weight_hh_l0.mul_(1.5)
+            m.weight_ih_l0.add_(0.1)
+    compare_modules(ref, fused, "batched", True, device, torch.float64)
+
+
+@KIND
+def test_pickle_and_torch_save_round_trip(kind, device):
+    ref, fused = make_kind_twins(kind, device=device, dtype=torch.float64, num_layers=2,
+                                 bidirectional=True)
+    clones = [pickle.loads(pickle.dumps(fused))]
+    buf = io.BytesIO()
+    torch.save(fused, buf)
+    buf.seek(0)
+    clones.append(torch.load(buf, weights_only=False))
+    for clone in clones:
+        assert type(clone) is type(fused)
+        assert clone.weight_hh_l0 is not fused.weight_hh_l0
+        compare_modules(ref, clone, "batched", True, device, torch.float64)
+
+
+@KIND
+def test_deepcopy(kind, device):
+    ref, fused = make_kind_twins(kind, device=device, dtype=torch.float64, num_layers=2)
+    clone = copy.deepcopy(fused)
+    assert type(clone) is type(fused)
+    compare_modules(ref, clone, "batched", True, device, torch.float64)
+    # the copy owns its parameters: changing it leaves the original alone
+    with torch.no_grad():
+        clone.weight_hh_l0.zero_()
+    compare_modules(ref, fused, "batched", True, device, torch.float64)
+    out_clone, _ = clone(torch.ones(SEQ_LEN, 2, INPUT_SIZE, device=device, dtype=torch.float64))
+    out_fused, _ = fused(torch.ones(SEQ_LEN, 2, INPUT_SIZE, device=device, dtype=torch.float64))
+    assert not torch.allclose(out_clone, out_fused)
+
+
+@KIND
+def test_flatten_parameters(kind, device):
+    ref, fused = make_kind_twins(kind, device=device, dtype=torch.float32, num_layers=2,
+                                 bidirectional=True)
+    assert fused.flatten_parameters() is None
+    ref.flatten_parameters()
+    compare_modules(ref, fused, "batched", True, device, torch.float32)
+
+
+@pytest.mark.parametrize("how", ["double", "to_dtype"])
+@KIND
+def test_dtype_conversion(kind, how, device):
+    ref, fused = make_kind_twins(kind, device=device, dtype=torch.float32, num_layers=2,
+                                 bidirectional=True)
+    for m in (ref, fused):
+        if how == "double":
+            m.double()
+        else:
+            m.to(torch.float64)
+    assert fused.weight_hh_l0.dtype == torch.float64
+    compare_modules(ref, fused, "batched", True, device, torch.float64)
+    compare_modules(ref, fused, "packed_sorted", False, device, torch.float64)
+    # and back down
+    ref.float()
+    fused.to(dtype=torch.float32)
+    compare_modules(ref, fused, "batched", True, device, torch.float32)
+
+
+@KIND
+def test_device_move(kind, device):
+    """Built on the CPU, moved with .to(device) afterwards."""
+    ref, fused = make_kind_twins(kind, device="cpu", dtype=torch.float32, num_layers=2)
+    ref.to(device)
+    fused.to(device)
+    assert fused.weight_ih_l1.device.type == device
+    compare_modules(ref, fused, "batched", True, device, torch.float32)
+
+
+@KIND
+def test_weight_norm_parametrization(kind, device):
+    ref, fused = make_kind_twins(kind, device=device, dtype=torch.float64, num_layers=2)
+    for m in (ref, fused):
+        weight_norm(m, "weight_hh_l0")
+    assert list(fused.state_dict()) == list(ref.state_dict())
+    fused.load_state_dict(ref.state_dict())
+    # make the parametrization matter: scale the magnitude away from its initial value
+    with torch.no_grad():
+        for m in (ref, fused):
+            m.parametrizations.weight_hh_l0.original0.mul_(2.0)
+    compare_modules(ref, fused, "batched", True, device, torch.float64)
+    compare_modules(ref, fused, "packed_unsorted", False, device, torch.float64)
+
+
+# ---------------------------------------------------------------- dropout
+
+@BIDIR
+@KIND
+def test_dropout_eval_matches(kind, bidirectional, device):
+    ref, fused = make_kind_twins(kind, device=device, dtype=torch.float64, num_layers=2,
+                                 dropout=0.5, bidirectional=bidirectional)
+    ref.eval()
+    fused.eval()
+    compare_modules(ref, fused, "batched", True, device, torch.float64)
+    compare_modules(ref, fused, "packed_unsorted", True, device, torch.float64)
+
+
+@KIND
+def test_dropout_train_is_random(kind, device):
+    _, fused = make_kind_twins(kind, device=device, dtype=torch.float64, num_layers=2,
+                               dropout=0.5)
+    x = torch.randn(SEQ_LEN, 3, INPUT_SIZE, device=device, dtype=torch.float64)
+    fused.eval()
+    out_eval, _ = fused(x)
+    fused.train()
+    out_a, _ = fused(x)
+    out_b, _ = fused(x)
+    assert not torch.allclose(out_a, out_eval), "training output equals eval output: no dropout"
+    assert not torch.allclose(out_a, out_b), "two training calls gave the same output"
+
+
+@KIND
+def test_dropout_single_layer_warns_and_is_inert(kind, device):
+    """dropout applies between layers only: num_layers=1 warns like torch.nn, and training
+    output equals eval output."""
+    name, extra = module_spec(kind)
+    messages = []
+    for ns in (torch.nn, rnnfused):
+        with pytest.warns(UserWarning) as record:
+            m = getattr(ns, name)(INPUT_SIZE, HIDDEN_SIZE, num_layers=1, dropout=0.5,
+                                  device=device, dtype=torch.float64, **extra)
+        messages.append([str(w.message) for w in record])
+    assert messages[1] == messages[0]
+    x = torch.randn(SEQ_LEN, 3, INPUT_SIZE, device=device, dtype=torch.float64)
+    m.train()
+    out_train, _ = m(x)
+    m.eval()
+    out_eval, _ = m(x)
+    torch.testing.assert_close(out_train, out_eval, **tolerances(torch.float64))
+
+
+@pytest.mark.parametrize("form", ["batched", "packed_unsorted", "unbatched"])
+@BIDIR
+@KIND
+def test_dropout_train_same_rng_as_torch_cpu(kind, bidirectional, form):
+    """The goal: rnnfused consumes the CPU RNG exactly like torch.nn (torch.dropout on each
+    non-last layer's output), so the same seed gives the same output and gradients."""
+    ref, fused = make_kind_twins(kind, device="cpu", dtype=torch.float64, num_layers=3,
+                                 dropout=0.5, bidirectional=bidirectional)
+    ref.train()
+    fused.train()
+    leaves, build = make_inputs(ref, form, True, "cpu", torch.float64)
+    torch.manual_seed(123)
+    expected = run_module(ref, leaves, build)
+    torch.manual_seed(123)
+    actual = run_module(fused, leaves, build)
+    assert_results_equal(actual, expected, torch.float64, "dropout train")

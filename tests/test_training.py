@@ -1,0 +1,131 @@
+"""A short training run: torch.nn model and its rnnfused conversion follow the same loss curve;
+rnnfused.convert swaps every recurrent module in place and keeps the Parameter objects."""
+
+import copy
+
+import pytest
+import torch
+
+import rnnfused
+
+VOCAB, EMBED, HIDDEN, CLASSES = 50, 16, 32, 5
+STEPS = 20
+
+
+class Tagger(torch.nn.Module):
+    """Embedding(50, 16) -> 2-layer recurrent module, hidden 32 -> Linear -> per-step logits."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.embed = torch.nn.Embedding(VOCAB, EMBED)
+        cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[kind]
+        self.rnn = cls(EMBED, HIDDEN, num_layers=2, batch_first=True)
+        self.head = torch.nn.Linear(HIDDEN, CLASSES)
+
+    def forward(self, tokens):
+        out, _ = self.rnn(self.embed(tokens))
+        return self.head(out)
+
+
+def train(model, tokens, targets, device):
+    model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    losses = []
+    for _ in range(STEPS):
+        opt.zero_grad()
+        logits = model(tokens)
+        loss = loss_fn(logits.reshape(-1, CLASSES), targets.reshape(-1))
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return torch.tensor(losses, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_training_loss_curve_matches(kind, device):
+    ref_model = Tagger(kind)
+    fused_model = rnnfused.convert(copy.deepcopy(ref_model))
+    assert isinstance(fused_model.rnn, (rnnfused.LSTM, rnnfused.GRU, rnnfused.RNN))
+    tokens = torch.randint(0, VOCAB, (4, 6), device=device)
+    targets = torch.randint(0, CLASSES, (4, 6), device=device)
+    ref_losses = train(ref_model, tokens, targets, device)
+    fused_losses = train(fused_model, tokens, targets, device)
+    # the model learns: otherwise matching curves would prove little
+    assert ref_losses[-1] < 0.5 * ref_losses[0]
+    # float32 end to end: the project's stated tolerance, at every step
+    torch.testing.assert_close(fused_losses, ref_losses, atol=1e-5, rtol=1e-4)
+    # and the trained weights agree too
+    for (name, p_ref), (_, p_fused) in zip(ref_model.named_parameters(),
+                                          fused_model.named_parameters(), strict=True):
+        torch.testing.assert_close(p_fused, p_ref, atol=1e-4, rtol=1e-3,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
+class Nested(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True)
+        self.blocks = torch.nn.ModuleList([
+            torch.nn.Sequential(torch.nn.Linear(8, 3), torch.nn.GRU(3, 4)),
+            torch.nn.RNN(3, 4, nonlinearity="relu", bias=False),
+        ])
+        self.cells = torch.nn.ModuleDict({
+            "lstm": torch.nn.LSTMCell(3, 4),
+            "gru": torch.nn.GRUCell(3, 4),
+            "rnn": torch.nn.RNNCell(3, 4),
+        })
+        self.proj = torch.nn.LSTM(3, 4, proj_size=2)
+
+
+def test_convert_replaces_every_recurrent_module_in_place():
+    model = Nested()
+    params_before = {n: p for n, p in model.named_parameters()}
+    names_before = [n for n, _ in model.named_modules()]
+    state_before = {k: v.clone() for k, v in model.state_dict().items()}
+    converted = rnnfused.convert(model)
+    assert converted is model
+    expected_types = {
+        "lstm": rnnfused.LSTM, "blocks.0.1": rnnfused.GRU, "blocks.1": rnnfused.RNN,
+        "cells.lstm": rnnfused.LSTMCell, "cells.gru": rnnfused.GRUCell,
+        "cells.rnn": rnnfused.RNNCell, "proj": rnnfused.LSTM,
+    }
+    modules = dict(model.named_modules())
+    assert list(modules) == names_before
+    for name, cls in expected_types.items():
+        assert type(modules[name]) is cls, name
+    assert type(modules["blocks.0.0"]) is torch.nn.Linear
+    # same Parameter objects, same values, same configuration
+    for n, p in model.named_parameters():
+        assert p is params_before[n], n
+    assert list(model.state_dict()) == list(state_before)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state_before[k]), k
+    assert modules["blocks.1"].nonlinearity == "relu" and modules["blocks.1"].bias is False
+    assert modules["lstm"].bidirectional and modules["lstm"].num_layers == 2
+    assert modules["proj"].proj_size == 2
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_convert_outputs_match(kind):
+    ref_model = Tagger(kind)
+    fused_model = rnnfused.convert(copy.deepcopy(ref_model))
+    tokens = torch.randint(0, VOCAB, (3, 7))
+    torch.testing.assert_close(fused_model(tokens), ref_model(tokens), atol=1e-5, rtol=1e-4)
+
+
+def test_convert_top_level_module():
+    """convert() on a bare torch.nn.LSTM returns an rnnfused.LSTM with the same parameters."""
+    lstm = torch.nn.LSTM(3, 4, num_layers=2)
+    params = list(lstm.parameters())
+    converted = rnnfused.convert(lstm)
+    assert isinstance(converted, rnnfused.LSTM)
+    assert all(a is b for a, b in zip(converted.parameters(), params, strict=True))
+
+
+def test_convert_leaves_rnnfused_and_others_alone():
+    model = torch.nn.Sequential(rnnfused.GRU(3, 4), torch.nn.Linear(4, 2))
+    gru = model[0]
+    rnnfused.convert(model)
+    assert model[0] is gru
+    assert type(model[1]) is torch.nn.Linear

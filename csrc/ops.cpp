@@ -1,7 +1,8 @@
 // The op schemas, declared once for every backend (kernels register per device
 // in cpu/ and cuda/). Sequence arguments: `input` is [T, B, I] when
 // `batch_sizes` is None, else the packed data [N, I]; `output` follows it.
-// Saved workspaces (`gates`, `cells`, `workspace`) are [N, k * hidden_size].
+// Saved workspaces (`gates`, `cells`, `workspace`) are [N, k * hidden_size] when
+// `need_workspace` (a backward will follow), else empty.
 // output_mask: which of (input, initial states, weights) get gradients.
 #include <Python.h>
 #include <torch/library.h>
@@ -13,7 +14,7 @@
 TORCH_LIBRARY(rnnfused, m) {
   m.def(
       "lstm_layer(Tensor input, Tensor? batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, "
-      "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse) "
+      "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, bool need_workspace) "
       "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor gates, Tensor cells)");
   m.def(
       "lstm_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, "
@@ -23,7 +24,8 @@ TORCH_LIBRARY(rnnfused, m) {
       "Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, Tensor grad_w_hr)");
   m.def(
       "gru_layer(Tensor input, Tensor? batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, "
-      "Tensor? b_ih, Tensor? b_hh, bool reverse) -> (Tensor output, Tensor h_n, Tensor workspace)");
+      "Tensor? b_ih, Tensor? b_hh, bool reverse, bool need_workspace) "
+      "-> (Tensor output, Tensor h_n, Tensor workspace)");
   m.def(
       "gru_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? batch_sizes, "
       "Tensor hx, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool has_bias, "

@@ -36,6 +36,11 @@ def has_kernel(device_type: str) -> bool:
 # ----------------------------------------------------------------- wrappers
 
 
+def _backward_follows(*tensors: Tensor | None) -> bool:
+    """Whether autograd will need the op's saved workspace."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def rnn_layer(
     input: Tensor,
     batch_sizes: Tensor | None,
@@ -68,8 +73,9 @@ def lstm_layer(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One LSTM layer-direction. hx [B, P], cx [B, H], w_hr [P, H] or None.
     Returns (output [T, B, P] or [N, P], h_n [B, P], c_n [B, H])."""
+    need_workspace = _backward_follows(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
     output, h_n, c_n, _, _ = torch.ops.rnnfused.lstm_layer.default(
-        input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse
+        input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, need_workspace
     )
     return output, h_n, c_n
 
@@ -85,8 +91,9 @@ def gru_layer(
     reverse: bool,
 ) -> tuple[Tensor, Tensor]:
     """One GRU layer-direction. Returns (output [T, B, H] or [N, H], h_n [B, H])."""
+    need_workspace = _backward_follows(input, hx, w_ih, w_hh, b_ih, b_hh)
     output, h_n, _ = torch.ops.rnnfused.gru_layer.default(
-        input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse
+        input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, need_workspace
     )
     return output, h_n
 
@@ -125,22 +132,25 @@ if EXTENSION_LOADED:
         return input.new_empty(out_shape), hx.new_empty(hx.shape)
 
     @torch.library.register_fake("rnnfused::lstm_layer")
-    def _lstm_layer_fake(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    def _lstm_layer_fake(
+        input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, need_workspace
+    ):
         hidden = _check_weights(input, hx, w_ih, w_hh, 4)
         out_shape, rows = _sequence_shapes(input, batch_sizes, hx.size(1))
         return (
             input.new_empty(out_shape),
             hx.new_empty(hx.shape),
             cx.new_empty(cx.shape),
-            input.new_empty(rows, 4 * hidden),
-            input.new_empty(rows, hidden),
+            input.new_empty(rows, 4 * hidden) if need_workspace else input.new_empty(0),
+            input.new_empty(rows, hidden) if need_workspace else input.new_empty(0),
         )
 
     @torch.library.register_fake("rnnfused::gru_layer")
-    def _gru_layer_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse):
+    def _gru_layer_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, need_workspace):
         hidden = _check_weights(input, hx, w_ih, w_hh, 3)
         out_shape, rows = _sequence_shapes(input, batch_sizes, hidden)
-        return input.new_empty(out_shape), hx.new_empty(hx.shape), input.new_empty(rows, 4 * hidden)
+        workspace = input.new_empty(rows, 4 * hidden) if need_workspace else input.new_empty(0)
+        return input.new_empty(out_shape), hx.new_empty(hx.shape), workspace
 
     def _weight_grads_fake(w_ih, w_hh, has_bias, mask):
         empty = w_ih.new_empty(0)
@@ -225,7 +235,7 @@ def _rnn_backward(ctx: Any, grad_output: Tensor, grad_h_n: Tensor):
 
 
 def _lstm_setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-    input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = inputs
+    input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, _ = inputs
     out, _, _, gates, cells = output
     ctx.save_for_backward(input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, out, gates, cells)
     ctx.mark_non_differentiable(gates, cells)
@@ -246,11 +256,12 @@ def _lstm_backward(ctx: Any, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad
         _keep(g_in, need[0]), None, _keep(g_hx, need[2]), _keep(g_cx, need[3]),
         _keep(g_wih, need[4]), _keep(g_whh, need[5]), _keep(g_bih, need[6] and ctx.has_bias),
         _keep(g_bhh, need[7] and ctx.has_bias), _keep(g_whr, need[8] and w_hr is not None), None,
+        None,
     )
 
 
 def _gru_setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-    input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse = inputs
+    input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, _ = inputs
     out, _, workspace = output
     ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, out, workspace)
     ctx.mark_non_differentiable(workspace)
@@ -269,7 +280,7 @@ def _gru_backward(ctx: Any, grad_output, grad_h_n, _grad_workspace):
     return (
         _keep(g_in, need[0]), None, _keep(g_hx, need[2]), _keep(g_wih, need[3]),
         _keep(g_whh, need[4]), _keep(g_bih, need[5] and ctx.has_bias),
-        _keep(g_bhh, need[6] and ctx.has_bias), None,
+        _keep(g_bhh, need[6] and ctx.has_bias), None, None,
     )
 
 

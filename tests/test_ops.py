@@ -103,14 +103,14 @@ def test_gradcheck(kind, packed, reverse, bias, device):
     assert torch.autograd.gradcheck(fn, [args[n] for n in names], eps=1e-6, atol=1e-7)
 
 
-def _op_args(kind: str, args: dict, reverse: bool) -> tuple:
+def _op_args(kind: str, args: dict, reverse: bool, need_workspace: bool = True) -> tuple:
     a = args
     if kind.startswith("lstm"):
         return (a["input"], a["batch_sizes"], a["hx"], a["cx"], a["w_ih"], a["w_hh"], a["b_ih"],
-                a["b_hh"], a["w_hr"], reverse)
+                a["b_hh"], a["w_hr"], reverse, need_workspace)
     if kind == "gru":
         return (a["input"], a["batch_sizes"], a["hx"], a["w_ih"], a["w_hh"], a["b_ih"],
-                a["b_hh"], reverse)
+                a["b_hh"], reverse, need_workspace)
     return (a["input"], a["batch_sizes"], a["hx"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"],
             kind == "rnn_relu", reverse)
 
@@ -201,8 +201,12 @@ def test_low_precision_runs_fused(kind, dtype, device):
 
 def _bad_cases(device):
     """(description, callable, expected fragment of the message)."""
-    lstm = torch.ops.rnnfused.lstm_layer.default
-    gru = torch.ops.rnnfused.gru_layer.default
+    def lstm(*args):
+        return torch.ops.rnnfused.lstm_layer.default(*args, True)
+
+    def gru(*args):
+        return torch.ops.rnnfused.gru_layer.default(*args, True)
+
     f = dict(device=device, dtype=torch.float32)
     x, h, c = torch.randn(T, B, I, **f), torch.randn(B, H, **f), torch.randn(B, H, **f)
     w_ih, w_hh = torch.randn(4 * H, I, **f), torch.randn(4 * H, H, **f)
@@ -236,6 +240,22 @@ def test_bad_arguments_raise(device):
         assert fragment in str(info.value), f"{description}: {info.value}"
 
 
+@pytest.mark.parametrize("kind", ["lstm", "lstm_proj", "gru"])
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_inference_saves_no_workspace(kind, packed, device):
+    """need_workspace=False (no backward to follow) returns the same outputs and
+    empty workspaces: inference memory does not grow with the saved gates."""
+    args = make_args(kind, packed, True, device, grad=False)
+    saved = _op(kind)(*_op_args(kind, args, reverse=True, need_workspace=True))
+    lean = _op(kind)(*_op_args(kind, args, reverse=True, need_workspace=False))
+    n_out = 3 if kind.startswith("lstm") else 2
+    for got, want in zip(lean[:n_out], saved[:n_out]):
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+    assert all(w.numel() == 0 for w in lean[n_out:])
+    assert all(w.numel() > 0 for w in saved[n_out:])
+    torch.library.opcheck(_op(kind), _op_args(kind, args, reverse=True, need_workspace=False))
+
+
 def test_zero_sizes(device):
     """Zero batch and zero steps return empty outputs and the initial states."""
     f = dict(device=device, dtype=torch.float64)
@@ -248,3 +268,35 @@ def test_zero_sizes(device):
     assert out.shape == (0, B, H)
     torch.testing.assert_close(h_n, h)
     torch.testing.assert_close(c_n, c)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_long_packed_sequence_spans_projection_chunks(kind, reverse, device):
+    """Enough rows (> 512) that the input projection is formed in several chunks,
+    with batch sizes changing inside and across chunks."""
+    lengths = [700, 433, 432, 5, 1]
+    batch_sizes = torch.tensor(
+        [sum(length > t for length in lengths) for t in range(max(lengths))], dtype=torch.long
+    )
+    args = make_args(kind, True, True, device)
+    gates = GATES[kind]
+    args["input"] = torch.randn(int(batch_sizes.sum()), I, device=device, dtype=torch.float64,
+                                requires_grad=True)
+    args["batch_sizes"] = batch_sizes
+    args["hx"] = torch.randn(len(lengths), args["hx"].size(1), device=device, dtype=torch.float64,
+                             requires_grad=True)
+    if "cx" in args:
+        args["cx"] = torch.randn(len(lengths), H, device=device, dtype=torch.float64)
+    # Small recurrent weights keep 700 steps away from saturation.
+    args["w_hh"] = (0.3 * torch.randn(gates * H, args["hx"].size(1), device=device,
+                                      dtype=torch.float64)).requires_grad_(True)
+    leaves = [args["input"], args["hx"], args["w_ih"], args["w_hh"]]
+    results = []
+    for fn_module in (ops, reference):
+        outputs = run(kind, fn_module, args, reverse)
+        loss = sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype, device=o.device).view_as(o)).sum()
+                   for o in outputs)
+        results.append((outputs, torch.autograd.grad(loss, leaves)))
+    for got, want in zip(results[0][0] + results[0][1], results[1][0] + results[1][1]):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-8)

@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -86,15 +87,61 @@ inline void matmul_nt(at::Tensor out, const at::Tensor& a, const at::Tensor& b) 
   at::mm_out(out, a, b.t());
 }
 
-// x_proj = input @ w_ih^T + bias: the input projection of every step as one GEMM.
-// input: [N, I], w_ih: [G*H, I], bias: [G*H] or undefined. Returns [N, G*H].
-inline at::Tensor input_projection(const at::Tensor& input, const at::Tensor& w_ih,
-                                   const at::Tensor& bias) {
-  if (bias.defined()) {
-    return at::addmm(bias, input, w_ih.t());
+// The input projection x_proj = input @ w_ih^T + bias, formed a chunk of steps
+// at a time as the loop reaches them: a GEMM of ~kChunkRows rows each, its
+// result still in cache when the steps read it, and memory independent of T.
+//   input: [N, I], w_ih: [G*H, I], bias: [G*H] or undefined.
+template <typename scalar_t>
+class ProjectedInput {
+ public:
+  static constexpr int64_t kChunkRows = 512;
+
+  ProjectedInput(const Schedule& sched, const at::Tensor& input, const at::Tensor& w_ih,
+                 const at::Tensor& bias)
+      : sched_(sched), input_(input), w_ih_(w_ih), bias_(bias) {
+    int64_t widest = 0;
+    for (int64_t s = 0; s < sched.steps(); ++s) widest = std::max(widest, sched.rows(s));
+    buffer_ = at::empty({std::max(widest, std::min(kChunkRows, input.size(0))), w_ih.size(0)},
+                        input.options());
   }
-  return at::mm(input, w_ih.t());
-}
+
+  // [rows(s), G*H]: the projection of step s's rows. Steps are visited in order.
+  const scalar_t* step(int64_t s) {
+    if (s >= chunk_end_) load_chunk(s);
+    return buffer_.data_ptr<scalar_t>() + (sched_.offset(s) - first_row_) * w_ih_.size(0);
+  }
+
+ private:
+  void load_chunk(int64_t s) {
+    // Steps s .. chunk_end_-1 cover a contiguous range of rows in either direction.
+    int64_t lo = sched_.offset(s), hi = lo + sched_.rows(s);
+    int64_t end = s + 1;
+    for (; end < sched_.steps(); ++end) {
+      const int64_t l = std::min(lo, sched_.offset(end));
+      const int64_t h = std::max(hi, sched_.offset(end) + sched_.rows(end));
+      if (h - l > buffer_.size(0)) break;
+      lo = l;
+      hi = h;
+    }
+    at::Tensor out = buffer_.narrow(0, 0, hi - lo);
+    const at::Tensor rows = input_.narrow(0, lo, hi - lo);
+    if (bias_.defined()) {
+      at::addmm_out(out, bias_, rows, w_ih_.t());
+    } else {
+      at::mm_out(out, rows, w_ih_.t());
+    }
+    first_row_ = lo;
+    chunk_end_ = end;
+  }
+
+  const Schedule& sched_;
+  const at::Tensor& input_;
+  const at::Tensor& w_ih_;
+  const at::Tensor& bias_;
+  at::Tensor buffer_;
+  int64_t first_row_ = 0;
+  int64_t chunk_end_ = 0;
+};
 
 // The sum of the biases that enter the pre-activations together (RNN, LSTM).
 inline at::Tensor combined_bias(const std::optional<at::Tensor>& b_ih,

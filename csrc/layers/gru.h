@@ -7,17 +7,18 @@
 
 namespace rnnfused {
 
-// input: [N, I], h0: [B, H]. Returns output [N, H], h_n [B, H], workspace [N, 4H]
-// (r, z, n, W_hn h + b_hn of every row).
+// input: [N, I], h0: [B, H]. Returns output [N, H], h_n [B, H] and, when `save`,
+// workspace [N, 4H] (r, z, n, W_hn h + b_hn of every row; else [0]).
 template <typename scalar_t, typename Launch>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
     const LayerSizes& sz, const Schedule& sched, const at::Tensor& input, const at::Tensor& h0,
     const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& b_ih,
-    const at::Tensor& b_hh) {
+    const at::Tensor& b_hh, bool save) {
   const int64_t H = sz.hidden, B = sz.batch, N = sz.rows;
-  const at::Tensor x_proj = input_projection(input, w_ih, b_ih);  // [N, 3H]
+  ProjectedInput<scalar_t> x_proj(sched, input, w_ih, b_ih);  // [N, 3H], a chunk at a time
   at::Tensor output = at::empty({N, H}, input.options());
-  at::Tensor workspace = at::empty({N, 4 * H}, input.options());
+  // Saved for the backward, or one step's scratch.
+  at::Tensor workspace = at::empty({save ? N : B, 4 * H}, input.options());
   at::Tensor h = h0.clone(at::MemoryFormat::Contiguous);  // running state [B, H]
   at::Tensor h_proj = at::empty({B, 3 * H}, input.options());
 
@@ -26,12 +27,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
     if (rows == 0) continue;
     at::Tensor out_rows = output.narrow(0, off, rows);
     matmul_nt(h_proj.narrow(0, 0, rows), h.narrow(0, 0, rows), w_hh);
-    Launch::run(rows * H, GruForwardStep<scalar_t>{{}, 
-        x_proj.data_ptr<scalar_t>() + off * 3 * H, h_proj.data_ptr<scalar_t>(),
+    Launch::run(rows * H, GruForwardStep<scalar_t>{{},
+        x_proj.step(s), h_proj.data_ptr<scalar_t>(),
         b_hh.defined() ? b_hh.data_ptr<scalar_t>() : nullptr, h.data_ptr<scalar_t>(),
-        workspace.data_ptr<scalar_t>() + off * 4 * H, out_rows.data_ptr<scalar_t>(), H});
+        workspace.data_ptr<scalar_t>() + (save ? off : 0) * 4 * H, out_rows.data_ptr<scalar_t>(),
+        H});
     h.narrow(0, 0, rows).copy_(out_rows);
   }
+  if (!save) workspace = empty_grad(input);
   return {output, h, workspace};
 }
 
@@ -53,7 +56,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     at::Tensor d_h_rows = d_h.narrow(0, 0, rows);
     d_h_rows.add_(grad_output.narrow(0, off, rows));
     const int64_t before = sched.rows_before(s);
-    Launch::run(rows * H, GruBackwardStep<scalar_t>{{}, 
+    Launch::run(rows * H, GruBackwardStep<scalar_t>{{},
         workspace.data_ptr<scalar_t>() + off * 4 * H,
         before > 0 ? output.data_ptr<scalar_t>() + sched.offset_before(s) * H : nullptr,
         h0.data_ptr<scalar_t>(), before, d_h.data_ptr<scalar_t>(),

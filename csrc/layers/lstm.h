@@ -9,18 +9,20 @@
 namespace rnnfused {
 
 // input: [N, I] (rows of the dense [T, B, I] or packed data), h0: [B, P], c0: [B, H].
-// Returns output [N, P], h_n [B, P], c_n [B, H], gates [N, 4H], cells [N, H].
+// Returns output [N, P], h_n [B, P], c_n [B, H], and what the backward needs when
+// `save`: gates [N, 4H], cells [N, H] (else both [0]).
 template <typename scalar_t, typename Launch>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
     const LayerSizes& sz, const Schedule& sched, const at::Tensor& input, const at::Tensor& h0,
     const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& bias,
-    const at::Tensor& w_hr) {
+    const at::Tensor& w_hr, bool save) {
   const int64_t H = sz.hidden, P = sz.output, B = sz.batch, N = sz.rows;
   const bool proj = w_hr.defined();
-  const at::Tensor x_proj = input_projection(input, w_ih, bias);  // [N, 4H]
+  ProjectedInput<scalar_t> x_proj(sched, input, w_ih, bias);  // [N, 4H], a chunk at a time
   at::Tensor output = at::empty({N, P}, input.options());
-  at::Tensor gates = at::empty({N, 4 * H}, input.options());
-  at::Tensor cells = at::empty({N, H}, input.options());
+  // Saved for the backward, or one step's scratch.
+  at::Tensor gates = at::empty({save ? N : B, 4 * H}, input.options());
+  at::Tensor cells = at::empty({save ? N : B, H}, input.options());
   at::Tensor h = h0.clone(at::MemoryFormat::Contiguous);  // running state [B, P]
   at::Tensor c = c0.clone(at::MemoryFormat::Contiguous);  // running state [B, H]
   at::Tensor h_proj = at::empty({B, 4 * H}, input.options());
@@ -32,14 +34,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
     at::Tensor out_rows = output.narrow(0, off, rows);
     matmul_nt(h_proj.narrow(0, 0, rows), h.narrow(0, 0, rows), w_hh);
     scalar_t* hidden_dst = proj ? hidden.data_ptr<scalar_t>() : out_rows.data_ptr<scalar_t>();
-    Launch::run(rows * H, LstmForwardStep<scalar_t>{{}, 
-        x_proj.data_ptr<scalar_t>() + off * 4 * H, h_proj.data_ptr<scalar_t>(),
-        c.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>() + off * 4 * H,
-        cells.data_ptr<scalar_t>() + off * H, hidden_dst, H});
+    const int64_t saved = save ? off : 0;
+    Launch::run(rows * H, LstmForwardStep<scalar_t>{{},
+        x_proj.step(s), h_proj.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(),
+        gates.data_ptr<scalar_t>() + saved * 4 * H, cells.data_ptr<scalar_t>() + saved * H,
+        hidden_dst, H});
     if (proj) {
       matmul_nt(out_rows, hidden.narrow(0, 0, rows), w_hr);
     }
     h.narrow(0, 0, rows).copy_(out_rows);
+  }
+  if (!save) {
+    gates = empty_grad(input);
+    cells = empty_grad(input);
   }
   return {output, h, c, gates, cells};
 }
@@ -75,7 +82,7 @@ lstm_backward(const LayerSizes& sz, const Schedule& sched, const at::Tensor& gra
       at::mm_out(d_hidden_rows, d_h_rows, w_hr);  // [rows, P] @ [P, H]
     }
     const int64_t before = sched.rows_before(s);
-    Launch::run(rows * H, LstmBackwardStep<scalar_t>{{}, 
+    Launch::run(rows * H, LstmBackwardStep<scalar_t>{{},
         gates.data_ptr<scalar_t>() + off * 4 * H, cells.data_ptr<scalar_t>() + off * H,
         before > 0 ? cells.data_ptr<scalar_t>() + sched.offset_before(s) * H : nullptr,
         c0.data_ptr<scalar_t>(), before,

@@ -5,7 +5,7 @@
 //
 // Sequence layout: input is [T, B, I] when batch_sizes is None (outputs
 // [T, B, P]) or packed data [N, I] with batch_sizes [T] (outputs [N, P]).
-// Saved workspaces are always [N, k * H].
+// Saved workspaces are [N, k * H] when need_workspace, else [0].
 #pragma once
 
 #include <ATen/Dispatch.h>
@@ -54,7 +54,7 @@ template <typename Launch>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer(
     const Tensor& input, const OptTensor& batch_sizes, const Tensor& hx, const Tensor& cx,
     const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-    const OptTensor& w_hr, bool reverse) {
+    const OptTensor& w_hr, bool reverse, bool need_workspace) {
   constexpr const char* op = "rnnfused::lstm_layer";
   const LayerSizes sz = check_layer_args(op, 4, input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, w_hr);
   check_shape(op, "cx", cx, {sz.batch, sz.hidden}, input);
@@ -64,7 +64,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer(
   return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), op, [&] {
     auto [output, h_n, c_n, gates, cells] = lstm_forward<scalar_t, Launch>(
         sz, sched, x, hx.contiguous(), cx.contiguous(), w_ih.contiguous(), w_hh.contiguous(),
-        combined_bias(b_ih, b_hh), value_or_undefined(w_hr));
+        combined_bias(b_ih, b_hh), value_or_undefined(w_hr), need_workspace);
     return std::make_tuple(sequence_layout(output, input, batch_sizes), h_n, c_n, gates, cells);
   });
 }
@@ -102,7 +102,8 @@ template <typename Launch>
 std::tuple<Tensor, Tensor, Tensor> gru_layer(const Tensor& input, const OptTensor& batch_sizes,
                                              const Tensor& hx, const Tensor& w_ih,
                                              const Tensor& w_hh, const OptTensor& b_ih,
-                                             const OptTensor& b_hh, bool reverse) {
+                                             const OptTensor& b_hh, bool reverse,
+                                             bool need_workspace) {
   constexpr const char* op = "rnnfused::gru_layer";
   const LayerSizes sz =
       check_layer_args(op, 3, input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, std::nullopt);
@@ -112,7 +113,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_layer(const Tensor& input, const OptTenso
   return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), op, [&] {
     auto [output, h_n, workspace] = gru_forward<scalar_t, Launch>(
         sz, sched, x, hx.contiguous(), w_ih.contiguous(), w_hh.contiguous(),
-        value_or_undefined(b_ih), value_or_undefined(b_hh));
+        value_or_undefined(b_ih), value_or_undefined(b_hh), need_workspace);
     return std::make_tuple(sequence_layout(output, input, batch_sizes), h_n, workspace);
   });
 }

@@ -14,7 +14,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(const LayerSizes& sz, const Sched
                                                const at::Tensor& w_ih, const at::Tensor& w_hh,
                                                const at::Tensor& bias, bool relu) {
   const int64_t H = sz.hidden, N = sz.rows;
-  const at::Tensor x_proj = input_projection(input, w_ih, bias);  // [N, H]
+  ProjectedInput<scalar_t> x_proj(sched, input, w_ih, bias);  // [N, H], a chunk at a time
   at::Tensor output = at::empty({N, H}, input.options());
   at::Tensor h = h0.clone(at::MemoryFormat::Contiguous);  // running state [B, H]
 
@@ -23,8 +23,8 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(const LayerSizes& sz, const Sched
     if (rows == 0) continue;
     at::Tensor out_rows = output.narrow(0, off, rows);
     matmul_nt(out_rows, h.narrow(0, 0, rows), w_hh);
-    Launch::run(rows * H, RnnForwardStep<scalar_t>{{}, 
-        x_proj.data_ptr<scalar_t>() + off * H, out_rows.data_ptr<scalar_t>(), H, relu});
+    Launch::run(rows * H,
+                RnnForwardStep<scalar_t>{{}, x_proj.step(s), out_rows.data_ptr<scalar_t>(), H, relu});
     h.narrow(0, 0, rows).copy_(out_rows);
   }
   return {output, h};
@@ -46,7 +46,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     if (rows == 0) continue;
     at::Tensor d_h_rows = d_h.narrow(0, 0, rows);
     d_h_rows.add_(grad_output.narrow(0, off, rows));
-    Launch::run(rows * H, RnnBackwardStep<scalar_t>{{}, 
+    Launch::run(rows * H, RnnBackwardStep<scalar_t>{{},
         output.data_ptr<scalar_t>() + off * H, d_h.data_ptr<scalar_t>(),
         d_pre.data_ptr<scalar_t>() + off * H, H, relu});
     at::mm_out(d_h_rows, d_pre.narrow(0, off, rows), w_hh);  // [rows, H] @ [H, H]

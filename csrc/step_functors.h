@@ -63,6 +63,7 @@ struct StepFunctor {
 // ----------------------------------------------------------------- RNN
 template <typename scalar_t>
 struct RnnForwardStep : StepFunctor<RnnForwardStep<scalar_t>, scalar_t> {
+  static constexpr int kGates = 1;
   const scalar_t* x_proj;  // [rows, H]  W_ih x + b_ih + b_hh
   scalar_t* hidden;        // [rows, H]  in: W_hh h_prev, out: h'
   int64_t H;
@@ -77,6 +78,7 @@ struct RnnForwardStep : StepFunctor<RnnForwardStep<scalar_t>, scalar_t> {
 
 template <typename scalar_t>
 struct RnnBackwardStep : StepFunctor<RnnBackwardStep<scalar_t>, scalar_t> {
+  static constexpr int kGates = 1;
   const scalar_t* hidden;    // [rows, H]  h' of this step
   const scalar_t* d_hidden;  // [rows, H]  total gradient on h'
   scalar_t* d_pre;           // [rows, H]  out: gradient on the pre-activation
@@ -93,6 +95,7 @@ struct RnnBackwardStep : StepFunctor<RnnBackwardStep<scalar_t>, scalar_t> {
 // ----------------------------------------------------------------- LSTM
 template <typename scalar_t>
 struct LstmForwardStep : StepFunctor<LstmForwardStep<scalar_t>, scalar_t> {
+  static constexpr int kGates = 4;
   const scalar_t* x_proj;  // [rows, 4H]  W_ih x + b_ih + b_hh
   const scalar_t* h_proj;  // [rows, 4H]  W_hh h_prev
   scalar_t* cell_state;    // [rows, H]   in: c_prev, out: c'
@@ -123,6 +126,7 @@ struct LstmForwardStep : StepFunctor<LstmForwardStep<scalar_t>, scalar_t> {
 
 template <typename scalar_t>
 struct LstmBackwardStep : StepFunctor<LstmBackwardStep<scalar_t>, scalar_t> {
+  static constexpr int kGates = 4;
   const scalar_t* gates;         // [rows, 4H]       saved activated gates
   const scalar_t* cells;         // [rows, H]        saved c'
   const scalar_t* cells_before;  // [rows_before, H] c' of the previous step (may be null)
@@ -158,6 +162,7 @@ struct LstmBackwardStep : StepFunctor<LstmBackwardStep<scalar_t>, scalar_t> {
 // ----------------------------------------------------------------- GRU
 template <typename scalar_t>
 struct GruForwardStep : StepFunctor<GruForwardStep<scalar_t>, scalar_t> {
+  static constexpr int kGates = 3;
   const scalar_t* x_proj;  // [rows, 3H]  W_ih x + b_ih
   const scalar_t* h_proj;  // [rows, 3H]  W_hh h_prev (without b_hh)
   const scalar_t* b_hh;    // [3H] or null
@@ -188,6 +193,7 @@ struct GruForwardStep : StepFunctor<GruForwardStep<scalar_t>, scalar_t> {
 
 template <typename scalar_t>
 struct GruBackwardStep : StepFunctor<GruBackwardStep<scalar_t>, scalar_t> {
+  static constexpr int kGates = 3;
   const scalar_t* workspace;      // [rows, 4H]  saved r, z, n, W_hn h + b_hn
   const scalar_t* hidden_before;  // [rows_before, H] h' of the previous step (may be null)
   const scalar_t* h0;             // [>= rows, H] initial state, for rows >= rows_before

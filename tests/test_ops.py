@@ -300,3 +300,59 @@ def test_long_packed_sequence_spans_projection_chunks(kind, reverse, device):
         results.append((outputs, torch.autograd.grad(loss, leaves)))
     for got, want in zip(results[0][0] + results[0][1], results[1][0] + results[1][1]):
         torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("hidden,batch", [(16, 1), (40, 5), (64, 9)])
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_float32_forward_tiles(kind, hidden, batch, packed, device):
+    """float32 forward at sizes with whole and partial 16-unit tiles, row blocks
+    of 4 with remainders, and (at 64 x 9) two threads: the CPU's persistent fused
+    loop where AVX-512 is present, against the float64 reference."""
+    torch.manual_seed(hidden * 100 + batch)
+    gates = GATES[kind]
+    out = hidden if kind != "lstm_proj" else hidden // 2
+    f64 = dict(device=device, dtype=torch.float64)
+    if packed:
+        lengths = sorted(torch.randint(1, 7, (batch,)).tolist(), reverse=True)
+        lengths[0] = 6
+        batch_sizes = torch.tensor([sum(n > t for n in lengths) for t in range(6)])
+        input = torch.randn(int(batch_sizes.sum()), 8, **f64)
+    else:
+        batch_sizes, input = None, torch.randn(6, batch, 8, **f64)
+    args = dict(input=input, batch_sizes=batch_sizes, hx=torch.randn(batch, out, **f64),
+                w_ih=torch.randn(gates * hidden, 8, **f64) / 3,
+                w_hh=torch.randn(gates * hidden, out, **f64) / hidden ** 0.5,
+                b_ih=torch.randn(gates * hidden, **f64), b_hh=torch.randn(gates * hidden, **f64))
+    if kind.startswith("lstm"):
+        args["cx"] = torch.randn(batch, hidden, **f64)
+        args["w_hr"] = torch.randn(out, hidden, **f64) / hidden ** 0.5 if kind == "lstm_proj" else None
+    low = {k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+           for k, v in args.items()}
+    for reverse in (False, True):
+        want = run(kind, reference, args, reverse)
+        with torch.no_grad():
+            got = run(kind, ops, low, reverse)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g.double(), w, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("isa", ["avx2", "scalar"])
+def test_other_cpu_kernels(isa):
+    """The AVX2 and the one-unit-at-a-time CPU kernels pass the float32 and
+    module-level op tests too (RNNFUSED_CPU_ISA caps the choice per process)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, RNNFUSED_CPU_ISA=isa)
+    probe = subprocess.run([sys.executable, "-c", "import rnnfused, torch; print(torch.ops.rnnfused.cpu_isa())"],
+                           env=env, capture_output=True, text=True)
+    if probe.stdout.strip() != isa:
+        pytest.skip(f"this CPU cannot run {isa} kernels (got {probe.stdout.strip()!r})")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
+         "-k", "float32_forward_tiles or low_precision or matches_reference"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

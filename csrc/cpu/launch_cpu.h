@@ -10,6 +10,10 @@
 #include <type_traits>
 
 #include "simd.h"
+#if defined(__x86_64__)
+#include "fused_forward_cpu.h"
+#endif
+#include "../layers/common.h"
 
 namespace rnnfused {
 
@@ -18,6 +22,32 @@ struct CpuLaunch {
   struct Guard {
     explicit Guard(c10::Device) {}
   };
+
+  // Whether a float32 forward layer of these sizes runs as one persistent fused
+  // loop (fused_forward_cpu.h) instead of a GEMM and a functor launch per step.
+  template <typename scalar_t>
+  static bool fuses_forward(const LayerSizes& sz) {
+#if defined(__x86_64__)
+    return std::is_same_v<scalar_t, float> && cpu::fused_forward_applies(sz);
+#else
+    return false;
+#endif
+  }
+
+  // Runs the layer's forward steps when fuses_forward<scalar_t> said so; returns h_n.
+  template <typename scalar_t, typename MakeStep>
+  static at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched,
+                                  ProjectedInput<scalar_t>& x_proj, const at::Tensor& h0,
+                                  const at::Tensor& w_hh, at::Tensor& output,
+                                  const at::Tensor& product, MakeStep make_step) {
+#if defined(__x86_64__)
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      return cpu::fused_forward(sz, sched, x_proj, h0, w_hh, output, product, make_step);
+    }
+#endif
+    TORCH_INTERNAL_ASSERT(false, "rnnfused: the fused forward loop runs float32 only");
+    return at::Tensor();
+  }
 
   // Elements per task: below this one thread runs the whole step.
   static constexpr int64_t kGrainSize = 16384;

@@ -24,5 +24,30 @@ void run_rows_avx512(const F& f, int64_t row_begin, int64_t row_end);
 template <typename F>
 void run_rows_avx2(const F& f, int64_t row_begin, int64_t row_end);
 
+// W_hh [G*H, K] packed by tiles of 16 hidden units: w[u][k][g * 16 + l] =
+// W_hh[g * H + 16 u + l][k], zero past H. One tile's product for a row is
+// G vectors of 16 lanes: gate g of units 16u .. 16u + 15.
+struct PackedRecurrent {
+  const float* w;  // [tiles, K, G * 16]
+  int64_t K, H, G, tiles;
+};
+
+// One forward step of the persistent loop.
+struct FusedStepRows {
+  int64_t rows;        // batch rows active at this step
+  const float* h_in;   // [>= rows, K]  state before the step
+  float* product;      // [rows, G * H] out: h_in @ W_hh^T, read by the step functor
+  const float* out;    // [rows, H]     the functor's h'
+  float* h_out;        // [>= rows, H]  out: h' copied here, the next step's h_in
+};
+
+// Runs `count` forward steps in one parallel region: each thread owns a range
+// of unit tiles for the whole run; per step it forms the recurrent product of
+// its tiles for all rows, applies steps[s] to them while they are in cache,
+// and a barrier closes the step.
+template <typename F>
+void run_fused_steps_avx512(const F* steps, const FusedStepRows* rows, int64_t count,
+                            const PackedRecurrent& w, int threads);
+
 }  // namespace cpu
 }  // namespace rnnfused

@@ -8,6 +8,9 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
 
 #include "../step_functors.h"
 #include "simd.h"
@@ -121,6 +124,88 @@ void run_rows_avx512(const F& f, int64_t row_begin, int64_t row_end) {
 }
 
 RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx512);
+
+namespace {
+
+// acc[m][g] = sum_k h_rows[m][k] * w[k][g * 16 .. g * 16 + 15] for M rows:
+// M * G accumulators live in registers, the packed tile streams from cache.
+template <int M, int G>
+inline void tile_product(const float* w, const float* const* h_rows, int64_t K, __m512 (&acc)[M][G]) {
+  for (int m = 0; m < M; ++m)
+    for (int g = 0; g < G; ++g) acc[m][g] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    __m512 wk[G];
+    for (int g = 0; g < G; ++g) wk[g] = _mm512_loadu_ps(w + (k * G + g) * 16);
+    for (int m = 0; m < M; ++m) {
+      const __m512 a = _mm512_set1_ps(h_rows[m][k]);
+      for (int g = 0; g < G; ++g) acc[m][g] = _mm512_fmadd_ps(a, wk[g], acc[m][g]);
+    }
+  }
+}
+
+// Rows [row, row + M) of tile u: product, stored where the functor reads it, then
+// the functor on those units, then h' into the next state.
+template <int M, int G, typename F>
+inline void fused_tile(const F& f, const FusedStepRows& step, const PackedRecurrent& w,
+                       int64_t u, int64_t row) {
+  const int64_t H = w.H, K = w.K;
+  const int64_t j = u * 16;
+  const int count = static_cast<int>(std::min<int64_t>(16, H - j));
+  const __mmask16 mask = static_cast<__mmask16>((1u << count) - 1u);
+  const float* h_rows[M];
+  for (int m = 0; m < M; ++m) h_rows[m] = step.h_in + (row + m) * K;
+  __m512 acc[M][G];
+  tile_product<M, G>(w.w + u * K * G * 16, h_rows, K, acc);
+  for (int m = 0; m < M; ++m) {
+    const int64_t b = row + m;
+    for (int g = 0; g < G; ++g) {
+      _mm512_mask_storeu_ps(step.product + b * G * H + g * H + j, mask, acc[m][g]);
+    }
+    if (count == 16) {
+      f.apply(Lanes<false>{}, b, j);
+    } else {
+      f.apply(Lanes<true>(count), b, j);
+    }
+    _mm512_mask_storeu_ps(step.h_out + b * H + j, mask,
+                          _mm512_maskz_loadu_ps(mask, step.out + b * H + j));
+  }
+}
+
+template <int G, typename F>
+void fused_steps(const F* steps, const FusedStepRows* rows, int64_t count,
+                 const PackedRecurrent& w, int threads) {
+  // Four rows per block: 4 * G accumulators (16 for LSTM) of the 32 registers.
+  constexpr int kRows = 4;
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t first = w.tiles * t / nt, last = w.tiles * (t + 1) / nt;
+    for (int64_t s = 0; s < count; ++s) {
+      const FusedStepRows& step = rows[s];
+      for (int64_t u = first; u < last; ++u) {
+        int64_t row = 0;
+        for (; row + kRows <= step.rows; row += kRows) fused_tile<kRows, G>(steps[s], step, w, u, row);
+        for (; row < step.rows; ++row) fused_tile<1, G>(steps[s], step, w, u, row);
+      }
+#pragma omp barrier
+    }
+  }
+}
+
+}  // namespace
+
+template <typename F>
+void run_fused_steps_avx512(const F* steps, const FusedStepRows* rows, int64_t count,
+                            const PackedRecurrent& w, int threads) {
+  fused_steps<F::kGates>(steps, rows, count, w, threads);
+}
+
+template void run_fused_steps_avx512(const RnnForwardStep<float>*, const FusedStepRows*, int64_t,
+                                     const PackedRecurrent&, int);
+template void run_fused_steps_avx512(const LstmForwardStep<float>*, const FusedStepRows*, int64_t,
+                                     const PackedRecurrent&, int);
+template void run_fused_steps_avx512(const GruForwardStep<float>*, const FusedStepRows*, int64_t,
+                                     const PackedRecurrent&, int);
 
 }  // namespace cpu
 }  // namespace rnnfused

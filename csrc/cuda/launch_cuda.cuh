@@ -22,6 +22,17 @@ __global__ void step_kernel(int64_t n, Functor f) {
 struct CudaLaunch {
   using Guard = c10::cuda::CUDAGuard;
 
+  // No persistent fused forward loop on CUDA yet: a GEMM and a launch per step.
+  template <typename scalar_t, typename Sizes>
+  static bool fuses_forward(const Sizes&) {
+    return false;
+  }
+  template <typename... Args>
+  static at::Tensor fused_forward(Args&&...) {
+    TORCH_INTERNAL_ASSERT(false, "rnnfused: no fused forward loop on CUDA");
+    return at::Tensor();
+  }
+
   static constexpr int kThreads = 256;
   // Enough blocks to fill any current GPU; the grid-stride loop covers the rest.
   static constexpr int64_t kMaxBlocks = 4096;

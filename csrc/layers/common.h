@@ -59,6 +59,15 @@ class Schedule {
   int64_t rows_before(int64_t s) const { return s == 0 ? 0 : rows(s - 1); }
   int64_t offset_before(int64_t s) const { return s == 0 ? 0 : offset(s - 1); }
 
+  // For every batch row, the sequence row of its last step (its final state).
+  at::Tensor final_rows(const at::Device& device) const {
+    std::vector<int64_t> index(rows_.empty() ? 0 : rows_[0]);
+    for (int64_t s = 0; s < steps(); ++s) {
+      for (int64_t b = 0; b < rows(s); ++b) index[b] = offset(s) + b;
+    }
+    return at::tensor(index, at::TensorOptions().dtype(at::kLong)).to(device);
+  }
+
   // For every row of the sequence, the row holding its previous state: a row of
   // `sequence` [N, D] or, for a sequence's first step, a row of `initial` [B, D].
   // Returns [N, D]: the matrix the recurrent weight gradient multiplies.
@@ -105,11 +114,13 @@ class ProjectedInput {
                         input.options());
   }
 
-  // [rows(s), G*H]: the projection of step s's rows. Steps are visited in order.
+  // [rows(s), G*H]: the projection of step s's rows. Steps are visited in order;
+  // the pointers of steps s .. chunk_end() - 1 stay valid together.
   const scalar_t* step(int64_t s) {
     if (s >= chunk_end_) load_chunk(s);
     return buffer_.data_ptr<scalar_t>() + (sched_.offset(s) - first_row_) * w_ih_.size(0);
   }
+  int64_t chunk_end() const { return chunk_end_; }
 
  private:
   void load_chunk(int64_t s) {

@@ -19,21 +19,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
   at::Tensor output = at::empty({N, H}, input.options());
   // Saved for the backward, or one step's scratch.
   at::Tensor workspace = at::empty({save ? N : B, 4 * H}, input.options());
-  at::Tensor h = h0.clone(at::MemoryFormat::Contiguous);  // running state [B, H]
   at::Tensor h_proj = at::empty({B, 3 * H}, input.options());
-
-  for (int64_t s = 0; s < sched.steps(); ++s) {
-    const int64_t rows = sched.rows(s), off = sched.offset(s);
-    if (rows == 0) continue;
-    at::Tensor out_rows = output.narrow(0, off, rows);
-    matmul_nt(h_proj.narrow(0, 0, rows), h.narrow(0, 0, rows), w_hh);
-    Launch::run(rows * H, GruForwardStep<scalar_t>{{},
-        x_proj.step(s), h_proj.data_ptr<scalar_t>(),
-        b_hh.defined() ? b_hh.data_ptr<scalar_t>() : nullptr, h.data_ptr<scalar_t>(),
-        workspace.data_ptr<scalar_t>() + (save ? off : 0) * 4 * H, out_rows.data_ptr<scalar_t>(),
-        H});
-    h.narrow(0, 0, rows).copy_(out_rows);
+  auto make_step = [&](int64_t s, const scalar_t* x, const scalar_t* h_in, scalar_t* product,
+                       scalar_t* out) {
+    return GruForwardStep<scalar_t>{{}, x, product,
+        b_hh.defined() ? b_hh.data_ptr<scalar_t>() : nullptr, h_in,
+        workspace.data_ptr<scalar_t>() + (save ? sched.offset(s) : 0) * 4 * H, out, H};
+  };
+  at::Tensor h;  // running state [B, H], then h_n
+  if (Launch::template fuses_forward<scalar_t>(sz)) {
+    h = Launch::fused_forward(sz, sched, x_proj, h0, w_hh, output, h_proj, make_step);
+  } else {
+    h = h0.clone(at::MemoryFormat::Contiguous);
+    for (int64_t s = 0; s < sched.steps(); ++s) {
+      const int64_t rows = sched.rows(s), off = sched.offset(s);
+      if (rows == 0) continue;
+      at::Tensor out_rows = output.narrow(0, off, rows);
+      matmul_nt(h_proj.narrow(0, 0, rows), h.narrow(0, 0, rows), w_hh);
+      Launch::run(rows * H, make_step(s, x_proj.step(s), h.data_ptr<scalar_t>(),
+                                      h_proj.data_ptr<scalar_t>(), out_rows.data_ptr<scalar_t>()));
+      h.narrow(0, 0, rows).copy_(out_rows);
+    }
   }
+
   if (!save) workspace = empty_grad(input);
   return {output, h, workspace};
 }

@@ -16,15 +16,19 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(const LayerSizes& sz, const Sched
   const int64_t H = sz.hidden, N = sz.rows;
   ProjectedInput<scalar_t> x_proj(sched, input, w_ih, bias);  // [N, H], a chunk at a time
   at::Tensor output = at::empty({N, H}, input.options());
+  auto make_step = [&](int64_t, const scalar_t* x, const scalar_t*, scalar_t*, scalar_t* out) {
+    return RnnForwardStep<scalar_t>{{}, x, out, H, relu};
+  };
+  if (Launch::template fuses_forward<scalar_t>(sz)) {
+    return {output, Launch::fused_forward(sz, sched, x_proj, h0, w_hh, output, at::Tensor(), make_step)};
+  }
   at::Tensor h = h0.clone(at::MemoryFormat::Contiguous);  // running state [B, H]
-
   for (int64_t s = 0; s < sched.steps(); ++s) {
     const int64_t rows = sched.rows(s), off = sched.offset(s);
     if (rows == 0) continue;
     at::Tensor out_rows = output.narrow(0, off, rows);
-    matmul_nt(out_rows, h.narrow(0, 0, rows), w_hh);
-    Launch::run(rows * H,
-                RnnForwardStep<scalar_t>{{}, x_proj.step(s), out_rows.data_ptr<scalar_t>(), H, relu});
+    matmul_nt(out_rows, h.narrow(0, 0, rows), w_hh);  // the functor adds x_proj in place
+    Launch::run(rows * H, make_step(s, x_proj.step(s), nullptr, nullptr, out_rows.data_ptr<scalar_t>()));
     h.narrow(0, 0, rows).copy_(out_rows);
   }
   return {output, h};

@@ -1,0 +1,72 @@
+// The forward time loop as one persistent, fused loop per chunk of steps
+// (simd.h's run_fused_steps_avx512): float32, no projection, AVX-512. The
+// layer drivers take it through CpuLaunch::fused_forward where it applies.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <vector>
+
+#include "../layers/common.h"
+#include "simd.h"
+
+namespace rnnfused {
+namespace cpu {
+
+// W_hh [G*H, K] -> [tiles, K, G * 16] (see PackedRecurrent), zero-padded to whole tiles.
+inline at::Tensor pack_recurrent(const at::Tensor& w_hh, int64_t G, int64_t H) {
+  const int64_t K = w_hh.size(1), tiles = (H + 15) / 16;
+  at::Tensor padded = at::zeros({G, tiles * 16, K}, w_hh.options());
+  padded.narrow(1, 0, H).copy_(w_hh.view({G, H, K}));
+  return padded.view({G, tiles, 16, K}).permute({1, 3, 0, 2}).contiguous().view({tiles, K, G * 16});
+}
+
+inline bool fused_forward_applies(const LayerSizes& sz) {
+  return active_isa() == Isa::kAvx512 && sz.output == sz.hidden && sz.hidden > 0;
+}
+
+// Runs every forward step of a layer; returns h_n [B, H].
+//   product: [B, G*H] scratch for the recurrent product, or undefined when the
+//     functor reads it from its output rows (RNN);
+//   make_step(s, x_proj_s, h_in, product, out_rows) -> the step functor.
+template <typename MakeStep>
+at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched,
+                         ProjectedInput<float>& x_proj, const at::Tensor& h0,
+                         const at::Tensor& w_hh, at::Tensor& output, const at::Tensor& product,
+                         MakeStep make_step) {
+  const int64_t G = sz.gates, H = sz.hidden, K = sz.output;
+  if (sched.steps() == 0) return h0.clone(at::MemoryFormat::Contiguous);
+  const at::Tensor packed = pack_recurrent(w_hh, G, H);
+  const PackedRecurrent w{packed.data_ptr<float>(), K, H, G, packed.size(0)};
+  // The state before and after each step, alternating: a step reads one while
+  // it writes the other, so one barrier per step is all the threads need.
+  const at::Tensor states[2] = {h0.clone(at::MemoryFormat::Contiguous),
+                                h0.clone(at::MemoryFormat::Contiguous)};
+  // Small steps run on one thread: a barrier would cost more than the split saves.
+  const bool small = sz.batch * G * H * K < (int64_t{1} << 16);
+  const int threads = small ? 1 : static_cast<int>(std::min<int64_t>(at::get_num_threads(), w.tiles));
+
+  using Step = decltype(make_step(int64_t{0}, nullptr, nullptr, nullptr, nullptr));
+  std::vector<Step> steps;
+  std::vector<FusedStepRows> rows;
+  for (int64_t s = 0; s < sched.steps();) {
+    x_proj.step(s);
+    const int64_t end = x_proj.chunk_end();
+    steps.clear();
+    rows.clear();
+    for (; s < end; ++s) {
+      float* out = output.data_ptr<float>() + sched.offset(s) * H;
+      const float* h_in = states[s % 2].data_ptr<float>();
+      float* prod = product.defined() ? product.data_ptr<float>() : out;
+      steps.push_back(make_step(s, x_proj.step(s), h_in, prod, out));
+      rows.push_back({sched.rows(s), h_in, prod, out, states[(s + 1) % 2].data_ptr<float>()});
+    }
+    run_fused_steps_avx512(steps.data(), rows.data(), static_cast<int64_t>(steps.size()), w,
+                           threads);
+  }
+  return output.index_select(0, sched.final_rows(output.device()));
+}
+
+}  // namespace cpu
+}  // namespace rnnfused

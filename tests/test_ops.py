@@ -305,10 +305,11 @@ def test_long_packed_sequence_spans_projection_chunks(kind, reverse, device):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("hidden,batch", [(16, 1), (40, 5), (64, 9)])
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-def test_float32_forward_tiles(kind, hidden, batch, packed, device):
-    """float32 forward at sizes with whole and partial 16-unit tiles, row blocks
-    of 4 with remainders, and (at 64 x 9) two threads: the CPU's persistent fused
-    loop where AVX-512 is present, against the float64 reference."""
+def test_float32_tiles(kind, hidden, batch, packed, device):
+    """float32 forward and backward at sizes with whole and partial 16-unit tiles
+    (32-unit blocks in the backward), row blocks of 4 with remainders, and (at
+    64 x 9) two threads: the CPU's persistent fused loops where AVX-512 is
+    present, against the float64 reference."""
     torch.manual_seed(hidden * 100 + batch)
     gates = GATES[kind]
     out = hidden if kind != "lstm_proj" else hidden // 2
@@ -327,14 +328,25 @@ def test_float32_forward_tiles(kind, hidden, batch, packed, device):
     if kind.startswith("lstm"):
         args["cx"] = torch.randn(batch, hidden, **f64)
         args["w_hr"] = torch.randn(out, hidden, **f64) / hidden ** 0.5 if kind == "lstm_proj" else None
-    low = {k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+    for v in args.values():
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            v.requires_grad_(True)
+    low = {k: v.detach().float().requires_grad_(True)
+           if isinstance(v, torch.Tensor) and v.is_floating_point() else v
            for k, v in args.items()}
+    names = [k for k, v in args.items() if isinstance(v, torch.Tensor) and v.requires_grad]
     for reverse in (False, True):
         want = run(kind, reference, args, reverse)
-        with torch.no_grad():
-            got = run(kind, ops, low, reverse)
+        got = run(kind, ops, low, reverse)
+        weights = [torch.randn_like(w) for w in want]
+        want_grads = torch.autograd.grad(sum((w * c).sum() for w, c in zip(want, weights)),
+                                         [args[n] for n in names])
+        got_grads = torch.autograd.grad(sum((g * c.float()).sum() for g, c in zip(got, weights)),
+                                        [low[n] for n in names])
         for g, w in zip(got, want):
             torch.testing.assert_close(g.double(), w, atol=2e-5, rtol=1e-4)
+        for name, g, w in zip(names, got_grads, want_grads):
+            torch.testing.assert_close(g.double(), w, atol=1e-4, rtol=1e-4, msg=lambda m: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("isa", ["avx2", "scalar"])
@@ -352,7 +364,7 @@ def test_other_cpu_kernels(isa):
         pytest.skip(f"this CPU cannot run {isa} kernels (got {probe.stdout.strip()!r})")
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
-         "-k", "float32_forward_tiles or low_precision or matches_reference"],
+         "-k", "float32_tiles or low_precision or matches_reference"],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

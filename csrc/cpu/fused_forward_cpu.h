@@ -1,6 +1,7 @@
-// The forward time loop as one persistent, fused loop per chunk of steps
-// (simd.h's run_fused_steps_avx512): float32, no projection, AVX-512. The
-// layer drivers take it through CpuLaunch::fused_forward where it applies.
+// The time loops as persistent, fused loops (simd.h's run_fused_steps_avx512 and
+// run_fused_backward_avx512): float32, no projection, AVX-512. The layer
+// drivers take them through CpuLaunch::fused_forward / fused_backward where
+// they apply.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -20,6 +21,21 @@ inline at::Tensor pack_recurrent(const at::Tensor& w_hh, int64_t G, int64_t H) {
   at::Tensor padded = at::zeros({G, tiles * 16, K}, w_hh.options());
   padded.narrow(1, 0, H).copy_(w_hh.view({G, H, K}));
   return padded.view({G, tiles, 16, K}).permute({1, 3, 0, 2}).contiguous().view({tiles, K, G * 16});
+}
+
+// W_hh [J, K] -> [blocks, J, 32] (see PackedRecurrentT), zero-padded to whole blocks.
+inline at::Tensor pack_recurrent_t(const at::Tensor& w_hh) {
+  const int64_t J = w_hh.size(0), K = w_hh.size(1), blocks = (K + 31) / 32;
+  at::Tensor padded = at::zeros({J, blocks * 32}, w_hh.options());
+  padded.narrow(1, 0, K).copy_(w_hh);
+  return padded.view({J, blocks, 32}).permute({1, 0, 2}).contiguous();
+}
+
+// Threads for a loop whose steps cost `work` multiply-adds over `parts` units of split.
+inline int loop_threads(int64_t work, int64_t parts) {
+  // Small steps run on one thread: a barrier would cost more than the split saves.
+  if (work < (int64_t{1} << 16)) return 1;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), parts)));
 }
 
 inline bool fused_forward_applies(const LayerSizes& sz) {
@@ -43,9 +59,7 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched,
   // it writes the other, so one barrier per step is all the threads need.
   const at::Tensor states[2] = {h0.clone(at::MemoryFormat::Contiguous),
                                 h0.clone(at::MemoryFormat::Contiguous)};
-  // Small steps run on one thread: a barrier would cost more than the split saves.
-  const bool small = sz.batch * G * H * K < (int64_t{1} << 16);
-  const int threads = small ? 1 : static_cast<int>(std::min<int64_t>(at::get_num_threads(), w.tiles));
+  const int threads = loop_threads(sz.batch * G * H * K, w.tiles);
 
   using Step = decltype(make_step(int64_t{0}, nullptr, nullptr, nullptr, nullptr));
   std::vector<Step> steps;
@@ -66,6 +80,33 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched,
                            threads);
   }
   return output.index_select(0, sched.final_rows(output.device()));
+}
+
+// Runs every backward step of a layer, in reverse; d_h [B, H] holds grad_h_n on
+// entry and the gradient on h0 on return.
+//   d_recurrent: [N, G*H], the matrix the step functors write the gradient on
+//     h_prev @ W_hh^T into; accumulate: the functor leaves the direct part of d_h
+//     in d_h (GRU);
+//   make_step(s) -> the step functor, reading and writing d_h's rows.
+template <typename MakeStep>
+void fused_backward(const LayerSizes& sz, const Schedule& sched, const at::Tensor& grad_output,
+                    const at::Tensor& w_hh, at::Tensor& d_h, const at::Tensor& d_recurrent,
+                    bool accumulate, MakeStep make_step) {
+  const int64_t J = w_hh.size(0), K = sz.output;
+  const at::Tensor packed = pack_recurrent_t(w_hh);
+  const PackedRecurrentT w{packed.data_ptr<float>(), J, K, packed.size(0)};
+  const int threads = loop_threads(sz.batch * J * K, w.blocks);
+  using Step = decltype(make_step(int64_t{0}));
+  std::vector<Step> steps;
+  std::vector<FusedBackwardRows> rows;
+  for (int64_t s = sched.steps() - 1; s >= 0; --s) {
+    const int64_t off = sched.offset(s);
+    steps.push_back(make_step(s));
+    rows.push_back({sched.rows(s), grad_output.data_ptr<float>() + off * K, d_h.data_ptr<float>(),
+                    d_recurrent.data_ptr<float>() + off * J, accumulate});
+  }
+  run_fused_backward_avx512(steps.data(), rows.data(), static_cast<int64_t>(steps.size()), w,
+                            threads);
 }
 
 }  // namespace cpu

@@ -49,6 +49,22 @@ struct CpuLaunch {
     return at::Tensor();
   }
 
+  // Runs the layer's backward steps when fuses_forward<scalar_t> said so (the
+  // same conditions apply to the backward).
+  template <typename scalar_t, typename MakeStep>
+  static void fused_backward(const LayerSizes& sz, const Schedule& sched,
+                             const at::Tensor& grad_output, const at::Tensor& w_hh,
+                             at::Tensor& d_h, const at::Tensor& d_recurrent, bool accumulate,
+                             MakeStep make_step) {
+#if defined(__x86_64__)
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      cpu::fused_backward(sz, sched, grad_output, w_hh, d_h, d_recurrent, accumulate, make_step);
+      return;
+    }
+#endif
+    TORCH_INTERNAL_ASSERT(false, "rnnfused: the fused backward loop runs float32 only");
+  }
+
   // Elements per task: below this one thread runs the whole step.
   static constexpr int64_t kGrainSize = 16384;
 

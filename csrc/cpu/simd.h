@@ -49,5 +49,31 @@ template <typename F>
 void run_fused_steps_avx512(const F* steps, const FusedStepRows* rows, int64_t count,
                             const PackedRecurrent& w, int threads);
 
+// W_hh [J = G*H, K] packed by blocks of 32 state units for the backward's
+// product d_h = d_pre @ W_hh: w[q][j][l] = W_hh[j][32 q + l], zero past K.
+struct PackedRecurrentT {
+  const float* w;  // [blocks, J, 32]
+  int64_t J, K, blocks;
+};
+
+// One backward step of the persistent loop (steps run in reverse order).
+struct FusedBackwardRows {
+  int64_t rows;               // batch rows active at this step
+  const float* grad_output;   // [rows, K]  gradient arriving on this step's output
+  float* d_h;                 // [>= rows, K] in: gradient on h' from later steps;
+                              //   out: gradient on the state before this step
+  const float* d_recurrent;   // [rows, J]  the functor's gradient on h_prev @ W_hh^T
+  bool accumulate;            // d_h = the functor's direct part + product (GRU), else product
+};
+
+// Runs `count` backward steps in one parallel region. Each thread owns a range
+// of 32-unit blocks: per step it adds grad_output to its units of d_h, runs
+// steps[s] on them, and after a barrier forms its units of the next d_h from
+// every unit's d_recurrent. A thread only ever reads its own units of d_h, so
+// one barrier per step suffices.
+template <typename F>
+void run_fused_backward_avx512(const F* steps, const FusedBackwardRows* rows, int64_t count,
+                               const PackedRecurrentT& w, int threads);
+
 }  // namespace cpu
 }  // namespace rnnfused

@@ -192,7 +192,78 @@ void fused_steps(const F* steps, const FusedStepRows* rows, int64_t count,
   }
 }
 
+// d_h rows [row, row + M), units 32 q .. 32 q + 31: the product of every unit's
+// d_recurrent with W_hh's block, added to or replacing d_h.
+template <int M>
+inline void backward_block(const FusedBackwardRows& step, const PackedRecurrentT& w, int64_t q,
+                           int64_t row) {
+  const float* d_rows[M];
+  for (int m = 0; m < M; ++m) d_rows[m] = step.d_recurrent + (row + m) * w.J;
+  __m512 acc[M][2];
+  tile_product<M, 2>(w.w + q * w.J * 32, d_rows, w.J, acc);
+  for (int half = 0; half < 2; ++half) {
+    const int64_t k = q * 32 + half * 16;
+    if (k >= w.K) break;
+    const int count = static_cast<int>(std::min<int64_t>(16, w.K - k));
+    const __mmask16 mask = static_cast<__mmask16>((1u << count) - 1u);
+    for (int m = 0; m < M; ++m) {
+      float* dst = step.d_h + (row + m) * w.K + k;
+      __m512 value = acc[m][half];
+      if (step.accumulate) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, dst));
+      _mm512_mask_storeu_ps(dst, mask, value);
+    }
+  }
+}
+
+template <typename F>
+void fused_backward(const F* steps, const FusedBackwardRows* rows, int64_t count,
+                    const PackedRecurrentT& w, int threads) {
+  constexpr int kRows = 4;
+  const int64_t H = w.K;  // state units: K == H (no projection)
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t first = w.blocks * t / nt, last = w.blocks * (t + 1) / nt;
+    for (int64_t s = 0; s < count; ++s) {
+      const FusedBackwardRows& step = rows[s];
+      for (int64_t j = first * 32; j < std::min(last * 32, H); j += 16) {
+        const int n = static_cast<int>(std::min<int64_t>(16, H - j));
+        const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1u);
+        for (int64_t b = 0; b < step.rows; ++b) {
+          float* d_h = step.d_h + b * H + j;
+          _mm512_mask_storeu_ps(d_h, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, d_h),
+                                _mm512_maskz_loadu_ps(mask, step.grad_output + b * H + j)));
+          if (n == 16) {
+            steps[s].apply(Lanes<false>{}, b, j);
+          } else {
+            steps[s].apply(Lanes<true>(n), b, j);
+          }
+        }
+      }
+#pragma omp barrier
+      for (int64_t q = first; q < last; ++q) {
+        int64_t row = 0;
+        for (; row + kRows <= step.rows; row += kRows) backward_block<kRows>(step, w, q, row);
+        for (; row < step.rows; ++row) backward_block<1>(step, w, q, row);
+      }
+    }
+  }
+}
+
 }  // namespace
+
+template <typename F>
+void run_fused_backward_avx512(const F* steps, const FusedBackwardRows* rows, int64_t count,
+                               const PackedRecurrentT& w, int threads) {
+  fused_backward(steps, rows, count, w, threads);
+}
+
+template void run_fused_backward_avx512(const RnnBackwardStep<float>*, const FusedBackwardRows*,
+                                        int64_t, const PackedRecurrentT&, int);
+template void run_fused_backward_avx512(const LstmBackwardStep<float>*, const FusedBackwardRows*,
+                                        int64_t, const PackedRecurrentT&, int);
+template void run_fused_backward_avx512(const GruBackwardStep<float>*, const FusedBackwardRows*,
+                                        int64_t, const PackedRecurrentT&, int);
 
 template <typename F>
 void run_fused_steps_avx512(const F* steps, const FusedStepRows* rows, int64_t count,

@@ -27,10 +27,14 @@ struct CudaLaunch {
   static bool fuses_forward(const Sizes&) {
     return false;
   }
-  template <typename... Args>
+  template <typename scalar_t, typename... Args>
   static at::Tensor fused_forward(Args&&...) {
     TORCH_INTERNAL_ASSERT(false, "rnnfused: no fused forward loop on CUDA");
     return at::Tensor();
+  }
+  template <typename scalar_t, typename... Args>
+  static void fused_backward(Args&&...) {
+    TORCH_INTERNAL_ASSERT(false, "rnnfused: no fused backward loop on CUDA");
   }
 
   static constexpr int kThreads = 256;

@@ -28,7 +28,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
   };
   at::Tensor h;  // running state [B, H], then h_n
   if (Launch::template fuses_forward<scalar_t>(sz)) {
-    h = Launch::fused_forward(sz, sched, x_proj, h0, w_hh, output, h_proj, make_step);
+    h = Launch::template fused_forward<scalar_t>(sz, sched, x_proj, h0, w_hh, output, h_proj, make_step);
   } else {
     h = h0.clone(at::MemoryFormat::Contiguous);
     for (int64_t s = 0; s < sched.steps(); ++s) {
@@ -58,18 +58,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor d_x = at::empty({N, 3 * H}, input.options());
   at::Tensor d_hh = at::empty({N, 3 * H}, input.options());
 
-  for (int64_t s = sched.steps() - 1; s >= 0; --s) {
-    const int64_t rows = sched.rows(s), off = sched.offset(s);
-    if (rows == 0) continue;
-    at::Tensor d_h_rows = d_h.narrow(0, 0, rows);
-    d_h_rows.add_(grad_output.narrow(0, off, rows));
-    const int64_t before = sched.rows_before(s);
-    Launch::run(rows * H, GruBackwardStep<scalar_t>{{},
+  auto make_step = [&](int64_t s) {
+    const int64_t off = sched.offset(s), before = sched.rows_before(s);
+    return GruBackwardStep<scalar_t>{{},
         workspace.data_ptr<scalar_t>() + off * 4 * H,
         before > 0 ? output.data_ptr<scalar_t>() + sched.offset_before(s) * H : nullptr,
         h0.data_ptr<scalar_t>(), before, d_h.data_ptr<scalar_t>(),
-        d_x.data_ptr<scalar_t>() + off * 3 * H, d_hh.data_ptr<scalar_t>() + off * 3 * H, H});
-    d_h_rows.addmm_(d_hh.narrow(0, off, rows), w_hh);  // + [rows, 3H] @ [3H, H]
+        d_x.data_ptr<scalar_t>() + off * 3 * H, d_hh.data_ptr<scalar_t>() + off * 3 * H, H};
+  };
+  if (Launch::template fuses_forward<scalar_t>(sz)) {
+    Launch::template fused_backward<scalar_t>(sz, sched, grad_output, w_hh, d_h, d_hh, true,
+                                              make_step);
+  } else {
+    for (int64_t s = sched.steps() - 1; s >= 0; --s) {
+      const int64_t rows = sched.rows(s), off = sched.offset(s);
+      if (rows == 0) continue;
+      at::Tensor d_h_rows = d_h.narrow(0, 0, rows);
+      d_h_rows.add_(grad_output.narrow(0, off, rows));
+      Launch::run(rows * H, make_step(s));
+      d_h_rows.addmm_(d_hh.narrow(0, off, rows), w_hh);  // + [rows, 3H] @ [3H, H]
+    }
   }
 
   at::Tensor grad_input = mask.input ? at::mm(d_x, w_ih) : empty_grad(input);

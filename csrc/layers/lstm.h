@@ -36,7 +36,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
         gates.data_ptr<scalar_t>() + saved * 4 * H, cells.data_ptr<scalar_t>() + saved * H, out, H};
   };
   if (!proj && Launch::template fuses_forward<scalar_t>(sz)) {
-    return finish(Launch::fused_forward(sz, sched, x_proj, h0, w_hh, output, h_proj, make_step));
+    return finish(Launch::template fused_forward<scalar_t>(sz, sched, x_proj, h0, w_hh, output, h_proj, make_step));
   }
 
   at::Tensor h = h0.clone(at::MemoryFormat::Contiguous);  // running state [B, P]
@@ -77,25 +77,33 @@ lstm_backward(const LayerSizes& sz, const Schedule& sched, const at::Tensor& gra
   at::Tensor hidden_all = proj ? at::empty({N, H}, input.options()) : at::Tensor();
   at::Tensor d_hidden = proj ? at::empty({B, H}, input.options()) : at::Tensor();
 
-  for (int64_t s = sched.steps() - 1; s >= 0; --s) {
-    const int64_t rows = sched.rows(s), off = sched.offset(s);
-    if (rows == 0) continue;
-    at::Tensor d_h_rows = d_h.narrow(0, 0, rows);
-    d_h_rows.add_(grad_output.narrow(0, off, rows));
-    if (proj) {
-      d_h_all.narrow(0, off, rows).copy_(d_h_rows);
-      at::Tensor d_hidden_rows = d_hidden.narrow(0, 0, rows);
-      at::mm_out(d_hidden_rows, d_h_rows, w_hr);  // [rows, P] @ [P, H]
-    }
-    const int64_t before = sched.rows_before(s);
-    Launch::run(rows * H, LstmBackwardStep<scalar_t>{{},
+  auto make_step = [&](int64_t s) {
+    const int64_t off = sched.offset(s), before = sched.rows_before(s);
+    return LstmBackwardStep<scalar_t>{{},
         gates.data_ptr<scalar_t>() + off * 4 * H, cells.data_ptr<scalar_t>() + off * H,
         before > 0 ? cells.data_ptr<scalar_t>() + sched.offset_before(s) * H : nullptr,
         c0.data_ptr<scalar_t>(), before,
         proj ? d_hidden.data_ptr<scalar_t>() : d_h.data_ptr<scalar_t>(), d_c.data_ptr<scalar_t>(),
         d_pre.data_ptr<scalar_t>() + off * 4 * H,
-        proj ? hidden_all.data_ptr<scalar_t>() + off * H : nullptr, H});
-    at::mm_out(d_h_rows, d_pre.narrow(0, off, rows), w_hh);  // [rows, 4H] @ [4H, P]
+        proj ? hidden_all.data_ptr<scalar_t>() + off * H : nullptr, H};
+  };
+  if (!proj && Launch::template fuses_forward<scalar_t>(sz)) {
+    Launch::template fused_backward<scalar_t>(sz, sched, grad_output, w_hh, d_h, d_pre, false,
+                                              make_step);
+  } else {
+    for (int64_t s = sched.steps() - 1; s >= 0; --s) {
+      const int64_t rows = sched.rows(s), off = sched.offset(s);
+      if (rows == 0) continue;
+      at::Tensor d_h_rows = d_h.narrow(0, 0, rows);
+      d_h_rows.add_(grad_output.narrow(0, off, rows));
+      if (proj) {
+        d_h_all.narrow(0, off, rows).copy_(d_h_rows);
+        at::Tensor d_hidden_rows = d_hidden.narrow(0, 0, rows);
+        at::mm_out(d_hidden_rows, d_h_rows, w_hr);  // [rows, P] @ [P, H]
+      }
+      Launch::run(rows * H, make_step(s));
+      at::mm_out(d_h_rows, d_pre.narrow(0, off, rows), w_hh);  // [rows, 4H] @ [4H, P]
+    }
   }
 
   at::Tensor grad_input = mask.input ? at::mm(d_pre, w_ih) : empty_grad(input);

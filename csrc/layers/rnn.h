@@ -20,7 +20,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(const LayerSizes& sz, const Sched
     return RnnForwardStep<scalar_t>{{}, x, out, H, relu};
   };
   if (Launch::template fuses_forward<scalar_t>(sz)) {
-    return {output, Launch::fused_forward(sz, sched, x_proj, h0, w_hh, output, at::Tensor(), make_step)};
+    return {output, Launch::template fused_forward<scalar_t>(sz, sched, x_proj, h0, w_hh, output, at::Tensor(), make_step)};
   }
   at::Tensor h = h0.clone(at::MemoryFormat::Contiguous);  // running state [B, H]
   for (int64_t s = 0; s < sched.steps(); ++s) {
@@ -45,15 +45,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor d_h = grad_h_n.clone(at::MemoryFormat::Contiguous);  // [B, H]
   at::Tensor d_pre = at::empty({N, H}, input.options());
 
-  for (int64_t s = sched.steps() - 1; s >= 0; --s) {
-    const int64_t rows = sched.rows(s), off = sched.offset(s);
-    if (rows == 0) continue;
-    at::Tensor d_h_rows = d_h.narrow(0, 0, rows);
-    d_h_rows.add_(grad_output.narrow(0, off, rows));
-    Launch::run(rows * H, RnnBackwardStep<scalar_t>{{},
-        output.data_ptr<scalar_t>() + off * H, d_h.data_ptr<scalar_t>(),
-        d_pre.data_ptr<scalar_t>() + off * H, H, relu});
-    at::mm_out(d_h_rows, d_pre.narrow(0, off, rows), w_hh);  // [rows, H] @ [H, H]
+  auto make_step = [&](int64_t s) {
+    const int64_t off = sched.offset(s);
+    return RnnBackwardStep<scalar_t>{{}, output.data_ptr<scalar_t>() + off * H,
+        d_h.data_ptr<scalar_t>(), d_pre.data_ptr<scalar_t>() + off * H, H, relu};
+  };
+  if (Launch::template fuses_forward<scalar_t>(sz)) {
+    Launch::template fused_backward<scalar_t>(sz, sched, grad_output, w_hh, d_h, d_pre, false,
+                                              make_step);
+  } else {
+    for (int64_t s = sched.steps() - 1; s >= 0; --s) {
+      const int64_t rows = sched.rows(s), off = sched.offset(s);
+      if (rows == 0) continue;
+      at::Tensor d_h_rows = d_h.narrow(0, 0, rows);
+      d_h_rows.add_(grad_output.narrow(0, off, rows));
+      Launch::run(rows * H, make_step(s));
+      at::mm_out(d_h_rows, d_pre.narrow(0, off, rows), w_hh);  // [rows, H] @ [H, H]
+    }
   }
 
   at::Tensor grad_input = mask.input ? at::mm(d_pre, w_ih) : empty_grad(input);

@@ -605,6 +605,10 @@ def main(argv: list[str] | None = None) -> int:
                         for n, t in r.times_ms.items()}}
             for r in rows]}
         (args.out / "bench.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+        from plot import write_plot  # benchmarks/plot.py, beside this script
+
+        title = f"rnnfused vs torch.nn: {meta.get('device_name', meta['device'])}, {meta['dtype']}, {meta['date']}"
+        write_plot(data["rows"], args.out / "speedup.png", title)
     failed = [r for r in rows if not r.ok()]
     if failed:
         print(f"bench.py: {len(failed)} row(s) FAILED the check against torch.nn or raised",

@@ -3,7 +3,8 @@
 // `batch_sizes` is None, else the packed data [N, I]; `output` follows it.
 // Saved workspaces (`gates`, `cells`, `workspace`) are [N, k * hidden_size] when
 // `need_workspace` (a backward will follow), else empty.
-// output_mask: which of (input, initial states, weights) get gradients.
+// output_mask: which of (input, initial states, w_ih, w_hh, b_ih, b_hh, w_hr) get
+// gradients; the others come back as [0] tensors and cost no work.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -19,8 +20,8 @@ TORCH_LIBRARY(rnnfused, m) {
   m.def(
       "lstm_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, "
       "Tensor? batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? w_hr, "
-      "Tensor output, Tensor gates, Tensor cells, bool has_bias, bool reverse, "
-      "bool[3] output_mask) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, "
+      "Tensor output, Tensor gates, Tensor cells, bool reverse, bool[7] output_mask) -> ("
+      "Tensor grad_input, Tensor grad_hx, Tensor grad_cx, "
       "Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, Tensor grad_w_hr)");
   m.def(
       "gru_layer(Tensor input, Tensor? batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, "
@@ -28,16 +29,16 @@ TORCH_LIBRARY(rnnfused, m) {
       "-> (Tensor output, Tensor h_n, Tensor workspace)");
   m.def(
       "gru_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? batch_sizes, "
-      "Tensor hx, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool has_bias, "
-      "bool reverse, bool[3] output_mask) -> (Tensor grad_input, Tensor grad_hx, "
+      "Tensor hx, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse, "
+      "bool[7] output_mask) -> (Tensor grad_input, Tensor grad_hx, "
       "Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
   m.def(
       "rnn_layer(Tensor input, Tensor? batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, "
       "Tensor? b_ih, Tensor? b_hh, bool relu, bool reverse) -> (Tensor output, Tensor h_n)");
   m.def(
       "rnn_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? batch_sizes, "
-      "Tensor hx, Tensor w_ih, Tensor w_hh, Tensor output, bool has_bias, bool relu, "
-      "bool reverse, bool[3] output_mask) -> (Tensor grad_input, Tensor grad_hx, "
+      "Tensor hx, Tensor w_ih, Tensor w_hh, Tensor output, bool relu, bool reverse, "
+      "bool[7] output_mask) -> (Tensor grad_input, Tensor grad_hx, "
       "Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
   // Which vectorised CPU step kernels run here: "avx512", "avx2" or "scalar".
   m.def("cpu_isa() -> str",

@@ -149,6 +149,44 @@ def _time_dim(batch_sizes: Tensor | None, batch_first: bool) -> int | None:
     return 1 if batch_first else 0
 
 
+# ----------------------------------------------------------------- autocast
+
+# The dtypes torch.autocast casts (float64 and the rest it leaves alone).
+_AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _autocast_dtype(input: Tensor) -> torch.dtype | None:
+    """The dtype torch.autocast runs a recurrent call in, as it does the matmuls;
+    None when autocast is off for the input's device or leaves its dtype alone."""
+    device_type = input.device.type
+    if input.dtype not in _AUTOCAST_ELIGIBLE or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+def _cast(tensors: Sequence[Tensor | None], dtype: torch.dtype) -> list[Any]:
+    """autocast's cast of the arguments: eligible tensors to `dtype`, others as they are."""
+    return [t.to(dtype) if t is not None and t.dtype in _AUTOCAST_ELIGIBLE else t for t in tensors]
+
+
+def _carried_dtype(low: torch.dtype, state: Tensor) -> torch.dtype:
+    """torch.nn's dtype under autocast for a state updated outside the matmuls
+    (GRU's h, LSTM's c, and h = o * tanh(c)). On CUDA, cuDNN and the autocast cell
+    ops run wholly in `low`; elsewhere the update promotes `low` with the dtype of
+    the incoming state (float32 where it is the default zeros)."""
+    return low if state.device.type == "cuda" else torch.promote_types(low, state.dtype)
+
+
+def _onednn_lstm(input: Tensor, batch_sizes: Tensor | None, projected: bool) -> bool:
+    """Whether torch.nn's LSTM runs in oneDNN here (its CPU path for dense,
+    unprojected input), which autocast runs wholly in the low dtype."""
+    return (
+        input.device.type == "cpu" and batch_sizes is None and not projected
+        and input.numel() != 0 and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+    )
+
+
 # ----------------------------------------------------------------- layer stacks
 
 # layer(input, batch_sizes, states tuple, weights of one layer-direction, reverse)
@@ -220,7 +258,16 @@ def lstm(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """LSTM stack. input [T, B, I] ([B, T, I] if batch_first) or packed data [N, I]
     with batch_sizes; hx = (h0 [L*D, B, P], c0 [L*D, B, H]).
-    Returns (output, h_n [L*D, B, P], c_n [L*D, B, H])."""
+    Returns (output, h_n [L*D, B, P], c_n [L*D, B, H]).
+    Under torch.autocast it runs in the autocast dtype and returns torch.nn's dtypes."""
+    low = _autocast_dtype(input)
+    if low is not None:
+        per_layer = len(flat_weights) // (num_layers * (2 if bidirectional else 1))
+        projected = per_layer == (5 if has_biases else 3)
+        c_dtype = low if _onednn_lstm(input, batch_sizes, projected) else _carried_dtype(low, hx[1])
+        h_dtype = low if projected else c_dtype
+        input, *hx = _cast((input, *hx), low)
+        flat_weights = _cast(flat_weights, low)
     _check_stack_args(input, hx, flat_weights, _time_dim(batch_sizes, batch_first))
     if batch_sizes is not None:
         _check_packed_lstm_batch(batch_sizes, hx[0], flat_weights[0].size(0))
@@ -236,6 +283,8 @@ def lstm(
         layer, input, batch_sizes, tuple(hx), flat_weights, num_layers, dropout, train,
         bidirectional, batch_first,
     )
+    if low is not None:
+        return output.to(h_dtype), h_n.to(h_dtype), c_n.to(c_dtype)
     return output, h_n, c_n
 
 
@@ -251,7 +300,12 @@ def gru(
     batch_first: bool,
     batch_sizes: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """GRU stack; arguments as `lstm`, hx [L*D, B, H]. Returns (output, h_n)."""
+    """GRU stack; arguments as `lstm`, hx [L*D, B, H]. Returns (output, h_n);
+    under torch.autocast, as `lstm`."""
+    low = _autocast_dtype(input)
+    if low is not None:
+        h_dtype = _carried_dtype(low, hx)
+        input, hx, *flat_weights = _cast((input, hx, *flat_weights), low)
     _check_stack_args(input, (hx,), flat_weights, _time_dim(batch_sizes, batch_first))
     fused = _use_fused(input)
 
@@ -265,6 +319,8 @@ def gru(
         layer, input, batch_sizes, (hx,), flat_weights, num_layers, dropout, train,
         bidirectional, batch_first,
     )
+    if low is not None:
+        return output.to(h_dtype), h_n.to(h_dtype)
     return output, h_n
 
 
@@ -281,7 +337,11 @@ def rnn(
     batch_sizes: Tensor | None = None,
     nonlinearity: str = "tanh",
 ) -> tuple[Tensor, Tensor]:
-    """Elman RNN stack (tanh or relu); arguments as `gru`. Returns (output, h_n)."""
+    """Elman RNN stack (tanh or relu); arguments as `gru`. Returns (output, h_n),
+    in the autocast dtype under torch.autocast (h' = act(matmuls), as torch.nn's)."""
+    low = _autocast_dtype(input)
+    if low is not None:
+        input, hx, *flat_weights = _cast((input, hx, *flat_weights), low)
     _check_stack_args(input, (hx,), flat_weights, _time_dim(batch_sizes, batch_first))
     fused = _use_fused(input)
     relu = nonlinearity == "relu"
@@ -339,9 +399,15 @@ def lstm_cell(
     b_hh: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One LSTM step: input [B, I], hx = (h [B, H], c [B, H]). Returns (h', c')."""
+    low = _autocast_dtype(input)
+    if low is not None:
+        dtype = _carried_dtype(low, hx[1])
+        input, *hx, w_ih, w_hh, b_ih, b_hh = _cast((input, *hx, w_ih, w_hh, b_ih, b_hh), low)
     _check_cell(input, hx, w_ih, w_hh)
     fn = ops.lstm_layer if _use_fused(input) else reference.lstm_layer
     _, h, c = fn(input.unsqueeze(0), None, hx[0], hx[1], w_ih, w_hh, b_ih, b_hh, None, False)
+    if low is not None:
+        return h.to(dtype), c.to(dtype)
     return h, c
 
 
@@ -350,16 +416,25 @@ def gru_cell(
     b_ih: Tensor | None = None, b_hh: Tensor | None = None,
 ) -> Tensor:
     """One GRU step: input [B, I], hx [B, H]. Returns h'."""
+    low = _autocast_dtype(input)
+    if low is not None:
+        dtype = _carried_dtype(low, hx)
+        input, hx, w_ih, w_hh, b_ih, b_hh = _cast((input, hx, w_ih, w_hh, b_ih, b_hh), low)
     _check_cell(input, (hx,), w_ih, w_hh)
     fn = ops.gru_layer if _use_fused(input) else reference.gru_layer
-    return fn(input.unsqueeze(0), None, hx, w_ih, w_hh, b_ih, b_hh, False)[1]
+    h = fn(input.unsqueeze(0), None, hx, w_ih, w_hh, b_ih, b_hh, False)[1]
+    return h if low is None else h.to(dtype)
 
 
 def rnn_cell(
     input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
     b_ih: Tensor | None = None, b_hh: Tensor | None = None, nonlinearity: str = "tanh",
 ) -> Tensor:
-    """One RNN step (tanh or relu): input [B, I], hx [B, H]. Returns h'."""
+    """One RNN step (tanh or relu): input [B, I], hx [B, H]. Returns h', in the
+    autocast dtype under torch.autocast."""
+    low = _autocast_dtype(input)
+    if low is not None:
+        input, hx, w_ih, w_hh, b_ih, b_hh = _cast((input, hx, w_ih, w_hh, b_ih, b_hh), low)
     _check_cell(input, (hx,), w_ih, w_hh)
     fn = ops.rnn_layer if _use_fused(input) else reference.rnn_layer
     return fn(input.unsqueeze(0), None, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity == "relu", False)[1]

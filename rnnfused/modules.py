@@ -13,8 +13,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
+from rnnfused import _dynamo
 from rnnfused import functional as RF
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert"]
@@ -160,6 +162,9 @@ class LSTM(nn.LSTM):
         return output, self.permute_hidden(hidden, unsorted_indices)
 
 
+_dynamo.allow_tracing((RNN, GRU, LSTM))
+
+
 def _cell_input(name: str, input: Tensor, hiddens: tuple[tuple[str, Tensor], ...]) -> bool:
     """torch.nn's dimension checks of a cell; returns whether the input is batched."""
     if input.dim() not in (1, 2):
@@ -227,12 +232,29 @@ _TWINS: dict[type, type] = {
 }
 
 
+def _twin_class(module: nn.Module) -> type | None:
+    """The rnnfused class for `module`, or None. A module that
+    torch.nn.utils.parametrize has wrapped has a class generated for it, a subclass
+    of its class (its first base, as parametrize's removal assumes): the twin is the
+    same generated class over the rnnfused class."""
+    cls = type(module)
+    if cls in _TWINS:
+        return _TWINS[cls]
+    base = cls.__bases__[0]
+    if base in _TWINS and cls.__module__ == parametrize.__name__ and parametrize.is_parametrized(module):
+        namespace = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+        return type(f"Parametrized{_TWINS[base].__name__}", (_TWINS[base],), namespace)
+    return None
+
+
 def convert(model: nn.Module) -> nn.Module:
     """Turns every torch.nn RNN/LSTM/GRU/*Cell inside `model` (and `model` itself)
     into its rnnfused twin, in place: the same objects with the same Parameters,
-    buffers, hooks and training mode, now running the fused kernels. Returns `model`."""
+    buffers, hooks and training mode, now running the fused kernels. Modules
+    under torch.nn.utils.parametrize keep their parametrizations. Subclasses of the
+    torch.nn classes (their own forward) are left alone. Returns `model`."""
     for module in model.modules():
-        twin = _TWINS.get(type(module))
+        twin = _twin_class(module)
         if twin is not None:
             module.__class__ = twin
     return model

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rnnfused import reference
+
 try:
     from rnnfused import _C  # noqa: F401  (loading it registers the ops)
 
@@ -152,135 +154,156 @@ if EXTENSION_LOADED:
         workspace = input.new_empty(rows, 4 * hidden) if need_workspace else input.new_empty(0)
         return input.new_empty(out_shape), hx.new_empty(hx.shape), workspace
 
-    def _weight_grads_fake(w_ih, w_hh, has_bias, mask):
-        empty = w_ih.new_empty(0)
-        if not mask[2]:
-            return empty, empty, empty, empty
-        bias = w_ih.new_empty(w_ih.size(0)) if has_bias else empty
-        bias_hh = w_ih.new_empty(w_ih.size(0)) if has_bias else empty
-        return w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape), bias, bias_hh
+    def _grads_fake(like: dict[str, Tensor | None], mask) -> list[Tensor]:
+        """A backward op's gradients: the shape of each input in `like` (in
+        output_mask's order) where the mask asks for it, else [0]."""
+        empty = like["input"].new_empty(0)
+        return [t.new_empty(t.shape) if wanted and t is not None else empty
+                for t, wanted in zip(like.values(), mask)]
+
+    def _params_like(input, hx, w_ih, w_hh, *w_hr) -> dict[str, Tensor | None]:
+        """What each gradient is shaped like, in output_mask's order; w_hr for LSTM only."""
+        bias = w_ih.new_empty(w_ih.size(0))
+        like = dict(input=input, hx=hx, w_ih=w_ih, w_hh=w_hh, b_ih=bias, b_hh=bias)
+        return {**like, "w_hr": w_hr[0]} if w_hr else like
 
     @torch.library.register_fake("rnnfused::rnn_layer_backward")
     def _rnn_layer_backward_fake(
-        grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, output, has_bias, relu,
-        reverse, output_mask,
+        grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, output, relu, reverse,
+        output_mask,
     ):
-        empty = input.new_empty(0)
-        return (
-            input.new_empty(input.shape) if output_mask[0] else empty,
-            hx.new_empty(hx.shape) if output_mask[1] else empty,
-            *_weight_grads_fake(w_ih, w_hh, has_bias, output_mask),
-        )
+        like = _params_like(input, hx, w_ih, w_hh)
+        return tuple(_grads_fake(like, output_mask))
 
     @torch.library.register_fake("rnnfused::gru_layer_backward")
     def _gru_layer_backward_fake(
-        grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, output, workspace, has_bias,
-        reverse, output_mask,
+        grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, output, workspace, reverse,
+        output_mask,
     ):
-        empty = input.new_empty(0)
-        return (
-            input.new_empty(input.shape) if output_mask[0] else empty,
-            hx.new_empty(hx.shape) if output_mask[1] else empty,
-            *_weight_grads_fake(w_ih, w_hh, has_bias, output_mask),
-        )
+        like = _params_like(input, hx, w_ih, w_hh)
+        return tuple(_grads_fake(like, output_mask))
 
     @torch.library.register_fake("rnnfused::lstm_layer_backward")
     def _lstm_layer_backward_fake(
         grad_output, grad_h_n, grad_c_n, input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, output,
-        gates, cells, has_bias, reverse, output_mask,
+        gates, cells, reverse, output_mask,
     ):
-        empty = input.new_empty(0)
-        proj = w_hr is not None and output_mask[2]
-        return (
-            input.new_empty(input.shape) if output_mask[0] else empty,
-            hx.new_empty(hx.shape) if output_mask[1] else empty,
-            cx.new_empty(cx.shape) if output_mask[1] else empty,
-            *_weight_grads_fake(w_ih, w_hh, has_bias, output_mask),
-            w_hr.new_empty(w_hr.shape) if proj else empty,
-        )
+        like = _params_like(input, hx, w_ih, w_hh, w_hr)
+        grads = _grads_fake(like, output_mask)
+        cx_grad = cx.new_empty(cx.shape) if output_mask[1] else input.new_empty(0)
+        return (*grads[:2], cx_grad, *grads[2:])
 
 
 # ----------------------------------------------------------------- autograd
 
 
-def _output_mask(ctx: Any, state_args: tuple[int, ...], weight_args: tuple[int, ...]) -> list[bool]:
+def _output_mask(ctx: Any, state_args: tuple[int, ...], param_args: tuple[int, ...]) -> list[bool]:
+    """The backward ops' output_mask: (input, states, w_ih, w_hh, b_ih, b_hh, w_hr),
+    from which forward arguments need a gradient; param_args: the positions of
+    w_ih, w_hh, b_ih, b_hh (and w_hr) among the forward's arguments."""
     need = ctx.needs_input_grad
-    return [need[0], any(need[i] for i in state_args), any(need[i] for i in weight_args)]
+    params = [need[i] for i in param_args] + [False] * (5 - len(param_args))
+    return [need[0], any(need[i] for i in state_args), *params]
 
 
 def _keep(grad: Tensor, needed: bool) -> Tensor | None:
     return grad if needed else None
 
 
+def _differentiable_backward(ctx: Any, layer: Any, args: tuple, grads: tuple) -> tuple:
+    """The backward when autograd records it (create_graph=True, for double
+    backward): the fused backward op is not differentiable, so the layer is
+    recomputed with `reference.<kind>_layer` on the saved arguments (`args`, in the
+    op's order) and differentiated by autograd, with create_graph."""
+    wrt = [i for i in range(len(args)) if ctx.needs_input_grad[i]]
+    outputs = layer(*args)
+    pairs = [(out, g) for out, g in zip(outputs, grads) if out.requires_grad]
+    found = torch.autograd.grad(
+        [out for out, _ in pairs], [args[i] for i in wrt], [g for _, g in pairs],
+        create_graph=True, allow_unused=True,
+    )
+    result: list[Tensor | None] = [None] * len(ctx.needs_input_grad)
+    for i, grad in zip(wrt, found):
+        result[i] = grad
+    return tuple(result)
+
+
 def _rnn_setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
     input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse = inputs
-    ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, output[0])
-    ctx.has_bias = b_ih is not None
+    ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, output[0])
     ctx.relu, ctx.reverse = relu, reverse
 
 
 def _rnn_backward(ctx: Any, grad_output: Tensor, grad_h_n: Tensor):
-    input, batch_sizes, hx, w_ih, w_hh, output = ctx.saved_tensors
-    need = ctx.needs_input_grad
+    input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, output = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        args = (input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, ctx.relu, ctx.reverse)
+        return _differentiable_backward(ctx, reference.rnn_layer, args, (grad_output, grad_h_n))
     mask = _output_mask(ctx, (2,), (3, 4, 5, 6))
     g_in, g_hx, g_wih, g_whh, g_bih, g_bhh = torch.ops.rnnfused.rnn_layer_backward.default(
-        grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, output, ctx.has_bias,
-        ctx.relu, ctx.reverse, mask,
+        grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, output, ctx.relu, ctx.reverse,
+        mask,
     )
+    need = ctx.needs_input_grad
     return (
         _keep(g_in, need[0]), None, _keep(g_hx, need[2]), _keep(g_wih, need[3]),
-        _keep(g_whh, need[4]), _keep(g_bih, need[5] and ctx.has_bias),
-        _keep(g_bhh, need[6] and ctx.has_bias), None, None,
+        _keep(g_whh, need[4]), _keep(g_bih, need[5]), _keep(g_bhh, need[6]), None, None,
     )
 
 
 def _lstm_setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
     input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, _ = inputs
     out, _, _, gates, cells = output
-    ctx.save_for_backward(input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, out, gates, cells)
+    ctx.save_for_backward(
+        input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, out, gates, cells
+    )
     ctx.mark_non_differentiable(gates, cells)
-    ctx.has_bias = b_ih is not None
     ctx.reverse = reverse
 
 
 def _lstm_backward(ctx: Any, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cells):
-    input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, output, gates, cells = ctx.saved_tensors
-    need = ctx.needs_input_grad
+    saved = ctx.saved_tensors
+    input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, output, gates, cells = saved
+    if torch.is_grad_enabled():
+        args = (input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, ctx.reverse)
+        grads = (grad_output, grad_h_n, grad_c_n)
+        return _differentiable_backward(ctx, reference.lstm_layer, args, grads)
     mask = _output_mask(ctx, (2, 3), (4, 5, 6, 7, 8))
     grads = torch.ops.rnnfused.lstm_layer_backward.default(
         grad_output, grad_h_n, grad_c_n, input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, output,
-        gates, cells, ctx.has_bias, ctx.reverse, mask,
+        gates, cells, ctx.reverse, mask,
     )
     g_in, g_hx, g_cx, g_wih, g_whh, g_bih, g_bhh, g_whr = grads
+    need = ctx.needs_input_grad
     return (
         _keep(g_in, need[0]), None, _keep(g_hx, need[2]), _keep(g_cx, need[3]),
-        _keep(g_wih, need[4]), _keep(g_whh, need[5]), _keep(g_bih, need[6] and ctx.has_bias),
-        _keep(g_bhh, need[7] and ctx.has_bias), _keep(g_whr, need[8] and w_hr is not None), None,
-        None,
+        _keep(g_wih, need[4]), _keep(g_whh, need[5]), _keep(g_bih, need[6]),
+        _keep(g_bhh, need[7]), _keep(g_whr, need[8]), None, None,
     )
 
 
 def _gru_setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
     input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, _ = inputs
     out, _, workspace = output
-    ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, out, workspace)
+    ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, out, workspace)
     ctx.mark_non_differentiable(workspace)
-    ctx.has_bias = b_ih is not None
     ctx.reverse = reverse
 
 
 def _gru_backward(ctx: Any, grad_output, grad_h_n, _grad_workspace):
-    input, batch_sizes, hx, w_ih, w_hh, output, workspace = ctx.saved_tensors
-    need = ctx.needs_input_grad
+    input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, output, workspace = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        args = (input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, ctx.reverse)
+        return _differentiable_backward(ctx, reference.gru_layer, args, (grad_output, grad_h_n))
     mask = _output_mask(ctx, (2,), (3, 4, 5, 6))
     g_in, g_hx, g_wih, g_whh, g_bih, g_bhh = torch.ops.rnnfused.gru_layer_backward.default(
         grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, output, workspace,
-        ctx.has_bias, ctx.reverse, mask,
+        ctx.reverse, mask,
     )
+    need = ctx.needs_input_grad
     return (
         _keep(g_in, need[0]), None, _keep(g_hx, need[2]), _keep(g_wih, need[3]),
-        _keep(g_whh, need[4]), _keep(g_bih, need[5] and ctx.has_bias),
-        _keep(g_bhh, need[6] and ctx.has_bias), None, None,
+        _keep(g_whh, need[4]), _keep(g_bih, need[5]), _keep(g_bhh, need[6]), None, None,
     )
 
 

@@ -62,7 +62,8 @@ def _run_layer(
 
 
 def _rows(input: Tensor) -> Tensor:
-    return input.reshape(-1, input.size(-1))
+    """[T, B, I] or [N, I] -> [N, I] (flatten, unlike reshape(-1, I), allows I = 0)."""
+    return input.flatten(0, -2)
 
 
 def rnn_layer(

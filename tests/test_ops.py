@@ -136,21 +136,32 @@ def test_opcheck_backward(kind, packed, device):
     fwd = _op(kind)(*_op_args(kind, args, reverse=False))
     output = fwd[0]
     a = args
-    mask = [True, True, True]
+    mask = [True] * 6 + [kind == "lstm_proj"]
     if kind.startswith("lstm"):
         op = torch.ops.rnnfused.lstm_layer_backward.default
         bargs = (torch.randn_like(output), torch.randn_like(a["hx"]), torch.randn_like(a["cx"]),
                  a["input"], a["batch_sizes"], a["hx"], a["cx"], a["w_ih"], a["w_hh"], a["w_hr"],
-                 output, fwd[3], fwd[4], True, False, mask)
+                 output, fwd[3], fwd[4], False, mask)
     elif kind == "gru":
         op = torch.ops.rnnfused.gru_layer_backward.default
         bargs = (torch.randn_like(output), torch.randn_like(a["hx"]), a["input"], a["batch_sizes"],
-                 a["hx"], a["w_ih"], a["w_hh"], output, fwd[2], True, False, mask)
+                 a["hx"], a["w_ih"], a["w_hh"], output, fwd[2], False, mask)
     else:
         op = torch.ops.rnnfused.rnn_layer_backward.default
         bargs = (torch.randn_like(output), torch.randn_like(a["hx"]), a["input"], a["batch_sizes"],
-                 a["hx"], a["w_ih"], a["w_hh"], output, True, kind == "rnn_relu", False, mask)
+                 a["hx"], a["w_ih"], a["w_hh"], output, kind == "rnn_relu", False, mask)
     torch.library.opcheck(op, bargs, test_utils=("test_schema", "test_faketensor"))
+    # Each gradient is formed exactly where the mask asks for it.
+    for off in range(len(mask)):
+        partial = [m and i != off for i, m in enumerate(mask)]
+        grads = op(*bargs[:-1], partial)
+        full = op(*bargs)
+        index = {0: [0], 1: [1, 2] if kind.startswith("lstm") else [1]}.get(off)
+        if index is None:
+            index = [off + 1] if kind.startswith("lstm") else [off]
+        for i in index:
+            if mask[off]:
+                assert grads[i].numel() == 0 and full[i].numel() > 0, (off, i)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -176,7 +187,7 @@ def test_gradient_mask(kind, device):
     (expected,) = torch.autograd.grad(run(kind, reference, args, False)[0].sum(), [args["hx"]])
     torch.testing.assert_close(grad, expected)
     (mask, grads), = seen
-    assert list(mask) == [False, True, False]
+    assert list(mask) == [False, True, False, False, False, False, False]
     assert grads[0].numel() == 0  # input
     assert all(g.numel() == 0 for g in grads[2 if kind == "gru" or kind.startswith("rnn") else 3 :])
 

@@ -38,8 +38,12 @@ inline int loop_threads(int64_t work, int64_t parts) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), parts)));
 }
 
+// Packing W_hh costs about one step's reads of it: worth it from a few steps on
+// (a cell's single step takes the GEMM-and-functor path).
 inline bool fused_forward_applies(const LayerSizes& sz) {
-  return active_isa() == Isa::kAvx512 && sz.output == sz.hidden && sz.hidden > 0;
+  constexpr int64_t kMinSteps = 4;
+  return active_isa() == Isa::kAvx512 && sz.output == sz.hidden && sz.hidden > 0 &&
+         sz.rows >= kMinSteps * sz.batch;
 }
 
 // Runs every forward step of a layer; returns h_n [B, H].

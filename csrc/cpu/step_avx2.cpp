@@ -25,10 +25,12 @@ inline Vec operator/(Vec a, Vec b) { return _mm256_div_ps(a.v, b.v); }
 inline Vec operator-(Vec a) { return _mm256_xor_ps(a.v, _mm256_set1_ps(-0.0f)); }
 inline Vec fma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a.v, b.v, c.v); }
 
-// Cephes expf (see step_avx512.cpp). 2^n is built in the exponent field, so the
-// clamp keeps n in [-126, 127]: results stay normal floats.
+// Cephes expf (see step_avx512.cpp). 2^n is built in the exponent field: the
+// clamp keeps n in [-126, 128], where n = 128 (x past ~88.7) gives the bit
+// pattern of inf; below x = -87.3, where results would be denormal, exp is 0.
 inline Vec exp_of(Vec x) {
-  const __m256 v = _mm256_max_ps(_mm256_set1_ps(-87.3f), _mm256_min_ps(_mm256_set1_ps(88.0f), x.v));
+  const __m256 lo = _mm256_set1_ps(-87.3f);
+  const __m256 v = _mm256_max_ps(lo, _mm256_min_ps(_mm256_set1_ps(89.0f), x.v));
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(v, _mm256_set1_ps(1.44269504088896341f)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), v);
@@ -41,7 +43,8 @@ inline Vec exp_of(Vec x) {
   y = fma(y, Vec(r) * Vec(r), Vec(r) + Vec(1.0f));
   const __m256i exponent =
       _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(y.v, _mm256_castsi256_ps(exponent));
+  const __m256 result = _mm256_mul_ps(y.v, _mm256_castsi256_ps(exponent));
+  return _mm256_andnot_ps(_mm256_cmp_ps(x.v, lo, _CMP_LT_OQ), result);  // 0 below the clamp
 }
 
 inline Vec tanh_of(Vec x) {

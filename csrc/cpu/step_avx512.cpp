@@ -48,11 +48,12 @@ inline __m512 bits_or(__m512 a, __m512 b) {
 }
 
 // Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-5 polynomial,
-// scaled by 2^n. The clamp keeps n finite; NaN passes through (min/max return
-// their second operand on NaN).
+// scaled by 2^n with scalef (which rounds to denormals, 0 and inf as exp does).
+// Past the clamp x = 89, 2^n overflows to inf; from x = -104 down the result is
+// below half the smallest denormal: 0. NaN passes through (min/max return their
+// second operand on NaN).
 inline Vec exp_of(Vec x) {
-  __m512 v = _mm512_max_ps(_mm512_set1_ps(-88.3762626647949f),
-                           _mm512_min_ps(_mm512_set1_ps(88.3762626647949f), x.v));
+  __m512 v = _mm512_max_ps(_mm512_set1_ps(-104.0f), _mm512_min_ps(_mm512_set1_ps(89.0f), x.v));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), v);

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <array>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -167,32 +168,31 @@ inline at::Tensor combined_bias(const std::optional<at::Tensor>& b_ih,
 
 inline at::Tensor empty_grad(const at::Tensor& like) { return at::empty({0}, like.options()); }
 
-// Which gradients the caller needs: [input, initial states, weights and biases].
+// Which gradients the caller needs (the backward ops' output_mask).
 struct GradMask {
-  bool input, states, weights;
+  bool input, states, w_ih, w_hh, b_ih, b_hh, w_hr;
+
+  explicit GradMask(const std::array<bool, 7>& m)
+      : input(m[0]), states(m[1]), w_ih(m[2]), w_hh(m[3]), b_ih(m[4]), b_hh(m[5]), w_hr(m[6]) {}
 };
 
 struct WeightGrads {
   at::Tensor w_ih, w_hh, b_ih, b_hh;
 };
 
-// The parameter gradients as large GEMMs over all steps.
+// The parameter gradients as large GEMMs over all steps, each only where `mask`
+// asks for it (the others [0]).
 //   d_x: [N, G*H] gradient on the input-side pre-activations, d_h: [N, G*H] on the
 //   hidden-side products (the same tensor for RNN and LSTM), input: [N, I],
-//   h_prev: [N, P] the previous state of every row.
-inline WeightGrads weight_grads(const at::Tensor& d_x, const at::Tensor& d_h,
-                                const at::Tensor& input, const at::Tensor& h_prev,
-                                bool has_bias) {
-  WeightGrads g;
-  g.w_ih = at::mm(d_x.t(), input);
-  g.w_hh = at::mm(d_h.t(), h_prev);
-  if (has_bias) {
-    g.b_ih = d_x.sum(0);
-    g.b_hh = d_h.is_same(d_x) ? g.b_ih.clone() : d_h.sum(0);
-  } else {
-    g.b_ih = empty_grad(d_x);
-    g.b_hh = empty_grad(d_x);
-  }
+//   h_prev(): [N, P] the previous state of every row (formed only if needed).
+template <typename PrevFn>
+WeightGrads weight_grads(const at::Tensor& d_x, const at::Tensor& d_h, const at::Tensor& input,
+                         PrevFn h_prev, const GradMask& mask) {
+  WeightGrads g{empty_grad(d_x), empty_grad(d_x), empty_grad(d_x), empty_grad(d_x)};
+  if (mask.w_ih) g.w_ih = at::mm(d_x.t(), input);
+  if (mask.w_hh) g.w_hh = at::mm(d_h.t(), h_prev());
+  if (mask.b_ih) g.b_ih = d_x.sum(0);
+  if (mask.b_hh) g.b_hh = d_h.is_same(d_x) && mask.b_ih ? g.b_ih.clone() : d_h.sum(0);
   return g;
 }
 

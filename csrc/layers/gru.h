@@ -52,7 +52,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const LayerSizes& sz, const Schedule& sched, const at::Tensor& grad_output,
     const at::Tensor& grad_h_n, const at::Tensor& input, const at::Tensor& h0,
     const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
-    const at::Tensor& workspace, bool has_bias, GradMask mask) {
+    const at::Tensor& workspace, const GradMask& mask) {
   const int64_t H = sz.hidden, N = sz.rows;
   at::Tensor d_h = grad_h_n.clone(at::MemoryFormat::Contiguous);  // [B, H]
   at::Tensor d_x = at::empty({N, 3 * H}, input.options());
@@ -81,10 +81,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   }
 
   at::Tensor grad_input = mask.input ? at::mm(d_x, w_ih) : empty_grad(input);
-  WeightGrads wg{empty_grad(input), empty_grad(input), empty_grad(input), empty_grad(input)};
-  if (mask.weights) {
-    wg = weight_grads(d_x, d_hh, input, sched.previous(output, h0), has_bias);
-  }
+  const WeightGrads wg =
+      weight_grads(d_x, d_hh, input, [&] { return sched.previous(output, h0); }, mask);
   if (!mask.states) d_h = empty_grad(input);
   return {grad_input, d_h, wg.w_ih, wg.w_hh, wg.b_ih, wg.b_hh};
 }

@@ -66,7 +66,7 @@ lstm_backward(const LayerSizes& sz, const Schedule& sched, const at::Tensor& gra
               const at::Tensor& grad_h_n, const at::Tensor& grad_c_n, const at::Tensor& input,
               const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
               const at::Tensor& w_hh, const at::Tensor& w_hr, const at::Tensor& output,
-              const at::Tensor& gates, const at::Tensor& cells, bool has_bias, GradMask mask) {
+              const at::Tensor& gates, const at::Tensor& cells, const GradMask& mask) {
   const int64_t H = sz.hidden, P = sz.output, B = sz.batch, N = sz.rows;
   const bool proj = w_hr.defined();
   at::Tensor d_h = grad_h_n.clone(at::MemoryFormat::Contiguous);  // [B, P]
@@ -107,12 +107,10 @@ lstm_backward(const LayerSizes& sz, const Schedule& sched, const at::Tensor& gra
   }
 
   at::Tensor grad_input = mask.input ? at::mm(d_pre, w_ih) : empty_grad(input);
-  WeightGrads wg{empty_grad(input), empty_grad(input), empty_grad(input), empty_grad(input)};
   at::Tensor grad_w_hr = empty_grad(input);
-  if (mask.weights) {
-    wg = weight_grads(d_pre, d_pre, input, sched.previous(output, h0), has_bias);
-    if (proj) grad_w_hr = at::mm(d_h_all.t(), hidden_all);  // [P, H]
-  }
+  const WeightGrads wg =
+      weight_grads(d_pre, d_pre, input, [&] { return sched.previous(output, h0); }, mask);
+  if (proj && mask.w_hr) grad_w_hr = at::mm(d_h_all.t(), hidden_all);  // [P, H]
   if (!mask.states) {
     d_h = empty_grad(input);
     d_c = empty_grad(input);

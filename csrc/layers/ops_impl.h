@@ -74,7 +74,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
     const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
     const OptTensor& batch_sizes, const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
     const Tensor& w_hh, const OptTensor& w_hr, const Tensor& output, const Tensor& gates,
-    const Tensor& cells, bool has_bias, bool reverse, std::array<bool, 3> output_mask) {
+    const Tensor& cells, bool reverse, std::array<bool, 7> output_mask) {
   constexpr const char* op = "rnnfused::lstm_layer_backward";
   const LayerSizes sz = check_layer_args(op, 4, input, batch_sizes, hx, w_ih, w_hh,
                                          std::nullopt, std::nullopt, w_hr);
@@ -85,13 +85,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
   check_shape(op, "cells", cells, {sz.rows, sz.hidden}, input);
   typename Launch::Guard guard(input.device());
   const Schedule sched(op, sz, input, batch_sizes, reverse);
-  const GradMask mask{output_mask[0], output_mask[1], output_mask[2]};
+  const GradMask mask(output_mask);
   return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), op, [&] {
     auto grads = lstm_backward<scalar_t, Launch>(
         sz, sched, rows_of(grad_output, sz, sz.output), grad_h_n, grad_c_n, rows_of(input, sz, sz.input),
         hx.contiguous(), cx.contiguous(), w_ih.contiguous(), w_hh.contiguous(),
         value_or_undefined(w_hr), rows_of(output, sz, sz.output), gates.contiguous(),
-        cells.contiguous(), has_bias, mask);
+        cells.contiguous(), mask);
     if (mask.input) std::get<0>(grads) = sequence_layout(std::get<0>(grads), input, batch_sizes);
     return grads;
   });
@@ -122,8 +122,8 @@ template <typename Launch>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward(
     const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input,
     const OptTensor& batch_sizes, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
-    const Tensor& output, const Tensor& workspace, bool has_bias, bool reverse,
-    std::array<bool, 3> output_mask) {
+    const Tensor& output, const Tensor& workspace, bool reverse,
+    std::array<bool, 7> output_mask) {
   constexpr const char* op = "rnnfused::gru_layer_backward";
   const LayerSizes sz = check_layer_args(op, 3, input, batch_sizes, hx, w_ih, w_hh, std::nullopt,
                                          std::nullopt, std::nullopt);
@@ -131,12 +131,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward(
   check_shape(op, "workspace", workspace, {sz.rows, 4 * sz.hidden}, input);
   typename Launch::Guard guard(input.device());
   const Schedule sched(op, sz, input, batch_sizes, reverse);
-  const GradMask mask{output_mask[0], output_mask[1], output_mask[2]};
+  const GradMask mask(output_mask);
   return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), op, [&] {
     auto grads = gru_backward<scalar_t, Launch>(
         sz, sched, rows_of(grad_output, sz, sz.output), grad_h_n, rows_of(input, sz, sz.input),
         hx.contiguous(), w_ih.contiguous(), w_hh.contiguous(), rows_of(output, sz, sz.output),
-        workspace.contiguous(), has_bias, mask);
+        workspace.contiguous(), mask);
     if (mask.input) std::get<0>(grads) = sequence_layout(std::get<0>(grads), input, batch_sizes);
     return grads;
   });
@@ -166,20 +166,20 @@ template <typename Launch>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_layer_backward(
     const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input,
     const OptTensor& batch_sizes, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
-    const Tensor& output, bool has_bias, bool relu, bool reverse,
-    std::array<bool, 3> output_mask) {
+    const Tensor& output, bool relu, bool reverse,
+    std::array<bool, 7> output_mask) {
   constexpr const char* op = "rnnfused::rnn_layer_backward";
   const LayerSizes sz = check_layer_args(op, 1, input, batch_sizes, hx, w_ih, w_hh, std::nullopt,
                                          std::nullopt, std::nullopt);
   check_backward_args(op, sz, input, batch_sizes, grad_output, output, grad_h_n);
   typename Launch::Guard guard(input.device());
   const Schedule sched(op, sz, input, batch_sizes, reverse);
-  const GradMask mask{output_mask[0], output_mask[1], output_mask[2]};
+  const GradMask mask(output_mask);
   return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), op, [&] {
     auto grads = rnn_backward<scalar_t, Launch>(
         sz, sched, rows_of(grad_output, sz, sz.output), grad_h_n, rows_of(input, sz, sz.input),
         hx.contiguous(), w_ih.contiguous(), w_hh.contiguous(), rows_of(output, sz, sz.output),
-        has_bias, relu, mask);
+        relu, mask);
     if (mask.input) std::get<0>(grads) = sequence_layout(std::get<0>(grads), input, batch_sizes);
     return grads;
   });

@@ -39,8 +39,8 @@ template <typename scalar_t, typename Launch>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_backward(
     const LayerSizes& sz, const Schedule& sched, const at::Tensor& grad_output,
     const at::Tensor& grad_h_n, const at::Tensor& input, const at::Tensor& h0,
-    const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output, bool has_bias,
-    bool relu, GradMask mask) {
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
+    bool relu, const GradMask& mask) {
   const int64_t H = sz.hidden, N = sz.rows;
   at::Tensor d_h = grad_h_n.clone(at::MemoryFormat::Contiguous);  // [B, H]
   at::Tensor d_pre = at::empty({N, H}, input.options());
@@ -65,10 +65,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   }
 
   at::Tensor grad_input = mask.input ? at::mm(d_pre, w_ih) : empty_grad(input);
-  WeightGrads wg{empty_grad(input), empty_grad(input), empty_grad(input), empty_grad(input)};
-  if (mask.weights) {
-    wg = weight_grads(d_pre, d_pre, input, sched.previous(output, h0), has_bias);
-  }
+  const WeightGrads wg =
+      weight_grads(d_pre, d_pre, input, [&] { return sched.previous(output, h0); }, mask);
   if (!mask.states) d_h = empty_grad(input);
   return {grad_input, d_h, wg.w_ih, wg.w_hh, wg.b_ih, wg.b_hh};
 }

@@ -1,0 +1,84 @@
+"""T = 100,000 steps: no recursion or stack growth (run under a 1 MB stack limit),
+inference memory constant in T beyond the output, training memory linear in T.
+
+Each measurement runs in a fresh subprocess and reads its peak resident memory
+(ru_maxrss), since torch's CPU allocations are invisible to tracemalloc."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+
+import pytest
+
+import rnnfused
+
+pytestmark = pytest.mark.skipif(
+    not rnnfused.backend_info()["extension"], reason="the compiled extension is not loaded"
+)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+I = H = 8
+
+# Prints {"base": peak RSS before the call, "peak": after, "out": output bytes}.
+SCRIPT = r"""
+import json, resource, sys
+import torch, rnnfused
+name, T, train = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+torch.manual_seed(0)
+torch.set_num_threads(1)
+module = getattr(rnnfused, name)({I}, {H})
+x = torch.randn(T, 1, {I}, requires_grad=train)
+warm = module(x[:100])  # first-call allocations (BLAS buffers, dispatch tables)
+del warm
+peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+base = peak()
+if train:
+    out, _ = module(x)
+    out.sum().backward()
+else:
+    with torch.no_grad():
+        out, _ = module(x)
+assert torch.isfinite(out).all()
+print(json.dumps(dict(base=base, peak=peak(), out=out.numel() * out.element_size())))
+""".replace("{I}", str(I)).replace("{H}", str(H))
+
+
+def _limit_stack():
+    resource.setrlimit(resource.RLIMIT_STACK, (1 << 20, 1 << 20))
+
+
+def measure(name: str, steps: int, train: bool) -> dict:
+    path = [p for p in (os.environ.get("PYTHONPATH"), os.path.dirname(HERE)) if p]
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, name, str(steps), "1" if train else "0"],
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(path), OMP_NUM_THREADS="1"),
+        capture_output=True, text=True, timeout=240, preexec_fn=_limit_stack,
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["growth"] = result["peak"] - result["base"]
+    return result
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU"])  # RNN saves nothing beyond its output
+def test_inference_memory_constant_in_T(name):
+    """no_grad forward at T = 25,000 and 100,000: the peak grows by no more than the
+    extra output (plus 4 MB of allocator slack). A saved workspace would add 4H or
+    5H floats a step (12-16 MB more at T = 100,000)."""
+    short, long = measure(name, 25_000, False), measure(name, 100_000, False)
+    extra_out = long["out"] - short["out"]
+    assert long["growth"] - short["growth"] <= extra_out + 4 * 2**20, (short, long)
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU"])
+def test_training_memory_linear_in_T(name):
+    """forward + backward at T = 25,000 and 100,000: growth at most ~4x (linear, with
+    25% slack) and at most 1 KB per step (B = 1, H = 8: what the backward needs is
+    ~100 floats a step); the 1 MB stack limit shows there is no recursion over steps."""
+    short, long = measure(name, 25_000, True), measure(name, 100_000, True)
+    assert long["growth"] <= 5 * max(short["growth"], 2**20), (short, long)
+    assert long["growth"] <= 100_000 * 1024, (short, long)

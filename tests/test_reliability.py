@@ -1,0 +1,443 @@
+"""Reliability (issue 6): aliased and non-contiguous arguments, weights changed in
+place, parametrized weights, frozen parameters, threads, memory, and NaN / Inf /
+saturation numerics, each against torch.nn holding the same weights.
+
+Long sequences (T = 100,000) are in test_long_sequences.py; the fuzzing of every op
+in test_fuzz.py."""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import weakref
+
+import pytest
+import torch
+from helpers import make_twins, weighted_sum
+
+import rnnfused
+
+pytestmark = pytest.mark.skipif(
+    not rnnfused.backend_info()["extension"], reason="the compiled extension is not loaded"
+)
+
+I, H, T, B = 5, 17, 6, 3  # H = 17: one full AVX-512 vector and a masked tail
+MODULES = ["RNN", "LSTM", "GRU"]
+DTYPES = [torch.float32, torch.float64]
+# float64: summation order only; float32: the fused GEMMs reorder sums and the
+# vectorised exp/tanh are a few ulp from libm's.
+TOL = {torch.float64: dict(atol=1e-10, rtol=1e-8), torch.float32: dict(atol=1e-5, rtol=1e-4)}
+
+
+def run(module, *args):
+    """Outputs and the gradients of every leaf argument and parameter."""
+    leaves = [a for a in _tensors(args) if a.requires_grad]
+    out, hidden = module(*args)
+    results = [out, *(hidden if isinstance(hidden, tuple) else (hidden,))]
+    wrt = leaves + [p for p in module.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(weighted_sum(results), wrt, allow_unused=True)
+    return results + list(grads)
+
+
+def _tensors(args):
+    for a in args:
+        if isinstance(a, tuple):
+            yield from a
+        elif isinstance(a, torch.Tensor):
+            yield a
+
+
+def assert_same(got, want, dtype):
+    assert len(got) == len(want)
+    for k, (g, w) in enumerate(zip(got, want)):
+        if w is None:
+            assert g is None, k
+            continue
+        torch.testing.assert_close(g, w, **TOL[dtype], msg=lambda m, k=k: f"result {k}: {m}")
+
+
+# ---------------------------------------------------------------- 2. layouts and aliasing
+
+
+@pytest.mark.parametrize("name", MODULES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_noncontiguous_weights_and_inputs(name, dtype):
+    """Weights stored transposed or as a strided slice, input transposed and sliced."""
+    ref, fused = make_twins(name, I, H, num_layers=2, bidirectional=True, dtype=dtype)
+    for module in (ref, fused):
+        with torch.no_grad():
+            for pname, p in list(module.named_parameters()):
+                if p.dim() == 2:  # the same values, held by a transposed buffer
+                    p.data = p.data.t().contiguous().t()
+                else:  # every other element of a buffer twice as long
+                    buf = torch.zeros(2 * p.numel(), dtype=dtype)
+                    buf[::2] = p.data
+                    p.data = buf[::2]
+    assert not fused.weight_hh_l0.is_contiguous() and not fused.bias_ih_l0.is_contiguous()
+    base = torch.randn(B, T, 2 * I, dtype=dtype)
+    x = base.transpose(0, 1)[..., ::2].requires_grad_(False)
+    assert_same(run(fused, x), run(ref, x), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_aliased_arguments(dtype):
+    """h0 and c0 the same tensor; input and h0 views of one buffer; an LSTM whose
+    weight_ih and weight_hh are the same Parameter (I == H). Gradients through every alias."""
+    ref, fused = make_twins("LSTM", H, H, dtype=dtype)
+    for module in (ref, fused):
+        module.weight_hh_l0 = module.weight_ih_l0  # one Parameter under two names
+    storage = torch.randn(T * B * H + B * H, dtype=dtype, requires_grad=True)
+
+    def args(s):
+        x = s[: T * B * H].view(T, B, H)
+        h = s[T * B * H :].view(1, B, H)
+        return x, (h, h)  # input, h0 and c0 all alias `storage`
+
+    results = []
+    for module in (ref, fused):
+        leaf = storage.detach().clone().requires_grad_(True)
+        out, (h_n, c_n) = module(*args(leaf))
+        grads = torch.autograd.grad(weighted_sum([out, h_n, c_n]),
+                                    [leaf, module.weight_ih_l0, module.bias_hh_l0])
+        results.append([out, h_n, c_n, *grads])
+    assert_same(results[1], results[0], dtype)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_in_place_weight_changes_are_seen(name):
+    """An optimizer-style in-place update between calls changes the next result."""
+    ref, fused = make_twins(name, I, H, num_layers=2)
+    x = torch.randn(T, B, I)
+    first = fused(x)[0].detach().clone()
+    for module in (ref, fused):
+        with torch.no_grad():
+            module.weight_hh_l1.mul_(-0.5)
+            module.bias_ih_l0.add_(0.25)
+    second = fused(x)[0]
+    assert not torch.allclose(first, second)
+    torch.testing.assert_close(second, ref(x)[0], **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("name", MODULES + ["LSTMCell", "GRUCell", "RNNCell"])
+def test_weight_norm_parametrization(name):
+    """torch.nn.utils.parametrizations.weight_norm on the recurrent weight: same outputs
+    and the same gradients on the parametrization's original0/original1."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    ref, fused = make_twins(name, I, H, dtype=torch.float64)
+    attr = "weight_hh" if name.endswith("Cell") else "weight_hh_l0"
+    for module in (ref, fused):
+        weight_norm(module, attr)
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(B, I, dtype=torch.float64) if name.endswith("Cell") else torch.randn(
+        T, B, I, dtype=torch.float64)
+    results = []
+    for module in (ref, fused):
+        out = module(x)
+        outs = list(out) if isinstance(out, tuple) else [out]
+        outs = [o for item in outs for o in (item if isinstance(item, tuple) else (item,))]
+        params = [module.parametrizations[attr].original0, module.parametrizations[attr].original1]
+        results.append(outs + list(torch.autograd.grad(weighted_sum(outs), params)))
+    assert_same(results[1], results[0], torch.float64)
+
+
+# ---------------------------------------------------------------- 2. frozen parameters
+
+
+class BackwardSpy:
+    """Records the output_mask and results of every *_layer_backward op call."""
+
+    def __init__(self, monkeypatch):
+        self.calls: list[tuple[list[bool], tuple]] = []
+        for op_name in ("lstm_layer_backward", "gru_layer_backward", "rnn_layer_backward"):
+            real = getattr(torch.ops.rnnfused, op_name).default
+
+            def spy(*args, _real=real):
+                grads = _real(*args)
+                self.calls.append((list(args[-1]), grads))
+                return grads
+
+            monkeypatch.setattr(torch.ops.rnnfused, op_name,
+                                type("Op", (), {"default": staticmethod(spy)}))
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_frozen_parameters_get_no_gradient_work(name, monkeypatch):
+    """All parameters frozen, input requiring grad: no parameter gets a .grad and the
+    backward ops are asked for (and form) no weight gradient."""
+    ref, fused = make_twins(name, I, H, num_layers=2)
+    for module in (ref, fused):
+        module.requires_grad_(False)
+    spy = BackwardSpy(monkeypatch)
+    x = torch.randn(T, B, I, requires_grad=True)
+    got = run(fused, x)
+    assert_same(got, run(ref, x), torch.float32)
+    assert all(p.grad is None for p in fused.parameters())
+    assert len(spy.calls) == 2  # one per layer
+    for mask, grads in spy.calls:
+        assert mask[2] is False
+        weight_grads = grads[3:] if name == "LSTM" else grads[2:]
+        assert all(g.numel() == 0 for g in weight_grads)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_input_without_grad_gets_no_input_gradient_work(name, monkeypatch):
+    """Input and states not requiring grad (the usual first layer): the first layer's
+    backward forms no input gradient; the parameters' gradients equal torch.nn's."""
+    ref, fused = make_twins(name, I, H)
+    spy = BackwardSpy(monkeypatch)
+    x = torch.randn(T, B, I)
+    fused_params = dict(fused.named_parameters())
+    out = fused(x)[0]
+    out.sum().backward()
+    ref(x)[0].sum().backward()
+    for pname, p in ref.named_parameters():
+        torch.testing.assert_close(fused_params[pname].grad, p.grad, **TOL[torch.float32])
+    ((mask, grads),) = spy.calls
+    assert mask[:2] == [False, False]
+    assert grads[0].numel() == 0 and grads[1].numel() == 0
+
+
+@pytest.mark.parametrize("frozen", ["weight_ih_l0", "bias_ih_l0"])
+@pytest.mark.parametrize("name", MODULES)
+def test_one_frozen_parameter_costs_no_gradient_work(name, frozen, monkeypatch):
+    """One parameter frozen (fine-tuning the recurrent part only): it gets no .grad,
+    the others equal torch.nn's, and its gradient is not formed by the backward op."""
+    ref, fused = make_twins(name, I, H)
+    for module in (ref, fused):
+        getattr(module, frozen).requires_grad_(False)
+    spy = BackwardSpy(monkeypatch)
+    x = torch.randn(T, B, I)
+    fused(x)[0].sum().backward()
+    ref(x)[0].sum().backward()
+    assert getattr(fused, frozen).grad is None
+    for pname, p in ref.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(getattr(fused, pname).grad, p.grad, **TOL[torch.float32])
+    ((mask, grads),) = spy.calls
+    names = ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"]
+    first = 3 if name == "LSTM" else 2
+    formed = grads[first + names.index(frozen)]
+    assert formed.numel() == 0, (
+        f"{frozen} is frozen but the backward op formed its gradient {tuple(formed.shape)} "
+        f"(output_mask {mask})")
+
+
+# ---------------------------------------------------------------- 4. threads
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_threads_match_serial(name):
+    """Four Python threads running the same module (forward + backward, and no_grad
+    forward) at once get what each gets alone. The op kernels hold no mutable global
+    state (the only static is the ISA, decided once, read-only after)."""
+    ref, fused = make_twins(name, I, H, num_layers=2, bidirectional=True)
+    inputs = [torch.randn(T, B, I, generator=torch.Generator().manual_seed(k)) for k in range(4)]
+
+    def work(x):
+        x = x.clone().requires_grad_(True)
+        out = fused(x)[0]
+        (gx,) = torch.autograd.grad(out.sum(), [x])
+        with torch.no_grad():
+            lean = fused(x)[0]
+        return [out.detach(), gx, lean]
+
+    alone = [work(x) for x in inputs]
+    together: list = [None] * len(inputs)
+    errors: list = []
+
+    def thread_body(k):
+        try:
+            for _ in range(20):  # repeat so the threads overlap for real
+                together[k] = work(inputs[k])
+        except Exception as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=thread_body, args=(k,)) for k in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for k in range(len(inputs)):
+        for g, w in zip(together[k], alone[k]):
+            # Same shapes, same work split: the only freedom is the BLAS's choice of
+            # kernel under load, hence a float32 tolerance and not bitwise equality.
+            torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- 5. memory
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc (Linux)")
+@pytest.mark.parametrize("name", MODULES)
+def test_training_iterations_keep_memory_flat(name):
+    """1,000 forward+backward iterations: resident memory after the last is within a
+    few MB of after the 100th. A leaked workspace (gates for 400 rows x 4H) would
+    add ~100 KB an iteration, ~90 MB over the run."""
+    torch.manual_seed(0)
+    module = getattr(rnnfused, name)(16, 16)
+    x = torch.randn(50, 8, 16, requires_grad=True)
+
+    def step():
+        out, _ = module(x)
+        out.sum().backward()
+
+    for _ in range(100):
+        step()
+    gc.collect()
+    before = _rss_bytes()
+    for _ in range(1000):
+        step()
+    gc.collect()
+    growth = _rss_bytes() - before
+    assert growth < 16 * 2**20, f"RSS grew by {growth / 2**20:.1f} MB over 1,000 iterations"
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU"])
+def test_workspace_freed_with_the_graph(name):
+    """The saved workspace dies with the autograd graph: after backward (graph freed)
+    while the output is still alive, and when an unused graph is dropped."""
+    module = getattr(rnnfused, name)(I, H)
+    x = torch.randn(T, B, I, requires_grad=True)
+    for use in ("backward", "drop"):
+        out = module(x)[0]  # the final states (same graph node) dropped at once
+        saved = [t for t in out.grad_fn.saved_tensors
+                 if t is not None and t.dim() == 2 and t.size(0) == T * B and t.size(1) >= 4 * H]
+        assert saved, "no workspace among the saved tensors"
+        refs = [weakref.ref(t) for t in saved]
+        del saved
+        gc.collect()
+        # torch keeps a tensor's Python object while its C++ tensor lives, so the weak
+        # references follow the saved workspace itself.
+        assert all(r() is not None for r in refs), "the check cannot see the workspace"
+        if use == "backward":
+            out.sum().backward()
+            gc.collect()
+            assert all(r() is None for r in refs), "workspace alive after backward"
+            del out
+        else:
+            del out
+            gc.collect()
+            assert all(r() is None for r in refs), "workspace alive after the graph was dropped"
+
+
+# ---------------------------------------------------------------- 6. numerics
+
+SPECIAL = {"nan": float("nan"), "inf": float("inf"), "-inf": -float("inf")}
+
+
+def _inject(module, x, h0, c0, where, value):
+    """Puts `value` into one element of the input, a state or a weight."""
+    with torch.no_grad():
+        if where == "input":
+            x[1, 0, 2] = value
+        elif where == "h0":
+            h0[0, 0, 5] = value
+        elif where == "c0":
+            c0[0, 0, 5] = value
+        elif where == "weight_hh":
+            module.weight_hh_l0[3, 5] = value
+        elif where == "weight_ih":
+            module.weight_ih_l0[7, 1] = value
+        elif where == "bias":
+            module.bias_ih_l0[11] = value
+
+
+@pytest.mark.parametrize("value", list(SPECIAL))
+@pytest.mark.parametrize("where", ["input", "h0", "c0", "weight_hh", "weight_ih", "bias"])
+@pytest.mark.parametrize("name", MODULES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nan_inf_propagate_as_torch_nn(name, where, value, dtype):
+    """A NaN or an infinity in one element of any argument: outputs and final states have
+    NaN exactly where torch.nn's do, the same infinities, and equal finite values."""
+    if where == "c0" and name != "LSTM":
+        pytest.skip("only the LSTM has a cell state")
+    ref, fused = make_twins(name, I, H, dtype=dtype)
+    x = torch.randn(T, 2, I, dtype=dtype)
+    h0, c0 = torch.randn(1, 2, H, dtype=dtype), torch.randn(1, 2, H, dtype=dtype)
+    for module in (ref, fused):
+        _inject(module, x, h0, c0, where, SPECIAL[value])
+    args = (x, (h0, c0)) if name == "LSTM" else (x, h0)
+    with torch.no_grad():
+        want, got = ref(*args), fused(*args)
+    flat = lambda r: [r[0], *(r[1] if isinstance(r[1], tuple) else (r[1],))]  # noqa: E731
+    for g, w in zip(flat(got), flat(want)):
+        torch.testing.assert_close(g, w, **TOL[dtype], equal_nan=True)
+
+
+@pytest.mark.parametrize("name", MODULES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_saturating_inputs_stay_finite(name, dtype):
+    """|x| ~ 1e4 saturates every gate: outputs, states and all gradients are finite
+    where torch.nn's are (they all are). In float64 they equal torch.nn's; in float32,
+    1 - sigmoid(a) near a saturated gate loses most of its digits in any implementation,
+    so each result's error against float64 is at most 2x torch.nn's own (+ 1e-6 of scale)."""
+    ref, fused = make_twins(name, I, H, dtype=dtype)
+    x = (torch.randn(T, B, I, dtype=dtype).sign() * 1e4).requires_grad_(True)
+    want, got = run(ref, x), run(fused, x)
+    for g, w in zip(got, want):
+        assert torch.isfinite(w).all()
+        assert torch.isfinite(g).all()
+    if dtype == torch.float64:
+        assert_same(got, want, dtype)
+        return
+    truth = run(ref.double(), x.detach().double().requires_grad_(True))
+    for k, (g, w, t) in enumerate(zip(got, want, truth)):
+        err_fused = (g.double() - t).abs().max().item()
+        err_nn = (w.double() - t).abs().max().item()
+        assert err_fused <= 2 * err_nn + 1e-6 * t.abs().max().item(), (k, err_fused, err_nn)
+
+
+def test_gru_sigmoid_of_minus_infinity_is_zero():
+    """The smallest form of the NaN propagation case: a GRU step whose reset and update
+    gates see -inf (sigmoid = 0) and whose W_hn h is +inf. torch.nn: n = tanh(0 * inf) =
+    NaN, so h' = NaN. The vectorised kernels must not turn sigmoid(-inf) into a tiny
+    positive number (which would give h' = inf)."""
+    w_hh = torch.tensor([[-1.0], [-1.0], [1.0]])  # rows r, z, n
+    hx = torch.tensor([[float("inf")]])
+    x = torch.zeros(1, 1, 1)
+    w_ih = torch.zeros(3, 1)
+    out, h_n, _ = torch.ops.rnnfused.gru_layer.default(x, None, hx, w_ih, w_hh, None, None,
+                                                       False, False)
+    ref = torch.nn.GRU(1, 1, bias=False)
+    with torch.no_grad():
+        ref.weight_ih_l0.copy_(w_ih)
+        ref.weight_hh_l0.copy_(w_hh)
+        want = ref(x, hx.unsqueeze(0))[0]
+    assert torch.isnan(want).all()
+    torch.testing.assert_close(out, want, equal_nan=True)
+
+
+def test_bias_hh_alone_gets_its_gradient():
+    """The ops take b_ih and b_hh as separate optionals; given b_hh alone, the forward
+    uses it, so its gradient must be formed (not dropped as None)."""
+    x = torch.randn(2, 1, 3, dtype=torch.float64)
+    hx = torch.randn(1, 2, dtype=torch.float64)
+    w_ih, w_hh = torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 2, dtype=torch.float64)
+    b_hh = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    out, _ = rnnfused.ops.rnn_layer(x, None, hx, w_ih, w_hh, None, b_hh, False, False)
+    (grad,) = torch.autograd.grad(out.sum(), [b_hh], allow_unused=True)
+    out_ref, _ = rnnfused.reference.rnn_layer(x, None, hx, w_ih, w_hh, None, b_hh, False, False)
+    (want,) = torch.autograd.grad(out_ref.sum(), [b_hh])
+    assert grad is not None, "b_hh's gradient was dropped"
+    torch.testing.assert_close(grad, want)
+
+
+def test_reference_accepts_zero_input_size():
+    """input_size 0 (w_ih [G*H, 0]): the op runs it; the reference path, the op's
+    fallback and oracle, must too, with the same result."""
+    x = torch.randn(3, 2, 0, dtype=torch.float64)
+    hx = torch.randn(2, 4, dtype=torch.float64)
+    w_ih, w_hh = torch.randn(4, 0, dtype=torch.float64), torch.randn(4, 4, dtype=torch.float64)
+    b = torch.randn(4, dtype=torch.float64)
+    got = rnnfused.ops.rnn_layer(x, None, hx, w_ih, w_hh, b, b, False, False)
+    want = rnnfused.reference.rnn_layer(x, None, hx, w_ih, w_hh, b, b, False, False)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)

@@ -128,40 +128,56 @@ RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx512);
 
 namespace {
 
-// acc[m][g] = sum_k h_rows[m][k] * w[k][g * 16 .. g * 16 + 15] for M rows:
-// M * G accumulators live in registers, the packed tile streams from cache.
+// acc[m][g] += sum_{k0 <= k < k1} rows[m][k] * w[k][g * 16 .. g * 16 + 15] for M
+// rows: M * G accumulators live in registers, the packed tile streams from L1.
 template <int M, int G>
-inline void tile_product(const float* w, const float* const* h_rows, int64_t K, __m512 (&acc)[M][G]) {
-  for (int m = 0; m < M; ++m)
-    for (int g = 0; g < G; ++g) acc[m][g] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < K; ++k) {
+inline void tile_product(const float* w, const float* const* rows, int64_t k0, int64_t k1,
+                         __m512 (&acc)[M][G]) {
+  for (int64_t k = k0; k < k1; ++k) {
     __m512 wk[G];
     for (int g = 0; g < G; ++g) wk[g] = _mm512_loadu_ps(w + (k * G + g) * 16);
     for (int m = 0; m < M; ++m) {
-      const __m512 a = _mm512_set1_ps(h_rows[m][k]);
+      const __m512 a = _mm512_set1_ps(rows[m][k]);
       for (int g = 0; g < G; ++g) acc[m][g] = _mm512_fmadd_ps(a, wk[g], acc[m][g]);
     }
   }
 }
 
-// Rows [row, row + M) of tile u: product, stored where the functor reads it, then
-// the functor on those units, then h' into the next state.
+// The reduction dimension is split into panels of kPanelBytes of packed weights,
+// small enough to stay in L1 while every row block of the step reuses them; the
+// partial sums wait in the product buffer between panels.
+constexpr int64_t kPanelBytes = 32 * 1024;
+
+inline int64_t panel_depth(int64_t vectors_per_k) {
+  return std::max<int64_t>(1, kPanelBytes / (vectors_per_k * 64));
+}
+
+// Rows [row, row + M) of tile u over k in [k0, k1): the partial product, kept in
+// the product buffer where the functor reads it. After the last panel, the
+// functor runs on those units and h' goes into the next state.
 template <int M, int G, typename F>
 inline void fused_tile(const F& f, const FusedStepRows& step, const PackedRecurrent& w,
-                       int64_t u, int64_t row) {
+                       int64_t u, int64_t row, int64_t k0, int64_t k1) {
   const int64_t H = w.H, K = w.K;
   const int64_t j = u * 16;
   const int count = static_cast<int>(std::min<int64_t>(16, H - j));
   const __mmask16 mask = static_cast<__mmask16>((1u << count) - 1u);
   const float* h_rows[M];
-  for (int m = 0; m < M; ++m) h_rows[m] = step.h_in + (row + m) * K;
   __m512 acc[M][G];
-  tile_product<M, G>(w.w + u * K * G * 16, h_rows, K, acc);
+  for (int m = 0; m < M; ++m) {
+    h_rows[m] = step.h_in + (row + m) * K;
+    for (int g = 0; g < G; ++g) {
+      acc[m][g] = k0 == 0 ? _mm512_setzero_ps()
+                          : _mm512_maskz_loadu_ps(mask, step.product + (row + m) * G * H + g * H + j);
+    }
+  }
+  tile_product<M, G>(w.w + u * K * G * 16, h_rows, k0, k1, acc);
   for (int m = 0; m < M; ++m) {
     const int64_t b = row + m;
     for (int g = 0; g < G; ++g) {
       _mm512_mask_storeu_ps(step.product + b * G * H + g * H + j, mask, acc[m][g]);
     }
+    if (k1 < K) continue;
     if (count == 16) {
       f.apply(Lanes<false>{}, b, j);
     } else {
@@ -181,37 +197,51 @@ void fused_steps(const F* steps, const FusedStepRows* rows, int64_t count,
   {
     const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t first = w.tiles * t / nt, last = w.tiles * (t + 1) / nt;
+    const int64_t depth = panel_depth(G);
     for (int64_t s = 0; s < count; ++s) {
       const FusedStepRows& step = rows[s];
       for (int64_t u = first; u < last; ++u) {
-        int64_t row = 0;
-        for (; row + kRows <= step.rows; row += kRows) fused_tile<kRows, G>(steps[s], step, w, u, row);
-        for (; row < step.rows; ++row) fused_tile<1, G>(steps[s], step, w, u, row);
+        for (int64_t k0 = 0; k0 < w.K; k0 += depth) {
+          const int64_t k1 = std::min(w.K, k0 + depth);
+          int64_t row = 0;
+          for (; row + kRows <= step.rows; row += kRows) {
+            fused_tile<kRows, G>(steps[s], step, w, u, row, k0, k1);
+          }
+          for (; row < step.rows; ++row) fused_tile<1, G>(steps[s], step, w, u, row, k0, k1);
+        }
       }
 #pragma omp barrier
     }
   }
 }
 
-// d_h rows [row, row + M), units 32 q .. 32 q + 31: the product of every unit's
-// d_recurrent with W_hh's block, added to or replacing d_h.
+// d_h rows [row, row + M), units 32 q .. 32 q + 31, over j in [j0, j1): the
+// partial product of d_recurrent with W_hh's block, kept in d_h between panels
+// (the first panel adds to the functor's direct part (GRU) or replaces d_h).
 template <int M>
 inline void backward_block(const FusedBackwardRows& step, const PackedRecurrentT& w, int64_t q,
-                           int64_t row) {
+                           int64_t row, int64_t j0, int64_t j1) {
   const float* d_rows[M];
-  for (int m = 0; m < M; ++m) d_rows[m] = step.d_recurrent + (row + m) * w.J;
   __m512 acc[M][2];
-  tile_product<M, 2>(w.w + q * w.J * 32, d_rows, w.J, acc);
+  __mmask16 masks[2];
   for (int half = 0; half < 2; ++half) {
     const int64_t k = q * 32 + half * 16;
-    if (k >= w.K) break;
-    const int count = static_cast<int>(std::min<int64_t>(16, w.K - k));
-    const __mmask16 mask = static_cast<__mmask16>((1u << count) - 1u);
-    for (int m = 0; m < M; ++m) {
-      float* dst = step.d_h + (row + m) * w.K + k;
-      __m512 value = acc[m][half];
-      if (step.accumulate) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, dst));
-      _mm512_mask_storeu_ps(dst, mask, value);
+    const int count = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(16, w.K - k)));
+    masks[half] = static_cast<__mmask16>((1u << count) - 1u);
+  }
+  const bool add_existing = j0 > 0 || step.accumulate;
+  for (int m = 0; m < M; ++m) {
+    d_rows[m] = step.d_recurrent + (row + m) * w.J;
+    for (int half = 0; half < 2; ++half) {
+      const float* src = step.d_h + (row + m) * w.K + q * 32 + half * 16;
+      acc[m][half] = add_existing ? _mm512_maskz_loadu_ps(masks[half], src) : _mm512_setzero_ps();
+    }
+  }
+  tile_product<M, 2>(w.w + q * w.J * 32, d_rows, j0, j1, acc);
+  for (int m = 0; m < M; ++m) {
+    for (int half = 0; half < 2; ++half) {
+      _mm512_mask_storeu_ps(step.d_h + (row + m) * w.K + q * 32 + half * 16, masks[half],
+                            acc[m][half]);
     }
   }
 }
@@ -242,10 +272,14 @@ void fused_backward(const F* steps, const FusedBackwardRows* rows, int64_t count
         }
       }
 #pragma omp barrier
+      const int64_t depth = panel_depth(2);
       for (int64_t q = first; q < last; ++q) {
-        int64_t row = 0;
-        for (; row + kRows <= step.rows; row += kRows) backward_block<kRows>(step, w, q, row);
-        for (; row < step.rows; ++row) backward_block<1>(step, w, q, row);
+        for (int64_t j0 = 0; j0 < w.J; j0 += depth) {
+          const int64_t j1 = std::min(w.J, j0 + depth);
+          int64_t row = 0;
+          for (; row + kRows <= step.rows; row += kRows) backward_block<kRows>(step, w, q, row, j0, j1);
+          for (; row < step.rows; ++row) backward_block<1>(step, w, q, row, j0, j1);
+        }
       }
     }
   }

@@ -191,8 +191,10 @@ inline void fused_tile(const F& f, const FusedStepRows& step, const PackedRecurr
 template <int G, typename F>
 void fused_steps(const F* steps, const FusedStepRows* rows, int64_t count,
                  const PackedRecurrent& w, int threads) {
-  // Four rows per block: 4 * G accumulators (16 for LSTM) of the 32 registers.
-  constexpr int kRows = 4;
+  // Rows per block: enough independent accumulators (rows x G) to cover the FMA
+  // latency, few enough to leave registers for the weights: 16 for LSTM, 12 for
+  // GRU, 8 for RNN.
+  constexpr int kRows = G == 1 ? 8 : 4;
 #pragma omp parallel num_threads(threads)
   {
     const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
@@ -249,7 +251,8 @@ inline void backward_block(const FusedBackwardRows& step, const PackedRecurrentT
 template <typename F>
 void fused_backward(const F* steps, const FusedBackwardRows* rows, int64_t count,
                     const PackedRecurrentT& w, int threads) {
-  constexpr int kRows = 4;
+  // 6 rows x 2 column vectors: 12 accumulators, 8 loads per 12 FMAs.
+  constexpr int kRows = 6;
   const int64_t H = w.K;  // state units: K == H (no projection)
 #pragma omp parallel num_threads(threads)
   {

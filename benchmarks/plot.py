@@ -1,5 +1,6 @@
 """The speedup plot of a benchmark run: torch.nn time / rnnfused time against the
-hidden size, one line per kind and mode (needs matplotlib; skipped without it)."""
+hidden size, one line per kind and mode across the grid's cases (which differ in
+T, B and layers too: bench.md has each case); needs matplotlib, skipped without it."""
 
 from __future__ import annotations
 
@@ -23,14 +24,15 @@ def write_plot(rows: list[dict[str, Any]], path: Path, title: str) -> bool:
     for row in rows:
         nn, fused = row["times_ms"].get("torch.nn"), row["times_ms"].get("rnnfused")
         if nn and fused:
-            label = f"{row['kind']} {row['mode']} (T{row['T']} B{row['B']} L{row['layers']}x{row['dirs']})"
+            label = f"{row['kind']} {row['mode']}"
             series[label].append((row["H"], nn / fused))
     if not series:
         return False
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for label, points in sorted(series.items()):
         points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        style = "-" if label.endswith("fwd") else "--"
+        ax.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", label=label)
     ax.axhline(1.0, color="grey", linewidth=1, linestyle="--")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("hidden size")

@@ -25,43 +25,31 @@ inline Vec operator/(Vec a, Vec b) { return _mm256_div_ps(a.v, b.v); }
 inline Vec operator-(Vec a) { return _mm256_xor_ps(a.v, _mm256_set1_ps(-0.0f)); }
 inline Vec fma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a.v, b.v, c.v); }
 
-// Cephes expf (see step_avx512.cpp). 2^n is built in the exponent field: the
-// clamp keeps n in [-126, 128], where n = 128 (x past ~88.7) gives the bit
-// pattern of inf; below x = -87.3, where results would be denormal, exp is 0.
-inline Vec exp_of(Vec x) {
-  const __m256 lo = _mm256_set1_ps(-87.3f);
-  const __m256 v = _mm256_max_ps(lo, _mm256_min_ps(_mm256_set1_ps(89.0f), x.v));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(v, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), v);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  Vec y = fma(Vec(1.9875691500e-4f), r, Vec(1.3981999507e-3f));
-  y = fma(y, r, Vec(8.3334519073e-3f));
-  y = fma(y, r, Vec(4.1665795894e-2f));
-  y = fma(y, r, Vec(1.6666665459e-1f));
-  y = fma(y, r, Vec(5.0000001201e-1f));
-  y = fma(y, Vec(r) * Vec(r), Vec(r) + Vec(1.0f));
+inline Vec min_of(Vec a, Vec b) { return _mm256_min_ps(a.v, b.v); }
+inline Vec max_of(Vec a, Vec b) { return _mm256_max_ps(a.v, b.v); }
+inline Vec round_of(Vec x) {
+  return _mm256_round_ps(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+// 2^n is built in the exponent field: the clamp keeps n in [-126, 128], where
+// n = 128 (x past ~88.7) gives the bit pattern of inf; below x = -87.3, where
+// results would be denormal, exp is 0.
+constexpr float kExpLow = -87.3f, kExpHigh = 89.0f;
+inline Vec scale_exp(Vec y, Vec n, Vec x) {
   const __m256i exponent =
-      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  const __m256 result = _mm256_mul_ps(y.v, _mm256_castsi256_ps(exponent));
-  return _mm256_andnot_ps(_mm256_cmp_ps(x.v, lo, _CMP_LT_OQ), result);  // 0 below the clamp
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n.v), _mm256_set1_epi32(127)), 23);
+  const __m256 scaled = _mm256_mul_ps(y.v, _mm256_castsi256_ps(exponent));
+  return _mm256_andnot_ps(_mm256_cmp_ps(x.v, _mm256_set1_ps(kExpLow), _CMP_LT_OQ), scaled);
 }
 
-inline Vec tanh_of(Vec x) {
-  const __m256 sign_bit = _mm256_set1_ps(-0.0f);
-  const __m256 ax = _mm256_andnot_ps(sign_bit, x.v);
-  const Vec z = x * x;
-  Vec p = fma(Vec(-5.70498872745e-3f), z, Vec(2.06390887954e-2f));
-  p = fma(p, z, Vec(-5.37397155531e-2f));
-  p = fma(p, z, Vec(1.33314422036e-1f));
-  p = fma(p, z, Vec(-3.33332819422e-1f));
-  const Vec small = fma(p * z, x, x);
-  const Vec e = exp_of(Vec(ax) + Vec(ax));
-  const Vec large_abs = Vec(1.0f) - Vec(2.0f) / (e + Vec(1.0f));
-  const __m256 large = _mm256_or_ps(large_abs.v, _mm256_and_ps(sign_bit, x.v));
-  const __m256 is_small = _mm256_cmp_ps(ax, _mm256_set1_ps(0.625f), _CMP_LT_OQ);
-  return _mm256_blendv_ps(large, small.v, is_small);
+inline Vec abs_of(Vec x) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x.v); }
+inline Vec with_sign_of(Vec magnitude, Vec sign) {
+  return _mm256_or_ps(magnitude.v, _mm256_and_ps(_mm256_set1_ps(-0.0f), sign.v));
 }
+inline Vec where_less(Vec a, Vec b, Vec if_less, Vec otherwise) {
+  return _mm256_blendv_ps(otherwise.v, if_less.v, _mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ));
+}
+
+#include "simd_math.h"
 
 inline Vec relu_of(Vec x) { return _mm256_max_ps(_mm256_setzero_ps(), x.v); }
 

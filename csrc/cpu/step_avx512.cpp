@@ -36,54 +36,31 @@ inline Vec operator-(Vec a) {
 }
 inline Vec fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a.v, b.v, c.v); }
 
-// Bitwise float operations through the integer forms (AVX-512F has no and_ps).
-inline __m512 bits_and(__m512 a, __m512 b) {
-  return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a), _mm512_castps_si512(b)));
+inline Vec min_of(Vec a, Vec b) { return _mm512_min_ps(a.v, b.v); }
+inline Vec max_of(Vec a, Vec b) { return _mm512_max_ps(a.v, b.v); }
+inline Vec round_of(Vec x) {
+  return _mm512_roundscale_ps(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
-inline __m512 bits_andnot(__m512 a, __m512 b) {
-  return _mm512_castsi512_ps(_mm512_andnot_si512(_mm512_castps_si512(a), _mm512_castps_si512(b)));
+// scalef rounds to denormals, 0 and inf as exp does: past x = 89, 2^n overflows
+// to inf; from x = -104 down the result is below half the smallest denormal: 0.
+constexpr float kExpLow = -104.0f, kExpHigh = 89.0f;
+inline Vec scale_exp(Vec y, Vec n, Vec) { return _mm512_scalef_ps(y.v, n.v); }
+
+// Bitwise operations through the integer forms (AVX-512F has no and_ps).
+inline Vec abs_of(Vec x) {
+  return _mm512_castsi512_ps(
+      _mm512_and_si512(_mm512_castps_si512(x.v), _mm512_set1_epi32(0x7fffffff)));
 }
-inline __m512 bits_or(__m512 a, __m512 b) {
-  return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(a), _mm512_castps_si512(b)));
+inline Vec with_sign_of(Vec magnitude, Vec sign) {
+  const __m512i sign_bit = _mm512_set1_epi32(static_cast<int>(0x80000000u));
+  return _mm512_castsi512_ps(_mm512_or_si512(
+      _mm512_castps_si512(magnitude.v), _mm512_and_si512(_mm512_castps_si512(sign.v), sign_bit)));
+}
+inline Vec where_less(Vec a, Vec b, Vec if_less, Vec otherwise) {
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ), otherwise.v, if_less.v);
 }
 
-// Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-5 polynomial,
-// scaled by 2^n with scalef (which rounds to denormals, 0 and inf as exp does).
-// Past the clamp x = 89, 2^n overflows to inf; from x = -104 down the result is
-// below half the smallest denormal: 0. NaN passes through (min/max return their
-// second operand on NaN).
-inline Vec exp_of(Vec x) {
-  __m512 v = _mm512_max_ps(_mm512_set1_ps(-104.0f), _mm512_min_ps(_mm512_set1_ps(89.0f), x.v));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), v);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  Vec y = fma(Vec(1.9875691500e-4f), r, Vec(1.3981999507e-3f));
-  y = fma(y, r, Vec(8.3334519073e-3f));
-  y = fma(y, r, Vec(4.1665795894e-2f));
-  y = fma(y, r, Vec(1.6666665459e-1f));
-  y = fma(y, r, Vec(5.0000001201e-1f));
-  y = fma(y, Vec(r) * Vec(r), Vec(r) + Vec(1.0f));
-  return _mm512_scalef_ps(y.v, n);
-}
-
-// Cephes tanhf: an odd polynomial for |x| < 0.625, else 1 - 2 / (exp(2|x|) + 1)
-// with the sign of x.
-inline Vec tanh_of(Vec x) {
-  const __m512 sign_bit = _mm512_castsi512_ps(_mm512_set1_epi32(static_cast<int>(0x80000000u)));
-  const __m512 ax = bits_andnot(sign_bit, x.v);
-  const Vec z = x * x;
-  Vec p = fma(Vec(-5.70498872745e-3f), z, Vec(2.06390887954e-2f));
-  p = fma(p, z, Vec(-5.37397155531e-2f));
-  p = fma(p, z, Vec(1.33314422036e-1f));
-  p = fma(p, z, Vec(-3.33332819422e-1f));
-  const Vec small = fma(p * z, x, x);
-  const Vec e = exp_of(Vec(ax) + Vec(ax));
-  const Vec large_abs = Vec(1.0f) - Vec(2.0f) / (e + Vec(1.0f));
-  const __m512 large = bits_or(large_abs.v, bits_and(sign_bit, x.v));
-  const __mmask16 is_small = _mm512_cmp_ps_mask(ax, _mm512_set1_ps(0.625f), _CMP_LT_OQ);
-  return _mm512_mask_blend_ps(is_small, large, small.v);
-}
+#include "simd_math.h"
 
 inline Vec relu_of(Vec x) { return _mm512_max_ps(_mm512_setzero_ps(), x.v); }
 

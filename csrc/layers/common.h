@@ -196,4 +196,36 @@ WeightGrads weight_grads(const at::Tensor& d_x, const at::Tensor& d_h, const at:
   return g;
 }
 
+// The backward time loop, steps in reverse. Where the launcher has a persistent
+// fused loop for these sizes (and `fusable`), it runs there; else one functor
+// launch and one GEMM per step:
+//   d_h[:rows] += grad_output rows; before_step(s, d_h rows); the step functor;
+//   d_h[:rows] = (accumulate ? d_h[:rows] : 0) + d_recurrent rows @ w_hh.
+// d_recurrent: [N, G*H], where the functors leave the gradient on h_prev @ W_hh^T;
+// accumulate: the functor leaves the direct part of d_h in d_h (GRU).
+template <typename scalar_t, typename Launch, typename MakeStep, typename BeforeStep>
+void backward_loop(const LayerSizes& sz, const Schedule& sched, const at::Tensor& grad_output,
+                   const at::Tensor& w_hh, at::Tensor& d_h, const at::Tensor& d_recurrent,
+                   bool accumulate, bool fusable, MakeStep make_step, BeforeStep before_step) {
+  if (fusable && Launch::template fuses_forward<scalar_t>(sz)) {
+    Launch::template fused_backward<scalar_t>(sz, sched, grad_output, w_hh, d_h, d_recurrent,
+                                              accumulate, make_step);
+    return;
+  }
+  for (int64_t s = sched.steps() - 1; s >= 0; --s) {
+    const int64_t rows = sched.rows(s), off = sched.offset(s);
+    if (rows == 0) continue;
+    at::Tensor d_h_rows = d_h.narrow(0, 0, rows);
+    d_h_rows.add_(grad_output.narrow(0, off, rows));
+    before_step(s, d_h_rows);
+    Launch::run(rows * sz.hidden, make_step(s));
+    const at::Tensor d_rec = d_recurrent.narrow(0, off, rows);
+    if (accumulate) {
+      d_h_rows.addmm_(d_rec, w_hh);
+    } else {
+      at::mm_out(d_h_rows, d_rec, w_hh);
+    }
+  }
+}
+
 }  // namespace rnnfused

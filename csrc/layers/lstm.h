@@ -87,24 +87,14 @@ lstm_backward(const LayerSizes& sz, const Schedule& sched, const at::Tensor& gra
         d_pre.data_ptr<scalar_t>() + off * 4 * H,
         proj ? hidden_all.data_ptr<scalar_t>() + off * H : nullptr, H};
   };
-  if (!proj && Launch::template fuses_forward<scalar_t>(sz)) {
-    Launch::template fused_backward<scalar_t>(sz, sched, grad_output, w_hh, d_h, d_pre, false,
-                                              make_step);
-  } else {
-    for (int64_t s = sched.steps() - 1; s >= 0; --s) {
-      const int64_t rows = sched.rows(s), off = sched.offset(s);
-      if (rows == 0) continue;
-      at::Tensor d_h_rows = d_h.narrow(0, 0, rows);
-      d_h_rows.add_(grad_output.narrow(0, off, rows));
-      if (proj) {
-        d_h_all.narrow(0, off, rows).copy_(d_h_rows);
-        at::Tensor d_hidden_rows = d_hidden.narrow(0, 0, rows);
+  backward_loop<scalar_t, Launch>(
+      sz, sched, grad_output, w_hh, d_h, d_pre, /*accumulate=*/false, /*fusable=*/!proj, make_step,
+      [&](int64_t s, const at::Tensor& d_h_rows) {
+        if (!proj) return;
+        d_h_all.narrow(0, sched.offset(s), d_h_rows.size(0)).copy_(d_h_rows);
+        at::Tensor d_hidden_rows = d_hidden.narrow(0, 0, d_h_rows.size(0));
         at::mm_out(d_hidden_rows, d_h_rows, w_hr);  // [rows, P] @ [P, H]
-      }
-      Launch::run(rows * H, make_step(s));
-      at::mm_out(d_h_rows, d_pre.narrow(0, off, rows), w_hh);  // [rows, 4H] @ [4H, P]
-    }
-  }
+      });
 
   at::Tensor grad_input = mask.input ? at::mm(d_pre, w_ih) : empty_grad(input);
   at::Tensor grad_w_hr = empty_grad(input);

@@ -50,19 +50,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     return RnnBackwardStep<scalar_t>{{}, output.data_ptr<scalar_t>() + off * H,
         d_h.data_ptr<scalar_t>(), d_pre.data_ptr<scalar_t>() + off * H, H, relu};
   };
-  if (Launch::template fuses_forward<scalar_t>(sz)) {
-    Launch::template fused_backward<scalar_t>(sz, sched, grad_output, w_hh, d_h, d_pre, false,
-                                              make_step);
-  } else {
-    for (int64_t s = sched.steps() - 1; s >= 0; --s) {
-      const int64_t rows = sched.rows(s), off = sched.offset(s);
-      if (rows == 0) continue;
-      at::Tensor d_h_rows = d_h.narrow(0, 0, rows);
-      d_h_rows.add_(grad_output.narrow(0, off, rows));
-      Launch::run(rows * H, make_step(s));
-      at::mm_out(d_h_rows, d_pre.narrow(0, off, rows), w_hh);  // [rows, H] @ [H, H]
-    }
-  }
+  backward_loop<scalar_t, Launch>(sz, sched, grad_output, w_hh, d_h, d_pre, /*accumulate=*/false,
+                                  /*fusable=*/true, make_step, [](int64_t, const at::Tensor&) {});
 
   at::Tensor grad_input = mask.input ? at::mm(d_pre, w_ih) : empty_grad(input);
   const WeightGrads wg =

@@ -1,7 +1,8 @@
 // Runs a step functor (step_functors.h) over [0, n) on the CPU, split over
 // at::parallel_for's threads once there is enough work to pay for them. Float
 // steps run 16 (AVX-512) or 8 (AVX2) units per call where the CPU has them
-// (simd.h); other dtypes, and CPUs without them, run one unit at a time.
+// (simd.h), bfloat16 steps 16 units per call with AVX-512; other dtypes, and
+// CPUs without those instructions, run one unit at a time.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -72,17 +73,21 @@ struct CpuLaunch {
   static void run(int64_t n, const Functor& f) {
     if (n == 0) return;
 #if defined(__x86_64__)
-    if constexpr (std::is_same_v<typename Functor::scalar_type, float>) {
+    using T = typename Functor::scalar_type;
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>) {
       const cpu::Isa isa = cpu::active_isa();
-      if (isa != cpu::Isa::kScalar) {
+      // bfloat16 has AVX-512 kernels only.
+      if (isa == cpu::Isa::kAvx512 || (isa == cpu::Isa::kAvx2 && std::is_same_v<T, float>)) {
         const int64_t rows = n / f.H;
         const int64_t grain_rows = (kGrainSize + f.H - 1) / f.H;
         at::parallel_for(0, rows, grain_rows, [&](int64_t begin, int64_t end) {
-          if (isa == cpu::Isa::kAvx512) {
-            cpu::run_rows_avx512(f, begin, end);
-          } else {
-            cpu::run_rows_avx2(f, begin, end);
+          if constexpr (std::is_same_v<T, float>) {
+            if (isa == cpu::Isa::kAvx2) {
+              cpu::run_rows_avx2(f, begin, end);
+              return;
+            }
           }
+          cpu::run_rows_avx512(f, begin, end);
         });
         return;
       }

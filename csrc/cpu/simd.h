@@ -17,8 +17,9 @@ enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
 Isa active_isa();
 const char* isa_name(Isa isa);
 
-// Run the step functor `f` (step_functors.h, float) over rows [row_begin,
-// row_end) and all of its H units, 16 (AVX-512) or 8 (AVX2) units per call.
+// Run the step functor `f` (step_functors.h) over rows [row_begin, row_end) and
+// all of its H units, 16 (AVX-512: float and bfloat16 storage) or 8 (AVX2: float)
+// units per call.
 template <typename F>
 void run_rows_avx512(const F& f, int64_t row_begin, int64_t row_end);
 template <typename F>

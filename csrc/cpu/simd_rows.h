@@ -27,11 +27,11 @@ inline void run_rows(const F& f, int64_t row_begin, int64_t row_end) {
 }  // namespace cpu
 }  // namespace rnnfused
 
-// Explicit instantiations of run_rows_<isa> for every float step functor.
-#define RNNFUSED_INSTANTIATE_RUN_ROWS(fn)                                             \
-  template void fn(const ::rnnfused::RnnForwardStep<float>&, int64_t, int64_t);   \
-  template void fn(const ::rnnfused::RnnBackwardStep<float>&, int64_t, int64_t);  \
-  template void fn(const ::rnnfused::LstmForwardStep<float>&, int64_t, int64_t);  \
-  template void fn(const ::rnnfused::LstmBackwardStep<float>&, int64_t, int64_t); \
-  template void fn(const ::rnnfused::GruForwardStep<float>&, int64_t, int64_t);   \
-  template void fn(const ::rnnfused::GruBackwardStep<float>&, int64_t, int64_t)
+// Explicit instantiations of run_rows_<isa> for every step functor of a storage type.
+#define RNNFUSED_INSTANTIATE_RUN_ROWS(fn, T)                                      \
+  template void fn(const ::rnnfused::RnnForwardStep<T>&, int64_t, int64_t);   \
+  template void fn(const ::rnnfused::RnnBackwardStep<T>&, int64_t, int64_t);  \
+  template void fn(const ::rnnfused::LstmForwardStep<T>&, int64_t, int64_t);  \
+  template void fn(const ::rnnfused::LstmBackwardStep<T>&, int64_t, int64_t); \
+  template void fn(const ::rnnfused::GruForwardStep<T>&, int64_t, int64_t);   \
+  template void fn(const ::rnnfused::GruBackwardStep<T>&, int64_t, int64_t)

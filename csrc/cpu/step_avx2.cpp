@@ -91,7 +91,7 @@ void run_rows_avx2(const F& f, int64_t row_begin, int64_t row_end) {
   run_rows<Lanes>(f, row_begin, row_end);
 }
 
-RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx2);
+RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx2, float);
 
 }  // namespace cpu
 }  // namespace rnnfused

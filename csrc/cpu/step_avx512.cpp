@@ -1,8 +1,13 @@
-// The step functors on 16 floats at a time with AVX-512F. Compiled for
-// AVX-512 from the first line on, and run only where active_isa() says so.
+// The step functors on 16 units at a time with AVX-512 (F, BW, VL, DQ), for
+// float32 and bfloat16 storage (math in float32). Compiled for AVX-512 from the
+// target pragma on, and run only where active_isa() says so.
 // Everything defined here is internal or unique to this file, so that no code
 // compiled for AVX-512 can stand in for a generic copy elsewhere.
-#pragma GCC target("avx512f,avx2,fma")
+// c10::BFloat16 comes in before the target pragma: its inline functions are
+// compiled for the baseline ISA like everywhere else (this file only needs its size).
+#include <c10/util/BFloat16.h>
+
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
 // GCC 12 warns about the deliberately undefined vectors inside its own AVX-512 headers.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -85,6 +90,28 @@ struct Lanes {
       _mm512_storeu_ps(p, v.v);
     }
   }
+
+  // bfloat16 is the upper half of a float: widen by a shift; narrow rounding to
+  // nearest even, NaN to the quiet NaN 0x7fc0 (as c10::BFloat16 does).
+  Vec load(const c10::BFloat16* p) const {
+    const __m256i half = kPartial ? _mm256_maskz_loadu_epi16(mask, p)
+                                  : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+  }
+  void store(c10::BFloat16* p, Vec v) const {
+    const __m512i bits = _mm512_castps_si512(v.v);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    __m512i upper = _mm512_srli_epi32(
+        _mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd)), 16);
+    const __mmask16 nan = _mm512_cmp_ps_mask(v.v, v.v, _CMP_UNORD_Q);
+    upper = _mm512_mask_blend_epi32(nan, upper, _mm512_set1_epi32(0x7fc0));
+    const __m256i half = _mm512_cvtepi32_epi16(upper);
+    if (kPartial) {
+      _mm256_mask_storeu_epi16(p, mask, half);
+    } else {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), half);
+    }
+  }
 };
 
 }  // namespace
@@ -101,7 +128,8 @@ void run_rows_avx512(const F& f, int64_t row_begin, int64_t row_end) {
   run_rows<Lanes>(f, row_begin, row_end);
 }
 
-RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx512);
+RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx512, float);
+RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx512, c10::BFloat16);
 
 namespace {
 

@@ -152,3 +152,41 @@ def test_reference_mode_restores_on_exception():
         with rnnfused.reference_mode():
             1 / 0
     assert rnnfused.backend_info("cpu", torch.float32) == ("fused" if EXTENSION else "reference")
+
+
+def test_without_the_extension_everything_runs_on_the_reference_path():
+    """With no compiled extension the package still imports, says why, warns once,
+    and every module gives torch.nn's results on the reference path."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import sys, warnings
+        sys.modules["rnnfused._C"] = None  # as if the extension were never built
+        import torch, rnnfused
+        info = rnnfused.backend_info()
+        assert info["extension"] is False and "rnnfused._C" in info["extension_error"], info
+        assert rnnfused.backend_info("cpu", torch.float32) == "reference"
+        torch.manual_seed(0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for name in ["RNN", "LSTM", "GRU"]:
+                ref = getattr(torch.nn, name)(3, 4, num_layers=2, bidirectional=True)
+                mod = getattr(rnnfused, name)(3, 4, num_layers=2, bidirectional=True)
+                mod.load_state_dict(ref.state_dict())
+                x = torch.randn(5, 2, 3)
+                torch.testing.assert_close(mod(x)[0], ref(x)[0])
+            cell = rnnfused.GRUCell(3, 4)
+            ref_cell = torch.nn.GRUCell(3, 4)
+            cell.load_state_dict(ref_cell.state_dict())
+            torch.testing.assert_close(cell(x[0]), ref_cell(x[0]))
+        messages = [str(w.message) for w in caught if "reference path" in str(w.message)]
+        assert len(messages) == 1, messages
+        print("ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]

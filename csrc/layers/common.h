@@ -196,6 +196,42 @@ WeightGrads weight_grads(const at::Tensor& d_x, const at::Tensor& d_h, const at:
   return g;
 }
 
+// The forward time loop. Where the launcher has a persistent fused loop for these
+// sizes (and `fusable`), it runs there; else per step:
+//   product[:rows] = h[:rows] @ w_hh^T (into the step's output rows when `product` is
+//   undefined: RNN); the step functor, writing h' into `hidden` (LSTM's projection
+//   input) or the output rows; after_step(s, output rows) (the projection); then the
+//   running state h advances to the output rows.
+//   make_step(s, x_proj_s, h_in, product, h' destination) -> the step functor.
+// Returns h_n [B, P].
+template <typename scalar_t, typename Launch, typename MakeStep, typename AfterStep>
+at::Tensor forward_loop(const LayerSizes& sz, const Schedule& sched,
+                        ProjectedInput<scalar_t>& x_proj, const at::Tensor& h0,
+                        const at::Tensor& w_hh, at::Tensor& output, const at::Tensor& product,
+                        const at::Tensor& hidden, bool fusable, MakeStep make_step,
+                        AfterStep after_step) {
+  if (fusable && Launch::template fuses_forward<scalar_t>(sz)) {
+    return Launch::template fused_forward<scalar_t>(sz, sched, x_proj, h0, w_hh, output, product,
+                                                    make_step);
+  }
+  at::Tensor h = h0.clone(at::MemoryFormat::Contiguous);  // running state [B, P]
+  for (int64_t s = 0; s < sched.steps(); ++s) {
+    const int64_t rows = sched.rows(s), off = sched.offset(s);
+    if (rows == 0) continue;
+    at::Tensor out_rows = output.narrow(0, off, rows);
+    matmul_nt(product.defined() ? product.narrow(0, 0, rows) : out_rows, h.narrow(0, 0, rows),
+              w_hh);
+    scalar_t* out = out_rows.data_ptr<scalar_t>();
+    Launch::run(rows * sz.hidden,
+                make_step(s, x_proj.step(s), h.data_ptr<scalar_t>(),
+                          product.defined() ? product.data_ptr<scalar_t>() : out,
+                          hidden.defined() ? hidden.data_ptr<scalar_t>() : out));
+    after_step(s, out_rows);
+    h.narrow(0, 0, rows).copy_(out_rows);
+  }
+  return h;
+}
+
 // The backward time loop, steps in reverse. Where the launcher has a persistent
 // fused loop for these sizes (and `fusable`), it runs there; else one functor
 // launch and one GEMM per step:

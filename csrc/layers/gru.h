@@ -26,24 +26,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
         b_hh.defined() ? b_hh.data_ptr<scalar_t>() : nullptr, h_in,
         workspace.data_ptr<scalar_t>() + (save ? sched.offset(s) : 0) * 4 * H, out, H};
   };
-  at::Tensor h;  // running state [B, H], then h_n
-  if (Launch::template fuses_forward<scalar_t>(sz)) {
-    h = Launch::template fused_forward<scalar_t>(sz, sched, x_proj, h0, w_hh, output, h_proj, make_step);
-  } else {
-    h = h0.clone(at::MemoryFormat::Contiguous);
-    for (int64_t s = 0; s < sched.steps(); ++s) {
-      const int64_t rows = sched.rows(s), off = sched.offset(s);
-      if (rows == 0) continue;
-      at::Tensor out_rows = output.narrow(0, off, rows);
-      matmul_nt(h_proj.narrow(0, 0, rows), h.narrow(0, 0, rows), w_hh);
-      Launch::run(rows * H, make_step(s, x_proj.step(s), h.data_ptr<scalar_t>(),
-                                      h_proj.data_ptr<scalar_t>(), out_rows.data_ptr<scalar_t>()));
-      h.narrow(0, 0, rows).copy_(out_rows);
-    }
-  }
-
+  at::Tensor h_n = forward_loop<scalar_t, Launch>(sz, sched, x_proj, h0, w_hh, output, h_proj,
+                                                  at::Tensor(), /*fusable=*/true, make_step,
+                                                  [](int64_t, const at::Tensor&) {});
   if (!save) workspace = empty_grad(input);
-  return {output, h, workspace};
+  return {output, h_n, workspace};
 }
 
 // Returns grad_input [N, I], grad_h0 [B, H], grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh.

@@ -25,36 +25,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
   at::Tensor cells = at::empty({save ? N : B, H}, input.options());
   at::Tensor c = c0.clone(at::MemoryFormat::Contiguous);  // running state [B, H]
   at::Tensor h_proj = at::empty({B, 4 * H}, input.options());
-  auto finish = [&](at::Tensor h_n) -> std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> {
-    if (!save) return {output, h_n, c, empty_grad(input), empty_grad(input)};
-    return {output, h_n, c, gates, cells};
-  };
+  at::Tensor hidden = proj ? at::empty({B, H}, input.options()) : at::Tensor();
   auto make_step = [&](int64_t s, const scalar_t* x, const scalar_t* /*h_in*/, scalar_t* product,
                        scalar_t* out) {
     const int64_t saved = save ? sched.offset(s) : 0;
     return LstmForwardStep<scalar_t>{{}, x, product, c.data_ptr<scalar_t>(),
         gates.data_ptr<scalar_t>() + saved * 4 * H, cells.data_ptr<scalar_t>() + saved * H, out, H};
   };
-  if (!proj && Launch::template fuses_forward<scalar_t>(sz)) {
-    return finish(Launch::template fused_forward<scalar_t>(sz, sched, x_proj, h0, w_hh, output, h_proj, make_step));
-  }
-
-  at::Tensor h = h0.clone(at::MemoryFormat::Contiguous);  // running state [B, P]
-  at::Tensor hidden = proj ? at::empty({B, H}, input.options()) : at::Tensor();
-
-  for (int64_t s = 0; s < sched.steps(); ++s) {
-    const int64_t rows = sched.rows(s), off = sched.offset(s);
-    if (rows == 0) continue;
-    at::Tensor out_rows = output.narrow(0, off, rows);
-    matmul_nt(h_proj.narrow(0, 0, rows), h.narrow(0, 0, rows), w_hh);
-    scalar_t* hidden_dst = proj ? hidden.data_ptr<scalar_t>() : out_rows.data_ptr<scalar_t>();
-    Launch::run(rows * H, make_step(s, x_proj.step(s), nullptr, h_proj.data_ptr<scalar_t>(), hidden_dst));
-    if (proj) {
-      matmul_nt(out_rows, hidden.narrow(0, 0, rows), w_hr);
-    }
-    h.narrow(0, 0, rows).copy_(out_rows);
-  }
-  return finish(h);
+  at::Tensor h_n = forward_loop<scalar_t, Launch>(
+      sz, sched, x_proj, h0, w_hh, output, h_proj, hidden, /*fusable=*/!proj, make_step,
+      [&](int64_t, const at::Tensor& out_rows) {
+        if (proj) matmul_nt(out_rows, hidden.narrow(0, 0, out_rows.size(0)), w_hr);
+      });
+  if (!save) return {output, h_n, c, empty_grad(input), empty_grad(input)};
+  return {output, h_n, c, gates, cells};
 }
 
 // Returns grad_input [N, I], grad_h0 [B, P], grad_c0 [B, H], grad_w_ih, grad_w_hh,

@@ -19,19 +19,12 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(const LayerSizes& sz, const Sched
   auto make_step = [&](int64_t, const scalar_t* x, const scalar_t*, scalar_t*, scalar_t* out) {
     return RnnForwardStep<scalar_t>{{}, x, out, H, relu};
   };
-  if (Launch::template fuses_forward<scalar_t>(sz)) {
-    return {output, Launch::template fused_forward<scalar_t>(sz, sched, x_proj, h0, w_hh, output, at::Tensor(), make_step)};
-  }
-  at::Tensor h = h0.clone(at::MemoryFormat::Contiguous);  // running state [B, H]
-  for (int64_t s = 0; s < sched.steps(); ++s) {
-    const int64_t rows = sched.rows(s), off = sched.offset(s);
-    if (rows == 0) continue;
-    at::Tensor out_rows = output.narrow(0, off, rows);
-    matmul_nt(out_rows, h.narrow(0, 0, rows), w_hh);  // the functor adds x_proj in place
-    Launch::run(rows * H, make_step(s, x_proj.step(s), nullptr, nullptr, out_rows.data_ptr<scalar_t>()));
-    h.narrow(0, 0, rows).copy_(out_rows);
-  }
-  return {output, h};
+  // No product buffer: the recurrent product goes into the output rows, and the
+  // functor adds x_proj and applies the activation in place.
+  at::Tensor h_n = forward_loop<scalar_t, Launch>(sz, sched, x_proj, h0, w_hh, output,
+                                                  at::Tensor(), at::Tensor(), /*fusable=*/true,
+                                                  make_step, [](int64_t, const at::Tensor&) {});
+  return {output, h_n};
 }
 
 // Returns grad_input [N, I], grad_h0 [B, H], grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh.

@@ -159,6 +159,25 @@ def make_inputs(module, form: str, with_hx: bool, device, dtype, batch_first=Non
     return (x, h0, c0), build
 
 
+def flat_tensors(result) -> list[torch.Tensor]:
+    """The tensors of a module's result: output (a PackedSequence's data) and every state."""
+    if isinstance(result, torch.Tensor):
+        return [result]
+    if isinstance(result, PackedSequence):
+        return [result.data]
+    return [t for part in result for t in flat_tensors(part)]
+
+
+def named_gradients(loss, leaves, module) -> dict:
+    """{"grad <name>": gradient} of `loss` for each (name, tensor) in `leaves` and each
+    parameter of `module` (zeros where unused)."""
+    params = list(module.named_parameters())
+    grads = torch.autograd.grad(
+        loss, [t for _, t in leaves] + [p for _, p in params],
+        allow_unused=True, materialize_grads=True)
+    return {f"grad {n}": g for (n, _), g in zip(leaves + params, grads)}
+
+
 def run_module(module, leaves, build, seed: int = 1234) -> dict:
     """Forward + weighted loss + gradients w.r.t. the input, the initial states and every
     parameter.  Returns name -> tensor (outputs and gradients)."""
@@ -182,12 +201,7 @@ def run_module(module, leaves, build, seed: int = 1234) -> dict:
     loss = weighted_sum([out_t] + states, seed)
     grad_names = ["input", "h0", "c0"]
     inputs = [(n, t) for n, t in zip(grad_names, leaves) if t is not None]
-    params = list(module.named_parameters())
-    grads = torch.autograd.grad(
-        loss, [t for _, t in inputs] + [p for _, p in params],
-        allow_unused=True, materialize_grads=True)
-    for (n, _), g in zip(inputs + params, grads):
-        result[f"grad {n}"] = g
+    result.update(named_gradients(loss, inputs, module))
     return result
 
 
@@ -234,10 +248,5 @@ def run_cell_loop(cell, xs, hx, seed: int = 1234) -> dict:
     result = {f"state[{k}]": s for k, s in enumerate(per_step)}
     loss = weighted_sum(per_step, seed)
     leaves = [("input", xs)] + ([] if hx is None else [(f"hx[{k}]", h) for k, h in enumerate(hx)])
-    params = list(cell.named_parameters())
-    grads = torch.autograd.grad(
-        loss, [t for _, t in leaves] + [p for _, p in params],
-        allow_unused=True, materialize_grads=True)
-    for (n, _), g in zip(leaves + params, grads):
-        result[f"grad {n}"] = g
+    result.update(named_gradients(loss, leaves, cell))
     return result

@@ -12,20 +12,16 @@ import copy
 
 import pytest
 import torch
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence
 
-from helpers import CELL_KINDS, INPUT_SIZE, MODULE_KINDS, make_kind_twins, weighted_sum
+from helpers import (
+    CELL_KINDS, INPUT_SIZE, MODULE_KINDS, flat_tensors, make_kind_twins, weighted_sum,
+)
 
 AUTOCAST = {"cpu": [torch.bfloat16], "cuda": [torch.float16, torch.bfloat16]}
 FORMS = ["default_state", "float32_state", "low_state", "packed"]
 
 
-def _flat(result):
-    if isinstance(result, torch.Tensor):
-        return [result]
-    if isinstance(result, PackedSequence):
-        return [result.data]
-    return [t for part in result for t in _flat(part)]
 
 
 def _arguments(module, form, cell, low, device):
@@ -50,7 +46,7 @@ def _arguments(module, form, cell, low, device):
 
 def _dtypes_under_autocast(module, args, device, low):
     with torch.autocast(device, dtype=low):
-        return [t.dtype for t in _flat(module(*args))]
+        return [t.dtype for t in flat_tensors(module(*args))]
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -72,7 +68,7 @@ def _errors(module, exact_module, x, device, low):
     def run(m, x, autocast):
         x = x.detach().clone().requires_grad_(True)
         with torch.autocast(device, dtype=low, enabled=autocast):
-            outs = [t.double() for t in _flat(m(x))]
+            outs = [t.double() for t in flat_tensors(m(x))]
         grads = torch.autograd.grad(weighted_sum(outs), [x, *m.parameters()])
         return outs, [g.double() for g in grads]
 

@@ -8,10 +8,10 @@ float64, tiny sizes: gradgradcheck perturbs every input element twice per output
 
 import pytest
 import torch
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnfused
-from helpers import CELL_KINDS, MODULE_KINDS, module_spec
+from helpers import CELL_KINDS, MODULE_KINDS, flat_tensors, module_spec
 
 SIZE = dict(input_size=2, hidden_size=3)
 
@@ -23,13 +23,6 @@ def _module(kind, device, **kwargs):
     return getattr(rnnfused, name)(**SIZE, **extra, **kwargs, device=device, dtype=torch.float64)
 
 
-def _flat(result):
-    """The tensors of a module's result: output (a PackedSequence's data) and every state."""
-    if isinstance(result, torch.Tensor):
-        return [result]
-    if isinstance(result, PackedSequence):
-        return [result.data]
-    return [t for part in result for t in _flat(part)]
 
 
 def _functional(module, build):
@@ -37,7 +30,7 @@ def _functional(module, build):
     names = [n for n, _ in module.named_parameters()]
 
     def f(x, *params):
-        return tuple(_flat(torch.func.functional_call(module, dict(zip(names, params)), build(x))))
+        return tuple(flat_tensors(torch.func.functional_call(module, dict(zip(names, params)), build(x))))
 
     return f
 

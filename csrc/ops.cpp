@@ -40,6 +40,21 @@ TORCH_LIBRARY(rnnfused, m) {
       "Tensor hx, Tensor w_ih, Tensor w_hh, Tensor output, bool relu, bool reverse, "
       "bool[7] output_mask) -> (Tensor grad_input, Tensor grad_hx, "
       "Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
+  // The backward ops' differentiable stand-ins for double backward (create_graph):
+  // one gradient per forward argument (empty where `needs` is false), implemented
+  // in Python (rnnfused/ops.py) by recomputing the layer with rnnfused.reference.
+  m.def(
+      "_lstm_layer_backward_graph(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, "
+      "Tensor input, Tensor? batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, bool[] needs) -> Tensor[]");
+  m.def(
+      "_gru_layer_backward_graph(Tensor grad_output, Tensor grad_h_n, Tensor input, "
+      "Tensor? batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+      "bool reverse, bool[] needs) -> Tensor[]");
+  m.def(
+      "_rnn_layer_backward_graph(Tensor grad_output, Tensor grad_h_n, Tensor input, "
+      "Tensor? batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+      "bool relu, bool reverse, bool[] needs) -> Tensor[]");
   // Which vectorised CPU step kernels run here: "avx512", "avx2" or "scalar".
   m.def("cpu_isa() -> str",
         [] { return std::string(rnnfused::cpu::isa_name(rnnfused::cpu::active_isa())); });

@@ -1,5 +1,6 @@
 """Typed wrappers of the ``torch.ops.rnnfused.*`` layer ops, their fake
-(meta) kernels and their autograd, whose backward is itself an op.
+(meta) kernels, and the differentiable backward that double backward takes (the
+ops' autograd is in C++, csrc/autograd.cpp; its backward is itself an op).
 
 The ops exist only when the compiled extension ``rnnfused._C`` loads;
 ``EXTENSION_ERROR`` says why it did not, and callers then take
@@ -194,126 +195,52 @@ if EXTENSION_LOADED:
         return (*grads[:2], cx_grad, *grads[2:])
 
 
-# ----------------------------------------------------------------- autograd
+# ----------------------------------------------------------------- double backward
+
+# The ops' autograd is C++ (csrc/autograd.cpp). When a backward is itself
+# recorded (create_graph=True), it calls these ops instead of the fused backward
+# ops, which are not differentiable.
 
 
-def _output_mask(ctx: Any, state_args: tuple[int, ...], param_args: tuple[int, ...]) -> list[bool]:
-    """The backward ops' output_mask: (input, states, w_ih, w_hh, b_ih, b_hh, w_hr),
-    from which forward arguments need a gradient; param_args: the positions of
-    w_ih, w_hh, b_ih, b_hh (and w_hr) among the forward's arguments."""
-    need = ctx.needs_input_grad
-    params = [need[i] for i in param_args] + [False] * (5 - len(param_args))
-    return [need[0], any(need[i] for i in state_args), *params]
-
-
-def _keep(grad: Tensor, needed: bool) -> Tensor | None:
-    return grad if needed else None
-
-
-def _differentiable_backward(ctx: Any, layer: Any, args: tuple, grads: tuple) -> tuple:
-    """The backward when autograd records it (create_graph=True, for double
-    backward): the fused backward op is not differentiable, so the layer is
-    recomputed with `reference.<kind>_layer` on the saved arguments (`args`, in the
-    op's order) and differentiated by autograd, with create_graph."""
-    wrt = [i for i in range(len(args)) if ctx.needs_input_grad[i]]
+def _graph_grads(layer: Any, args: tuple, grads: tuple, needs: list[bool]) -> list[Tensor]:
+    """Gradients on the layer op's arguments, recorded for double backward: the
+    layer recomputed with `reference.<kind>_layer` on `args` (the op's arguments
+    up to the ones the reference takes) and differentiated with create_graph.
+    One tensor per entry of `needs` (an empty one where it is False)."""
+    wrt = [i for i, need in enumerate(needs) if need]
     outputs = layer(*args)
     pairs = [(out, g) for out, g in zip(outputs, grads) if out.requires_grad]
     found = torch.autograd.grad(
         [out for out, _ in pairs], [args[i] for i in wrt], [g for _, g in pairs],
         create_graph=True, allow_unused=True,
     )
-    result: list[Tensor | None] = [None] * len(ctx.needs_input_grad)
+    result = [grads[0].new_empty(0)] * len(needs)
     for i, grad in zip(wrt, found):
-        result[i] = grad
-    return tuple(result)
-
-
-def _rnn_setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-    input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse = inputs
-    ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, output[0])
-    ctx.relu, ctx.reverse = relu, reverse
-
-
-def _rnn_backward(ctx: Any, grad_output: Tensor, grad_h_n: Tensor):
-    input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, output = ctx.saved_tensors
-    if torch.is_grad_enabled():
-        args = (input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, ctx.relu, ctx.reverse)
-        return _differentiable_backward(ctx, reference.rnn_layer, args, (grad_output, grad_h_n))
-    mask = _output_mask(ctx, (2,), (3, 4, 5, 6))
-    g_in, g_hx, g_wih, g_whh, g_bih, g_bhh = torch.ops.rnnfused.rnn_layer_backward.default(
-        grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, output, ctx.relu, ctx.reverse,
-        mask,
-    )
-    need = ctx.needs_input_grad
-    return (
-        _keep(g_in, need[0]), None, _keep(g_hx, need[2]), _keep(g_wih, need[3]),
-        _keep(g_whh, need[4]), _keep(g_bih, need[5]), _keep(g_bhh, need[6]), None, None,
-    )
-
-
-def _lstm_setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-    input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, _ = inputs
-    out, _, _, gates, cells = output
-    ctx.save_for_backward(
-        input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, out, gates, cells
-    )
-    ctx.mark_non_differentiable(gates, cells)
-    ctx.reverse = reverse
-
-
-def _lstm_backward(ctx: Any, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cells):
-    saved = ctx.saved_tensors
-    input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, output, gates, cells = saved
-    if torch.is_grad_enabled():
-        args = (input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, ctx.reverse)
-        grads = (grad_output, grad_h_n, grad_c_n)
-        return _differentiable_backward(ctx, reference.lstm_layer, args, grads)
-    mask = _output_mask(ctx, (2, 3), (4, 5, 6, 7, 8))
-    grads = torch.ops.rnnfused.lstm_layer_backward.default(
-        grad_output, grad_h_n, grad_c_n, input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, output,
-        gates, cells, ctx.reverse, mask,
-    )
-    g_in, g_hx, g_cx, g_wih, g_whh, g_bih, g_bhh, g_whr = grads
-    need = ctx.needs_input_grad
-    return (
-        _keep(g_in, need[0]), None, _keep(g_hx, need[2]), _keep(g_cx, need[3]),
-        _keep(g_wih, need[4]), _keep(g_whh, need[5]), _keep(g_bih, need[6]),
-        _keep(g_bhh, need[7]), _keep(g_whr, need[8]), None, None,
-    )
-
-
-def _gru_setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-    input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, _ = inputs
-    out, _, workspace = output
-    ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, out, workspace)
-    ctx.mark_non_differentiable(workspace)
-    ctx.reverse = reverse
-
-
-def _gru_backward(ctx: Any, grad_output, grad_h_n, _grad_workspace):
-    input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, output, workspace = ctx.saved_tensors
-    if torch.is_grad_enabled():
-        args = (input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, ctx.reverse)
-        return _differentiable_backward(ctx, reference.gru_layer, args, (grad_output, grad_h_n))
-    mask = _output_mask(ctx, (2,), (3, 4, 5, 6))
-    g_in, g_hx, g_wih, g_whh, g_bih, g_bhh = torch.ops.rnnfused.gru_layer_backward.default(
-        grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, output, workspace,
-        ctx.reverse, mask,
-    )
-    need = ctx.needs_input_grad
-    return (
-        _keep(g_in, need[0]), None, _keep(g_hx, need[2]), _keep(g_wih, need[3]),
-        _keep(g_whh, need[4]), _keep(g_bih, need[5]), _keep(g_bhh, need[6]), None, None,
-    )
+        result[i] = grad if grad is not None else torch.zeros_like(args[i])
+    return result
 
 
 if EXTENSION_LOADED:
-    torch.library.register_autograd(
-        "rnnfused::rnn_layer", _rnn_backward, setup_context=_rnn_setup_context
-    )
-    torch.library.register_autograd(
-        "rnnfused::lstm_layer", _lstm_backward, setup_context=_lstm_setup_context
-    )
-    torch.library.register_autograd(
-        "rnnfused::gru_layer", _gru_backward, setup_context=_gru_setup_context
-    )
+
+    @torch.library.impl("rnnfused::_lstm_layer_backward_graph", "CompositeImplicitAutograd")
+    def _lstm_layer_backward_graph(
+        grad_output, grad_h_n, grad_c_n, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh,
+        w_hr, reverse, needs,
+    ):
+        args = (input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+        return _graph_grads(reference.lstm_layer, args, (grad_output, grad_h_n, grad_c_n), needs)
+
+    @torch.library.impl("rnnfused::_gru_layer_backward_graph", "CompositeImplicitAutograd")
+    def _gru_layer_backward_graph(
+        grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, needs
+    ):
+        args = (input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse)
+        return _graph_grads(reference.gru_layer, args, (grad_output, grad_h_n), needs)
+
+    @torch.library.impl("rnnfused::_rnn_layer_backward_graph", "CompositeImplicitAutograd")
+    def _rnn_layer_backward_graph(
+        grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse,
+        needs,
+    ):
+        args = (input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse)
+        return _graph_grads(reference.rnn_layer, args, (grad_output, grad_h_n), needs)

@@ -8,6 +8,7 @@ A "kind" names a module configuration:
 from __future__ import annotations
 
 import torch
+import torch.utils._python_dispatch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnfused
@@ -250,3 +251,21 @@ def run_cell_loop(cell, xs, hx, seed: int = 1234) -> dict:
     leaves = [("input", xs)] + ([] if hx is None else [(f"hx[{k}]", h) for k, h in enumerate(hx)])
     result.update(named_gradients(loss, leaves, cell))
     return result
+
+
+class BackwardSpy(torch.utils._python_dispatch.TorchDispatchMode):
+    """Inside `with BackwardSpy() as spy:`, records (output_mask, gradients) of every
+    rnnfused *_layer_backward op call, wherever it is made from (the ops' autograd
+    calls them from C++)."""
+
+    _NAMES = ("lstm_layer_backward", "gru_layer_backward", "rnn_layer_backward")
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple[list[bool], tuple]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        if func.namespace == "rnnfused" and func._opname in self._NAMES:
+            self.calls.append((list(args[-1]), result))
+        return result

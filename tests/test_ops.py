@@ -12,6 +12,8 @@ import torch
 import rnnfused
 from rnnfused import ops, reference
 
+from helpers import BackwardSpy
+
 pytestmark = pytest.mark.skipif(
     not rnnfused.backend_info()["extension"], reason="the compiled extension is not loaded"
 )
@@ -170,23 +172,12 @@ def test_gradient_mask(kind, device):
     reference) and returns empty tensors for the input and the weights."""
     args = make_args(kind, False, True, device, grad=False)
     args["hx"].requires_grad_(True)
-    seen = []
-    real = torch.ops.rnnfused
-    names = {"lstm": "lstm_layer_backward", "gru": "gru_layer_backward", "rnn": "rnn_layer_backward"}
-    backward = getattr(real, names[kind.split("_")[0]]).default
-
-    def spy(*a):
-        grads = backward(*a)
-        seen.append((a[-1], grads))
-        return grads
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(torch.ops.rnnfused, names[kind.split("_")[0]], type("Op", (), {"default": staticmethod(spy)}))
+    with BackwardSpy() as spy:
         outputs = run(kind, ops, args, reverse=False)
         (grad,) = torch.autograd.grad(outputs[0].sum(), [args["hx"]])
     (expected,) = torch.autograd.grad(run(kind, reference, args, False)[0].sum(), [args["hx"]])
     torch.testing.assert_close(grad, expected)
-    (mask, grads), = seen
+    (mask, grads), = spy.calls
     assert list(mask) == [False, True, False, False, False, False, False]
     assert grads[0].numel() == 0  # input
     assert all(g.numel() == 0 for g in grads[2 if kind == "gru" or kind.startswith("rnn") else 3 :])

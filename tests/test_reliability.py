@@ -14,7 +14,8 @@ import weakref
 
 import pytest
 import torch
-from helpers import make_twins, weighted_sum
+import torch.utils._python_dispatch
+from helpers import BackwardSpy, make_twins, weighted_sum
 
 import rnnfused
 
@@ -145,33 +146,16 @@ def test_weight_norm_parametrization(name):
 # ---------------------------------------------------------------- 2. frozen parameters
 
 
-class BackwardSpy:
-    """Records the output_mask and results of every *_layer_backward op call."""
-
-    def __init__(self, monkeypatch):
-        self.calls: list[tuple[list[bool], tuple]] = []
-        for op_name in ("lstm_layer_backward", "gru_layer_backward", "rnn_layer_backward"):
-            real = getattr(torch.ops.rnnfused, op_name).default
-
-            def spy(*args, _real=real):
-                grads = _real(*args)
-                self.calls.append((list(args[-1]), grads))
-                return grads
-
-            monkeypatch.setattr(torch.ops.rnnfused, op_name,
-                                type("Op", (), {"default": staticmethod(spy)}))
-
-
 @pytest.mark.parametrize("name", MODULES)
-def test_frozen_parameters_get_no_gradient_work(name, monkeypatch):
+def test_frozen_parameters_get_no_gradient_work(name):
     """All parameters frozen, input requiring grad: no parameter gets a .grad and the
     backward ops are asked for (and form) no weight gradient."""
     ref, fused = make_twins(name, I, H, num_layers=2)
     for module in (ref, fused):
         module.requires_grad_(False)
-    spy = BackwardSpy(monkeypatch)
     x = torch.randn(T, B, I, requires_grad=True)
-    got = run(fused, x)
+    with BackwardSpy() as spy:
+        got = run(fused, x)
     assert_same(got, run(ref, x), torch.float32)
     assert all(p.grad is None for p in fused.parameters())
     assert len(spy.calls) == 2  # one per layer
@@ -182,15 +166,14 @@ def test_frozen_parameters_get_no_gradient_work(name, monkeypatch):
 
 
 @pytest.mark.parametrize("name", MODULES)
-def test_input_without_grad_gets_no_input_gradient_work(name, monkeypatch):
+def test_input_without_grad_gets_no_input_gradient_work(name):
     """Input and states not requiring grad (the usual first layer): the first layer's
     backward forms no input gradient; the parameters' gradients equal torch.nn's."""
     ref, fused = make_twins(name, I, H)
-    spy = BackwardSpy(monkeypatch)
     x = torch.randn(T, B, I)
     fused_params = dict(fused.named_parameters())
-    out = fused(x)[0]
-    out.sum().backward()
+    with BackwardSpy() as spy:
+        fused(x)[0].sum().backward()
     ref(x)[0].sum().backward()
     for pname, p in ref.named_parameters():
         torch.testing.assert_close(fused_params[pname].grad, p.grad, **TOL[torch.float32])
@@ -201,15 +184,15 @@ def test_input_without_grad_gets_no_input_gradient_work(name, monkeypatch):
 
 @pytest.mark.parametrize("frozen", ["weight_ih_l0", "bias_ih_l0"])
 @pytest.mark.parametrize("name", MODULES)
-def test_one_frozen_parameter_costs_no_gradient_work(name, frozen, monkeypatch):
+def test_one_frozen_parameter_costs_no_gradient_work(name, frozen):
     """One parameter frozen (fine-tuning the recurrent part only): it gets no .grad,
     the others equal torch.nn's, and its gradient is not formed by the backward op."""
     ref, fused = make_twins(name, I, H)
     for module in (ref, fused):
         getattr(module, frozen).requires_grad_(False)
-    spy = BackwardSpy(monkeypatch)
     x = torch.randn(T, B, I)
-    fused(x)[0].sum().backward()
+    with BackwardSpy() as spy:
+        fused(x)[0].sum().backward()
     ref(x)[0].sum().backward()
     assert getattr(fused, frozen).grad is None
     for pname, p in ref.named_parameters():
@@ -300,6 +283,23 @@ def test_training_iterations_keep_memory_flat(name):
     assert growth < 16 * 2**20, f"RSS grew by {growth / 2**20:.1f} MB over 1,000 iterations"
 
 
+class WorkspaceSpy(torch.utils._python_dispatch.TorchDispatchMode):
+    """Weak references to the workspaces (the outputs past output, h_n and c_n)
+    of every rnnfused LSTM/GRU forward op call made inside it."""
+
+    _STATES = {"lstm_layer": 3, "gru_layer": 2}
+
+    def __init__(self):
+        super().__init__()
+        self.refs: list[weakref.ref] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        if func.namespace == "rnnfused" and func._opname in self._STATES:
+            self.refs += [weakref.ref(t) for t in result[self._STATES[func._opname]:]]
+        return result
+
+
 @pytest.mark.parametrize("name", ["LSTM", "GRU"])
 def test_workspace_freed_with_the_graph(name):
     """The saved workspace dies with the autograd graph: after backward (graph freed)
@@ -307,16 +307,14 @@ def test_workspace_freed_with_the_graph(name):
     module = getattr(rnnfused, name)(I, H)
     x = torch.randn(T, B, I, requires_grad=True)
     for use in ("backward", "drop"):
-        out = module(x)[0]  # the final states (same graph node) dropped at once
-        saved = [t for t in out.grad_fn.saved_tensors
-                 if t is not None and t.dim() == 2 and t.size(0) == T * B and t.size(1) >= 4 * H]
-        assert saved, "no workspace among the saved tensors"
-        refs = [weakref.ref(t) for t in saved]
-        del saved
+        with WorkspaceSpy() as spy:
+            out = module(x)[0]  # the final states (same graph node) dropped at once
+        refs = spy.refs
         gc.collect()
         # torch keeps a tensor's Python object while its C++ tensor lives, so the weak
         # references follow the saved workspace itself.
-        assert all(r() is not None for r in refs), "the check cannot see the workspace"
+        assert refs and all(r() is not None for r in refs), "the check cannot see the workspace"
+        assert all(r().size(0) == T * B for r in refs), "the forward saved no workspace"
         if use == "backward":
             out.sum().backward()
             gc.collect()

@@ -1,0 +1,279 @@
+// Autograd of the layer ops (the Autograd dispatch key), in C++ so that a call in
+// training costs no Python: the forward op runs below autograd and saves what
+// its backward op needs. When the backward itself is recorded (create_graph, for
+// double backward), the fused backward op, which is not differentiable, gives way
+// to `_<op>_backward_graph`: a Python op (rnnfused/ops.py) that recomputes the
+// layer with rnnfused.reference and differentiates it with the graph kept.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <array>
+#include <vector>
+
+namespace rnnfused {
+namespace {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> op_handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+Tensor value_of(const OptTensor& t) { return t.has_value() ? *t : Tensor(); }
+OptTensor optional_of(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
+
+// Which forward arguments need a gradient. A Function's input edges are its
+// defined tensor arguments in order; `defined[i]` says whether argument i is one.
+class ArgGrads {
+ public:
+  static void record(AutogradContext* ctx, const std::vector<bool>& defined) {
+    std::vector<int64_t> edges;
+    int64_t next = 0;
+    for (bool d : defined) edges.push_back(d ? next++ : -1);
+    ctx->saved_data["edges"] = edges;
+  }
+
+  explicit ArgGrads(AutogradContext* ctx) : ctx_(ctx) {
+    for (int64_t e : ctx->saved_data["edges"].toIntList()) edges_.push_back(e);
+  }
+
+  size_t size() const { return edges_.size(); }
+  bool need(size_t arg) const {
+    return edges_[arg] >= 0 && ctx_->needs_input_grad(static_cast<size_t>(edges_[arg]));
+  }
+  c10::List<bool> needs() const {
+    c10::List<bool> result;
+    for (size_t i = 0; i < size(); ++i) result.push_back(need(i));
+    return result;
+  }
+  // The backward ops' output_mask (input, states, w_ih, w_hh, b_ih, b_hh, w_hr)
+  // from argument positions; -1: absent (w_hr of RNN and GRU).
+  std::array<bool, 7> mask(size_t input, std::vector<size_t> states,
+                           std::array<int64_t, 5> params) const {
+    std::array<bool, 7> m{};
+    m[0] = need(input);
+    for (size_t s : states) m[1] = m[1] || need(s);
+    for (size_t p = 0; p < params.size(); ++p) m[2 + p] = params[p] >= 0 && need(params[p]);
+    return m;
+  }
+  // One gradient per forward argument: `grads[k]` for the argument `positions[k]`
+  // where it needs one, undefined everywhere else.
+  variable_list place(const std::vector<Tensor>& grads, const std::vector<size_t>& positions) const {
+    variable_list result(size());
+    for (size_t k = 0; k < positions.size(); ++k) {
+      if (need(positions[k])) result[positions[k]] = grads[k];
+    }
+    return result;
+  }
+  // The graph path's result, one entry per argument (empty where not needed).
+  variable_list place_all(const std::vector<Tensor>& grads) const {
+    variable_list result(size());
+    for (size_t i = 0; i < size(); ++i) {
+      if (need(i)) result[i] = grads[i];
+    }
+    return result;
+  }
+
+ private:
+  AutogradContext* ctx_;
+  std::vector<int64_t> edges_;
+};
+
+bool graph_backward() { return at::GradMode::is_enabled(); }
+
+// ------------------------------------------------------------------ LSTM
+// Arguments: 0 input, 1 batch_sizes, 2 hx, 3 cx, 4 w_ih, 5 w_hh, 6 b_ih, 7 b_hh,
+// 8 w_hr, 9 reverse, 10 need_workspace.
+struct LstmLayer : torch::autograd::Function<LstmLayer> {
+  using Forward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
+      const Tensor&, const OptTensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+      const OptTensor&, const OptTensor&, const OptTensor&, bool, bool);
+  using Backward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
+      const Tensor&, const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const Tensor&,
+      const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
+      const Tensor&, bool, std::array<bool, 7>);
+  using Graph = std::vector<Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                    const OptTensor&, const Tensor&, const Tensor&, const Tensor&,
+                                    const Tensor&, const OptTensor&, const OptTensor&,
+                                    const OptTensor&, bool, c10::List<bool>);
+
+  static variable_list forward(AutogradContext* ctx, const Tensor& input,
+                               const OptTensor& batch_sizes, const Tensor& hx, const Tensor& cx,
+                               const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
+                               const OptTensor& b_hh, const OptTensor& w_hr, bool reverse,
+                               bool need_workspace) {
+    static const auto op = op_handle<Forward>("rnnfused::lstm_layer");
+    at::AutoDispatchBelowADInplaceOrView below;
+    auto [output, h_n, c_n, gates, cells] = op.call(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih,
+                                                    b_hh, w_hr, reverse, need_workspace);
+    ArgGrads::record(ctx, {true, value_of(batch_sizes).defined(), true, true, true, true,
+                           value_of(b_ih).defined(), value_of(b_hh).defined(),
+                           value_of(w_hr).defined(), false, false});
+    ctx->save_for_backward({input, value_of(batch_sizes), hx, cx, w_ih, w_hh, value_of(b_ih),
+                            value_of(b_hh), value_of(w_hr), output, gates, cells});
+    ctx->saved_data["reverse"] = reverse;
+    ctx->mark_non_differentiable({gates, cells});
+    return {output, h_n, c_n, gates, cells};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list s = ctx->get_saved_variables();
+    const OptTensor batch_sizes = optional_of(s[1]), b_ih = optional_of(s[6]),
+                    b_hh = optional_of(s[7]), w_hr = optional_of(s[8]);
+    const bool reverse = ctx->saved_data["reverse"].toBool();
+    const ArgGrads args(ctx);
+    if (graph_backward()) {
+      static const auto graph = op_handle<Graph>("rnnfused::_lstm_layer_backward_graph");
+      return args.place_all(graph.call(grads[0], grads[1], grads[2], s[0], batch_sizes, s[2], s[3],
+                                       s[4], s[5], b_ih, b_hh, w_hr, reverse, args.needs()));
+    }
+    static const auto op = op_handle<Backward>("rnnfused::lstm_layer_backward");
+    auto [g_in, g_hx, g_cx, g_wih, g_whh, g_bih, g_bhh, g_whr] =
+        op.call(grads[0], grads[1], grads[2], s[0], batch_sizes, s[2], s[3], s[4], s[5], w_hr,
+                s[9], s[10], s[11], reverse, args.mask(0, {2, 3}, {4, 5, 6, 7, 8}));
+    return args.place({g_in, g_hx, g_cx, g_wih, g_whh, g_bih, g_bhh, g_whr},
+                      {0, 2, 3, 4, 5, 6, 7, 8});
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_autograd(
+    const Tensor& input, const OptTensor& batch_sizes, const Tensor& hx, const Tensor& cx,
+    const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+    const OptTensor& w_hr, bool reverse, bool need_workspace) {
+  const variable_list r = LstmLayer::apply(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh,
+                                           w_hr, reverse, need_workspace);
+  return {r[0], r[1], r[2], r[3], r[4]};
+}
+
+// ------------------------------------------------------------------ GRU
+// Arguments: 0 input, 1 batch_sizes, 2 hx, 3 w_ih, 4 w_hh, 5 b_ih, 6 b_hh, 7 reverse,
+// 8 need_workspace.
+struct GruLayer : torch::autograd::Function<GruLayer> {
+  using Forward = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const OptTensor&,
+                                                     const Tensor&, const Tensor&, const Tensor&,
+                                                     const OptTensor&, const OptTensor&, bool, bool);
+  using Backward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
+      const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
+      const Tensor&, const Tensor&, const Tensor&, bool, std::array<bool, 7>);
+  using Graph = std::vector<Tensor>(const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
+                                    const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
+                                    const OptTensor&, bool, c10::List<bool>);
+
+  static variable_list forward(AutogradContext* ctx, const Tensor& input,
+                               const OptTensor& batch_sizes, const Tensor& hx, const Tensor& w_ih,
+                               const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+                               bool reverse, bool need_workspace) {
+    static const auto op = op_handle<Forward>("rnnfused::gru_layer");
+    at::AutoDispatchBelowADInplaceOrView below;
+    auto [output, h_n, workspace] =
+        op.call(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, need_workspace);
+    ArgGrads::record(ctx, {true, value_of(batch_sizes).defined(), true, true, true,
+                           value_of(b_ih).defined(), value_of(b_hh).defined(), false, false});
+    ctx->save_for_backward({input, value_of(batch_sizes), hx, w_ih, w_hh, value_of(b_ih),
+                            value_of(b_hh), output, workspace});
+    ctx->saved_data["reverse"] = reverse;
+    ctx->mark_non_differentiable({workspace});
+    return {output, h_n, workspace};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list s = ctx->get_saved_variables();
+    const OptTensor batch_sizes = optional_of(s[1]);
+    const bool reverse = ctx->saved_data["reverse"].toBool();
+    const ArgGrads args(ctx);
+    if (graph_backward()) {
+      static const auto graph = op_handle<Graph>("rnnfused::_gru_layer_backward_graph");
+      return args.place_all(graph.call(grads[0], grads[1], s[0], batch_sizes, s[2], s[3], s[4],
+                                       optional_of(s[5]), optional_of(s[6]), reverse,
+                                       args.needs()));
+    }
+    static const auto op = op_handle<Backward>("rnnfused::gru_layer_backward");
+    auto [g_in, g_hx, g_wih, g_whh, g_bih, g_bhh] =
+        op.call(grads[0], grads[1], s[0], batch_sizes, s[2], s[3], s[4], s[7], s[8], reverse,
+                args.mask(0, {2}, {3, 4, 5, 6, -1}));
+    return args.place({g_in, g_hx, g_wih, g_whh, g_bih, g_bhh}, {0, 2, 3, 4, 5, 6});
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor> gru_layer_autograd(const Tensor& input,
+                                                      const OptTensor& batch_sizes,
+                                                      const Tensor& hx, const Tensor& w_ih,
+                                                      const Tensor& w_hh, const OptTensor& b_ih,
+                                                      const OptTensor& b_hh, bool reverse,
+                                                      bool need_workspace) {
+  const variable_list r =
+      GruLayer::apply(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, need_workspace);
+  return {r[0], r[1], r[2]};
+}
+
+// ------------------------------------------------------------------ RNN
+// Arguments: 0 input, 1 batch_sizes, 2 hx, 3 w_ih, 4 w_hh, 5 b_ih, 6 b_hh, 7 relu, 8 reverse.
+struct RnnLayer : torch::autograd::Function<RnnLayer> {
+  using Forward = std::tuple<Tensor, Tensor>(const Tensor&, const OptTensor&, const Tensor&,
+                                             const Tensor&, const Tensor&, const OptTensor&,
+                                             const OptTensor&, bool, bool);
+  using Backward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
+      const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
+      const Tensor&, const Tensor&, bool, bool, std::array<bool, 7>);
+  using Graph = std::vector<Tensor>(const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
+                                    const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
+                                    const OptTensor&, bool, bool, c10::List<bool>);
+
+  static variable_list forward(AutogradContext* ctx, const Tensor& input,
+                               const OptTensor& batch_sizes, const Tensor& hx, const Tensor& w_ih,
+                               const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+                               bool relu, bool reverse) {
+    static const auto op = op_handle<Forward>("rnnfused::rnn_layer");
+    at::AutoDispatchBelowADInplaceOrView below;
+    auto [output, h_n] = op.call(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse);
+    ArgGrads::record(ctx, {true, value_of(batch_sizes).defined(), true, true, true,
+                           value_of(b_ih).defined(), value_of(b_hh).defined(), false, false});
+    ctx->save_for_backward({input, value_of(batch_sizes), hx, w_ih, w_hh, value_of(b_ih),
+                            value_of(b_hh), output});
+    ctx->saved_data["relu"] = relu;
+    ctx->saved_data["reverse"] = reverse;
+    return {output, h_n};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list s = ctx->get_saved_variables();
+    const OptTensor batch_sizes = optional_of(s[1]);
+    const bool relu = ctx->saved_data["relu"].toBool();
+    const bool reverse = ctx->saved_data["reverse"].toBool();
+    const ArgGrads args(ctx);
+    if (graph_backward()) {
+      static const auto graph = op_handle<Graph>("rnnfused::_rnn_layer_backward_graph");
+      return args.place_all(graph.call(grads[0], grads[1], s[0], batch_sizes, s[2], s[3], s[4],
+                                       optional_of(s[5]), optional_of(s[6]), relu, reverse,
+                                       args.needs()));
+    }
+    static const auto op = op_handle<Backward>("rnnfused::rnn_layer_backward");
+    auto [g_in, g_hx, g_wih, g_whh, g_bih, g_bhh] =
+        op.call(grads[0], grads[1], s[0], batch_sizes, s[2], s[3], s[4], s[7], relu, reverse,
+                args.mask(0, {2}, {3, 4, 5, 6, -1}));
+    return args.place({g_in, g_hx, g_wih, g_whh, g_bih, g_bhh}, {0, 2, 3, 4, 5, 6});
+  }
+};
+
+std::tuple<Tensor, Tensor> rnn_layer_autograd(const Tensor& input, const OptTensor& batch_sizes,
+                                              const Tensor& hx, const Tensor& w_ih,
+                                              const Tensor& w_hh, const OptTensor& b_ih,
+                                              const OptTensor& b_hh, bool relu, bool reverse) {
+  const variable_list r =
+      RnnLayer::apply(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse);
+  return {r[0], r[1]};
+}
+
+}  // namespace
+}  // namespace rnnfused
+
+TORCH_LIBRARY_IMPL(rnnfused, Autograd, m) {
+  m.impl("lstm_layer", &rnnfused::lstm_layer_autograd);
+  m.impl("gru_layer", &rnnfused::gru_layer_autograd);
+  m.impl("rnn_layer", &rnnfused::rnn_layer_autograd);
+}

@@ -27,8 +27,8 @@ def _want_cuda() -> bool:
 def _extension():
     cpp_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        # The AVX2 / AVX-512 step kernels are x86 only; the generic loop runs elsewhere.
-        cpp_sources = [s for s in cpp_sources if not os.path.basename(s).startswith("step_avx")]
+        # The AVX2 / AVX-512 kernels are x86 only; the generic loop runs elsewhere.
+        cpp_sources = [s for s in cpp_sources if "avx" not in os.path.basename(s)]
     cxx_flags = ["-O3", "-fopenmp", "-Wall", "-Wno-unused-function"]
     link_flags = ["-fopenmp"]
     if _want_cuda():

@@ -383,9 +383,26 @@ def fmt_ms(v: float | None) -> str:
     return f"{v:.3g}" if v < 100 else f"{v:.0f}"
 
 
-def gflops(row: Row, name: str) -> str:
+def gflops(row: Row, name: str, peak: float | None) -> str:
+    """Achieved GFLOP/s, with its share of the measured FMA peak when there is one."""
     t = row.times_ms.get(name)
-    return "-" if not t else f"{row.flops / (t * 1e-3) / 1e9:.3g}"
+    if not t:
+        return "-"
+    rate = row.flops / (t * 1e-3) / 1e9
+    return f"{rate:.3g} ({100 * rate / peak:.0f}%)" if peak else f"{rate:.3g}"
+
+
+def measure_fma_peak(rnnfused: Any, threads: int, seconds: float = 1.0) -> float | None:
+    """The float32 FMA ceiling in GFLOP/s on `threads` threads: rnnfused's register-only
+    AVX-512 loop (PERFORMANCE.md's method); None without AVX-512 or the extension."""
+    op = getattr(getattr(torch.ops, "rnnfused", None), "_cpu_fma_peak_gflops", None)
+    if rnnfused is None or op is None:
+        return None
+    try:
+        peak = float(op(seconds, threads))
+    except Exception:  # no extension: no peak, the table still prints
+        return None
+    return peak or None
 
 
 def noise(row: Row) -> str:
@@ -406,13 +423,15 @@ def check_cell(row: Row) -> str:
 
 def markdown(meta: dict[str, Any], rows: list[Row]) -> str:
     lines = [f"# rnnfused benchmark ({meta['device']}, {meta['dtype']})", ""]
-    for key in ("date", "cpu", "device_name", "torch", "threads", "load_avg", "rnnfused",
-                "backend_info", "path", "timing"):
+    for key in ("date", "cpu", "device_name", "torch", "threads", "fma_peak_gflops", "load_avg",
+                "rnnfused", "backend_info", "path", "timing"):
         if key in meta:
             lines.append(f"- {key}: {meta[key]}")
     lines += [
         "- ratio = torch.nn time / rnnfused time (>1: rnnfused faster); GFLOP/s count "
-        "2*T*B*(I+H)*G*H per layer-direction forward, fwdbwd = 3x forward",
+        "2*T*B*(I+H)*G*H per layer-direction forward, fwdbwd = 3x forward; (%) = share of "
+        "fma_peak_gflops, the float32 FMA ceiling measured at the start of this run with a "
+        "register-only AVX-512 loop on the same threads",
         "- noise = the worst contender's IQR / median; others = share of all CPUs that other "
         "processes used while the row was timed (above a few %, OpenMP stalls can inflate "
         "times by orders of magnitude: rerun on a quiet machine)",
@@ -421,6 +440,7 @@ def markdown(meta: dict[str, Any], rows: list[Row]) -> str:
         "| reference ms | nn/rnnfused | rnnfused GFLOP/s | torch.nn GFLOP/s | noise | others |",
         "|---|" + "---:|" * 6 + "---|---|" + "---:|" * 8,
     ]
+    peak = meta.get("fma_peak_gflops") if meta["device"] == "cpu" else None
     for r in rows:
         c, t = r.case, r.times_ms
         nn_t, fu_t = t.get("torch.nn"), t.get("rnnfused")
@@ -428,7 +448,8 @@ def markdown(meta: dict[str, Any], rows: list[Row]) -> str:
         lines.append(
             f"| {c.kind} | {c.T} | {c.B} | {c.I} | {c.H} | {c.layers} | {c.dirs} | {r.mode} "
             f"| {check_cell(r)} | {fmt_ms(nn_t)} | {fmt_ms(fu_t)} | {fmt_ms(t.get('reference'))} "
-            f"| {ratio} | {gflops(r, 'rnnfused')} | {gflops(r, 'torch.nn')} | {noise(r)} "
+            f"| {ratio} | {gflops(r, 'rnnfused', peak)} | {gflops(r, 'torch.nn', peak)} "
+            f"| {noise(r)} "
             f"| {'-' if r.other_load is None else f'{100 * r.other_load:.0f}%'} |")
     busy = [r for r in rows if r.other_load is not None and r.other_load > BUSY_LIMIT]
     if busy:
@@ -552,6 +573,10 @@ def collect_meta(args: argparse.Namespace, rnnfused: Any) -> dict[str, Any]:
         meta["rnnfused"] = "not used (--torch-only)"
         return meta
     meta["rnnfused"] = f"{getattr(rnnfused, '__version__', '?')} from {rnnfused.__file__}"
+    if args.device == "cpu":
+        peak = measure_fma_peak(rnnfused, args.threads, 0.2 if args.quick else 1.0)
+        if peak is not None:
+            meta["fma_peak_gflops"] = round(peak, 1)
     try:
         meta["backend_info"] = rnnfused.backend_info()
         meta["path"] = rnnfused.backend_info(args.device_obj, args.dtype_obj)

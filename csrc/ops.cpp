@@ -55,6 +55,17 @@ TORCH_LIBRARY(rnnfused, m) {
       "_rnn_layer_backward_graph(Tensor grad_output, Tensor grad_h_n, Tensor input, "
       "Tensor? batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
       "bool relu, bool reverse, bool[] needs) -> Tensor[]");
+  // For the benchmark: the float32 FMA ceiling of `threads` threads in GFLOP/s
+  // (a register-only AVX-512 loop run for `seconds`); 0 where AVX-512 does not run.
+  m.def("_cpu_fma_peak_gflops(float seconds, int threads) -> float",
+        [](double seconds, int64_t threads) {
+#if defined(__x86_64__)
+          if (rnnfused::cpu::active_isa() == rnnfused::cpu::Isa::kAvx512) {
+            return rnnfused::cpu::fma_peak_gflops_avx512(seconds, static_cast<int>(threads));
+          }
+#endif
+          return 0.0;
+        });
   // Which vectorised CPU step kernels run here: "avx512", "avx2" or "scalar".
   m.def("cpu_isa() -> str",
         [] { return std::string(rnnfused::cpu::isa_name(rnnfused::cpu::active_isa())); });

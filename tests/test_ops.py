@@ -385,3 +385,14 @@ def test_bfloat16_lanes_round_trip(width, device):
     out, _ = ops.rnn_layer(x, None, hx, eye, torch.zeros_like(eye), None, None, True, False)
     # Step 0 has no recurrence (h0 = 0); later steps add 0 * W_hh = 0 as well.
     torch.testing.assert_close(out, torch.relu(x), atol=0, rtol=0, equal_nan=True)
+
+
+def test_cpu_fma_peak_gflops():
+    """The benchmark's FMA ceiling: a plausible positive rate with AVX-512 (one
+    thread runs at least one 16-lane FMA per ns at any clock of this century),
+    0 where the AVX-512 loop does not run."""
+    peak = torch.ops.rnnfused._cpu_fma_peak_gflops(0.05, 1)
+    if torch.ops.rnnfused.cpu_isa() == "avx512":
+        assert 32.0 < peak < 10_000.0
+    else:
+        assert peak == 0.0

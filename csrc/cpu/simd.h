@@ -76,5 +76,9 @@ template <typename F>
 void run_fused_backward_avx512(const F* steps, const FusedBackwardRows* rows, int64_t count,
                                const PackedRecurrentT& w, int threads);
 
+// The float32 FMA ceiling in GFLOP/s: `threads` threads running independent
+// AVX-512 FMA chains from registers for `seconds` (peak_avx512.cpp).
+double fma_peak_gflops_avx512(double seconds, int threads);
+
 }  // namespace cpu
 }  // namespace rnnfused

@@ -375,3 +375,15 @@ def test_dropout_train_same_rng_as_torch_cpu(kind, bidirectional, form):
     torch.manual_seed(123)
     actual = run_module(fused, leaves, build)
     assert_results_equal(actual, expected, torch.float64, "dropout train")
+
+
+@pytest.mark.parametrize("hidden", [201, 333])
+@pytest.mark.parametrize("batch", [1, 3, 6])
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_fused_loop_panels_and_row_blocks(name, batch, hidden):
+    """The persistent CPU loop's edges: hidden sizes that split the reduction into
+    32 KB panels with odd remainders (the split partial sums of a few rows), and
+    batches below, at and past its row block. Outputs, states and all gradients
+    equal torch.nn's."""
+    ref, fused = make_twins(name, 17, hidden)
+    compare_modules(ref, fused, "batched", True, "cpu", torch.float32)

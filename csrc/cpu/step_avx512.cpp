@@ -133,17 +133,48 @@ RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx512, c10::BFloat16);
 
 namespace {
 
+// part[m][g] += rows[m][k] * w[k][g * 16 .. g * 16 + 15] for one k.
+template <int M, int G>
+__attribute__((always_inline)) inline void tile_step(const float* w, const float* const* rows,
+                                                     int64_t k, __m512 (&part)[M][G]) {
+  __m512 wk[G];
+  for (int g = 0; g < G; ++g) wk[g] = _mm512_loadu_ps(w + (k * G + g) * 16);
+  for (int m = 0; m < M; ++m) {
+    const __m512 a = _mm512_set1_ps(rows[m][k]);
+    for (int g = 0; g < G; ++g) part[m][g] = _mm512_fmadd_ps(a, wk[g], part[m][g]);
+  }
+}
+
 // acc[m][g] += sum_{k0 <= k < k1} rows[m][k] * w[k][g * 16 .. g * 16 + 15] for M
 // rows: M * G accumulators live in registers, the packed tile streams from L1.
+// Fewer than 8 accumulators cannot hide the FMA latency (4 cycles, 2 ports): a
+// few rows (a batch of 1, the rows left over) then split k over S partial sums.
 template <int M, int G>
 inline void tile_product(const float* w, const float* const* rows, int64_t k0, int64_t k1,
                          __m512 (&acc)[M][G]) {
-  for (int64_t k = k0; k < k1; ++k) {
-    __m512 wk[G];
-    for (int g = 0; g < G; ++g) wk[g] = _mm512_loadu_ps(w + (k * G + g) * 16);
+  constexpr int S = M * G >= 8 ? 1 : M * G >= 4 ? 2 : M * G >= 2 ? 4 : 8;
+  if constexpr (S == 1) {
+    for (int64_t k = k0; k < k1; ++k) tile_step<M, G>(w, rows, k, acc);
+  } else {
+    __m512 part[S][M][G];
+    for (int s = 0; s < S; ++s) {
+      for (int m = 0; m < M; ++m) {
+        for (int g = 0; g < G; ++g) part[s][m][g] = s == 0 ? acc[m][g] : _mm512_setzero_ps();
+      }
+    }
+    // The k % S leading steps first: the loop after them is then the last use
+    // of the partial sums before the reduction (GCC keeps them in registers).
+    int64_t k = k0;
+    for (; (k1 - k) % S != 0; ++k) tile_step<M, G>(w, rows, k, part[0]);
+    for (; k < k1; k += S) {
+      for (int s = 0; s < S; ++s) tile_step<M, G>(w, rows, k + s, part[s]);
+    }
     for (int m = 0; m < M; ++m) {
-      const __m512 a = _mm512_set1_ps(rows[m][k]);
-      for (int g = 0; g < G; ++g) acc[m][g] = _mm512_fmadd_ps(a, wk[g], acc[m][g]);
+      for (int g = 0; g < G; ++g) {
+        __m512 sum = part[0][m][g];
+        for (int s = 1; s < S; ++s) sum = _mm512_add_ps(sum, part[s][m][g]);
+        acc[m][g] = sum;
+      }
     }
   }
 }

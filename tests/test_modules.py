@@ -387,3 +387,19 @@ def test_fused_loop_panels_and_row_blocks(name, batch, hidden):
     equal torch.nn's."""
     ref, fused = make_twins(name, 17, hidden)
     compare_modules(ref, fused, "batched", True, "cpu", torch.float32)
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_functional_call_and_reassigned_weights_are_seen(name):
+    """The flat-weights check (rnnfused's faster _weights_have_changed): weights
+    swapped in by torch.func.functional_call, and a parameter reassigned on the
+    module, are the ones the next call uses, as in torch.nn."""
+    ref, fused = make_twins(name, 5, 7)
+    x = torch.randn(3, 2, 5)
+    swapped = {n: torch.randn_like(p) for n, p in ref.named_parameters()}
+    expected = torch.func.functional_call(ref, swapped, (x,))[0]
+    torch.testing.assert_close(torch.func.functional_call(fused, swapped, (x,))[0], expected)
+    torch.testing.assert_close(fused(x)[0], ref(x)[0])  # back to its own weights
+    for module in (ref, fused):
+        module.weight_hh_l0 = torch.nn.Parameter(swapped["weight_hh_l0"].clone())
+    torch.testing.assert_close(fused(x)[0], ref(x)[0])

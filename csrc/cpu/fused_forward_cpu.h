@@ -15,12 +15,24 @@
 namespace rnnfused {
 namespace cpu {
 
-// W_hh [G*H, K] -> [tiles, K, G * 16] (see PackedRecurrent), zero-padded to whole tiles.
+// W_hh [G*H, K] (contiguous) -> [tiles, K, G * 16] (see PackedRecurrent), zero past
+// H. One pass over the packed tensor: its rows are read as they are written.
 inline at::Tensor pack_recurrent(const at::Tensor& w_hh, int64_t G, int64_t H) {
   const int64_t K = w_hh.size(1), tiles = (H + 15) / 16;
-  at::Tensor padded = at::zeros({G, tiles * 16, K}, w_hh.options());
-  padded.narrow(1, 0, H).copy_(w_hh.view({G, H, K}));
-  return padded.view({G, tiles, 16, K}).permute({1, 3, 0, 2}).contiguous().view({tiles, K, G * 16});
+  at::Tensor packed = at::empty({tiles, K, G * 16}, w_hh.options());
+  const float* src = w_hh.data_ptr<float>();
+  float* dst = packed.data_ptr<float>();
+  for (int64_t u = 0; u < tiles; ++u) {
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t g = 0; g < G; ++g) {
+        for (int64_t l = 0; l < 16; ++l) {
+          const int64_t unit = u * 16 + l;
+          *dst++ = unit < H ? src[(g * H + unit) * K + k] : 0.0f;
+        }
+      }
+    }
+  }
+  return packed;
 }
 
 // W_hh [J, K] -> [blocks, J, 32] (see PackedRecurrentT), zero-padded to whole blocks.
@@ -61,8 +73,7 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched,
   const PackedRecurrent w{packed.data_ptr<float>(), K, H, G, packed.size(0)};
   // The state before and after each step, alternating: a step reads one while
   // it writes the other, so one barrier per step is all the threads need.
-  const at::Tensor states[2] = {h0.clone(at::MemoryFormat::Contiguous),
-                                h0.clone(at::MemoryFormat::Contiguous)};
+  const at::Tensor states[2] = {h0.clone(at::MemoryFormat::Contiguous), at::empty_like(h0)};
   const int threads = loop_threads(sz.batch * G * H * K, w.tiles);
 
   using Step = decltype(make_step(int64_t{0}, nullptr, nullptr, nullptr, nullptr));
@@ -83,7 +94,7 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched,
     run_fused_steps_avx512(steps.data(), rows.data(), static_cast<int64_t>(steps.size()), w,
                            threads);
   }
-  return output.index_select(0, sched.final_rows(output.device()));
+  return sched.final_states(output);
 }
 
 // Runs every backward step of a layer, in reverse; d_h [B, H] holds grad_h_n on

@@ -60,6 +60,17 @@ class Schedule {
   int64_t rows_before(int64_t s) const { return s == 0 ? 0 : rows(s - 1); }
   int64_t offset_before(int64_t s) const { return s == 0 ? 0 : offset(s - 1); }
 
+  // Every batch row's final state: the row of `sequence` [N, D] at its last step
+  // (for dense input the last step's rows, all together). Returns [B, D].
+  at::Tensor final_states(const at::Tensor& sequence) const {
+    if (steps() == 0) return sequence.new_empty({0, sequence.size(1)});
+    const int64_t last = steps() - 1;
+    if (rows(last) == rows_[0]) {  // every sequence ends at the last step
+      return sequence.narrow(0, offset(last), rows(last)).clone();
+    }
+    return sequence.index_select(0, final_rows(sequence.device()));
+  }
+
   // For every batch row, the sequence row of its last step (its final state).
   at::Tensor final_rows(const at::Device& device) const {
     std::vector<int64_t> index(rows_.empty() ? 0 : rows_[0]);

@@ -111,6 +111,11 @@ def _check_stack_args(
             f"mat1 and mat2 shapes cannot be multiplied ({rows}x{input.size(-1)} and "
             f"{weights[0].size(1)}x{weights[0].size(0)})"
         )
+    device = input.device
+    if all(t.device == device for t in (*hiddens, *weights)):  # the common case: skip to dtypes
+        for hidden in hiddens:
+            _check_same_dtype(hidden, weights[0])
+        return
     for hidden in hiddens:
         if hidden.device != input.device:
             raise RuntimeError(
@@ -158,6 +163,8 @@ _AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)
 def _autocast_dtype(input: Tensor) -> torch.dtype | None:
     """The dtype torch.autocast runs a recurrent call in, as it does the matmuls;
     None when autocast is off for the input's device or leaves its dtype alone."""
+    if not torch._C._is_any_autocast_enabled():  # the common case, in a tenth of the time
+        return None
     device_type = input.device.type
     if input.dtype not in _AUTOCAST_ELIGIBLE or not torch.is_autocast_enabled(device_type):
         return None

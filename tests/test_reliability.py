@@ -439,3 +439,36 @@ def test_reference_accepts_zero_input_size():
     want = rnnfused.reference.rnn_layer(x, None, hx, w_ih, w_hh, b, b, False, False)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
+
+
+def _available_memory_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def test_more_than_2_pow_31_elements():
+    """An RNN step whose output has 2^31 + 16 elements (bfloat16, one step, a batch of
+    2^27 + 1 rows of 16 units): every row, those past element 2^31 included, is
+    tanh(x_b) of its own input (W_ih = 1, W_hh = 0, no bias). 32-bit index math would
+    leave the rows past 2^31 unwritten or write them over the first ones. (The float32
+    persistent loop's offsets are the same int64 products; its tensors would need 32 GiB.)"""
+    if not os.path.exists("/proc/meminfo") or _available_memory_bytes() < 20 * 2**30:
+        pytest.skip("needs ~17 GiB free: four bfloat16 tensors of 2^31 + 16 elements")
+    hidden = 16
+    batch = 2**31 // hidden + 1
+    dtype = torch.bfloat16
+    x = torch.linspace(-3, 3, batch, dtype=torch.float32).to(dtype).view(1, batch, 1)
+    h0 = torch.zeros(batch, hidden, dtype=dtype)
+    w_ih = torch.ones(hidden, 1, dtype=dtype)
+    w_hh = torch.zeros(hidden, hidden, dtype=dtype)
+    with torch.no_grad():
+        output, h_n = torch.ops.rnnfused.rnn_layer(x, None, h0, w_ih, w_hh, None, None, False, False)
+    del h0
+    assert output.numel() > 2**31
+    for rows in (slice(0, 4096), slice(batch // 2 - 2048, batch // 2 + 2048), slice(batch - 4096, batch)):
+        expected = torch.tanh(x[0, rows].float()).expand(-1, hidden)
+        torch.testing.assert_close(output[0, rows].float(), expected, atol=1e-2, rtol=1e-2)
+        torch.testing.assert_close(h_n[rows].float(), expected, atol=1e-2, rtol=1e-2)

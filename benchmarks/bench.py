@@ -392,17 +392,11 @@ def gflops(row: Row, name: str, peak: float | None) -> str:
     return f"{rate:.3g} ({100 * rate / peak:.0f}%)" if peak else f"{rate:.3g}"
 
 
-def measure_fma_peak(rnnfused: Any, threads: int, seconds: float = 1.0) -> float | None:
+def measure_fma_peak(threads: int, seconds: float) -> float | None:
     """The float32 FMA ceiling in GFLOP/s on `threads` threads: rnnfused's register-only
     AVX-512 loop (PERFORMANCE.md's method); None without AVX-512 or the extension."""
-    op = getattr(getattr(torch.ops, "rnnfused", None), "_cpu_fma_peak_gflops", None)
-    if rnnfused is None or op is None:
-        return None
-    try:
-        peak = float(op(seconds, threads))
-    except Exception:  # no extension: no peak, the table still prints
-        return None
-    return peak or None
+    op = getattr(torch.ops.rnnfused, "_cpu_fma_peak_gflops", None)
+    return (op(seconds, threads) or None) if op is not None else None
 
 
 def noise(row: Row) -> str:
@@ -574,7 +568,7 @@ def collect_meta(args: argparse.Namespace, rnnfused: Any) -> dict[str, Any]:
         return meta
     meta["rnnfused"] = f"{getattr(rnnfused, '__version__', '?')} from {rnnfused.__file__}"
     if args.device == "cpu":
-        peak = measure_fma_peak(rnnfused, args.threads, 0.2 if args.quick else 1.0)
+        peak = measure_fma_peak(args.threads, 0.2 if args.quick else 1.0)
         if peak is not None:
             meta["fma_peak_gflops"] = round(peak, 1)
     try:

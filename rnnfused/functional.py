@@ -112,18 +112,14 @@ def _check_stack_args(
             f"{weights[0].size(1)}x{weights[0].size(0)})"
         )
     device = input.device
-    if all(t.device == device for t in (*hiddens, *weights)):  # the common case: skip to dtypes
-        for hidden in hiddens:
-            _check_same_dtype(hidden, weights[0])
-        return
     for hidden in hiddens:
-        if hidden.device != input.device:
+        if hidden.device != device:
             raise RuntimeError(
                 "Input and hidden tensors are not at the same device, found input tensor at "
                 f"{input.device} and hidden tensor at {hidden.device}"
             )
     for weight in weights:
-        if weight.device != input.device:
+        if weight.device != device:
             raise RuntimeError(
                 "Input and parameter tensors are not at the same device, found input tensor at "
                 f"{input.device} and parameter tensor at {weight.device}"

@@ -8,6 +8,17 @@ namespace rnnfused {
 namespace cpu {
 namespace {
 
+// f.apply on units [j, j + count) of row b, count <= kWidth: a whole vector
+// without a mask, a partial one with.
+template <template <bool> class Lanes, typename F>
+inline void apply_units(const F& f, int64_t b, int64_t j, int count) {
+  if (count == Lanes<false>::kWidth) {
+    f.apply(Lanes<false>{}, b, j);
+  } else {
+    f.apply(Lanes<true>(count), b, j);
+  }
+}
+
 template <template <bool> class Lanes, typename F>
 inline void run_rows(const F& f, int64_t row_begin, int64_t row_end) {
   constexpr int64_t width = Lanes<false>::kWidth;
@@ -17,9 +28,7 @@ inline void run_rows(const F& f, int64_t row_begin, int64_t row_end) {
     for (int64_t j = 0; j < full; j += width) {
       f.apply(Lanes<false>{}, b, j);
     }
-    if (full < H) {
-      f.apply(Lanes<true>(static_cast<int>(H - full)), b, full);
-    }
+    if (full < H) apply_units<Lanes>(f, b, full, static_cast<int>(H - full));
   }
 }
 

@@ -185,14 +185,14 @@ inline void tile_product(const float* w, const float* const* rows, int64_t k0, i
 // else in between, so they spin on one cache line (~0.1 us per step where
 // libgomp's barrier costs several, and it costs nothing on one thread); after a
 // while they yield the CPU, for machines with more threads than cores.
+// Called by every thread of the enclosing OpenMP team.
 class StepBarrier {
  public:
-  void set_threads(int threads) { threads_ = threads; }
-
   void wait() {
-    if (threads_ <= 1) return;
+    const int threads = omp_get_num_threads();
+    if (threads <= 1) return;
     const unsigned generation = generation_.load(std::memory_order_acquire);
-    if (arrived_.fetch_add(1, std::memory_order_acq_rel) == threads_ - 1) {
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) == threads - 1) {
       arrived_.store(0, std::memory_order_relaxed);
       generation_.store(generation + 1, std::memory_order_release);
       return;
@@ -208,7 +208,6 @@ class StepBarrier {
 
  private:
   static constexpr int kSpins = 1 << 14;
-  int threads_ = 1;
   alignas(64) std::atomic<int> arrived_{0};
   alignas(64) std::atomic<unsigned> generation_{0};
 };
@@ -248,11 +247,7 @@ inline void fused_tile(const F& f, const FusedStepRows& step, const PackedRecurr
       _mm512_mask_storeu_ps(step.product + b * G * H + g * H + j, mask, acc[m][g]);
     }
     if (k1 < K) continue;
-    if (count == 16) {
-      f.apply(Lanes<false>{}, b, j);
-    } else {
-      f.apply(Lanes<true>(count), b, j);
-    }
+    apply_units<Lanes>(f, b, j, count);
     _mm512_mask_storeu_ps(step.h_out + b * H + j, mask,
                           _mm512_maskz_loadu_ps(mask, step.out + b * H + j));
   }
@@ -269,8 +264,6 @@ void fused_steps(const F* steps, const FusedStepRows* rows, int64_t count,
 #pragma omp parallel num_threads(threads)
   {
     const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
-#pragma omp single
-    barrier.set_threads(static_cast<int>(nt));  // (single ends in a barrier)
     const int64_t first = w.tiles * t / nt, last = w.tiles * (t + 1) / nt;
     const int64_t depth = panel_depth(G);
     for (int64_t s = 0; s < count; ++s) {
@@ -331,8 +324,6 @@ void fused_backward(const F* steps, const FusedBackwardRows* rows, int64_t count
 #pragma omp parallel num_threads(threads)
   {
     const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
-#pragma omp single
-    barrier.set_threads(static_cast<int>(nt));  // (single ends in a barrier)
     const int64_t first = w.blocks * t / nt, last = w.blocks * (t + 1) / nt;
     for (int64_t s = 0; s < count; ++s) {
       const FusedBackwardRows& step = rows[s];
@@ -343,11 +334,7 @@ void fused_backward(const F* steps, const FusedBackwardRows* rows, int64_t count
           float* d_h = step.d_h + b * H + j;
           _mm512_mask_storeu_ps(d_h, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, d_h),
                                 _mm512_maskz_loadu_ps(mask, step.grad_output + b * H + j)));
-          if (n == 16) {
-            steps[s].apply(Lanes<false>{}, b, j);
-          } else {
-            steps[s].apply(Lanes<true>(n), b, j);
-          }
+          apply_units<Lanes>(steps[s], b, j, n);
         }
       }
       barrier.wait();

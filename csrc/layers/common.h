@@ -68,16 +68,11 @@ class Schedule {
     if (rows(last) == rows_[0]) {  // every sequence ends at the last step
       return sequence.narrow(0, offset(last), rows(last)).clone();
     }
-    return sequence.index_select(0, final_rows(sequence.device()));
-  }
-
-  // For every batch row, the sequence row of its last step (its final state).
-  at::Tensor final_rows(const at::Device& device) const {
-    std::vector<int64_t> index(rows_.empty() ? 0 : rows_[0]);
+    std::vector<int64_t> index(rows_[0]);  // for every batch row, the row of its last step
     for (int64_t s = 0; s < steps(); ++s) {
       for (int64_t b = 0; b < rows(s); ++b) index[b] = offset(s) + b;
     }
-    return at::tensor(index, at::TensorOptions().dtype(at::kLong)).to(device);
+    return sequence.index_select(0, index_tensor(index, sequence.device()));
   }
 
   // For every row of the sequence, the row holding its previous state: a row of
@@ -92,12 +87,14 @@ class Schedule {
         index[offset(s) + b] = b < before ? offset_prev + b : n + b;
       }
     }
-    const at::Tensor index_t =
-        at::tensor(index, at::TensorOptions().dtype(at::kLong)).to(sequence.device());
-    return at::cat({sequence, initial}, 0).index_select(0, index_t);
+    return at::cat({sequence, initial}, 0).index_select(0, index_tensor(index, sequence.device()));
   }
 
  private:
+  static at::Tensor index_tensor(const std::vector<int64_t>& index, const at::Device& device) {
+    return at::tensor(index, at::TensorOptions().dtype(at::kLong)).to(device);
+  }
+
   bool reverse_;
   std::vector<int64_t> rows_;     // batch size at each time
   std::vector<int64_t> offsets_;  // first row of each time in [N, *]

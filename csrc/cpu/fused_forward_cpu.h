@@ -73,7 +73,10 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched,
   const PackedRecurrent w{packed.data_ptr<float>(), K, H, G, packed.size(0)};
   // The state before and after each step, alternating: a step reads one while
   // it writes the other, so one barrier per step is all the threads need.
-  const at::Tensor states[2] = {h0.clone(at::MemoryFormat::Contiguous), at::empty_like(h0)};
+  // Both start as h0: in reverse over packed input the batch grows, and a row that
+  // joins reads its h0 from whichever buffer the step reads.
+  const at::Tensor states[2] = {h0.clone(at::MemoryFormat::Contiguous),
+                                h0.clone(at::MemoryFormat::Contiguous)};
   const int threads = loop_threads(sz.batch * G * H * K, w.tiles);
 
   using Step = decltype(make_step(int64_t{0}, nullptr, nullptr, nullptr, nullptr));

@@ -29,6 +29,19 @@ def _zeros(module: nn.RNNBase, batch: Any, size: int, like: Tensor) -> Tensor:
     )
 
 
+def _check_packed_args_traced(module: nn.RNNBase, input: Tensor, hx: Tensor, batch_sizes: Tensor) -> None:
+    """check_forward_args for packed input while torch.compile traces: the state's
+    batch must equal batch_sizes[0], which is data to the compiler, so that one
+    comparison is a runtime assert (torch._check) instead of a guard, which would
+    fail the trace. The other checks and messages are torch.nn's."""
+    module.check_input(input, batch_sizes)
+    expected = module.get_expected_hidden_size(input, batch_sizes)
+    if hx.dim() != 3 or hx.size(0) != expected[0] or hx.size(2) != expected[2]:
+        raise RuntimeError(f"Expected hidden size {tuple(expected)}, got {list(hx.size())}")
+    message = f"Expected hidden size ({expected[0]}, batch_sizes[0], {expected[2]}), got another batch size"
+    torch._check(hx.size(1) == expected[1], lambda: message)
+
+
 class _FlatWeights:
     """torch.nn's check that the flat weights still are the module's weights
     (parametrizations, torch.func.functional_call, reassigned parameters), with
@@ -81,7 +94,10 @@ class _SingleStateStack(_FlatWeights):
             sorted_indices = unsorted_indices = None
             if hx is None:
                 hx = _zeros(self, input.size(0) if self.batch_first else input.size(1), self.hidden_size, input)
-        self.check_forward_args(input, hx, batch_sizes)
+        if batch_sizes is not None and torch.compiler.is_compiling():
+            _check_packed_args_traced(self, input, hx, batch_sizes)
+        else:
+            self.check_forward_args(input, hx, batch_sizes)
         output, hidden = self._stack(input, hx, batch_sizes)
         if isinstance(orig_input, PackedSequence):
             packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)

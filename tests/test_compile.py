@@ -12,7 +12,9 @@ import torch
 from torch._dynamo.testing import AotEagerAndRecordGraphs, CompileCounterWithBackend
 
 import rnnfused
-from helpers import CELL_KINDS, INPUT_SIZE, MODULE_KINDS, make_kind_twins
+from torch.nn.utils.rnn import pack_sequence
+
+from helpers import CELL_KINDS, HIDDEN_SIZE, INPUT_SIZE, MODULE_KINDS, make_kind_twins, weighted_sum
 
 # (T, B): lengths and batch sizes that a static compilation would specialise on, one by one
 SHAPES = [(3, 2), (6, 4), (4, 5)]
@@ -94,9 +96,52 @@ def test_compiled_graphs_call_the_fused_ops(device):
     assert targets(backend.bw_graphs).count("rnnfused.gru_layer_backward.default") == 2
 
 
+# lengths of the sequences in a packed batch, one compiled graph for all of them:
+# different batch sizes, total rows, and orders (unsorted, so the state is permuted);
+# no batch of 1, which dynamo specialises on as it does every size of 0 or 1
+PACKED_LENGTHS = [[5, 3, 2], [7, 7, 1, 4], [2, 1], [3, 3, 3, 1, 2]]
+
+
+@pytest.mark.parametrize("kind", MODULE_KINDS)
+def test_compile_module_packed_no_graph_break(kind, device):
+    """A PackedSequence into a fullgraph-compiled module: batch_sizes is data to the
+    compiler (the default state's batch and the state check read batch_sizes[0]), so it
+    traces as an unbacked size and a runtime assert, not a guard; every packed batch
+    reuses the one graph; outputs and gradients equal eager mode, which equals torch.nn."""
+    nn_module, fused = make_kind_twins(kind, device=device, num_layers=2, bidirectional=True)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(fused, fullgraph=True, dynamic=True, backend=counter)
+    frames = []
+    for lengths in PACKED_LENGTHS:
+        seqs = [torch.randn(n, INPUT_SIZE, device=device) for n in lengths]
+        results = {}
+        for name, module in (("nn", nn_module), ("eager", fused), ("compiled", compiled)):
+            leaves = [s.clone().requires_grad_(True) for s in seqs]
+            output, state = module(pack_sequence(leaves, enforce_sorted=False))
+            outs = [output.data, *_outputs(state)]
+            grads = torch.autograd.grad(weighted_sum(outs), [*leaves, *module.parameters()])
+            results[name] = outs + list(grads)
+        for got, eager, want in zip(results["compiled"], results["eager"], results["nn"], strict=True):
+            torch.testing.assert_close(got, eager, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+        frames.append(counter.frame_count)
+    assert frames[0] >= 1 and frames == [frames[0]] * len(PACKED_LENGTHS)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_compile_module_packed_checks_state_batch(kind, device):
+    """A given state whose batch is not batch_sizes[0] still raises under compile."""
+    _, fused = make_kind_twins(kind, device=device)
+    compiled = torch.compile(fused, fullgraph=True, dynamic=True, backend="aot_eager")
+    packed = pack_sequence([torch.randn(n, INPUT_SIZE, device=device) for n in (4, 2, 1)])
+    h0 = torch.zeros(1, 2, HIDDEN_SIZE, device=device)
+    with pytest.raises(RuntimeError, match="batch"):
+        compiled(packed, (h0, h0) if kind == "lstm" else h0)
+
+
 class _Model(torch.nn.Module):
-    """Every kind of recurrent module in one model (dense input: dynamo refuses to trace
-    pack_padded_sequence, and a PackedSequence's batch sizes are data, not shapes)."""
+    """Every kind of recurrent module in one model (dense input: dynamo does not trace
+    pack_padded_sequence; a PackedSequence made outside is tested above)."""
 
     def __init__(self):
         super().__init__()

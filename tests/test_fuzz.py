@@ -28,7 +28,9 @@ pytestmark = pytest.mark.skipif(
 def test_fuzz_ops_and_modules(isa):
     # PYTHONPATH first: `make sanitize` points it at the sanitized build.
     path = [p for p in (os.environ.get("PYTHONPATH"), os.path.dirname(HERE)) if p]
-    env = dict(os.environ, RNNFUSED_CPU_ISA=isa, OMP_NUM_THREADS="1",
+    # MALLOC_PERTURB_: glibc fills every allocation with garbage, so a kernel that
+    # reads memory it never wrote gets garbage, not a lucky earlier tensor's values
+    env = dict(os.environ, RNNFUSED_CPU_ISA=isa, OMP_NUM_THREADS="1", MALLOC_PERTURB_="165",
                PYTHONPATH=os.pathsep.join(path))
     examples = EXAMPLES if isa != "scalar" else EXAMPLES // 3
     proc = subprocess.run(

@@ -9,6 +9,7 @@ forms, default states, checks, PackedSequence sorting) and calls
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -27,6 +28,40 @@ def _zeros(module: nn.RNNBase, batch: Any, size: int, like: Tensor) -> Tensor:
     return torch.zeros(
         module.num_layers * directions, batch, size, dtype=like.dtype, device=like.device
     )
+
+
+def _torch_nn_runs(weights: Any) -> bool:
+    """Whether a call runs torch.nn's own forward instead of the fused ops: under
+    torch.func transforms (grad, vmap, jacrev, ...), which the ops' C++ autograd does
+    not support, and when a weight is a tensor subclass with __torch_function__
+    (Expanded Weights, for per-sample gradients), which torch.nn's _VF calls handle
+    by decomposition. Never while torch.compile traces (its tensors are neither)."""
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._are_functorch_transforms_active() or torch._C._has_torch_function(weights)
+
+
+def _fx_leaf(module: nn.Module, input: Any, hx: Any) -> Any:
+    """Under torch.fx.symbolic_trace: one call_module node, as fx makes for torch.nn's
+    own modules (its tracer keeps modules from torch.nn whole; an rnnfused module
+    would be traced into, and its input checks are control flow on a Proxy). The
+    traced GraphModule then calls the module, on the fused kernels. None otherwise."""
+    if not isinstance(input, torch.fx.Proxy):
+        return None
+    tracer = input.tracer
+    args = (input,) if hx is None else (input, hx)
+    return tracer.create_proxy("call_module", tracer.path_of_module(module), args, {})
+
+
+class _ScriptsAsTorchNN:
+    """torch.jit.script compiles torch.nn's class over the same parameters
+    (TorchScript cannot compile the fused forward; scripting is deprecated and runs
+    torch.nn's kernels, not rnnfused's)."""
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        twin = copy.copy(self)
+        twin.__class__ = next(cls for cls in type(self).__mro__ if cls in _TWINS)
+        return twin
 
 
 def _check_packed_args_traced(module: nn.RNNBase, input: Tensor, hx: Tensor, batch_sizes: Tensor) -> None:
@@ -59,13 +94,18 @@ class _FlatWeights:
         return False
 
 
-class _SingleStateStack(_FlatWeights):
+class _SingleStateStack(_FlatWeights, _ScriptsAsTorchNN):
     """forward() of RNN and GRU: one state tensor hx [L*D, B, H]."""
 
     _dim_error: str  # torch.nn's wording differs between RNN and GRU
 
     def forward(self, input, hx=None):
+        traced = _fx_leaf(self, input, hx)
+        if traced is not None:
+            return traced
         self._update_flat_weights()
+        if _torch_nn_runs(self._flat_weights):
+            return super().forward(input, hx)
         orig_input = input
         if isinstance(orig_input, PackedSequence):
             input, batch_sizes, sorted_indices, unsorted_indices = input
@@ -135,11 +175,16 @@ class GRU(_SingleStateStack, nn.GRU):
         )
 
 
-class LSTM(_FlatWeights, nn.LSTM):
+class LSTM(_FlatWeights, _ScriptsAsTorchNN, nn.LSTM):
     """torch.nn.LSTM on fused kernels, projections included. Same arguments and results."""
 
     def forward(self, input, hx=None):
+        traced = _fx_leaf(self, input, hx)
+        if traced is not None:
+            return traced
         self._update_flat_weights()
+        if _torch_nn_runs(self._flat_weights):
+            return super().forward(input, hx)
         orig_input = input
         batch_sizes = None
         real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
@@ -208,10 +253,15 @@ def _cell_input(name: str, input: Tensor, hiddens: tuple[tuple[str, Tensor], ...
     return input.dim() == 2
 
 
-class RNNCell(nn.RNNCell):
+class RNNCell(_ScriptsAsTorchNN, nn.RNNCell):
     """torch.nn.RNNCell on the fused kernels."""
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        traced = _fx_leaf(self, input, hx)
+        if traced is not None:
+            return traced
+        if _torch_nn_runs((self.weight_ih, self.weight_hh)):
+            return super().forward(input, hx)
         is_batched = _cell_input("RNNCell", input, () if hx is None else (("hidden", hx),))
         if not is_batched:
             input = input.unsqueeze(0)
@@ -227,10 +277,15 @@ class RNNCell(nn.RNNCell):
         return h if is_batched else h.squeeze(0)
 
 
-class LSTMCell(nn.LSTMCell):
+class LSTMCell(_ScriptsAsTorchNN, nn.LSTMCell):
     """torch.nn.LSTMCell on the fused kernels."""
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        traced = _fx_leaf(self, input, hx)
+        if traced is not None:
+            return traced
+        if _torch_nn_runs((self.weight_ih, self.weight_hh)):
+            return super().forward(input, hx)
         labelled = () if hx is None else tuple((f"hx[{i}]", h) for i, h in enumerate(hx))
         is_batched = _cell_input("LSTMCell", input, labelled)
         if not is_batched:
@@ -244,10 +299,15 @@ class LSTMCell(nn.LSTMCell):
         return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
 
 
-class GRUCell(nn.GRUCell):
+class GRUCell(_ScriptsAsTorchNN, nn.GRUCell):
     """torch.nn.GRUCell on the fused kernels."""
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        traced = _fx_leaf(self, input, hx)
+        if traced is not None:
+            return traced
+        if _torch_nn_runs((self.weight_ih, self.weight_hh)):
+            return super().forward(input, hx)
         is_batched = _cell_input("GRUCell", input, () if hx is None else (("hidden", hx),))
         if not is_batched:
             input = input.unsqueeze(0)

@@ -1,0 +1,101 @@
+"""The rest of PyTorch's module machinery over the rnnfused modules, as over torch.nn's:
+torch.func transforms (grad over functional_call), Expanded Weights (per-sample
+gradients), torch.fx.symbolic_trace, torch.jit.script.
+
+torch.func and Expanded Weights run torch.nn's own forward (the fused ops' C++ autograd
+has no functorch rules); fx keeps the module whole, as it does torch.nn's, so the traced
+GraphModule runs the fused kernels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.func import functional_call, grad
+from torch.nn.utils._per_sample_grad import call_for_per_sample_grads
+
+import rnnfused
+from helpers import (CELL_KINDS, INPUT_SIZE, MODULE_KINDS, SEQ_LEN, make_kind_twins,
+                     weighted_sum)
+
+BATCH = 3
+
+
+def _first(result):
+    """The output tensor of a module or cell result (h for LSTMCell)."""
+    return result[0] if isinstance(result, tuple) else result
+
+
+def _input(kind, dtype=torch.float32):
+    shape = (BATCH, INPUT_SIZE) if kind in CELL_KINDS else (SEQ_LEN, BATCH, INPUT_SIZE)
+    return torch.randn(shape, dtype=dtype)
+
+
+@pytest.mark.parametrize("kind", MODULE_KINDS + CELL_KINDS)
+def test_func_grad_over_functional_call(kind):
+    """torch.func.grad of a loss over functional_call equals autograd's gradients."""
+    _, fused = make_kind_twins(kind)
+    x = _input(kind)
+    params = dict(fused.named_parameters())
+
+    def loss(p):
+        return weighted_sum([_first(functional_call(fused, p, (x,)))])
+
+    grads = grad(loss)(params)
+    expected = torch.autograd.grad(loss(params), list(params.values()))
+    for name, want in zip(params, expected, strict=True):
+        torch.testing.assert_close(grads[name], want, atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["rnn_tanh", "lstm", "gru"])
+def test_per_sample_gradients_with_expanded_weights(kind):
+    """call_for_per_sample_grads: each parameter's grad_sample[i] is the gradient of
+    sample i's loss alone (float64: torch.nn's LSTM decomposition takes oneDNN, which
+    Expanded Weights refuses, in float32 on the CPU)."""
+    _, fused = make_kind_twins(kind, dtype=torch.float64, batch_first=True)
+    x = torch.randn(BATCH, SEQ_LEN, INPUT_SIZE, dtype=torch.float64)
+    call_for_per_sample_grads(fused)(x)[0].sum().backward()
+    for i in range(BATCH):
+        expected = torch.autograd.grad(fused(x[i : i + 1])[0].sum(), list(fused.parameters()))
+        for param, want in zip(fused.parameters(), expected, strict=True):
+            torch.testing.assert_close(param.grad_sample[i], want, atol=1e-10, rtol=1e-8)
+
+
+class _Model(torch.nn.Module):
+    def __init__(self, kind):
+        super().__init__()
+        self.recurrent = make_kind_twins(kind)[1]
+        self.head = torch.nn.Linear(getattr(self.recurrent, "proj_size", 0) or self.recurrent.hidden_size, 1)
+        self.returns_tuple = kind not in ("rnn_tanh_cell", "rnn_relu_cell", "gru_cell")
+
+    def forward(self, x):
+        out = self.recurrent(x)  # a Proxy while fx traces: no isinstance on it
+        if self.returns_tuple:
+            out = out[0]
+        return self.head(out)
+
+
+@pytest.mark.parametrize("kind", MODULE_KINDS + CELL_KINDS)
+def test_fx_symbolic_trace_keeps_the_module_whole(kind):
+    model = _Model(kind)
+    x = _input(kind)
+    expected = model(x)
+    traced = torch.fx.symbolic_trace(model)
+    calls = [n.target for n in traced.graph.nodes if n.op == "call_module"]
+    assert calls == ["recurrent", "head"], calls
+    torch.testing.assert_close(traced(x), expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("kind", CELL_KINDS)
+def test_jit_script_cell_runs_torch_nn_twin(kind):
+    """torch.jit.script compiles torch.nn's class over the same parameters."""
+    nn_cell, fused = make_kind_twins(kind)
+    scripted = torch.jit.script(fused)
+    assert type(fused) is getattr(rnnfused, type(nn_cell).__name__)  # the module itself unchanged
+    assert {n: p for n, p in scripted.named_parameters()}.keys() == dict(fused.named_parameters()).keys()
+    x = _input(kind)
+    for got, want in zip(_outputs(scripted(x)), _outputs(nn_cell(x)), strict=True):
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def _outputs(result):
+    return list(result) if isinstance(result, tuple) else [result]

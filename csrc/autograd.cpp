@@ -86,6 +86,13 @@ class ArgGrads {
 
 bool graph_backward() { return at::GradMode::is_enabled(); }
 
+// Autograd leaves the gradient of an unused output undefined (the Functions turn
+// off materialize_grads: materialising would also zero-fill the non-differentiable
+// workspace outputs, [N, 4H] per backward). The backward ops take zeros there.
+Tensor grad_or_zeros(const Tensor& grad, const Tensor& like) {
+  return grad.defined() ? grad : at::zeros(like.sizes(), like.options());
+}
+
 // ------------------------------------------------------------------ LSTM
 // Arguments: 0 input, 1 batch_sizes, 2 hx, 3 cx, 4 w_ih, 5 w_hh, 6 b_ih, 7 b_hh,
 // 8 w_hr, 9 reverse, 10 need_workspace.
@@ -118,11 +125,15 @@ struct LstmLayer : torch::autograd::Function<LstmLayer> {
                             value_of(b_hh), value_of(w_hr), output, gates, cells});
     ctx->saved_data["reverse"] = reverse;
     ctx->mark_non_differentiable({gates, cells});
+    ctx->set_materialize_grads(false);
     return {output, h_n, c_n, gates, cells};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list s = ctx->get_saved_variables();
+    // output [N, P] like the saved output, h_n [B, P] like hx, c_n [B, H] like cx
+    grads = {grad_or_zeros(grads[0], s[9]), grad_or_zeros(grads[1], s[2]),
+             grad_or_zeros(grads[2], s[3])};
     const OptTensor batch_sizes = optional_of(s[1]), b_ih = optional_of(s[6]),
                     b_hh = optional_of(s[7]), w_hr = optional_of(s[8]);
     const bool reverse = ctx->saved_data["reverse"].toBool();
@@ -178,11 +189,13 @@ struct GruLayer : torch::autograd::Function<GruLayer> {
                             value_of(b_hh), output, workspace});
     ctx->saved_data["reverse"] = reverse;
     ctx->mark_non_differentiable({workspace});
+    ctx->set_materialize_grads(false);
     return {output, h_n, workspace};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list s = ctx->get_saved_variables();
+    grads = {grad_or_zeros(grads[0], s[7]), grad_or_zeros(grads[1], s[2])};  // output, h_n
     const OptTensor batch_sizes = optional_of(s[1]);
     const bool reverse = ctx->saved_data["reverse"].toBool();
     const ArgGrads args(ctx);

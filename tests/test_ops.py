@@ -184,6 +184,24 @@ def test_gradient_mask(kind, device):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("create_graph", [False, True], ids=["fused", "graph"])
+def test_loss_on_one_output(kind, create_graph, device):
+    """A loss on one output only (the others' gradients arrive undefined and the
+    backward takes zeros for them): every gradient equals the reference's, on the
+    fused backward and on the differentiable one (create_graph)."""
+    args = make_args(kind, True, True, device)
+    leaves = [v for v in args.values() if isinstance(v, torch.Tensor) and v.requires_grad]
+    for which in range(3 if kind.startswith("lstm") else 2):
+        results = []
+        for fn_module in (ops, reference):
+            output = run(kind, fn_module, args, reverse=True)[which]
+            results.append(torch.autograd.grad((output * output).sum(), leaves,
+                                               create_graph=create_graph))
+        for got, want in zip(*results, strict=True):
+            torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_low_precision_runs_fused(kind, dtype, device):
     """float32/bfloat16 (float32 accumulation) stay close to the float64 result."""

@@ -65,6 +65,12 @@ def backend_info(device: torch.device | str | None = None, dtype: torch.dtype | 
 
 
 def _use_fused(input: Tensor) -> bool:
+    # backend_for's answer without building a torch.device (a cell step calls this)
+    device_type = "cpu" if input.is_cpu else "cuda" if input.is_cuda else None
+    if device_type is not None and not _force_reference and _KERNELS[device_type] and (
+        input.dtype in _FUSED_DTYPES[device_type]
+    ):
+        return True
     if backend_for(input.device, input.dtype) == "fused":
         return True
     key = (input.device.type, input.dtype)
@@ -378,27 +384,32 @@ def rnn(
 
 
 def _check_cell(input: Tensor, hiddens: Sequence[Tensor], w_ih: Tensor, w_hh: Tensor) -> None:
-    """ATen's checks in _VF.*_cell, with its messages."""
-    if input.size(1) != w_ih.size(1):
+    """ATen's checks in _VF.*_cell, with its messages. (Shapes read once: a cell
+    step in a Python loop pays for every attribute read here.)"""
+    batch, features = input.shape
+    state_features = w_hh.shape[1]
+    if features != w_ih.shape[1]:
         raise RuntimeError(
-            f"input has inconsistent input_size: got {input.size(1)} expected {w_ih.size(1)}"
+            f"input has inconsistent input_size: got {features} expected {w_ih.shape[1]}"
         )
     for label, hidden in enumerate(hiddens):
-        if input.size(0) != hidden.size(0):
+        hidden_shape = hidden.shape
+        if batch != hidden_shape[0]:
             raise RuntimeError(
-                f"Input batch size {input.size(0)} doesn't match hidden{label} batch size "
-                f"{hidden.size(0)}"
+                f"Input batch size {batch} doesn't match hidden{label} batch size "
+                f"{hidden_shape[0]}"
             )
-        if hidden.size(1) != w_hh.size(1):
+        if hidden_shape[1] != state_features:
             raise RuntimeError(
-                f"hidden{label} has inconsistent hidden_size: got {hidden.size(1)}, "
-                f"expected {w_hh.size(1)}"
+                f"hidden{label} has inconsistent hidden_size: got {hidden_shape[1]}, "
+                f"expected {state_features}"
             )
     _check_same_dtype(input, w_ih)
     for hidden in hiddens:
         _check_same_dtype(hidden, w_hh)
+    device = input.device
     for t in (*hiddens, w_ih, w_hh):
-        if t.device != input.device:
+        if t.device != device:
             raise RuntimeError(
                 "Expected all tensors to be on the same device, but found at least two devices, "
                 f"{input.device} and {t.device}!"

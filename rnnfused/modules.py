@@ -243,14 +243,26 @@ class LSTM(_FlatWeights, _ScriptsAsTorchNN, nn.LSTM):
 _dynamo.allow_tracing((RNN, GRU, LSTM))
 
 
-def _cell_input(name: str, input: Tensor, hiddens: tuple[tuple[str, Tensor], ...]) -> bool:
+def _cell_input(name: str, input: Tensor, hiddens: tuple[Tensor, ...], labels: tuple[str, ...]) -> bool:
     """torch.nn's dimension checks of a cell; returns whether the input is batched."""
-    if input.dim() not in (1, 2):
-        raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
-    for label, hidden in hiddens:
+    dim = input.dim()
+    if dim not in (1, 2):
+        raise ValueError(f"{name}: Expected input to be 1D or 2D, got {dim}D instead")
+    for label, hidden in zip(labels, hiddens):
         if hidden.dim() not in (1, 2):
             raise ValueError(f"{name}: Expected {label} to be 1D or 2D, got {hidden.dim()}D instead")
-    return input.dim() == 2
+    return dim == 2
+
+
+def _cell_weights(cell: nn.RNNCellBase) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """(weight_ih, weight_hh, bias_ih, bias_hh), read from `_parameters` where they
+    are plain parameters (a fraction of nn.Module.__getattr__'s cost, paid per step),
+    through getattr where a parametrization or functional_call supplies them."""
+    params = cell._parameters
+    w_ih, w_hh = params.get("weight_ih"), params.get("weight_hh")
+    if w_ih is None or w_hh is None or "bias_ih" not in params or "bias_hh" not in params:
+        return cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh
+    return w_ih, w_hh, params["bias_ih"], params["bias_hh"]
 
 
 class RNNCell(_ScriptsAsTorchNN, nn.RNNCell):
@@ -260,9 +272,10 @@ class RNNCell(_ScriptsAsTorchNN, nn.RNNCell):
         traced = _fx_leaf(self, input, hx)
         if traced is not None:
             return traced
-        if _torch_nn_runs((self.weight_ih, self.weight_hh)):
+        w_ih, w_hh, b_ih, b_hh = _cell_weights(self)
+        if _torch_nn_runs((w_ih, w_hh)):
             return super().forward(input, hx)
-        is_batched = _cell_input("RNNCell", input, () if hx is None else (("hidden", hx),))
+        is_batched = _cell_input("RNNCell", input, () if hx is None else (hx,), ("hidden",))
         if not is_batched:
             input = input.unsqueeze(0)
         if hx is None:
@@ -271,9 +284,7 @@ class RNNCell(_ScriptsAsTorchNN, nn.RNNCell):
             hx = hx.unsqueeze(0)
         if self.nonlinearity not in ("tanh", "relu"):
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
-        h = RF.rnn_cell(
-            input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity
-        )
+        h = RF.rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, self.nonlinearity)
         return h if is_batched else h.squeeze(0)
 
 
@@ -284,10 +295,10 @@ class LSTMCell(_ScriptsAsTorchNN, nn.LSTMCell):
         traced = _fx_leaf(self, input, hx)
         if traced is not None:
             return traced
-        if _torch_nn_runs((self.weight_ih, self.weight_hh)):
+        w_ih, w_hh, b_ih, b_hh = _cell_weights(self)
+        if _torch_nn_runs((w_ih, w_hh)):
             return super().forward(input, hx)
-        labelled = () if hx is None else tuple((f"hx[{i}]", h) for i, h in enumerate(hx))
-        is_batched = _cell_input("LSTMCell", input, labelled)
+        is_batched = _cell_input("LSTMCell", input, () if hx is None else hx, ("hx[0]", "hx[1]"))
         if not is_batched:
             input = input.unsqueeze(0)
         if hx is None:
@@ -295,7 +306,7 @@ class LSTMCell(_ScriptsAsTorchNN, nn.LSTMCell):
             hx = (zeros, zeros)
         elif not is_batched:
             hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
-        h, c = RF.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        h, c = RF.lstm_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
         return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
 
 
@@ -306,16 +317,17 @@ class GRUCell(_ScriptsAsTorchNN, nn.GRUCell):
         traced = _fx_leaf(self, input, hx)
         if traced is not None:
             return traced
-        if _torch_nn_runs((self.weight_ih, self.weight_hh)):
+        w_ih, w_hh, b_ih, b_hh = _cell_weights(self)
+        if _torch_nn_runs((w_ih, w_hh)):
             return super().forward(input, hx)
-        is_batched = _cell_input("GRUCell", input, () if hx is None else (("hidden", hx),))
+        is_batched = _cell_input("GRUCell", input, () if hx is None else (hx,), ("hidden",))
         if not is_batched:
             input = input.unsqueeze(0)
         if hx is None:
             hx = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
         elif not is_batched:
             hx = hx.unsqueeze(0)
-        h = RF.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        h = RF.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
         return h if is_batched else h.squeeze(0)
 
 

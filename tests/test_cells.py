@@ -123,3 +123,23 @@ def test_cell_double_conversion(kind, device):
     xs = torch.randn(3, 2, INPUT_SIZE, device=device, dtype=torch.float64)
     assert_results_equal(run_cell_loop(fused, xs, None), run_cell_loop(ref, xs, None),
                          torch.float64, context=kind)
+
+
+@KIND
+def test_cell_parametrized_weight(kind, device):
+    """weight_norm on weight_hh (not a plain parameter: the forward reads it through
+    the parametrization): outputs and the gradient of the parametrization's
+    parameters equal torch.nn's under the same parametrization."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    ref, fused = make_kind_twins(kind, device=device, dtype=torch.float64)
+    ref, fused = weight_norm(ref, "weight_hh"), weight_norm(fused, "weight_hh")
+    x = torch.randn(3, INPUT_SIZE, device=device, dtype=torch.float64)
+    results = []
+    for cell in (ref, fused):
+        out = cell(x)
+        out = out[0] if isinstance(out, tuple) else out
+        original = cell.parametrizations.weight_hh.original0
+        results.append((out, *torch.autograd.grad(out.square().sum(), [original])))
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want, **tolerances(torch.float64))

@@ -90,7 +90,8 @@ bool graph_backward() { return at::GradMode::is_enabled(); }
 // off materialize_grads: materialising would also zero-fill the non-differentiable
 // workspace outputs, [N, 4H] per backward). The backward ops take zeros there.
 Tensor grad_or_zeros(const Tensor& grad, const Tensor& like) {
-  return grad.defined() ? grad : at::zeros(like.sizes(), like.options());
+  // sym_sizes: under torch.compile the sizes are symbolic (sizes() would specialise them)
+  return grad.defined() ? grad : at::zeros_symint(like.sym_sizes(), like.options());
 }
 
 // ------------------------------------------------------------------ LSTM

@@ -55,6 +55,16 @@ TORCH_LIBRARY(rnnfused, m) {
       "_rnn_layer_backward_graph(Tensor grad_output, Tensor grad_h_n, Tensor input, "
       "Tensor? batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
       "bool relu, bool reverse, bool[] needs) -> Tensor[]");
+  // Both directions of a bidirectional layer on a thread each (csrc/directions.cpp):
+  // the layer op per direction, weights (w_ih, w_hh, b_ih, b_hh[, w_hr]) and states
+  // (hx[, cx]) of the forward direction first; returns each direction's
+  // (output, h_n[, c_n]). Eager CPU only: rnnfused.functional decides when.
+  m.def(
+      "_lstm_layer_pair(Tensor input, Tensor? batch_sizes, Tensor[] states, Tensor?[] weights, "
+      "bool need_workspace) -> Tensor[]");
+  m.def(
+      "_gru_layer_pair(Tensor input, Tensor? batch_sizes, Tensor[] states, Tensor?[] weights, "
+      "bool need_workspace) -> Tensor[]");
   // For the benchmark: the float32 FMA ceiling of `threads` threads in GFLOP/s
   // (a register-only AVX-512 loop run for `seconds`); 0 where AVX-512 does not run.
   m.def("_cpu_fma_peak_gflops(float seconds, int threads) -> float",

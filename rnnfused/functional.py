@@ -211,6 +211,30 @@ def _onednn_lstm(input: Tensor, batch_sizes: Tensor | None, projected: bool) -> 
 LayerFn = Callable[[Tensor, "Tensor | None", tuple, Sequence[Tensor], bool], tuple[Tensor, tuple]]
 
 
+# pair(input, batch_sizes, [states per direction], [weights per direction])
+#   -> [(output, final states tuple) per direction], or None
+PairFn = Callable[[Tensor, "Tensor | None", list, list], "list | None"]
+
+# One direction's W_hh in floats up to which both directions run at once, a thread
+# each: 1 MB, half of one core's L2 here. Larger, each direction on every thread
+# holds only its share of W_hh per core, which is faster.
+_PAIR_MAX_RECURRENT = 1 << 18
+
+
+def _directions_together(input: Tensor, w_hh: Tensor) -> bool:
+    """Whether both directions of a layer run at once, a thread each
+    (csrc/directions.cpp): eager CPU float32 on 2+ threads, W_hh small enough, and
+    nothing that would run Python inside the threads (modes, tensor subclasses)."""
+    if torch.compiler.is_compiling():  # a traced graph keeps one op per direction
+        return False
+    return (
+        input.is_cpu and input.dtype == torch.float32 and type(input) is Tensor
+        and w_hh.numel() <= _PAIR_MAX_RECURRENT and torch.get_num_threads() >= 2
+        and not torch._C._is_torch_function_mode_enabled()
+        and torch._C._len_torch_dispatch_stack() == 0
+    )
+
+
 def _run_stack(
     layer: LayerFn,
     input: Tensor,
@@ -222,11 +246,13 @@ def _run_stack(
     train: bool,
     bidirectional: bool,
     batch_first: bool,
+    pair: PairFn | None = None,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """Runs the layers over time, both directions of a layer on the same input
     with outputs concatenated (reverse last), dropout between layers in training
     as torch.nn does it (torch.dropout on each non-last layer's output).
-    states: each [num_layers * directions, B, *]."""
+    states: each [num_layers * directions, B, *]. pair: runs both directions of a
+    layer together, or returns None to leave them to `layer` one after the other."""
     directions = 2 if bidirectional else 1
     per_layer = len(flat_weights) // (num_layers * directions)
     if batch_first and batch_sizes is None:
@@ -234,13 +260,19 @@ def _run_stack(
     finals: list[list[Tensor]] = [[] for _ in states]
     layer_input = input
     for index in range(num_layers):
+        slots = [index * directions + direction for direction in range(directions)]
+        layer_states = [tuple(s[slot] for s in states) for slot in slots]
+        layer_weights = [flat_weights[slot * per_layer : (slot + 1) * per_layer] for slot in slots]
+        results = None
+        if pair is not None and directions == 2:
+            results = pair(layer_input, batch_sizes, layer_states, layer_weights)
+        if results is None:
+            results = [
+                layer(layer_input, batch_sizes, layer_states[d], layer_weights[d], d == 1)
+                for d in range(directions)
+            ]
         outputs = []
-        for direction in range(directions):
-            slot = index * directions + direction
-            weights = flat_weights[slot * per_layer : (slot + 1) * per_layer]
-            output, final = layer(
-                layer_input, batch_sizes, tuple(s[slot] for s in states), weights, direction == 1
-            )
+        for output, final in results:
             outputs.append(output)
             for collected, state in zip(finals, final):
                 collected.append(state)
@@ -300,9 +332,14 @@ def lstm(
         output, h_n, c_n = fn(x, batch_sizes, states[0], states[1], w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
         return output, (h_n, c_n)
 
+    def pair(x, batch_sizes, states, weights):
+        if not (fused and _directions_together(x, weights[0][1])):
+            return None
+        return ops.lstm_layer_pair(x, batch_sizes, states, [_split_weights(w, has_biases) for w in weights])
+
     output, (h_n, c_n) = _run_stack(
         layer, input, batch_sizes, tuple(hx), flat_weights, num_layers, dropout, train,
-        bidirectional, batch_first,
+        bidirectional, batch_first, pair,
     )
     if low is not None:
         return output.to(h_dtype), h_n.to(h_dtype), c_n.to(c_dtype)
@@ -336,9 +373,16 @@ def gru(
         output, h_n = fn(x, batch_sizes, states[0], w_ih, w_hh, b_ih, b_hh, reverse)
         return output, (h_n,)
 
+    def pair(x, batch_sizes, states, weights):
+        if not (fused and _directions_together(x, weights[0][1])):
+            return None
+        return ops.gru_layer_pair(
+            x, batch_sizes, states, [_split_weights(w, has_biases)[:4] for w in weights]
+        )
+
     output, (h_n,) = _run_stack(
         layer, input, batch_sizes, (hx,), flat_weights, num_layers, dropout, train,
-        bidirectional, batch_first,
+        bidirectional, batch_first, pair,
     )
     if low is not None:
         return output.to(h_dtype), h_n.to(h_dtype)

@@ -403,3 +403,24 @@ def test_functional_call_and_reassigned_weights_are_seen(name):
     for module in (ref, fused):
         module.weight_hh_l0 = torch.nn.Parameter(swapped["weight_hh_l0"].clone())
     torch.testing.assert_close(fused(x)[0], ref(x)[0])
+
+
+@pytest.mark.parametrize("form", ["batched", "packed_unsorted"])
+@pytest.mark.parametrize("name", ["LSTM", "GRU"])
+def test_bidirectional_directions_run_together(name, form, monkeypatch):
+    """Eager CPU float32 bidirectional layers run both directions at once, a thread
+    each (csrc/directions.cpp, through ops.*_layer_pair): outputs, states and every
+    gradient equal torch.nn's, and the pair op ran once per layer."""
+    from rnnfused import ops
+
+    wrapper = f"{name.lower()}_layer_pair"
+    pair, calls = getattr(ops, wrapper), []
+    monkeypatch.setattr(ops, wrapper, lambda *args: calls.append(1) or pair(*args))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the pair runs from 2 threads on
+    try:
+        ref, fused = make_twins(name, 5, 24, num_layers=2, bidirectional=True)
+        compare_modules(ref, fused, form, True, "cpu", torch.float32)
+    finally:
+        torch.set_num_threads(threads)
+    assert calls and len(calls) % 2 == 0, calls  # two layers per forward

@@ -7,6 +7,8 @@
 // Inside the two-thread region every inner parallel construct runs on its own
 // thread: OpenMP does not nest by default, at::parallel_for runs inline in a
 // parallel region, and MKL runs sequentially when called from one.
+#include <Python.h>
+
 #include <ATen/ThreadLocalState.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <omp.h>
@@ -26,6 +28,19 @@ c10::TypedOperatorHandle<Signature> op_handle(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
 }
 
+// Called from Python, the caller's thread holds the GIL: released for the region,
+// so that whatever in either thread needs Python takes it instead of finding it
+// held by a thread that waits for the region to end.
+struct GilReleased {
+  PyThreadState* state = Py_IsInitialized() && PyGILState_Check() ? PyEval_SaveThread() : nullptr;
+  GilReleased() = default;
+  GilReleased(const GilReleased&) = delete;
+  GilReleased& operator=(const GilReleased&) = delete;
+  ~GilReleased() {
+    if (state != nullptr) PyEval_RestoreThread(state);
+  }
+};
+
 // Runs run(0) and run(1) on two threads (one after the other if OpenMP gives one),
 // each under the caller's thread-local state (grad mode, autocast, dispatch keys);
 // rethrows the first direction's error.
@@ -33,6 +48,7 @@ template <typename F>
 void run_two(const F& run) {
   const at::ThreadLocalState state;
   std::exception_ptr errors[2];
+  const GilReleased gil;
 #pragma omp parallel num_threads(2)
   {
     const at::ThreadLocalStateGuard guard(state);

@@ -224,7 +224,8 @@ _PAIR_MAX_RECURRENT = 1 << 18
 def _directions_together(input: Tensor, w_hh: Tensor) -> bool:
     """Whether both directions of a layer run at once, a thread each
     (csrc/directions.cpp): eager CPU float32 on 2+ threads, W_hh small enough, and
-    nothing that would run Python inside the threads (modes, tensor subclasses)."""
+    nothing that would run Python inside the threads: modes, tensor subclasses,
+    saved-tensor hooks (activation checkpointing, save_on_cpu), anomaly mode."""
     if torch.compiler.is_compiling():  # a traced graph keeps one op per direction
         return False
     return (
@@ -232,6 +233,8 @@ def _directions_together(input: Tensor, w_hh: Tensor) -> bool:
         and w_hh.numel() <= _PAIR_MAX_RECURRENT and torch.get_num_threads() >= 2
         and not torch._C._is_torch_function_mode_enabled()
         and torch._C._len_torch_dispatch_stack() == 0
+        and torch._C._autograd._top_saved_tensors_default_hooks(False) is None
+        and not torch.is_anomaly_enabled()
     )
 
 

@@ -99,3 +99,50 @@ def test_jit_script_cell_runs_torch_nn_twin(kind):
 
 def _outputs(result):
     return list(result) if isinstance(result, tuple) else [result]
+
+
+@pytest.mark.parametrize("context", ["checkpoint", "checkpoint_reentrant", "save_on_cpu",
+                                     "saved_tensors_hooks", "detect_anomaly"])
+def test_autograd_contexts_over_bidirectional_layers(context):
+    """Activation checkpointing, saved-tensor hooks and anomaly mode run Python while
+    autograd records the layer: a bidirectional layer then keeps both directions on
+    the calling thread (csrc/directions.cpp's two threads would call Python off it).
+    Gradients equal those of a plain call."""
+    from torch.utils.checkpoint import checkpoint
+
+    _, fused = make_kind_twins("lstm", num_layers=2, bidirectional=True)
+    x = torch.randn(SEQ_LEN, BATCH, INPUT_SIZE, requires_grad=True)
+    leaves = [x, *fused.parameters()]
+
+    def gradients(loss):  # backward(): reentrant checkpointing refuses autograd.grad
+        for leaf in leaves:
+            leaf.grad = None
+        loss.backward()
+        return [leaf.grad.clone() for leaf in leaves]
+
+    expected = gradients(weighted_sum([fused(x)[0]]))
+
+    def forward():
+        if context.startswith("checkpoint"):
+            reentrant = context.endswith("reentrant")
+            return checkpoint(lambda t: fused(t)[0], x, use_reentrant=reentrant)
+        if context == "save_on_cpu":
+            with torch.autograd.graph.save_on_cpu():
+                return fused(x)[0]
+        if context == "saved_tensors_hooks":
+            with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
+                return fused(x)[0]
+        return fused(x)[0]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # where the two-thread path would otherwise run
+    try:
+        if context == "detect_anomaly":
+            with torch.autograd.detect_anomaly(check_nan=False):
+                grads = gradients(weighted_sum([forward()]))
+        else:
+            grads = gradients(weighted_sum([forward()]))
+    finally:
+        torch.set_num_threads(threads)
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)

@@ -265,27 +265,47 @@ def _cell_weights(cell: nn.RNNCellBase) -> tuple[Tensor, Tensor, Tensor | None, 
     return w_ih, w_hh, params["bias_ih"], params["bias_hh"]
 
 
-class RNNCell(_ScriptsAsTorchNN, nn.RNNCell):
-    """torch.nn.RNNCell on the fused kernels."""
+class _SingleStateCell(_ScriptsAsTorchNN):
+    """forward() of RNNCell and GRUCell: one state tensor h [B, H]."""
+
+    _name: str  # in torch.nn's messages
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         traced = _fx_leaf(self, input, hx)
         if traced is not None:
             return traced
-        w_ih, w_hh, b_ih, b_hh = _cell_weights(self)
-        if _torch_nn_runs((w_ih, w_hh)):
+        weights = _cell_weights(self)
+        if _torch_nn_runs(weights[:2]):
             return super().forward(input, hx)
-        is_batched = _cell_input("RNNCell", input, () if hx is None else (hx,), ("hidden",))
+        is_batched = _cell_input(self._name, input, () if hx is None else (hx,), ("hidden",))
         if not is_batched:
             input = input.unsqueeze(0)
         if hx is None:
             hx = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
         elif not is_batched:
             hx = hx.unsqueeze(0)
+        h = self._step(input, hx, *weights)
+        return h if is_batched else h.squeeze(0)
+
+
+class RNNCell(_SingleStateCell, nn.RNNCell):
+    """torch.nn.RNNCell on the fused kernels."""
+
+    _name = "RNNCell"
+
+    def _step(self, input: Tensor, hx: Tensor, *weights: Tensor | None) -> Tensor:
         if self.nonlinearity not in ("tanh", "relu"):
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
-        h = RF.rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, self.nonlinearity)
-        return h if is_batched else h.squeeze(0)
+        return RF.rnn_cell(input, hx, *weights, self.nonlinearity)
+
+
+class GRUCell(_SingleStateCell, nn.GRUCell):
+    """torch.nn.GRUCell on the fused kernels."""
+
+    _name = "GRUCell"
+
+    def _step(self, input: Tensor, hx: Tensor, *weights: Tensor | None) -> Tensor:
+        return RF.gru_cell(input, hx, *weights)
 
 
 class LSTMCell(_ScriptsAsTorchNN, nn.LSTMCell):
@@ -308,27 +328,6 @@ class LSTMCell(_ScriptsAsTorchNN, nn.LSTMCell):
             hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
         h, c = RF.lstm_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
         return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
-
-
-class GRUCell(_ScriptsAsTorchNN, nn.GRUCell):
-    """torch.nn.GRUCell on the fused kernels."""
-
-    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
-        traced = _fx_leaf(self, input, hx)
-        if traced is not None:
-            return traced
-        w_ih, w_hh, b_ih, b_hh = _cell_weights(self)
-        if _torch_nn_runs((w_ih, w_hh)):
-            return super().forward(input, hx)
-        is_batched = _cell_input("GRUCell", input, () if hx is None else (hx,), ("hidden",))
-        if not is_batched:
-            input = input.unsqueeze(0)
-        if hx is None:
-            hx = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
-        elif not is_batched:
-            hx = hx.unsqueeze(0)
-        h = RF.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
-        return h if is_batched else h.squeeze(0)
 
 
 _TWINS: dict[type, type] = {

@@ -1,6 +1,6 @@
 // Both directions of a bidirectional layer at the same time, one thread each
 // (rnnfused.functional calls these in eager CPU float32 where it pays; see
-// _run_directions_together there). Each direction is an ordinary call of the
+// _directions_together there). Each direction is an ordinary call of the
 // layer op through the dispatcher, so autograd records it as usual: these ops are
 // CompositeImplicitAutograd, above autograd, and only choose the threads.
 //

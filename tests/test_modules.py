@@ -417,7 +417,7 @@ def test_bidirectional_directions_run_together(name, form, monkeypatch):
     pair, calls = getattr(ops, wrapper), []
     monkeypatch.setattr(ops, wrapper, lambda *args: calls.append(1) or pair(*args))
     threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # the pair runs from 2 threads on
+    torch.set_num_threads(2)  # the pair runs on 2 threads
     try:
         ref, fused = make_twins(name, 5, 24, num_layers=2, bidirectional=True)
         compare_modules(ref, fused, form, True, "cpu", torch.float32)

@@ -4,12 +4,13 @@
 // double backward), the fused backward op, which is not differentiable, gives way
 // to `_<op>_backward_graph`: a Python op (rnnfused/ops.py) that recomputes the
 // layer with rnnfused.reference and differentiates it with the graph kept.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <array>
 #include <vector>
+
+#include "op_handle.h"
 
 namespace rnnfused {
 namespace {
@@ -18,11 +19,6 @@ using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> op_handle(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
 
 Tensor value_of(const OptTensor& t) { return t.has_value() ? *t : Tensor(); }
 OptTensor optional_of(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }

@@ -10,23 +10,19 @@
 #include <Python.h>
 
 #include <ATen/ThreadLocalState.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <omp.h>
 #include <torch/library.h>
 
 #include <exception>
 #include <vector>
 
+#include "op_handle.h"
+
 namespace rnnfused {
 namespace {
 
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
-
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> op_handle(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
 
 // Called from Python, the caller's thread holds the GIL: released for the region,
 // so that whatever in either thread needs Python takes it instead of finding it

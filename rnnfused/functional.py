@@ -212,8 +212,8 @@ LayerFn = Callable[[Tensor, "Tensor | None", tuple, Sequence[Tensor], bool], tup
 
 
 # pair(input, batch_sizes, [states per direction], [weights per direction])
-#   -> [(output, final states tuple) per direction], or None
-PairFn = Callable[[Tensor, "Tensor | None", list, list], "list | None"]
+#   -> [(output, final states tuple) per direction]
+PairFn = Callable[[Tensor, "Tensor | None", list, list], list]
 
 # One direction's W_hh in floats up to which both directions run at once, a thread
 # each: 1 MB, half of one core's L2 here. Larger, each direction on every thread
@@ -257,7 +257,7 @@ def _run_stack(
     with outputs concatenated (reverse last), dropout between layers in training
     as torch.nn does it (torch.dropout on each non-last layer's output).
     states: each [num_layers * directions, B, *]. pair: runs both directions of a
-    layer together, or returns None to leave them to `layer` one after the other."""
+    layer together, where `_directions_together` says it pays (the fused path only)."""
     directions = 2 if bidirectional else 1
     per_layer = len(flat_weights) // (num_layers * directions)
     if batch_first and batch_sizes is None:
@@ -268,10 +268,9 @@ def _run_stack(
         slots = [index * directions + direction for direction in range(directions)]
         layer_states = [tuple(s[slot] for s in states) for slot in slots]
         layer_weights = [flat_weights[slot * per_layer : (slot + 1) * per_layer] for slot in slots]
-        results = None
-        if pair is not None and directions == 2:
+        if pair is not None and directions == 2 and _directions_together(layer_input, layer_weights[0][1]):
             results = pair(layer_input, batch_sizes, layer_states, layer_weights)
-        if results is None:
+        else:
             results = [
                 layer(layer_input, batch_sizes, layer_states[d], layer_weights[d], d == 1)
                 for d in range(directions)
@@ -338,13 +337,11 @@ def lstm(
         return output, (h_n, c_n)
 
     def pair(x, batch_sizes, states, weights):
-        if not (fused and _directions_together(x, weights[0][1])):
-            return None
         return ops.lstm_layer_pair(x, batch_sizes, states, [_split_weights(w, has_biases) for w in weights])
 
     output, (h_n, c_n) = _run_stack(
         layer, input, batch_sizes, tuple(hx), flat_weights, num_layers, dropout, train,
-        bidirectional, batch_first, pair,
+        bidirectional, batch_first, pair if fused else None,
     )
     if low is not None:
         return output.to(h_dtype), h_n.to(h_dtype), c_n.to(c_dtype)
@@ -379,15 +376,13 @@ def gru(
         return output, (h_n,)
 
     def pair(x, batch_sizes, states, weights):
-        if not (fused and _directions_together(x, weights[0][1])):
-            return None
         return ops.gru_layer_pair(
             x, batch_sizes, states, [_split_weights(w, has_biases)[:4] for w in weights]
         )
 
     output, (h_n,) = _run_stack(
         layer, input, batch_sizes, (hx,), flat_weights, num_layers, dropout, train,
-        bidirectional, batch_first, pair,
+        bidirectional, batch_first, pair if fused else None,
     )
     if low is not None:
         return output.to(h_dtype), h_n.to(h_dtype)

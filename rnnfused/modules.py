@@ -77,18 +77,25 @@ def _check_packed_args_traced(module: nn.RNNBase, input: Tensor, hx: Tensor, bat
     torch._check(hx.size(1) == expected[1], lambda: message)
 
 
+_ABSENT = object()
+
+
+def _weight(module: nn.Module, name: str) -> Tensor | None:
+    """module.<name>, read straight from `_parameters` where it is a plain parameter
+    (a fraction of nn.Module.__getattr__'s cost, paid on every call), through getattr
+    where a parametrization or functional_call supplies it; None where absent."""
+    weight = module._parameters.get(name, _ABSENT)  # a parameter registered as None stays None
+    return weight if weight is not _ABSENT else getattr(module, name, None)
+
+
 class _FlatWeights:
     """torch.nn's check that the flat weights still are the module's weights
     (parametrizations, torch.func.functional_call, reassigned parameters), with
-    plain parameters read straight from `_parameters`: the same answer in a
-    fraction of the time of getattr through nn.Module.__getattr__."""
+    plain parameters read through `_weight`."""
 
     def _weights_have_changed(self) -> bool:
-        params = self._parameters
         for ref, name in zip(self._flat_weight_refs, self._flat_weights_names):
-            weight = params.get(name)
-            if weight is None:  # parametrized, swapped in by functional_call, or absent
-                weight = getattr(self, name, None)
+            weight = _weight(self, name)
             if weight is not None and ref is not None and ref() is not weight:
                 return True
         return False
@@ -254,15 +261,10 @@ def _cell_input(name: str, input: Tensor, hiddens: tuple[Tensor, ...], labels: t
     return dim == 2
 
 
-def _cell_weights(cell: nn.RNNCellBase) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-    """(weight_ih, weight_hh, bias_ih, bias_hh), read from `_parameters` where they
-    are plain parameters (a fraction of nn.Module.__getattr__'s cost, paid per step),
-    through getattr where a parametrization or functional_call supplies them."""
-    params = cell._parameters
-    w_ih, w_hh = params.get("weight_ih"), params.get("weight_hh")
-    if w_ih is None or w_hh is None or "bias_ih" not in params or "bias_hh" not in params:
-        return cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh
-    return w_ih, w_hh, params["bias_ih"], params["bias_hh"]
+def _cell_weights(cell: nn.RNNCellBase) -> tuple[Tensor | None, ...]:
+    """(weight_ih, weight_hh, bias_ih, bias_hh), each read through `_weight`."""
+    return (_weight(cell, "weight_ih"), _weight(cell, "weight_hh"), _weight(cell, "bias_ih"),
+            _weight(cell, "bias_hh"))
 
 
 class _SingleStateCell(_ScriptsAsTorchNN):

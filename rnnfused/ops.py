@@ -89,35 +89,37 @@ def lstm_layer(
     return output, h_n, c_n
 
 
-def lstm_layer_pair(
-    input: Tensor, batch_sizes: Tensor | None, states: Sequence[Sequence[Tensor]],
+def _pair_call(
+    op: Any, input: Tensor, batch_sizes: Tensor | None, states: Sequence[Sequence[Tensor]],
     weights: Sequence[Sequence[Tensor | None]],
-) -> list[tuple[Tensor, tuple[Tensor, Tensor]]]:
-    """Both directions of an LSTM layer at once, a thread each (csrc/directions.cpp).
-    states: (hx, cx) per direction; weights: (w_ih, w_hh, b_ih, b_hh, w_hr) per
-    direction, forward first. Returns (output, (h_n, c_n)) per direction."""
+) -> list[tuple[Tensor, tuple[Tensor, ...]]]:
+    """Calls a two-direction op (csrc/directions.cpp) with each direction's states
+    and weights flattened, forward first; returns (output, final states) per direction."""
     flat_states = [*states[0], *states[1]]
     flat_weights = [*weights[0], *weights[1]]
     need_workspace = _backward_follows(input, *flat_states, *flat_weights)
-    r = torch.ops.rnnfused._lstm_layer_pair.default(
-        input, batch_sizes, flat_states, flat_weights, need_workspace
-    )
-    return [(r[0], (r[1], r[2])), (r[3], (r[4], r[5]))]
+    r = op(input, batch_sizes, flat_states, flat_weights, need_workspace)
+    per_direction = len(r) // 2  # output and one final state per state argument
+    return [(r[k], tuple(r[k + 1 : k + per_direction])) for k in (0, per_direction)]
+
+
+def lstm_layer_pair(
+    input: Tensor, batch_sizes: Tensor | None, states: Sequence[Sequence[Tensor]],
+    weights: Sequence[Sequence[Tensor | None]],
+) -> list[tuple[Tensor, tuple[Tensor, ...]]]:
+    """Both directions of an LSTM layer at once, a thread each (csrc/directions.cpp).
+    states: (hx, cx) per direction; weights: (w_ih, w_hh, b_ih, b_hh, w_hr) per
+    direction, forward first. Returns (output, (h_n, c_n)) per direction."""
+    return _pair_call(torch.ops.rnnfused._lstm_layer_pair.default, input, batch_sizes, states, weights)
 
 
 def gru_layer_pair(
     input: Tensor, batch_sizes: Tensor | None, states: Sequence[Sequence[Tensor]],
     weights: Sequence[Sequence[Tensor | None]],
-) -> list[tuple[Tensor, tuple[Tensor]]]:
+) -> list[tuple[Tensor, tuple[Tensor, ...]]]:
     """Both directions of a GRU layer at once; as `lstm_layer_pair`, with states
     (hx,) and weights (w_ih, w_hh, b_ih, b_hh) per direction."""
-    flat_states = [*states[0], *states[1]]
-    flat_weights = [*weights[0], *weights[1]]
-    need_workspace = _backward_follows(input, *flat_states, *flat_weights)
-    r = torch.ops.rnnfused._gru_layer_pair.default(
-        input, batch_sizes, flat_states, flat_weights, need_workspace
-    )
-    return [(r[0], (r[1],)), (r[2], (r[3],))]
+    return _pair_call(torch.ops.rnnfused._gru_layer_pair.default, input, batch_sizes, states, weights)
 
 
 def gru_layer(

@@ -14,7 +14,8 @@ from torch._dynamo.testing import AotEagerAndRecordGraphs, CompileCounterWithBac
 import rnnfused
 from torch.nn.utils.rnn import pack_sequence
 
-from helpers import CELL_KINDS, HIDDEN_SIZE, INPUT_SIZE, MODULE_KINDS, make_kind_twins, weighted_sum
+from helpers import (CELL_KINDS, HIDDEN_SIZE, INPUT_SIZE, MODULE_KINDS, flat_tensors,
+                     make_kind_twins, weighted_sum)
 
 # (T, B): lengths and batch sizes that a static compilation would specialise on, one by one
 SHAPES = [(3, 2), (6, 4), (4, 5)]
@@ -27,17 +28,10 @@ def _fresh_dynamo():
     torch._dynamo.reset()
 
 
-def _outputs(result):
-    """The tensors of a module's result, flattened: output and every state."""
-    if isinstance(result, torch.Tensor):
-        return [result]
-    return [t for part in result for t in _outputs(part)]
-
-
 def _run(module, x):
     """Outputs, and gradients of a weighted sum of them w.r.t. the input and every parameter."""
     x = x.detach().clone().requires_grad_(True)
-    outs = _outputs(module(x))
+    outs = flat_tensors(module(x))
     loss = sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype, device=o.device).view_as(o)).sum()
                for o in outs)
     grads = torch.autograd.grad(loss, [x, *module.parameters()])
@@ -118,7 +112,7 @@ def test_compile_module_packed_no_graph_break(kind, device):
         for name, module in (("nn", nn_module), ("eager", fused), ("compiled", compiled)):
             leaves = [s.clone().requires_grad_(True) for s in seqs]
             output, state = module(pack_sequence(leaves, enforce_sorted=False))
-            outs = [output.data, *_outputs(state)]
+            outs = flat_tensors((output, state))
             grads = torch.autograd.grad(weighted_sum(outs), [*leaves, *module.parameters()])
             results[name] = outs + list(grads)
         for got, eager, want in zip(results["compiled"], results["eager"], results["nn"], strict=True):

@@ -14,8 +14,8 @@ from torch.func import functional_call, grad
 from torch.nn.utils._per_sample_grad import call_for_per_sample_grads
 
 import rnnfused
-from helpers import (CELL_KINDS, INPUT_SIZE, MODULE_KINDS, SEQ_LEN, make_kind_twins,
-                     weighted_sum)
+from helpers import (CELL_KINDS, INPUT_SIZE, MODULE_KINDS, SEQ_LEN, flat_tensors,
+                     make_kind_twins, weighted_sum)
 
 BATCH = 3
 
@@ -93,12 +93,8 @@ def test_jit_script_cell_runs_torch_nn_twin(kind):
     assert type(fused) is getattr(rnnfused, type(nn_cell).__name__)  # the module itself unchanged
     assert {n: p for n, p in scripted.named_parameters()}.keys() == dict(fused.named_parameters()).keys()
     x = _input(kind)
-    for got, want in zip(_outputs(scripted(x)), _outputs(nn_cell(x)), strict=True):
+    for got, want in zip(flat_tensors(scripted(x)), flat_tensors(nn_cell(x)), strict=True):
         torch.testing.assert_close(got, want, atol=0, rtol=0)
-
-
-def _outputs(result):
-    return list(result) if isinstance(result, tuple) else [result]
 
 
 @pytest.mark.parametrize("context", ["checkpoint", "checkpoint_reentrant", "save_on_cpu",

@@ -65,6 +65,9 @@ TORCH_LIBRARY(rnnfused, m) {
   m.def(
       "_gru_layer_pair(Tensor input, Tensor? batch_sizes, Tensor[] states, Tensor?[] weights, "
       "bool need_workspace) -> Tensor[]");
+  // For the tests: out = a @ w^T (+ bias) as the layer ops form their input
+  // projections and per-step products (the device launcher's gemm_nt).
+  m.def("_gemm_nt(Tensor a, Tensor w, Tensor? bias) -> Tensor");
   // For the benchmark: the float32 FMA ceiling of `threads` threads in GFLOP/s
   // (a register-only AVX-512 loop run for `seconds`); 0 where AVX-512 does not run.
   m.def("_cpu_fma_peak_gflops(float seconds, int threads) -> float",

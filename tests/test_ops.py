@@ -371,6 +371,48 @@ def test_float32_tiles(kind, hidden, batch, packed, device):
             torch.testing.assert_close(g.double(), w, atol=1e-4, rtol=1e-4, msg=lambda m: f"{name}: {m}")
 
 
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("rows", [0, 1, 2, 3, 4, 5, 8, 9, 16, 17])
+def test_gemm_nt(rows, bias, device):
+    """The product a @ w^T (+ bias) that the layer ops form their input projections
+    and per-step products with (on the CPU with AVX-512, few rows take the
+    library's own kernels: dot products below 4 rows, w transposed a 32-row panel
+    of 128 columns at a time from 4 rows, two threads from 2^18 multiply-adds):
+    against float64 at widths with partial panels, blocks and vectors, depths past
+    one buffered panel, and K = 0."""
+    torch.manual_seed(rows)
+    for n, k in itertools.product([1, 15, 16, 17, 33, 70], [0, 1, 15, 17, 128, 130, 300]):
+        a = torch.randn(rows, k, device=device)
+        w = torch.randn(n, k, device=device)
+        b = torch.randn(n, device=device) if bias else None
+        got = torch.ops.rnnfused._gemm_nt(a, w, b)
+        want = a.double() @ w.double().t() + (b.double() if bias else 0)
+        torch.testing.assert_close(got.double(), want, atol=1e-4 * (k + 1) ** 0.5, rtol=1e-5,
+                                   msg=lambda m: f"{rows} x {k} x {n}: {m}")
+
+
+def test_gemm_nt_spreads_nan_by_row(device):
+    """A NaN in a row of `a` makes that output row NaN and leaves the others finite,
+    as the BLAS does (the kernels' zero padding must not mix rows or columns)."""
+    for rows in (1, 2, 3, 8):
+        a = torch.randn(rows, 20, device=device)
+        a[rows - 1, 7] = float("nan")
+        out = torch.ops.rnnfused._gemm_nt(a, torch.randn(37, 20, device=device), None)
+        assert out[rows - 1].isnan().all()
+        assert out[: rows - 1].isfinite().all()
+
+
+def test_gemm_nt_bad_arguments_raise(device):
+    gemm = torch.ops.rnnfused._gemm_nt
+    with pytest.raises(RuntimeError, match=r"expected a \[M, K\] and w \[N, K\]"):
+        gemm(torch.randn(2, 3, device=device), torch.randn(4, 5, device=device), None)
+    with pytest.raises(RuntimeError, match=r"expected bias of shape \[4\]"):
+        gemm(torch.randn(2, 3, device=device), torch.randn(4, 3, device=device),
+             torch.randn(5, device=device))
+    with pytest.raises(RuntimeError, match="one dtype"):
+        gemm(torch.randn(2, 3, device=device), torch.randn(4, 3, device=device, dtype=torch.float64), None)
+
+
 @pytest.mark.parametrize("isa", ["avx2", "scalar"])
 def test_other_cpu_kernels(isa):
     """The AVX2 and the one-unit-at-a-time CPU kernels pass the float32 and
@@ -386,7 +428,7 @@ def test_other_cpu_kernels(isa):
         pytest.skip(f"this CPU cannot run {isa} kernels (got {probe.stdout.strip()!r})")
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
-         "-k", "float32_tiles or low_precision or matches_reference"],
+         "-k", "float32_tiles or low_precision or matches_reference or gemm_nt"],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

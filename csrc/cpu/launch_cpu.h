@@ -66,6 +66,29 @@ struct CpuLaunch {
     TORCH_INTERNAL_ASSERT(false, "rnnfused: the fused backward loop runs float32 only");
   }
 
+  // Rows of `a` up to which gemm_nt takes gemm_nt_small_avx512 (measured against
+  // MKL's two-thread NT GEMM at K 64-512, N 256-2048: see simd.h).
+  static constexpr int64_t kSmallGemmRows = 16;
+
+  // out = a @ w^T (+ bias): a [M, K], w [N, K], bias [N] or undefined, out [M, N].
+  static void gemm_nt(at::Tensor out, const at::Tensor& a, const at::Tensor& w,
+                      const at::Tensor& bias) {
+#if defined(__x86_64__)
+    const int64_t M = a.size(0), K = a.size(1);
+    if (out.scalar_type() == at::kFloat && M <= kSmallGemmRows &&
+        cpu::active_isa() == cpu::Isa::kAvx512 && (K <= 1 || a.stride(1) == 1) &&
+        (out.size(1) <= 1 || out.stride(1) == 1) && w.is_contiguous() &&
+        (!bias.defined() || bias.is_contiguous())) {
+      cpu::gemm_nt_small_avx512(M, w.size(0), K, a.data_ptr<float>(), a.stride(0),
+                                w.data_ptr<float>(),
+                                bias.defined() ? bias.data_ptr<float>() : nullptr,
+                                out.data_ptr<float>(), out.stride(0));
+      return;
+    }
+#endif
+    gemm_nt_aten(out, a, w, bias);
+  }
+
   // Elements per task: below this one thread runs the whole step.
   static constexpr int64_t kGrainSize = 16384;
 

@@ -8,6 +8,8 @@
 
 #include <algorithm>
 
+#include "../layers/common.h"
+
 namespace rnnfused {
 
 template <typename Functor>
@@ -35,6 +37,12 @@ struct CudaLaunch {
   template <typename scalar_t, typename... Args>
   static void fused_backward(Args&&...) {
     TORCH_INTERNAL_ASSERT(false, "rnnfused: no fused backward loop on CUDA");
+  }
+
+  // out = a @ w^T (+ bias) on cuBLAS.
+  static void gemm_nt(at::Tensor out, const at::Tensor& a, const at::Tensor& w,
+                      const at::Tensor& bias) {
+    gemm_nt_aten(out, a, w, bias);
   }
 
   static constexpr int kThreads = 256;

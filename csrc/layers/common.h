@@ -100,23 +100,31 @@ class Schedule {
   std::vector<int64_t> offsets_;  // first row of each time in [N, *]
 };
 
-// out = a @ b^T, into an existing buffer. a: [m, k], b: [n, k], out: [m, n].
-inline void matmul_nt(at::Tensor out, const at::Tensor& a, const at::Tensor& b) {
-  at::mm_out(out, a, b.t());
+// out = a @ w^T (+ bias), into an existing buffer, on ATen's GEMM (cuBLAS, the
+// CPU BLAS). a: [m, k], w: [n, k], bias: [n] or undefined, out: [m, n]. Each
+// launcher's gemm_nt runs this or a kernel of its own for the same product.
+inline void gemm_nt_aten(at::Tensor out, const at::Tensor& a, const at::Tensor& w,
+                         const at::Tensor& bias) {
+  if (bias.defined()) {
+    at::addmm_out(out, bias, a, w.t());
+  } else {
+    at::mm_out(out, a, w.t());
+  }
 }
+using GemmNt = void (*)(at::Tensor, const at::Tensor&, const at::Tensor&, const at::Tensor&);
 
 // The input projection x_proj = input @ w_ih^T + bias, formed a chunk of steps
 // at a time as the loop reaches them: a GEMM of ~kChunkRows rows each, its
 // result still in cache when the steps read it, and memory independent of T.
-//   input: [N, I], w_ih: [G*H, I], bias: [G*H] or undefined.
+//   input: [N, I], w_ih: [G*H, I], bias: [G*H] or undefined; gemm: the launcher's gemm_nt.
 template <typename scalar_t>
 class ProjectedInput {
  public:
   static constexpr int64_t kChunkRows = 512;
 
   ProjectedInput(const Schedule& sched, const at::Tensor& input, const at::Tensor& w_ih,
-                 const at::Tensor& bias)
-      : sched_(sched), input_(input), w_ih_(w_ih), bias_(bias) {
+                 const at::Tensor& bias, GemmNt gemm)
+      : sched_(sched), input_(input), w_ih_(w_ih), bias_(bias), gemm_(gemm) {
     int64_t widest = 0;
     for (int64_t s = 0; s < sched.steps(); ++s) widest = std::max(widest, sched.rows(s));
     buffer_ = at::empty({std::max(widest, std::min(kChunkRows, input.size(0))), w_ih.size(0)},
@@ -143,13 +151,7 @@ class ProjectedInput {
       lo = l;
       hi = h;
     }
-    at::Tensor out = buffer_.narrow(0, 0, hi - lo);
-    const at::Tensor rows = input_.narrow(0, lo, hi - lo);
-    if (bias_.defined()) {
-      at::addmm_out(out, bias_, rows, w_ih_.t());
-    } else {
-      at::mm_out(out, rows, w_ih_.t());
-    }
+    gemm_(buffer_.narrow(0, 0, hi - lo), input_.narrow(0, lo, hi - lo), w_ih_, bias_);
     first_row_ = lo;
     chunk_end_ = end;
   }
@@ -158,20 +160,27 @@ class ProjectedInput {
   const at::Tensor& input_;
   const at::Tensor& w_ih_;
   const at::Tensor& bias_;
+  GemmNt gemm_;
   at::Tensor buffer_;
   int64_t first_row_ = 0;
   int64_t chunk_end_ = 0;
 };
 
-// The sum of the biases that enter the pre-activations together (RNN, LSTM).
-inline at::Tensor combined_bias(const std::optional<at::Tensor>& b_ih,
-                                const std::optional<at::Tensor>& b_hh) {
-  const bool has_ih = b_ih.has_value() && b_ih->defined();
-  const bool has_hh = b_hh.has_value() && b_hh->defined();
-  if (has_ih && has_hh) return *b_ih + *b_hh;
-  if (has_ih) return *b_ih;
-  if (has_hh) return *b_hh;
-  return at::Tensor();
+// The biases of a layer whose pre-activations take both (RNN, LSTM). Over many
+// steps b_ih + b_hh rides on the input projection, summed once; a single step (a
+// cell) puts b_ih on the input projection and b_hh on the recurrent product,
+// which saves the sum and its allocation.
+struct SummedBiases {
+  at::Tensor input, recurrent;  // either may be undefined
+};
+
+inline SummedBiases summed_biases(const Schedule& sched, const std::optional<at::Tensor>& b_ih,
+                                  const std::optional<at::Tensor>& b_hh) {
+  const at::Tensor ih = b_ih.has_value() && b_ih->defined() ? b_ih->contiguous() : at::Tensor();
+  const at::Tensor hh = b_hh.has_value() && b_hh->defined() ? b_hh->contiguous() : at::Tensor();
+  if (sched.steps() == 1 || !hh.defined()) return {ih, hh};
+  if (!ih.defined()) return {hh, at::Tensor()};
+  return {ih + hh, at::Tensor()};
 }
 
 inline at::Tensor empty_grad(const at::Tensor& like) { return at::empty({0}, like.options()); }
@@ -205,36 +214,45 @@ WeightGrads weight_grads(const at::Tensor& d_x, const at::Tensor& d_h, const at:
 }
 
 // The forward time loop. Where the launcher has a persistent fused loop for these
-// sizes (and `fusable`), it runs there; else per step:
-//   product[:rows] = h[:rows] @ w_hh^T (into the step's output rows when `product` is
-//   undefined: RNN); the step functor, writing h' into `hidden` (LSTM's projection
-//   input) or the output rows; after_step(s, output rows) (the projection); then the
-//   running state h advances to the output rows.
+// sizes (and `fusable`), it runs there; a single step (a cell) runs from h0 in
+// place; else per step:
+//   product[:rows] = h[:rows] @ w_hh^T + product_bias (into the step's output rows
+//   when `product` is undefined: RNN); the step functor, writing h' into `hidden`
+//   (LSTM's projection input) or the output rows; after_step(s, output rows) (the
+//   projection); then the running state h advances to the output rows.
 //   make_step(s, x_proj_s, h_in, product, h' destination) -> the step functor.
 // Returns h_n [B, P].
 template <typename scalar_t, typename Launch, typename MakeStep, typename AfterStep>
 at::Tensor forward_loop(const LayerSizes& sz, const Schedule& sched,
                         ProjectedInput<scalar_t>& x_proj, const at::Tensor& h0,
-                        const at::Tensor& w_hh, at::Tensor& output, const at::Tensor& product,
-                        const at::Tensor& hidden, bool fusable, MakeStep make_step,
-                        AfterStep after_step) {
-  if (fusable && Launch::template fuses_forward<scalar_t>(sz)) {
-    return Launch::template fused_forward<scalar_t>(sz, sched, x_proj, h0, w_hh, output, product,
-                                                    make_step);
-  }
-  at::Tensor h = h0.clone(at::MemoryFormat::Contiguous);  // running state [B, P]
-  for (int64_t s = 0; s < sched.steps(); ++s) {
-    const int64_t rows = sched.rows(s), off = sched.offset(s);
-    if (rows == 0) continue;
-    at::Tensor out_rows = output.narrow(0, off, rows);
-    matmul_nt(product.defined() ? product.narrow(0, 0, rows) : out_rows, h.narrow(0, 0, rows),
-              w_hh);
+                        const at::Tensor& w_hh, const at::Tensor& product_bias,
+                        at::Tensor& output, const at::Tensor& product, const at::Tensor& hidden,
+                        bool fusable, MakeStep make_step, AfterStep after_step) {
+  auto run_step = [&](int64_t s, const at::Tensor& h, const at::Tensor& out_rows) {
+    const int64_t rows = out_rows.size(0);
+    Launch::gemm_nt(product.defined() ? product.narrow(0, 0, rows) : out_rows,
+                    h.narrow(0, 0, rows), w_hh, product_bias);
     scalar_t* out = out_rows.data_ptr<scalar_t>();
     Launch::run(rows * sz.hidden,
                 make_step(s, x_proj.step(s), h.data_ptr<scalar_t>(),
                           product.defined() ? product.data_ptr<scalar_t>() : out,
                           hidden.defined() ? hidden.data_ptr<scalar_t>() : out));
     after_step(s, out_rows);
+  };
+  if (sched.steps() == 1) {  // every row's one step: h0 is the state, h_n a copy of the output
+    run_step(0, h0, output);
+    return output.clone();
+  }
+  if (fusable && !product_bias.defined() && Launch::template fuses_forward<scalar_t>(sz)) {
+    return Launch::template fused_forward<scalar_t>(sz, sched, x_proj, h0, w_hh, output, product,
+                                                    make_step);
+  }
+  at::Tensor h = h0.clone(at::MemoryFormat::Contiguous);  // running state [B, P]
+  for (int64_t s = 0; s < sched.steps(); ++s) {
+    const int64_t rows = sched.rows(s);
+    if (rows == 0) continue;
+    at::Tensor out_rows = output.narrow(0, sched.offset(s), rows);
+    run_step(s, h, out_rows);
     h.narrow(0, 0, rows).copy_(out_rows);
   }
   return h;

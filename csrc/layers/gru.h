@@ -15,7 +15,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
     const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& b_ih,
     const at::Tensor& b_hh, bool save) {
   const int64_t H = sz.hidden, B = sz.batch, N = sz.rows;
-  ProjectedInput<scalar_t> x_proj(sched, input, w_ih, b_ih);  // [N, 3H], a chunk at a time
+  ProjectedInput<scalar_t> x_proj(sched, input, w_ih, b_ih, &Launch::gemm_nt);  // [N, 3H]
   at::Tensor output = at::empty({N, H}, input.options());
   // Saved for the backward, or one step's scratch.
   at::Tensor workspace = at::empty({save ? N : B, 4 * H}, input.options());
@@ -26,9 +26,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
         b_hh.defined() ? b_hh.data_ptr<scalar_t>() : nullptr, h_in,
         workspace.data_ptr<scalar_t>() + (save ? sched.offset(s) : 0) * 4 * H, out, H};
   };
-  at::Tensor h_n = forward_loop<scalar_t, Launch>(sz, sched, x_proj, h0, w_hh, output, h_proj,
-                                                  at::Tensor(), /*fusable=*/true, make_step,
-                                                  [](int64_t, const at::Tensor&) {});
+  at::Tensor h_n = forward_loop<scalar_t, Launch>(sz, sched, x_proj, h0, w_hh, at::Tensor(),
+                                                  output, h_proj, at::Tensor(), /*fusable=*/true,
+                                                  make_step, [](int64_t, const at::Tensor&) {});
   if (!save) workspace = empty_grad(input);
   return {output, h_n, workspace};
 }

@@ -14,11 +14,11 @@ namespace rnnfused {
 template <typename scalar_t, typename Launch>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
     const LayerSizes& sz, const Schedule& sched, const at::Tensor& input, const at::Tensor& h0,
-    const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& bias,
+    const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh, const SummedBiases& bias,
     const at::Tensor& w_hr, bool save) {
   const int64_t H = sz.hidden, P = sz.output, B = sz.batch, N = sz.rows;
   const bool proj = w_hr.defined();
-  ProjectedInput<scalar_t> x_proj(sched, input, w_ih, bias);  // [N, 4H], a chunk at a time
+  ProjectedInput<scalar_t> x_proj(sched, input, w_ih, bias.input, &Launch::gemm_nt);  // [N, 4H]
   at::Tensor output = at::empty({N, P}, input.options());
   // Saved for the backward, or one step's scratch.
   at::Tensor gates = at::empty({save ? N : B, 4 * H}, input.options());
@@ -33,9 +33,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
         gates.data_ptr<scalar_t>() + saved * 4 * H, cells.data_ptr<scalar_t>() + saved * H, out, H};
   };
   at::Tensor h_n = forward_loop<scalar_t, Launch>(
-      sz, sched, x_proj, h0, w_hh, output, h_proj, hidden, /*fusable=*/!proj, make_step,
-      [&](int64_t, const at::Tensor& out_rows) {
-        if (proj) matmul_nt(out_rows, hidden.narrow(0, 0, out_rows.size(0)), w_hr);
+      sz, sched, x_proj, h0, w_hh, bias.recurrent, output, h_proj, hidden, /*fusable=*/!proj,
+      make_step, [&](int64_t, const at::Tensor& out_rows) {
+        if (proj) Launch::gemm_nt(out_rows, hidden.narrow(0, 0, out_rows.size(0)), w_hr, {});
       });
   if (!save) return {output, h_n, c, empty_grad(input), empty_grad(input)};
   return {output, h_n, c, gates, cells};

@@ -64,7 +64,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer(
   return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), op, [&] {
     auto [output, h_n, c_n, gates, cells] = lstm_forward<scalar_t, Launch>(
         sz, sched, x, hx.contiguous(), cx.contiguous(), w_ih.contiguous(), w_hh.contiguous(),
-        combined_bias(b_ih, b_hh), value_or_undefined(w_hr), need_workspace);
+        summed_biases(sched, b_ih, b_hh), value_or_undefined(w_hr), need_workspace);
     return std::make_tuple(sequence_layout(output, input, batch_sizes), h_n, c_n, gates, cells);
   });
 }
@@ -157,7 +157,7 @@ std::tuple<Tensor, Tensor> rnn_layer(const Tensor& input, const OptTensor& batch
   return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), op, [&] {
     auto [output, h_n] = rnn_forward<scalar_t, Launch>(
         sz, sched, x, hx.contiguous(), w_ih.contiguous(), w_hh.contiguous(),
-        combined_bias(b_ih, b_hh), relu);
+        summed_biases(sched, b_ih, b_hh), relu);
     return std::make_tuple(sequence_layout(output, input, batch_sizes), h_n);
   });
 }
@@ -185,6 +185,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_layer_backward(
   });
 }
 
+// The launcher's gemm_nt as an op, for the tests: a [M, K], w [N, K], bias [N].
+template <typename Launch>
+Tensor gemm_nt_op(const Tensor& a, const Tensor& w, const OptTensor& bias) {
+  constexpr const char* op = "rnnfused::_gemm_nt";
+  TORCH_CHECK(a.dim() == 2 && w.dim() == 2 && a.size(1) == w.size(1), op,
+              ": expected a [M, K] and w [N, K], got ", a.sizes(), " and ", w.sizes());
+  const Tensor b = value_or_undefined(bias);
+  TORCH_CHECK(!b.defined() || b.sizes() == at::IntArrayRef{w.size(0)}, op,
+              ": expected bias of shape [", w.size(0), "], got ", b.sizes());
+  TORCH_CHECK(w.dtype() == a.dtype() && (!b.defined() || b.dtype() == a.dtype()), op,
+              ": expected a, w and bias of one dtype");
+  typename Launch::Guard guard(a.device());
+  Tensor out = at::empty({a.size(0), w.size(0)}, a.options());
+  Launch::gemm_nt(out, a.contiguous(), w.contiguous(), b);
+  return out;
+}
+
 // Registers every op's kernel for one dispatch key.
 #define RNNFUSED_REGISTER_LAYER_OPS(m, Launch)                          \
   m.impl("lstm_layer", &::rnnfused::lstm_layer<Launch>);                \
@@ -192,6 +209,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_layer_backward(
   m.impl("gru_layer", &::rnnfused::gru_layer<Launch>);                  \
   m.impl("gru_layer_backward", &::rnnfused::gru_layer_backward<Launch>); \
   m.impl("rnn_layer", &::rnnfused::rnn_layer<Launch>);                  \
-  m.impl("rnn_layer_backward", &::rnnfused::rnn_layer_backward<Launch>)
+  m.impl("rnn_layer_backward", &::rnnfused::rnn_layer_backward<Launch>); \
+  m.impl("_gemm_nt", &::rnnfused::gemm_nt_op<Launch>)
 
 }  // namespace rnnfused

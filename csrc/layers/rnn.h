@@ -12,18 +12,18 @@ template <typename scalar_t, typename Launch>
 std::tuple<at::Tensor, at::Tensor> rnn_forward(const LayerSizes& sz, const Schedule& sched,
                                                const at::Tensor& input, const at::Tensor& h0,
                                                const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                               const at::Tensor& bias, bool relu) {
+                                               const SummedBiases& bias, bool relu) {
   const int64_t H = sz.hidden, N = sz.rows;
-  ProjectedInput<scalar_t> x_proj(sched, input, w_ih, bias);  // [N, H], a chunk at a time
+  ProjectedInput<scalar_t> x_proj(sched, input, w_ih, bias.input, &Launch::gemm_nt);  // [N, H]
   at::Tensor output = at::empty({N, H}, input.options());
   auto make_step = [&](int64_t, const scalar_t* x, const scalar_t*, scalar_t*, scalar_t* out) {
     return RnnForwardStep<scalar_t>{{}, x, out, H, relu};
   };
   // No product buffer: the recurrent product goes into the output rows, and the
   // functor adds x_proj and applies the activation in place.
-  at::Tensor h_n = forward_loop<scalar_t, Launch>(sz, sched, x_proj, h0, w_hh, output,
-                                                  at::Tensor(), at::Tensor(), /*fusable=*/true,
-                                                  make_step, [](int64_t, const at::Tensor&) {});
+  at::Tensor h_n = forward_loop<scalar_t, Launch>(
+      sz, sched, x_proj, h0, w_hh, bias.recurrent, output, at::Tensor(), at::Tensor(),
+      /*fusable=*/true, make_step, [](int64_t, const at::Tensor&) {});
   return {output, h_n};
 }
 

@@ -84,9 +84,3 @@ TORCH_LIBRARY(rnnfused, m) {
         [] { return std::string(rnnfused::cpu::isa_name(rnnfused::cpu::active_isa())); });
 }
 
-// `import rnnfused._C` loads this library, which registers the ops above; the
-// module itself has no functions.
-extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module);
-}

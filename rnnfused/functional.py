@@ -451,6 +451,13 @@ def _check_cell(input: Tensor, hiddens: Sequence[Tensor], w_ih: Tensor, w_hh: Te
     _check_same_dtype(input, w_ih)
     for hidden in hiddens:
         _check_same_dtype(hidden, w_hh)
+    if input.is_cpu:  # the common case, without building a torch.device per tensor
+        for t in hiddens:
+            if not t.is_cpu:
+                break
+        else:
+            if w_ih.is_cpu and w_hh.is_cpu:
+                return
     device = input.device
     for t in (*hiddens, w_ih, w_hh):
         if t.device != device:

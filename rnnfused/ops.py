@@ -18,7 +18,7 @@ from torch import Tensor
 from rnnfused import reference
 
 try:
-    from rnnfused import _C  # noqa: F401  (loading it registers the ops)
+    from rnnfused import _C  # loading it registers the ops
 
     EXTENSION_ERROR: str | None = None
 except ImportError as error:  # no compiled extension: the reference path runs
@@ -38,6 +38,14 @@ def has_kernel(device_type: str) -> bool:
 
 
 # ----------------------------------------------------------------- wrappers
+
+
+def _typed_call(tensors: tuple[Tensor | None, ...]) -> bool:
+    """Whether a call may take _C's typed binding of the op (csrc/bindings.cpp)
+    instead of torch.ops: not while torch.compile traces (dynamo sees torch.ops
+    calls only) and not where __torch_function__ applies (a subclass argument or a
+    mode), which only torch.ops honours. Everything below Python dispatches alike."""
+    return not torch.compiler.is_compiling() and not torch._C._has_torch_function(tensors)
 
 
 def _backward_follows(*tensors: Tensor | None) -> bool:
@@ -63,9 +71,9 @@ def rnn_layer(
 ) -> tuple[Tensor, Tensor]:
     """One RNN layer-direction. input [T, B, I] or packed [N, I]; hx [B, H].
     Returns (output [T, B, H] or [N, H], h_n [B, H])."""
-    return torch.ops.rnnfused.rnn_layer.default(
-        input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse
-    )
+    args = (input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh)
+    op = _C.rnn_layer if _typed_call(args) else torch.ops.rnnfused.rnn_layer.default
+    return op(*args, relu, reverse)
 
 
 def lstm_layer(
@@ -82,10 +90,11 @@ def lstm_layer(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One LSTM layer-direction. hx [B, P], cx [B, H], w_hr [P, H] or None.
     Returns (output [T, B, P] or [N, P], h_n [B, P], c_n [B, H])."""
-    need_workspace = _backward_follows(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
-    output, h_n, c_n, _, _ = torch.ops.rnnfused.lstm_layer.default(
-        input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, need_workspace
-    )
+    args = (input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
+    need_workspace = _backward_follows(*args)
+    if _typed_call(args):
+        return _C.lstm_layer(*args, reverse, need_workspace)
+    output, h_n, c_n, _, _ = torch.ops.rnnfused.lstm_layer.default(*args, reverse, need_workspace)
     return output, h_n, c_n
 
 
@@ -133,10 +142,11 @@ def gru_layer(
     reverse: bool,
 ) -> tuple[Tensor, Tensor]:
     """One GRU layer-direction. Returns (output [T, B, H] or [N, H], h_n [B, H])."""
-    need_workspace = _backward_follows(input, hx, w_ih, w_hh, b_ih, b_hh)
-    output, h_n, _ = torch.ops.rnnfused.gru_layer.default(
-        input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, need_workspace
-    )
+    args = (input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh)
+    need_workspace = _backward_follows(*args)
+    if _typed_call(args):
+        return _C.gru_layer(*args, reverse, need_workspace)
+    output, h_n, _ = torch.ops.rnnfused.gru_layer.default(*args, reverse, need_workspace)
     return output, h_n
 
 

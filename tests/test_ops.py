@@ -371,6 +371,36 @@ def test_float32_tiles(kind, hidden, batch, packed, device):
             torch.testing.assert_close(g.double(), w, atol=1e-4, rtol=1e-4, msg=lambda m: f"{name}: {m}")
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_typed_binding_or_torch_ops(kind, device, monkeypatch):
+    """Eager calls take rnnfused._C's typed binding of the op (no boxing) and give
+    what torch.ops gives; where __torch_function__ applies (here a mode), the call
+    goes through torch.ops, and the mode sees the op."""
+    from torch.overrides import TorchFunctionMode
+
+    args = make_args(kind, packed=False, bias=True, device=device, dtype=torch.float32)
+    name = "lstm_layer" if kind.startswith("lstm") else kind.split("_")[0] + "_layer"
+    typed_calls = []
+    typed = getattr(ops._C, name)
+    monkeypatch.setattr(ops._C, name, lambda *a: typed_calls.append(1) or typed(*a))
+    got = run(kind, ops, args, reverse=True)
+    assert typed_calls == [1]
+
+    class Seen(TorchFunctionMode):
+        funcs = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.funcs.append(func)
+            return func(*args, **(kwargs or {}))
+
+    with Seen():
+        again = run(kind, ops, args, reverse=True)
+    assert typed_calls == [1]
+    assert getattr(torch.ops.rnnfused, name).default in Seen.funcs
+    for g, a in zip(got, again):
+        torch.testing.assert_close(g, a, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
 @pytest.mark.parametrize("rows", [0, 1, 2, 3, 4, 5, 8, 9, 16, 17])
 def test_gemm_nt(rows, bias, device):

@@ -1,0 +1,87 @@
+// The Python module rnnfused._C. Importing it loads this library, which registers
+// the ops (ops.cpp and the kernels). It also binds typed calls of the layer ops
+// for eager Python (rnnfused/ops.py): a call through torch.ops boxes its eleven
+// arguments into a stack (~3 us of a cell step's ~50); these call the dispatcher
+// unboxed, through every dispatch key as before (autograd, Python modes), with
+// torch's own error translation and the GIL released as torch's functions do.
+// What they skip is __torch_function__ handling and dynamo's view of the op:
+// ops.py takes torch.ops wherever either could matter.
+#include <torch/csrc/Exceptions.h>
+#include <torch/extension.h>
+
+#include "op_handle.h"
+
+namespace rnnfused {
+namespace {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+using LstmLayerSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
+    const Tensor&, const OptTensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+    const OptTensor&, const OptTensor&, const OptTensor&, bool, bool);
+using GruLayerSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const OptTensor&,
+                                                       const Tensor&, const Tensor&,
+                                                       const Tensor&, const OptTensor&,
+                                                       const OptTensor&, bool, bool);
+using RnnLayerSig = std::tuple<Tensor, Tensor>(const Tensor&, const OptTensor&, const Tensor&,
+                                               const Tensor&, const Tensor&, const OptTensor&,
+                                               const OptTensor&, bool, bool);
+
+// Returns (output, h_n, c_n): the workspaces stay with autograd.
+std::tuple<Tensor, Tensor, Tensor> lstm_layer(const Tensor& input, const OptTensor& batch_sizes,
+                                              const Tensor& hx, const Tensor& cx,
+                                              const Tensor& w_ih, const Tensor& w_hh,
+                                              const OptTensor& b_ih, const OptTensor& b_hh,
+                                              const OptTensor& w_hr, bool reverse,
+                                              bool need_workspace) {
+  static const auto op = op_handle<LstmLayerSig>("rnnfused::lstm_layer");
+  auto [output, h_n, c_n, gates, cells] =
+      op.call(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, need_workspace);
+  return {output, h_n, c_n};
+}
+
+// Returns (output, h_n).
+std::tuple<Tensor, Tensor> gru_layer(const Tensor& input, const OptTensor& batch_sizes,
+                                     const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
+                                     const OptTensor& b_ih, const OptTensor& b_hh, bool reverse,
+                                     bool need_workspace) {
+  static const auto op = op_handle<GruLayerSig>("rnnfused::gru_layer");
+  auto [output, h_n, workspace] =
+      op.call(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, need_workspace);
+  return {output, h_n};
+}
+
+std::tuple<Tensor, Tensor> rnn_layer(const Tensor& input, const OptTensor& batch_sizes,
+                                     const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
+                                     const OptTensor& b_ih, const OptTensor& b_hh, bool relu,
+                                     bool reverse) {
+  static const auto op = op_handle<RnnLayerSig>("rnnfused::rnn_layer");
+  return op.call(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse);
+}
+
+}  // namespace
+}  // namespace rnnfused
+
+namespace {
+
+// f as a Python function: c10 errors become the Python exceptions torch raises for
+// them (RuntimeError, ValueError, ... without the C++ backtrace), TORCH_WARN a
+// Python warning; the GIL is released while the op runs.
+template <typename Result, typename... Args>
+auto python_call(Result (*f)(Args...)) {
+  return [f](Args... args) -> Result {
+    HANDLE_TH_ERRORS
+    pybind11::gil_scoped_release no_gil;
+    return f(args...);
+    END_HANDLE_TH_ERRORS_PYBIND
+  };
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.def("lstm_layer", python_call(&rnnfused::lstm_layer));
+  m.def("gru_layer", python_call(&rnnfused::gru_layer));
+  m.def("rnn_layer", python_call(&rnnfused::rnn_layer));
+}

@@ -62,9 +62,8 @@ inline bool fused_forward_applies(const LayerSizes& sz) {
 //   product: [B, G*H] scratch for the recurrent product, or undefined when the
 //     functor reads it from its output rows (RNN);
 //   make_step(s, x_proj_s, h_in, product, out_rows) -> the step functor.
-template <typename MakeStep>
-at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched,
-                         ProjectedInput<float>& x_proj, const at::Tensor& h0,
+template <typename XProj, typename MakeStep>
+at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_proj, const at::Tensor& h0,
                          const at::Tensor& w_hh, at::Tensor& output, const at::Tensor& product,
                          MakeStep make_step) {
   const int64_t G = sz.gates, H = sz.hidden, K = sz.output;

@@ -179,39 +179,68 @@ void dot_rows(int64_t r0, int64_t r1, int64_t N, int64_t K, const float* a, int6
 }
 }  // namespace
 
-void gemm_nt_small_avx512(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda,
-                          const float* w, const float* bias, float* out, int64_t ldo) {
-  if (M == 0 || N == 0) return;
-  if (K == 0) {  // no products: out = bias (or 0)
-    for (int64_t r = 0; r < M; ++r) {
-      for (int64_t c = 0; c < N; ++c) out[r * ldo + c] = bias ? bias[c] : 0.0f;
+namespace {
+
+// Units of work of one product: its 32-column panels where the panel kernel
+// runs (4 rows or more), else the whole product.
+int64_t units_of(const NtGemm& g) {
+  if (g.M == 0 || g.N == 0) return 0;
+  return g.K == 0 || g.M < 4 ? 1 : (g.N + kPanel - 1) / kPanel;
+}
+
+void run_whole(const NtGemm& g) {
+  if (g.K == 0) {  // no products: out = bias (or 0)
+    for (int64_t r = 0; r < g.M; ++r) {
+      for (int64_t c = 0; c < g.N; ++c) g.out[r * g.ldo + c] = g.bias ? g.bias[c] : 0.0f;
     }
     return;
   }
-  if (M < 4) {  // dot products: 1 x 16 or 2 x 8 outputs at a time
-    if (M >= 2) dot_rows<2, 8>(0, 2, N, K, a, lda, w, bias, out, ldo);
-    if (M % 2 == 1) dot_rows<1, 16>(M - 1, M, N, K, a, lda, w, bias, out, ldo);
-    return;
+  // dot products: 2 x 8 or 1 x 16 outputs at a time
+  if (g.M >= 2) dot_rows<2, 8>(0, g.M / 2 * 2, g.N, g.K, g.a, g.lda, g.w, g.bias, g.out, g.ldo);
+  if (g.M % 2 == 1) {
+    dot_rows<1, 16>(g.M - 1, g.M, g.N, g.K, g.a, g.lda, g.w, g.bias, g.out, g.ldo);
   }
-  const int64_t panels = (N + kPanel - 1) / kPanel;
-  // Two threads (the panels split between them) once the product is worth a fork.
-  const int threads = M * N * K >= (int64_t{1} << 18) && !omp_in_parallel()
-                          ? std::min<int>(omp_get_max_threads(), static_cast<int>(panels))
+}
+
+void run_panel(const NtGemm& g, int64_t p) {
+  alignas(64) float panel[kDepth * kPanel];
+  const int64_t n0 = p * kPanel;
+  const __mmask16 m0 = first_lanes(g.N - n0);
+  const __mmask16 m1 = g.N - n0 > 16 ? first_lanes(g.N - n0 - 16) : __mmask16(0);
+  for (int64_t k0 = 0; k0 < g.K; k0 += kDepth) {
+    const int64_t kc = std::min(kDepth, g.K - k0);
+    transpose_panel(g.w, g.N, g.K, n0, k0, kc, panel);
+    for (int64_t r0 = 0; r0 < g.M; r0 += kRowBlock) {
+      const int rows = static_cast<int>(std::min<int64_t>(kRowBlock, g.M - r0));
+      kRowBlocks[rows - 1](g.a + r0 * g.lda + k0, g.lda, panel, kc, g.out + r0 * g.ldo + n0,
+                           g.ldo, m0, m1, g.bias ? g.bias + n0 : nullptr, k0 > 0);
+    }
+  }
+}
+
+}  // namespace
+
+void gemm_nt_small_avx512(const NtGemm* products, int count) {
+  int64_t first[kMaxNtGemms + 1] = {0};  // product j's units: [first[j], first[j + 1])
+  int64_t work = 0;
+  for (int j = 0; j < count; ++j) {
+    first[j + 1] = first[j] + units_of(products[j]);
+    work += products[j].M * products[j].N * products[j].K;
+  }
+  const int64_t units = first[count];
+  // Two threads (the units split between them) once the products are worth a fork.
+  const int threads = work >= (int64_t{1} << 18) && !omp_in_parallel()
+                          ? static_cast<int>(std::min<int64_t>(omp_get_max_threads(), units))
                           : 1;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-  for (int64_t p = 0; p < panels; ++p) {
-    alignas(64) float panel[kDepth * kPanel];
-    const int64_t n0 = p * kPanel;
-    const __mmask16 m0 = first_lanes(N - n0);
-    const __mmask16 m1 = N - n0 > 16 ? first_lanes(N - n0 - 16) : __mmask16(0);
-    for (int64_t k0 = 0; k0 < K; k0 += kDepth) {
-      const int64_t kc = std::min(kDepth, K - k0);
-      transpose_panel(w, N, K, n0, k0, kc, panel);
-      for (int64_t r0 = 0; r0 < M; r0 += kRowBlock) {
-        const int rows = static_cast<int>(std::min<int64_t>(kRowBlock, M - r0));
-        kRowBlocks[rows - 1](a + r0 * lda + k0, lda, panel, kc, out + r0 * ldo + n0, ldo, m0, m1,
-                             bias ? bias + n0 : nullptr, k0 > 0);
-      }
+  for (int64_t u = 0; u < units; ++u) {
+    int j = 0;
+    while (u >= first[j + 1]) ++j;
+    const NtGemm& g = products[j];
+    if (g.K == 0 || g.M < 4) {
+      run_whole(g);
+    } else {
+      run_panel(g, u - first[j]);
     }
   }
 }

@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 #include <c10/core/Device.h>
 
+#include <array>
 #include <type_traits>
 
 #include "simd.h"
@@ -36,9 +37,9 @@ struct CpuLaunch {
   }
 
   // Runs the layer's forward steps when fuses_forward<scalar_t> said so; returns h_n.
-  template <typename scalar_t, typename MakeStep>
-  static at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched,
-                                  ProjectedInput<scalar_t>& x_proj, const at::Tensor& h0,
+  template <typename scalar_t, typename XProj, typename MakeStep>
+  static at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_proj,
+                                  const at::Tensor& h0,
                                   const at::Tensor& w_hh, at::Tensor& output,
                                   const at::Tensor& product, MakeStep make_step) {
 #if defined(__x86_64__)
@@ -70,24 +71,41 @@ struct CpuLaunch {
   // MKL's two-thread NT GEMM at K 64-512, N 256-2048: see simd.h).
   static constexpr int64_t kSmallGemmRows = 16;
 
-  // out = a @ w^T (+ bias): a [M, K], w [N, K], bias [N] or undefined, out [M, N].
-  static void gemm_nt(at::Tensor out, const at::Tensor& a, const at::Tensor& w,
-                      const at::Tensor& bias) {
+  // Each product out = a @ w^T (+ bias) (common.h's NtProduct), those with few
+  // float32 rows together in one call of the AVX-512 kernel, the others on ATen.
+  template <typename... Products>
+  static void gemm_nt(const Products&... each) {
+    constexpr size_t n = sizeof...(Products);
+    const std::array<NtProduct, n> products{each...};
 #if defined(__x86_64__)
-    const int64_t M = a.size(0), K = a.size(1);
-    if (out.scalar_type() == at::kFloat && M <= kSmallGemmRows &&
-        cpu::active_isa() == cpu::Isa::kAvx512 && (K <= 1 || a.stride(1) == 1) &&
-        (out.size(1) <= 1 || out.stride(1) == 1) && w.is_contiguous() &&
-        (!bias.defined() || bias.is_contiguous())) {
-      cpu::gemm_nt_small_avx512(M, w.size(0), K, a.data_ptr<float>(), a.stride(0),
-                                w.data_ptr<float>(),
-                                bias.defined() ? bias.data_ptr<float>() : nullptr,
-                                out.data_ptr<float>(), out.stride(0));
-      return;
+    static_assert(n <= cpu::kMaxNtGemms, "gemm_nt_small_avx512 takes kMaxNtGemms at most");
+    std::array<cpu::NtGemm, n> small;
+    int count = 0;
+    for (const NtProduct& p : products) {
+      if (takes_small_gemm(p)) {
+        small[count++] = {p.a.size(0), p.w.size(0), p.a.size(1), p.a.data_ptr<float>(),
+                          p.a.stride(0), p.w.data_ptr<float>(),
+                          p.bias.defined() ? p.bias.data_ptr<float>() : nullptr,
+                          p.out.data_ptr<float>(), p.out.stride(0)};
+      } else {
+        gemm_nt_aten(p);
+      }
     }
+    if (count > 0) cpu::gemm_nt_small_avx512(small.data(), count);
+#else
+    for (const NtProduct& p : products) gemm_nt_aten(p);
 #endif
-    gemm_nt_aten(out, a, w, bias);
   }
+
+#if defined(__x86_64__)
+  static bool takes_small_gemm(const NtProduct& p) {
+    const int64_t K = p.a.size(1);
+    return p.out.scalar_type() == at::kFloat && p.a.size(0) <= kSmallGemmRows &&
+           cpu::active_isa() == cpu::Isa::kAvx512 && (K <= 1 || p.a.stride(1) == 1) &&
+           (p.out.size(1) <= 1 || p.out.stride(1) == 1) && p.w.is_contiguous() &&
+           (!p.bias.defined() || p.bias.is_contiguous());
+  }
+#endif
 
   // Elements per task: below this one thread runs the whole step.
   static constexpr int64_t kGrainSize = 16384;

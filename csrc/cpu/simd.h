@@ -76,12 +76,24 @@ template <typename F>
 void run_fused_backward_avx512(const F* steps, const FusedBackwardRows* rows, int64_t count,
                                const PackedRecurrentT& w, int threads);
 
-// out = a @ w^T (+ bias) for few rows M (gemm_avx512.cpp), one thread, float32:
-// a [M, K] with row stride lda, w [N, K] contiguous, bias [N] or null, out [M, N]
-// with row stride ldo. The CPU BLAS runs this "NT" product at about half the rate
-// it reaches with w^T stored; here w is transposed a panel at a time in registers.
-void gemm_nt_small_avx512(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda,
-                          const float* w, const float* bias, float* out, int64_t ldo);
+// out = a @ w^T (+ bias), float32: a [M, K] with row stride lda, w [N, K]
+// contiguous, bias [N] or null, out [M, N] with row stride ldo.
+struct NtGemm {
+  int64_t M, N, K;
+  const float* a;
+  int64_t lda;
+  const float* w;
+  const float* bias;
+  float* out;
+  int64_t ldo;
+};
+constexpr int kMaxNtGemms = 2;
+
+// `count` (<= kMaxNtGemms) independent products for few rows M (gemm_avx512.cpp),
+// in one parallel region. The CPU BLAS runs this "NT" product at about half the
+// rate it reaches with w^T stored; here w is transposed a panel at a time in
+// registers (dot products below 4 rows).
+void gemm_nt_small_avx512(const NtGemm* products, int count);
 
 // The float32 FMA ceiling in GFLOP/s: `threads` threads running independent
 // AVX-512 FMA chains from registers for `seconds` (peak_avx512.cpp).

@@ -39,10 +39,10 @@ struct CudaLaunch {
     TORCH_INTERNAL_ASSERT(false, "rnnfused: no fused backward loop on CUDA");
   }
 
-  // out = a @ w^T (+ bias) on cuBLAS.
-  static void gemm_nt(at::Tensor out, const at::Tensor& a, const at::Tensor& w,
-                      const at::Tensor& bias) {
-    gemm_nt_aten(out, a, w, bias);
+  // Each product out = a @ w^T (+ bias) (common.h's NtProduct) on cuBLAS.
+  template <typename... Products>
+  static void gemm_nt(const Products&... each) {
+    (gemm_nt_aten(each), ...);
   }
 
   static constexpr int kThreads = 256;

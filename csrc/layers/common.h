@@ -100,31 +100,35 @@ class Schedule {
   std::vector<int64_t> offsets_;  // first row of each time in [N, *]
 };
 
-// out = a @ w^T (+ bias), into an existing buffer, on ATen's GEMM (cuBLAS, the
-// CPU BLAS). a: [m, k], w: [n, k], bias: [n] or undefined, out: [m, n]. Each
-// launcher's gemm_nt runs this or a kernel of its own for the same product.
-inline void gemm_nt_aten(at::Tensor out, const at::Tensor& a, const at::Tensor& w,
-                         const at::Tensor& bias) {
-  if (bias.defined()) {
-    at::addmm_out(out, bias, a, w.t());
+// out = a @ w^T (+ bias), into an existing buffer. a: [m, k], w: [n, k],
+// bias: [n] or undefined, out: [m, n]. Each launcher's gemm_nt(products) forms
+// one or more of them, on ATen's GEMM (gemm_nt_aten) or a kernel of its own.
+struct NtProduct {
+  at::Tensor out, a, w, bias;
+};
+
+// On ATen's GEMM: cuBLAS, the CPU BLAS.
+inline void gemm_nt_aten(const NtProduct& p) {
+  at::Tensor out = p.out;
+  if (p.bias.defined()) {
+    at::addmm_out(out, p.bias, p.a, p.w.t());
   } else {
-    at::mm_out(out, a, w.t());
+    at::mm_out(out, p.a, p.w.t());
   }
 }
-using GemmNt = void (*)(at::Tensor, const at::Tensor&, const at::Tensor&, const at::Tensor&);
 
 // The input projection x_proj = input @ w_ih^T + bias, formed a chunk of steps
 // at a time as the loop reaches them: a GEMM of ~kChunkRows rows each, its
 // result still in cache when the steps read it, and memory independent of T.
-//   input: [N, I], w_ih: [G*H, I], bias: [G*H] or undefined; gemm: the launcher's gemm_nt.
-template <typename scalar_t>
+//   input: [N, I], w_ih: [G*H, I], bias: [G*H] or undefined.
+template <typename scalar_t, typename Launch>
 class ProjectedInput {
  public:
   static constexpr int64_t kChunkRows = 512;
 
   ProjectedInput(const Schedule& sched, const at::Tensor& input, const at::Tensor& w_ih,
-                 const at::Tensor& bias, GemmNt gemm)
-      : sched_(sched), input_(input), w_ih_(w_ih), bias_(bias), gemm_(gemm) {
+                 const at::Tensor& bias)
+      : sched_(sched), input_(input), w_ih_(w_ih), bias_(bias) {
     int64_t widest = 0;
     for (int64_t s = 0; s < sched.steps(); ++s) widest = std::max(widest, sched.rows(s));
     buffer_ = at::empty({std::max(widest, std::min(kChunkRows, input.size(0))), w_ih.size(0)},
@@ -139,6 +143,16 @@ class ProjectedInput {
   }
   int64_t chunk_end() const { return chunk_end_; }
 
+  // A single-step sequence's projection, formed in one launcher call with
+  // `recurrent` (the step's other product); returns step(0).
+  const scalar_t* single_step_with(const NtProduct& recurrent) {
+    TORCH_INTERNAL_ASSERT(sched_.steps() == 1 && chunk_end_ == 0);
+    Launch::gemm_nt(NtProduct{buffer_.narrow(0, 0, input_.size(0)), input_, w_ih_, bias_},
+                    recurrent);
+    chunk_end_ = 1;
+    return buffer_.data_ptr<scalar_t>();
+  }
+
  private:
   void load_chunk(int64_t s) {
     // Steps s .. chunk_end_-1 cover a contiguous range of rows in either direction.
@@ -151,7 +165,8 @@ class ProjectedInput {
       lo = l;
       hi = h;
     }
-    gemm_(buffer_.narrow(0, 0, hi - lo), input_.narrow(0, lo, hi - lo), w_ih_, bias_);
+    Launch::gemm_nt(
+        NtProduct{buffer_.narrow(0, 0, hi - lo), input_.narrow(0, lo, hi - lo), w_ih_, bias_});
     first_row_ = lo;
     chunk_end_ = end;
   }
@@ -160,7 +175,6 @@ class ProjectedInput {
   const at::Tensor& input_;
   const at::Tensor& w_ih_;
   const at::Tensor& bias_;
-  GemmNt gemm_;
   at::Tensor buffer_;
   int64_t first_row_ = 0;
   int64_t chunk_end_ = 0;
@@ -224,23 +238,27 @@ WeightGrads weight_grads(const at::Tensor& d_x, const at::Tensor& d_h, const at:
 // Returns h_n [B, P].
 template <typename scalar_t, typename Launch, typename MakeStep, typename AfterStep>
 at::Tensor forward_loop(const LayerSizes& sz, const Schedule& sched,
-                        ProjectedInput<scalar_t>& x_proj, const at::Tensor& h0,
+                        ProjectedInput<scalar_t, Launch>& x_proj, const at::Tensor& h0,
                         const at::Tensor& w_hh, const at::Tensor& product_bias,
                         at::Tensor& output, const at::Tensor& product, const at::Tensor& hidden,
                         bool fusable, MakeStep make_step, AfterStep after_step) {
-  auto run_step = [&](int64_t s, const at::Tensor& h, const at::Tensor& out_rows) {
-    const int64_t rows = out_rows.size(0);
-    Launch::gemm_nt(product.defined() ? product.narrow(0, 0, rows) : out_rows,
-                    h.narrow(0, 0, rows), w_hh, product_bias);
+  // The step functor of step s on `rows` rows, reading state h; its recurrent
+  // product h @ w_hh^T + product_bias goes into `product` (or the output rows: RNN).
+  auto step_functor = [&](int64_t s, const scalar_t* x, const at::Tensor& h, at::Tensor& out_rows) {
     scalar_t* out = out_rows.data_ptr<scalar_t>();
-    Launch::run(rows * sz.hidden,
-                make_step(s, x_proj.step(s), h.data_ptr<scalar_t>(),
-                          product.defined() ? product.data_ptr<scalar_t>() : out,
-                          hidden.defined() ? hidden.data_ptr<scalar_t>() : out));
-    after_step(s, out_rows);
+    return make_step(s, x, h.data_ptr<scalar_t>(),
+                     product.defined() ? product.data_ptr<scalar_t>() : out,
+                     hidden.defined() ? hidden.data_ptr<scalar_t>() : out);
+  };
+  auto recurrent = [&](const at::Tensor& h, const at::Tensor& out_rows) {
+    const int64_t rows = out_rows.size(0);
+    return NtProduct{product.defined() ? product.narrow(0, 0, rows) : out_rows,
+                     h.narrow(0, 0, rows), w_hh, product_bias};
   };
   if (sched.steps() == 1) {  // every row's one step: h0 is the state, h_n a copy of the output
-    run_step(0, h0, output);
+    const scalar_t* x = x_proj.single_step_with(recurrent(h0, output));
+    Launch::run(output.size(0) * sz.hidden, step_functor(0, x, h0, output));
+    after_step(0, output);
     return output.clone();
   }
   if (fusable && !product_bias.defined() && Launch::template fuses_forward<scalar_t>(sz)) {
@@ -252,7 +270,9 @@ at::Tensor forward_loop(const LayerSizes& sz, const Schedule& sched,
     const int64_t rows = sched.rows(s);
     if (rows == 0) continue;
     at::Tensor out_rows = output.narrow(0, sched.offset(s), rows);
-    run_step(s, h, out_rows);
+    Launch::gemm_nt(recurrent(h, out_rows));
+    Launch::run(rows * sz.hidden, step_functor(s, x_proj.step(s), h, out_rows));
+    after_step(s, out_rows);
     h.narrow(0, 0, rows).copy_(out_rows);
   }
   return h;

@@ -15,7 +15,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
     const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& b_ih,
     const at::Tensor& b_hh, bool save) {
   const int64_t H = sz.hidden, B = sz.batch, N = sz.rows;
-  ProjectedInput<scalar_t> x_proj(sched, input, w_ih, b_ih, &Launch::gemm_nt);  // [N, 3H]
+  ProjectedInput<scalar_t, Launch> x_proj(sched, input, w_ih, b_ih);  // [N, 3H]
   at::Tensor output = at::empty({N, H}, input.options());
   // Saved for the backward, or one step's scratch.
   at::Tensor workspace = at::empty({save ? N : B, 4 * H}, input.options());

@@ -18,7 +18,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
     const at::Tensor& w_hr, bool save) {
   const int64_t H = sz.hidden, P = sz.output, B = sz.batch, N = sz.rows;
   const bool proj = w_hr.defined();
-  ProjectedInput<scalar_t> x_proj(sched, input, w_ih, bias.input, &Launch::gemm_nt);  // [N, 4H]
+  ProjectedInput<scalar_t, Launch> x_proj(sched, input, w_ih, bias.input);  // [N, 4H]
   at::Tensor output = at::empty({N, P}, input.options());
   // Saved for the backward, or one step's scratch.
   at::Tensor gates = at::empty({save ? N : B, 4 * H}, input.options());
@@ -35,7 +35,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
   at::Tensor h_n = forward_loop<scalar_t, Launch>(
       sz, sched, x_proj, h0, w_hh, bias.recurrent, output, h_proj, hidden, /*fusable=*/!proj,
       make_step, [&](int64_t, const at::Tensor& out_rows) {
-        if (proj) Launch::gemm_nt(out_rows, hidden.narrow(0, 0, out_rows.size(0)), w_hr, {});
+        if (!proj) return;
+        Launch::gemm_nt(NtProduct{out_rows, hidden.narrow(0, 0, out_rows.size(0)), w_hr, {}});
       });
   if (!save) return {output, h_n, c, empty_grad(input), empty_grad(input)};
   return {output, h_n, c, gates, cells};

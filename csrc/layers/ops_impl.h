@@ -198,7 +198,7 @@ Tensor gemm_nt_op(const Tensor& a, const Tensor& w, const OptTensor& bias) {
               ": expected a, w and bias of one dtype");
   typename Launch::Guard guard(a.device());
   Tensor out = at::empty({a.size(0), w.size(0)}, a.options());
-  Launch::gemm_nt(out, a.contiguous(), w.contiguous(), b);
+  Launch::gemm_nt(NtProduct{out, a.contiguous(), w.contiguous(), b});
   return out;
 }
 

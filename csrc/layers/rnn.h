@@ -14,7 +14,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(const LayerSizes& sz, const Sched
                                                const at::Tensor& w_ih, const at::Tensor& w_hh,
                                                const SummedBiases& bias, bool relu) {
   const int64_t H = sz.hidden, N = sz.rows;
-  ProjectedInput<scalar_t> x_proj(sched, input, w_ih, bias.input, &Launch::gemm_nt);  // [N, H]
+  ProjectedInput<scalar_t, Launch> x_proj(sched, input, w_ih, bias.input);  // [N, H]
   at::Tensor output = at::empty({N, H}, input.options());
   auto make_step = [&](int64_t, const scalar_t* x, const scalar_t*, scalar_t*, scalar_t* out) {
     return RnnForwardStep<scalar_t>{{}, x, out, H, relu};

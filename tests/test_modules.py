@@ -424,3 +424,43 @@ def test_bidirectional_directions_run_together(name, form, monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert calls and len(calls) % 2 == 0, calls  # two layers per forward
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU"])
+def test_directions_together_one_node_and_double_backward(name):
+    """Both directions of a layer are one autograd node whose backward runs them
+    together: with some parameters frozen (no gradient for them, the others
+    exact), in inference mode (the pair's CPU kernel), and with create_graph
+    (double backward: the directions' differentiable backward in turn), results
+    equal those of the directions run one after the other (one thread)."""
+    threads = torch.get_num_threads()
+
+    def run(n_threads, mode):
+        torch.set_num_threads(n_threads)
+        torch.manual_seed(0)
+        module = getattr(rnnfused, name)(5, 12, num_layers=2, bidirectional=True)
+        module.weight_ih_l0_reverse.requires_grad_(False)
+        module.bias_hh_l1.requires_grad_(False)
+        x = torch.randn(7, 3, 5, requires_grad=True)
+        if mode == "inference":
+            with torch.inference_mode():
+                return [module(x)[0].clone()], set()
+        out, _ = module(x)
+        # out = cat(forward, reverse) of the last layer: both from one node
+        nodes = {f[0].name() for f in out.grad_fn.next_functions}
+        leaves = [x] + [p for p in module.parameters() if p.requires_grad]
+        grads = torch.autograd.grad((out * out).sum(), leaves, create_graph=mode == "double")
+        if mode == "double":
+            grads = torch.autograd.grad(sum((g * g).sum() for g in grads), leaves)
+        return [out] + list(grads), nodes
+
+    try:
+        for mode in ("backward", "inference", "double"):
+            together, nodes = run(2, mode)
+            apart, _ = run(1, mode)
+            for got, want in zip(together, apart):
+                torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=lambda m: f"{mode}: {m}")
+            if mode == "backward":
+                assert len(nodes) == 1 and f"{name.capitalize()}LayerPair" in nodes.pop(), nodes
+    finally:
+        torch.set_num_threads(threads)

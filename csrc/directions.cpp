@@ -75,12 +75,6 @@ Tensor grad_or_zeros(const Tensor& grad, const Tensor& like) {
   return grad.defined() ? grad : at::zeros_like(like);
 }
 
-c10::List<bool> bool_list(const std::vector<bool>& values) {
-  c10::List<bool> list;
-  for (bool v : values) list.push_back(v);
-  return list;
-}
-
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -106,6 +100,41 @@ variable_list placed(const std::array<variable_list, 2>& per_direction,
     result[a] = g0.defined() && g1.defined() ? g0 + g1 : g0.defined() ? g0 : g1;
   }
   return result;
+}
+
+// A pair Function's forward bookkeeping: saves `args` (its tensor arguments in
+// order, undefined where absent) and then `workspaces`, records which arguments
+// are defined (their input edges), keeps materialize_grads off.
+void save_pair(AutogradContext* ctx, const variable_list& args, const variable_list& workspaces) {
+  c10::List<bool> defined;
+  for (const Tensor& t : args) defined.push_back(t.defined());
+  ctx->saved_data["defined"] = defined;
+  variable_list saved = args;
+  saved.insert(saved.end(), workspaces.begin(), workspaces.end());
+  ctx->save_for_backward(saved);
+  ctx->set_materialize_grads(false);
+}
+
+// Which of the saved arguments need a gradient.
+std::vector<bool> pair_needs(AutogradContext* ctx) {
+  std::vector<bool> defined;
+  for (bool d : ctx->saved_data["defined"].toBoolList()) defined.push_back(d);
+  return needs_of(ctx, defined);
+}
+
+// A pair's backward: run(d) for both directions, a thread each; in turn where the
+// backward itself is recorded (create_graph), whose ops run Python.
+template <typename F>
+variable_list pair_backward(const std::vector<bool>& need, const F& run) {
+  std::array<variable_list, 2> per_direction;
+  auto each = [&](int d) { per_direction[d] = run(d); };
+  if (at::GradMode::is_enabled()) {
+    each(0);
+    each(1);
+  } else {
+    run_two(each);
+  }
+  return placed(per_direction, need);
 }
 
 // ------------------------------------------------------------------ LSTM
@@ -179,31 +208,20 @@ struct LstmLayerPair : torch::autograd::Function<LstmLayerPair> {
                                             w_ih1, w_hh1, b_ih1, b_hh1, w_hr1};
     const auto r = lstm_pair_below_autograd(input, batch_sizes, {hx0, cx0, hx1, cx1}, weights,
                                             need_workspace);
-    std::vector<bool> defined{true, value_of(batch_sizes).defined(), true, true, true, true};
-    variable_list saved{input, value_of(batch_sizes), hx0, cx0, hx1, cx1};
-    for (const OptTensor& w : weights) {
-      defined.push_back(value_of(w).defined());
-      saved.push_back(value_of(w));
-    }
-    ctx->saved_data["defined"] = bool_list(defined);
-    for (int d = 0; d < 2; ++d) {
-      saved.insert(saved.end(), {std::get<0>(r[d]), std::get<3>(r[d]), std::get<4>(r[d])});
-    }
-    ctx->save_for_backward(saved);
-    ctx->set_materialize_grads(false);
+    variable_list args{input, value_of(batch_sizes), hx0, cx0, hx1, cx1};
+    for (const OptTensor& w : weights) args.push_back(value_of(w));
+    save_pair(ctx, args, {std::get<0>(r[0]), std::get<3>(r[0]), std::get<4>(r[0]),
+                          std::get<0>(r[1]), std::get<3>(r[1]), std::get<4>(r[1])});
     return {std::get<0>(r[0]), std::get<1>(r[0]), std::get<2>(r[0]),
             std::get<0>(r[1]), std::get<1>(r[1]), std::get<2>(r[1])};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list s = ctx->get_saved_variables();
-    std::vector<bool> defined;
-    for (bool d : ctx->saved_data["defined"].toBoolList()) defined.push_back(d);
-    const std::vector<bool> need = needs_of(ctx, defined);
+    const std::vector<bool> need = pair_needs(ctx);
     const OptTensor batch_sizes = optional_of(s[1]);
     // direction d's gradients, by argument position (undefined where not needed)
-    std::array<variable_list, 2> per_direction;
-    auto run = [&](int d) {
+    return pair_backward(need, [&](int d) {
       const size_t h = 2 + 2 * d, w = 6 + 5 * d, o = 16 + 3 * d;  // hx, w_ih, output
       const Tensor g_out = grad_or_zeros(grads[3 * d], s[o]);
       const Tensor g_hn = grad_or_zeros(grads[3 * d + 1], s[h]);
@@ -231,15 +249,8 @@ struct LstmLayerPair : torch::autograd::Function<LstmLayerPair> {
         const size_t to[8] = {0, h, h + 1, w, w + 1, w + 2, w + 3, w + 4};
         for (size_t k = 0; k < 8; ++k) g[to[k]] = got[k];
       }
-      per_direction[d] = std::move(g);
-    };
-    if (at::GradMode::is_enabled()) {
-      run(0);
-      run(1);
-    } else {
-      run_two(run);
-    }
-    return placed(per_direction, need);
+      return g;
+    });
   }
 };
 
@@ -317,27 +328,18 @@ struct GruLayerPair : torch::autograd::Function<GruLayerPair> {
                                bool need_workspace) {
     const std::array<OptTensor, 8> weights{w_ih0, w_hh0, b_ih0, b_hh0, w_ih1, w_hh1, b_ih1, b_hh1};
     const auto r = gru_pair_below_autograd(input, batch_sizes, {hx0, hx1}, weights, need_workspace);
-    std::vector<bool> defined{true, value_of(batch_sizes).defined(), true, true};
-    variable_list saved{input, value_of(batch_sizes), hx0, hx1};
-    for (const OptTensor& w : weights) {
-      defined.push_back(value_of(w).defined());
-      saved.push_back(value_of(w));
-    }
-    ctx->saved_data["defined"] = bool_list(defined);
-    for (int d = 0; d < 2; ++d) saved.insert(saved.end(), {std::get<0>(r[d]), std::get<2>(r[d])});
-    ctx->save_for_backward(saved);
-    ctx->set_materialize_grads(false);
+    variable_list args{input, value_of(batch_sizes), hx0, hx1};
+    for (const OptTensor& w : weights) args.push_back(value_of(w));
+    save_pair(ctx, args, {std::get<0>(r[0]), std::get<2>(r[0]), std::get<0>(r[1]),
+                          std::get<2>(r[1])});
     return {std::get<0>(r[0]), std::get<1>(r[0]), std::get<0>(r[1]), std::get<1>(r[1])};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list s = ctx->get_saved_variables();
-    std::vector<bool> defined;
-    for (bool d : ctx->saved_data["defined"].toBoolList()) defined.push_back(d);
-    const std::vector<bool> need = needs_of(ctx, defined);
+    const std::vector<bool> need = pair_needs(ctx);
     const OptTensor batch_sizes = optional_of(s[1]);
-    std::array<variable_list, 2> per_direction;
-    auto run = [&](int d) {
+    return pair_backward(need, [&](int d) {
       const size_t h = 2 + d, w = 4 + 4 * d, o = 12 + 2 * d;  // hx, w_ih, output
       const Tensor g_out = grad_or_zeros(grads[2 * d], s[o]);
       const Tensor g_hn = grad_or_zeros(grads[2 * d + 1], s[h]);
@@ -362,15 +364,8 @@ struct GruLayerPair : torch::autograd::Function<GruLayerPair> {
         const size_t to[6] = {0, h, w, w + 1, w + 2, w + 3};
         for (size_t k = 0; k < 6; ++k) g[to[k]] = got[k];
       }
-      per_direction[d] = std::move(g);
-    };
-    if (at::GradMode::is_enabled()) {
-      run(0);
-      run(1);
-    } else {
-      run_two(run);
-    }
-    return placed(per_direction, need);
+      return g;
+    });
   }
 };
 

@@ -402,12 +402,12 @@ def test_typed_binding_or_torch_ops(kind, device, monkeypatch):
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
-@pytest.mark.parametrize("rows", [0, 1, 2, 3, 4, 5, 8, 9, 16, 17])
+@pytest.mark.parametrize("rows", [0, 1, 2, 3, 4, 5, 8, 9, 16, 17, 64, 300])
 def test_gemm_nt(rows, bias, device):
     """The product a @ w^T (+ bias) that the layer ops form their input projections
-    and per-step products with (on the CPU with AVX-512, few rows take the
-    library's own kernels: dot products below 4 rows, w transposed a 32-row panel
-    of 128 columns at a time from 4 rows, two threads from 2^18 multiply-adds):
+    and per-step products with (on the CPU with AVX-512, few rows or small products
+    take the library's own kernels: dot products below 4 rows, w transposed a 32-row
+    panel of 128 columns at a time from 4 rows, two threads from 2^18 multiply-adds):
     against float64 at widths with partial panels, blocks and vectors, depths past
     one buffered panel, and K = 0."""
     torch.manual_seed(rows)

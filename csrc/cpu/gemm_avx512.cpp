@@ -79,18 +79,16 @@ void transpose_panel(const float* w, int64_t N, int64_t K, int64_t n0, int64_t k
   }
 }
 
-// out[r][c] (+)= sum_k a[r][k] panel[k][c] for r < ROWS, c < 32 (lanes in `m0`, `m1`).
-// start: the value before the sum: the bias row (or 0) on the first panel depth,
-// out itself on the later ones.
+// out[r][c] (+)= sum_k a[r][k] panel[k][c] for r < ROWS, c < 32 (lanes in `m0`, `m1`):
+// from 0 on the first panel depth, from out itself on the later ones; `bias` (on
+// the last depth, else null) is added after the products, as the BLAS adds C.
 template <int ROWS>
 void row_block(const float* a, int64_t lda, const float* panel, int64_t kc, float* out,
                int64_t ldo, __mmask16 m0, __mmask16 m1, const float* bias, bool from_out) {
   __m512 acc0[ROWS], acc1[ROWS];
-  const __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
-  const __m512 b1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
   for (int r = 0; r < ROWS; ++r) {
-    acc0[r] = from_out ? _mm512_maskz_loadu_ps(m0, out + r * ldo) : b0;
-    acc1[r] = from_out ? _mm512_maskz_loadu_ps(m1, out + r * ldo + 16) : b1;
+    acc0[r] = from_out ? _mm512_maskz_loadu_ps(m0, out + r * ldo) : _mm512_setzero_ps();
+    acc1[r] = from_out ? _mm512_maskz_loadu_ps(m1, out + r * ldo + 16) : _mm512_setzero_ps();
   }
   for (int64_t k = 0; k < kc; ++k) {
     const __m512 p0 = _mm512_load_ps(panel + k * kPanel);
@@ -99,6 +97,13 @@ void row_block(const float* a, int64_t lda, const float* panel, int64_t kc, floa
       const __m512 x = _mm512_set1_ps(a[r * lda + k]);
       acc0[r] = _mm512_fmadd_ps(x, p0, acc0[r]);
       acc1[r] = _mm512_fmadd_ps(x, p1, acc1[r]);
+    }
+  }
+  if (bias != nullptr) {
+    const __m512 b0 = _mm512_maskz_loadu_ps(m0, bias), b1 = _mm512_maskz_loadu_ps(m1, bias + 16);
+    for (int r = 0; r < ROWS; ++r) {
+      acc0[r] = _mm512_add_ps(acc0[r], b0);
+      acc1[r] = _mm512_add_ps(acc1[r], b1);
     }
   }
   for (int r = 0; r < ROWS; ++r) {
@@ -212,8 +217,9 @@ void run_panel(const NtGemm& g, int64_t p) {
     transpose_panel(g.w, g.N, g.K, n0, k0, kc, panel);
     for (int64_t r0 = 0; r0 < g.M; r0 += kRowBlock) {
       const int rows = static_cast<int>(std::min<int64_t>(kRowBlock, g.M - r0));
+      const bool last = k0 + kc == g.K;
       kRowBlocks[rows - 1](g.a + r0 * g.lda + k0, g.lda, panel, kc, g.out + r0 * g.ldo + n0,
-                           g.ldo, m0, m1, g.bias ? g.bias + n0 : nullptr, k0 > 0);
+                           g.ldo, m0, m1, last && g.bias ? g.bias + n0 : nullptr, k0 > 0);
     }
   }
 }

@@ -67,9 +67,12 @@ struct CpuLaunch {
     TORCH_INTERNAL_ASSERT(false, "rnnfused: the fused backward loop runs float32 only");
   }
 
-  // Rows of `a` up to which gemm_nt takes gemm_nt_small_avx512 (measured against
-  // MKL's two-thread NT GEMM at K 64-512, N 256-2048: see simd.h).
+  // Where gemm_nt takes gemm_nt_small_avx512 instead of MKL: up to 16 rows of `a`,
+  // or up to 2^23 multiply-adds (measured on two threads against MKL's NT GEMM:
+  // 8 x 128 x 512 12 vs 16 us, 50 x 64 x 256 8 vs 19, 64 x 128 x 512 34 vs 46,
+  // 16 x 512 x 2048 199 vs 415; MKL is ahead by ~10% from 512 x 128 x 512 on).
   static constexpr int64_t kSmallGemmRows = 16;
+  static constexpr int64_t kSmallGemmWork = int64_t{1} << 23;
 
   // Each product out = a @ w^T (+ bias) (common.h's NtProduct), those with few
   // float32 rows together in one call of the AVX-512 kernel, the others on ATen.
@@ -99,8 +102,9 @@ struct CpuLaunch {
 
 #if defined(__x86_64__)
   static bool takes_small_gemm(const NtProduct& p) {
-    const int64_t K = p.a.size(1);
-    return p.out.scalar_type() == at::kFloat && p.a.size(0) <= kSmallGemmRows &&
+    const int64_t M = p.a.size(0), K = p.a.size(1);
+    return p.out.scalar_type() == at::kFloat &&
+           (M <= kSmallGemmRows || M * K * p.w.size(0) <= kSmallGemmWork) &&
            cpu::active_isa() == cpu::Isa::kAvx512 && (K <= 1 || p.a.stride(1) == 1) &&
            (p.out.size(1) <= 1 || p.out.stride(1) == 1) && p.w.is_contiguous() &&
            (!p.bias.defined() || p.bias.is_contiguous());

@@ -53,6 +53,10 @@ class Schedule {
   }
 
   int64_t steps() const { return static_cast<int64_t>(rows_.size()); }
+  // Whether every step has every batch row (dense input, or packed equal lengths).
+  bool dense() const {
+    return std::all_of(rows_.begin(), rows_.end(), [&](int64_t r) { return r == rows_[0]; });
+  }
   int64_t time(int64_t s) const { return reverse_ ? steps() - 1 - s : s; }
   int64_t rows(int64_t s) const { return rows_[time(s)]; }
   int64_t offset(int64_t s) const { return offsets_[time(s)]; }
@@ -73,6 +77,25 @@ class Schedule {
       for (int64_t b = 0; b < rows(s); ++b) index[b] = offset(s) + b;
     }
     return sequence.index_select(0, index_tensor(index, sequence.device()));
+  }
+
+  // grad^T @ previous(sequence, initial): grad [N, G] -> [G, D], the recurrent
+  // weight gradient. Where every step has every row (dense input) the previous
+  // states are `initial` and `sequence` shifted by one step: two GEMMs over them in
+  // place, no [N, D] gather.
+  at::Tensor previous_product(const at::Tensor& grad, const at::Tensor& sequence,
+                              const at::Tensor& initial) const {
+    const int64_t n = sequence.size(0), batch = initial.size(0);
+    if (!dense() || n == 0) return at::mm(grad.t(), previous(sequence, initial));
+    // forward: step 0's rows take `initial`, rows [B, N) the sequence's rows [0, N - B);
+    // reverse: the last time's rows [N - B, N) take `initial`, rows [0, N - B) rows [B, N).
+    const int64_t first = reverse_ ? n - batch : 0, rest = reverse_ ? 0 : batch;
+    at::Tensor product = at::mm(grad.narrow(0, first, batch).t(), initial);
+    if (n > batch) {
+      product.addmm_(grad.narrow(0, rest, n - batch).t(),
+                     sequence.narrow(0, reverse_ ? batch : 0, n - batch));
+    }
+    return product;
   }
 
   // For every row of the sequence, the row holding its previous state: a row of
@@ -215,13 +238,14 @@ struct WeightGrads {
 // asks for it (the others [0]).
 //   d_x: [N, G*H] gradient on the input-side pre-activations, d_h: [N, G*H] on the
 //   hidden-side products (the same tensor for RNN and LSTM), input: [N, I],
-//   h_prev(): [N, P] the previous state of every row (formed only if needed).
-template <typename PrevFn>
-WeightGrads weight_grads(const at::Tensor& d_x, const at::Tensor& d_h, const at::Tensor& input,
-                         PrevFn h_prev, const GradMask& mask) {
+//   output: [N, P] every row's state, h0: [B, P] (the previous states: sched.previous_product).
+inline WeightGrads weight_grads(const at::Tensor& d_x, const at::Tensor& d_h,
+                                const at::Tensor& input, const Schedule& sched,
+                                const at::Tensor& output, const at::Tensor& h0,
+                                const GradMask& mask) {
   WeightGrads g{empty_grad(d_x), empty_grad(d_x), empty_grad(d_x), empty_grad(d_x)};
   if (mask.w_ih) g.w_ih = at::mm(d_x.t(), input);
-  if (mask.w_hh) g.w_hh = at::mm(d_h.t(), h_prev());
+  if (mask.w_hh) g.w_hh = sched.previous_product(d_h, output, h0);
   if (mask.b_ih) g.b_ih = d_x.sum(0);
   if (mask.b_hh) g.b_hh = d_h.is_same(d_x) && mask.b_ih ? g.b_ih.clone() : d_h.sum(0);
   return g;

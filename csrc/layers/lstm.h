@@ -84,7 +84,7 @@ lstm_backward(const LayerSizes& sz, const Schedule& sched, const at::Tensor& gra
   at::Tensor grad_input = mask.input ? at::mm(d_pre, w_ih) : empty_grad(input);
   at::Tensor grad_w_hr = empty_grad(input);
   const WeightGrads wg =
-      weight_grads(d_pre, d_pre, input, [&] { return sched.previous(output, h0); }, mask);
+      weight_grads(d_pre, d_pre, input, sched, output, h0, mask);
   if (proj && mask.w_hr) grad_w_hr = at::mm(d_h_all.t(), hidden_all);  // [P, H]
   if (!mask.states) {
     d_h = empty_grad(input);

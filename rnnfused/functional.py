@@ -467,6 +467,25 @@ def _check_cell(input: Tensor, hiddens: Sequence[Tensor], w_ih: Tensor, w_hh: Te
             )
 
 
+def _cell_step(
+    fused: Callable[..., Any], ref: Callable[..., Any], checked: tuple[Tensor, Sequence[Tensor], Tensor, Tensor],
+    *args: Any,
+) -> Any:
+    """A cell step: the layer op `fused` (or `ref` off the fused path) on `args`, with
+    torch.nn's argument checks on checked = (input, hiddens, w_ih, w_hh). The fused
+    op checks every shape, dtype and device itself, so a step pays for _check_cell
+    only when the op raises: it then raises torch.nn's error where torch.nn has one
+    (else the op's error stands). The reference path is checked up front."""
+    if not _use_fused(checked[0]):
+        _check_cell(*checked)
+        return ref(*args)
+    try:
+        return fused(*args)
+    except RuntimeError:
+        _check_cell(*checked)
+        raise
+
+
 def lstm_cell(
     input: Tensor,
     hx: Sequence[Tensor],
@@ -480,9 +499,8 @@ def lstm_cell(
     if low is not None:
         dtype = _carried_dtype(low, hx[1])
         input, *hx, w_ih, w_hh, b_ih, b_hh = _cast((input, *hx, w_ih, w_hh, b_ih, b_hh), low)
-    _check_cell(input, hx, w_ih, w_hh)
-    fn = ops.lstm_layer if _use_fused(input) else reference.lstm_layer
-    _, h, c = fn(input.unsqueeze(0), None, hx[0], hx[1], w_ih, w_hh, b_ih, b_hh, None, False)
+    _, h, c = _cell_step(ops.lstm_layer, reference.lstm_layer, (input, hx, w_ih, w_hh),
+                         input.unsqueeze(0), None, hx[0], hx[1], w_ih, w_hh, b_ih, b_hh, None, False)
     if low is not None:
         return h.to(dtype), c.to(dtype)
     return h, c
@@ -497,9 +515,8 @@ def gru_cell(
     if low is not None:
         dtype = _carried_dtype(low, hx)
         input, hx, w_ih, w_hh, b_ih, b_hh = _cast((input, hx, w_ih, w_hh, b_ih, b_hh), low)
-    _check_cell(input, (hx,), w_ih, w_hh)
-    fn = ops.gru_layer if _use_fused(input) else reference.gru_layer
-    h = fn(input.unsqueeze(0), None, hx, w_ih, w_hh, b_ih, b_hh, False)[1]
+    h = _cell_step(ops.gru_layer, reference.gru_layer, (input, (hx,), w_ih, w_hh),
+                   input.unsqueeze(0), None, hx, w_ih, w_hh, b_ih, b_hh, False)[1]
     return h if low is None else h.to(dtype)
 
 
@@ -512,6 +529,6 @@ def rnn_cell(
     low = _autocast_dtype(input)
     if low is not None:
         input, hx, w_ih, w_hh, b_ih, b_hh = _cast((input, hx, w_ih, w_hh, b_ih, b_hh), low)
-    _check_cell(input, (hx,), w_ih, w_hh)
-    fn = ops.rnn_layer if _use_fused(input) else reference.rnn_layer
-    return fn(input.unsqueeze(0), None, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity == "relu", False)[1]
+    return _cell_step(ops.rnn_layer, reference.rnn_layer, (input, (hx,), w_ih, w_hh),
+                      input.unsqueeze(0), None, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity == "relu",
+                      False)[1]

@@ -9,6 +9,9 @@
 #include <torch/csrc/Exceptions.h>
 #include <torch/extension.h>
 
+#include <functional>
+#include <initializer_list>
+
 #include "op_handle.h"
 
 namespace rnnfused {
@@ -28,14 +31,25 @@ using RnnLayerSig = std::tuple<Tensor, Tensor>(const Tensor&, const OptTensor&, 
                                                const Tensor&, const Tensor&, const OptTensor&,
                                                const OptTensor&, bool, bool);
 
-// Returns (output, h_n, c_n): the workspaces stay with autograd.
+// Whether autograd will need the op's saved workspace (ops.py's _backward_follows).
+bool backward_follows(std::initializer_list<std::reference_wrapper<const OptTensor>> tensors) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const OptTensor& t : tensors) {
+    if (t.has_value() && t->defined() && t->requires_grad()) return true;
+  }
+  return false;
+}
+
+// Returns (output, h_n, c_n): the workspaces, saved when a backward follows, stay
+// with autograd.
 std::tuple<Tensor, Tensor, Tensor> lstm_layer(const Tensor& input, const OptTensor& batch_sizes,
                                               const Tensor& hx, const Tensor& cx,
                                               const Tensor& w_ih, const Tensor& w_hh,
                                               const OptTensor& b_ih, const OptTensor& b_hh,
-                                              const OptTensor& w_hr, bool reverse,
-                                              bool need_workspace) {
+                                              const OptTensor& w_hr, bool reverse) {
   static const auto op = op_handle<LstmLayerSig>("rnnfused::lstm_layer");
+  const OptTensor x = input, h = hx, c = cx, wi = w_ih, wh = w_hh;
+  const bool need_workspace = backward_follows({x, h, c, wi, wh, b_ih, b_hh, w_hr});
   auto [output, h_n, c_n, gates, cells] =
       op.call(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, need_workspace);
   return {output, h_n, c_n};
@@ -44,9 +58,10 @@ std::tuple<Tensor, Tensor, Tensor> lstm_layer(const Tensor& input, const OptTens
 // Returns (output, h_n).
 std::tuple<Tensor, Tensor> gru_layer(const Tensor& input, const OptTensor& batch_sizes,
                                      const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
-                                     const OptTensor& b_ih, const OptTensor& b_hh, bool reverse,
-                                     bool need_workspace) {
+                                     const OptTensor& b_ih, const OptTensor& b_hh, bool reverse) {
   static const auto op = op_handle<GruLayerSig>("rnnfused::gru_layer");
+  const OptTensor x = input, h = hx, wi = w_ih, wh = w_hh;
+  const bool need_workspace = backward_follows({x, h, wi, wh, b_ih, b_hh});
   auto [output, h_n, workspace] =
       op.call(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, need_workspace);
   return {output, h_n};

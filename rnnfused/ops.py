@@ -91,9 +91,9 @@ def lstm_layer(
     """One LSTM layer-direction. hx [B, P], cx [B, H], w_hr [P, H] or None.
     Returns (output [T, B, P] or [N, P], h_n [B, P], c_n [B, H])."""
     args = (input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
+    if _typed_call(args):  # which decides need_workspace itself, in C++
+        return _C.lstm_layer(*args, reverse)
     need_workspace = _backward_follows(*args)
-    if _typed_call(args):
-        return _C.lstm_layer(*args, reverse, need_workspace)
     output, h_n, c_n, _, _ = torch.ops.rnnfused.lstm_layer.default(*args, reverse, need_workspace)
     return output, h_n, c_n
 
@@ -143,9 +143,9 @@ def gru_layer(
 ) -> tuple[Tensor, Tensor]:
     """One GRU layer-direction. Returns (output [T, B, H] or [N, H], h_n [B, H])."""
     args = (input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh)
+    if _typed_call(args):  # which decides need_workspace itself, in C++
+        return _C.gru_layer(*args, reverse)
     need_workspace = _backward_follows(*args)
-    if _typed_call(args):
-        return _C.gru_layer(*args, reverse, need_workspace)
     output, h_n, _ = torch.ops.rnnfused.gru_layer.default(*args, reverse, need_workspace)
     return output, h_n
 

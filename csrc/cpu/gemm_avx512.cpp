@@ -1,11 +1,13 @@
-// out = a @ w^T (+ bias) for few rows of `a`, float32, AVX-512, one thread
-// (simd.h's gemm_nt_small_avx512). A cell's step and the per-step GEMMs of the
-// unfused loops multiply a handful of rows by weights stored [N, K], the layout
-// torch.nn keeps: the CPU BLAS runs that "NT" product at about half its rate
-// for the same product with w^T stored (61 vs 141 GFLOP/s at 8 x 128 x 512 on
-// one core). Here each 32-row panel of w is transposed in registers (16 x 16
-// blocks) into an L1 buffer [kc, 32], and the rows of `a` are broadcast against
-// it, 8 rows x 32 columns of accumulators at a time.
+// out = a @ w^T (+ bias) for few rows of `a` or small products, float32, AVX-512
+// (simd.h's gemm_nt_small_avx512). A cell's step, the per-step GEMMs of the
+// unfused loops and small input projections multiply few rows by weights stored
+// [N, K], the layout torch.nn keeps: the CPU BLAS runs that "NT" product at about
+// half its rate for the same product with w^T stored (61 vs 141 GFLOP/s at
+// 8 x 128 x 512 on one core). From 4 rows each 32-row panel of w is transposed in
+// registers (16 x 16 blocks) into an L1 buffer [kc, 32], and the rows of `a` are
+// broadcast against it, 8 rows x 32 columns of accumulators at a time; below 4
+// rows, dot products along k. The panels of one or two products are split between
+// the threads in one parallel region.
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -118,73 +120,76 @@ constexpr RowBlockFn kRowBlocks[kRowBlock] = {row_block<1>, row_block<2>, row_bl
                                               row_block<4>, row_block<5>, row_block<6>,
                                               row_block<7>, row_block<8>};
 
-// v[16] -> one vector whose lane p is the sum of v[p]'s lanes.
-inline __m512 sum_lanes16(const __m512 v[16]) {
+// v[16] -> one vector whose lane p is the sum of v[p]'s lanes (pairs of vectors
+// interleaved and added, four times).
+inline __m512 sum_lanes16(const __m512 (&v)[16]) {
   __m512 s[8], r[4], q[2];
-  for (int i = 0; i < 8; ++i)
-    s[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 8; ++i) {
+    s[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
+                         _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  }
   for (int i = 0; i < 4; ++i) {
     const __m512d c = _mm512_castps_pd(s[2 * i]), d = _mm512_castps_pd(s[2 * i + 1]);
-    r[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(c, d)), _mm512_castpd_ps(_mm512_unpackhi_pd(c, d)));
+    r[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(c, d)),
+                         _mm512_castpd_ps(_mm512_unpackhi_pd(c, d)));
   }
-  for (int i = 0; i < 2; ++i)
-    q[i] = _mm512_add_ps(_mm512_shuffle_f32x4(r[2 * i], r[2 * i + 1], 0x88), _mm512_shuffle_f32x4(r[2 * i], r[2 * i + 1], 0xdd));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(q[0], q[1], 0x88), _mm512_shuffle_f32x4(q[0], q[1], 0xdd));
+  for (int i = 0; i < 2; ++i) {
+    q[i] = _mm512_add_ps(_mm512_shuffle_f32x4(r[2 * i], r[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(r[2 * i], r[2 * i + 1], 0xdd));
+  }
+  return _mm512_add_ps(_mm512_shuffle_f32x4(q[0], q[1], 0x88),
+                       _mm512_shuffle_f32x4(q[0], q[1], 0xdd));
 }
+
 // out[i][j] = sum_k a[i][k] w[j][k] (+ bias[j]) for i < mr <= MR, j < nr <= NR as
-// dot products along k, MR * NR vectors of partial sums reduced together at the end:
-// for few rows, where transposing w would cost more than the products.
+// dot products along k: MR * NR = 16 vectors of partial sums, reduced together at
+// the end. For 1-3 rows, where transposing w would cost more than the products.
+// Rows past mr / nr repeat the last one (their sums are not stored).
 template <int MR, int NR>
-void dot_block(int64_t mr, int64_t nr, int64_t K, const float* a, int64_t lda, const float* w, int64_t ldw,
-           const float* bias, float* out, int64_t ldo) {
-  static_assert(MR * NR == 16, "16 accumulators");
+void dot_block(int64_t mr, int64_t nr, int64_t K, const float* a, int64_t lda, const float* w,
+               int64_t ldw, const float* bias, float* out, int64_t ldo) {
+  static_assert(MR * NR == 16 && (NR == 8 || NR == 16), "1 x 16 or 2 x 8 outputs");
   __m512 acc[16];
   for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
-  const float* wr[NR]; const float* ar[MR];
-  for (int j = 0; j < NR; ++j) wr[j] = w + std::min<int64_t>(j, nr - 1) * ldw;
-  for (int i = 0; i < MR; ++i) ar[i] = a + std::min<int64_t>(i, mr - 1) * lda;
-  int64_t k = 0;
-  for (; k + 16 <= K; k += 16) {
-    __m512 wv[NR];
-    for (int j = 0; j < NR; ++j) wv[j] = _mm512_loadu_ps(wr[j] + k);
-    for (int i = 0; i < MR; ++i) {
-      const __m512 av = _mm512_loadu_ps(ar[i] + k);
-      for (int j = 0; j < NR; ++j) acc[i * NR + j] = _mm512_fmadd_ps(av, wv[j], acc[i * NR + j]);
-    }
-  }
-  if (k < K) {
+  const float* w_rows[NR];
+  const float* a_rows[MR];
+  for (int j = 0; j < NR; ++j) w_rows[j] = w + std::min<int64_t>(j, nr - 1) * ldw;
+  for (int i = 0; i < MR; ++i) a_rows[i] = a + std::min<int64_t>(i, mr - 1) * lda;
+  for (int64_t k = 0; k < K; k += 16) {
     const __mmask16 m = first_lanes(K - k);
     __m512 wv[NR];
-    for (int j = 0; j < NR; ++j) wv[j] = _mm512_maskz_loadu_ps(m, wr[j] + k);
+    for (int j = 0; j < NR; ++j) wv[j] = _mm512_maskz_loadu_ps(m, w_rows[j] + k);
     for (int i = 0; i < MR; ++i) {
-      const __m512 av = _mm512_maskz_loadu_ps(m, ar[i] + k);
+      const __m512 av = _mm512_maskz_loadu_ps(m, a_rows[i] + k);
       for (int j = 0; j < NR; ++j) acc[i * NR + j] = _mm512_fmadd_ps(av, wv[j], acc[i * NR + j]);
     }
   }
   __m512 sums = sum_lanes16(acc);  // lane i * NR + j: out[i][j]
-  const __mmask16 cols = first_lanes(nr);
-  if (bias) {
-    __m512 b = _mm512_maskz_loadu_ps(cols, bias);  // lanes j < NR
-    if (NR == 4) b = _mm512_shuffle_f32x4(b, b, 0x00);
-    if (NR == 8) b = _mm512_shuffle_f32x4(b, b, 0x44);
+  if (bias != nullptr) {
+    __m512 b = _mm512_maskz_loadu_ps(first_lanes(nr), bias);  // lanes j < nr
+    if (NR == 8) b = _mm512_shuffle_f32x4(b, b, 0x44);         // both rows' lanes
     sums = _mm512_add_ps(sums, b);
   }
   alignas(64) float lanes[16];
   _mm512_store_ps(lanes, sums);
-  for (int64_t i = 0; i < mr; ++i)
+  for (int64_t i = 0; i < mr; ++i) {
     for (int64_t j = 0; j < nr; ++j) out[i * ldo + j] = lanes[i * NR + j];
+  }
 }
-template <int MR, int NR>
-void dot_rows(int64_t r0, int64_t r1, int64_t N, int64_t K, const float* a, int64_t lda, const float* w,
-          const float* bias, float* out, int64_t ldo) {
-  for (int64_t n0 = 0; n0 < N; n0 += NR)
-    for (int64_t m0 = r0; m0 < r1; m0 += MR)
-      dot_block<MR, NR>(std::min<int64_t>(MR, r1 - m0), std::min<int64_t>(NR, N - n0), K, a + m0 * lda, lda,
-                    w + n0 * K, K, bias ? bias + n0 : nullptr, out + m0 * ldo + n0, ldo);
-}
-}  // namespace
 
-namespace {
+// Rows [r0, r1) of out by dot_block, MR rows x NR columns at a time.
+template <int MR, int NR>
+void dot_rows(int64_t r0, int64_t r1, int64_t N, int64_t K, const float* a, int64_t lda,
+              const float* w, const float* bias, float* out, int64_t ldo) {
+  for (int64_t n0 = 0; n0 < N; n0 += NR) {
+    for (int64_t m0 = r0; m0 < r1; m0 += MR) {
+      dot_block<MR, NR>(std::min<int64_t>(MR, r1 - m0), std::min<int64_t>(NR, N - n0), K,
+                        a + m0 * lda, lda, w + n0 * K, K, bias ? bias + n0 : nullptr,
+                        out + m0 * ldo + n0, ldo);
+    }
+  }
+}
+
 
 // Units of work of one product: its 32-column panels where the panel kernel
 // runs (4 rows or more), else the whole product.

@@ -407,11 +407,13 @@ def test_gemm_nt(rows, bias, device):
     """The product a @ w^T (+ bias) that the layer ops form their input projections
     and per-step products with (on the CPU with AVX-512, few rows or small products
     take the library's own kernels: dot products below 4 rows, w transposed a 32-row
-    panel of 128 columns at a time from 4 rows, two threads from 2^18 multiply-adds):
+    panel of 128 columns at a time from 4 rows, two threads from 2^17 multiply-adds):
     against float64 at widths with partial panels, blocks and vectors, depths past
     one buffered panel, and K = 0."""
     torch.manual_seed(rows)
-    for n, k in itertools.product([1, 15, 16, 17, 33, 70], [0, 1, 15, 17, 128, 130, 300]):
+    shapes = list(itertools.product([1, 15, 16, 17, 33, 70], [0, 1, 15, 17, 128, 130, 300]))
+    shapes.append((530, 130))  # wide: 64-column slices (1-3 rows) split over two threads
+    for n, k in shapes:
         a = torch.randn(rows, k, device=device)
         w = torch.randn(n, k, device=device)
         b = torch.randn(n, device=device) if bias else None

@@ -191,25 +191,31 @@ void dot_rows(int64_t r0, int64_t r1, int64_t N, int64_t K, const float* a, int6
 }
 
 
-// Units of work of one product: its 32-column panels where the panel kernel
-// runs (4 rows or more), else the whole product.
+// Units of work of one product: its 32-column panels where the panel kernel runs
+// (4 rows or more), its 64-column slices where the dot products run, else (K = 0)
+// the whole product.
+constexpr int64_t kDotColumns = 64;
+
 int64_t units_of(const NtGemm& g) {
   if (g.M == 0 || g.N == 0) return 0;
-  return g.K == 0 || g.M < 4 ? 1 : (g.N + kPanel - 1) / kPanel;
+  if (g.K == 0) return 1;
+  return (g.N + (g.M < 4 ? kDotColumns : kPanel) - 1) / (g.M < 4 ? kDotColumns : kPanel);
 }
 
-void run_whole(const NtGemm& g) {
-  if (g.K == 0) {  // no products: out = bias (or 0)
-    for (int64_t r = 0; r < g.M; ++r) {
-      for (int64_t c = 0; c < g.N; ++c) g.out[r * g.ldo + c] = g.bias ? g.bias[c] : 0.0f;
-    }
-    return;
+void run_without_products(const NtGemm& g) {  // K = 0: out = bias (or 0)
+  for (int64_t r = 0; r < g.M; ++r) {
+    for (int64_t c = 0; c < g.N; ++c) g.out[r * g.ldo + c] = g.bias ? g.bias[c] : 0.0f;
   }
-  // dot products: 2 x 8 or 1 x 16 outputs at a time
-  if (g.M >= 2) dot_rows<2, 8>(0, g.M / 2 * 2, g.N, g.K, g.a, g.lda, g.w, g.bias, g.out, g.ldo);
-  if (g.M % 2 == 1) {
-    dot_rows<1, 16>(g.M - 1, g.M, g.N, g.K, g.a, g.lda, g.w, g.bias, g.out, g.ldo);
-  }
+}
+
+// Columns [u * kDotColumns, ...) of a product of 1-3 rows: 2 x 8 or 1 x 16 outputs at a time.
+void run_dot_slice(const NtGemm& g, int64_t u) {
+  const int64_t n0 = u * kDotColumns, n = std::min(kDotColumns, g.N - n0);
+  const float* w = g.w + n0 * g.K;
+  const float* bias = g.bias ? g.bias + n0 : nullptr;
+  float* out = g.out + n0;
+  if (g.M >= 2) dot_rows<2, 8>(0, 2, n, g.K, g.a, g.lda, w, bias, out, g.ldo);
+  if (g.M % 2 == 1) dot_rows<1, 16>(g.M - 1, g.M, n, g.K, g.a, g.lda, w, bias, out, g.ldo);
 }
 
 void run_panel(const NtGemm& g, int64_t p) {
@@ -239,8 +245,9 @@ void gemm_nt_small_avx512(const NtGemm* products, int count) {
     work += products[j].M * products[j].N * products[j].K;
   }
   const int64_t units = first[count];
-  // Two threads (the units split between them) once the products are worth a fork.
-  const int threads = work >= (int64_t{1} << 18) && !omp_in_parallel()
+  // Two threads (the units split between them) once the products are worth a fork
+  // (from 2 x 128 x 512 on).
+  const int threads = work >= (int64_t{1} << 17) && !omp_in_parallel()
                           ? static_cast<int>(std::min<int64_t>(omp_get_max_threads(), units))
                           : 1;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
@@ -248,8 +255,10 @@ void gemm_nt_small_avx512(const NtGemm* products, int count) {
     int j = 0;
     while (u >= first[j + 1]) ++j;
     const NtGemm& g = products[j];
-    if (g.K == 0 || g.M < 4) {
-      run_whole(g);
+    if (g.K == 0) {
+      run_without_products(g);
+    } else if (g.M < 4) {
+      run_dot_slice(g, u - first[j]);
     } else {
       run_panel(g, u - first[j]);
     }

@@ -20,9 +20,6 @@ using OptTensor = std::optional<Tensor>;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-Tensor value_of(const OptTensor& t) { return t.has_value() ? *t : Tensor(); }
-OptTensor optional_of(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
-
 // Which forward arguments need a gradient. A Function's input edges are its
 // defined tensor arguments in order; `defined[i]` says whether argument i is one.
 class ArgGrads {
@@ -82,36 +79,16 @@ class ArgGrads {
 
 bool graph_backward() { return at::GradMode::is_enabled(); }
 
-// Autograd leaves the gradient of an unused output undefined (the Functions turn
-// off materialize_grads: materialising would also zero-fill the non-differentiable
-// workspace outputs, [N, 4H] per backward). The backward ops take zeros there.
-Tensor grad_or_zeros(const Tensor& grad, const Tensor& like) {
-  // sym_sizes: under torch.compile the sizes are symbolic (sizes() would specialise them)
-  return grad.defined() ? grad : at::zeros_symint(like.sym_sizes(), like.options());
-}
-
 // ------------------------------------------------------------------ LSTM
 // Arguments: 0 input, 1 batch_sizes, 2 hx, 3 cx, 4 w_ih, 5 w_hh, 6 b_ih, 7 b_hh,
 // 8 w_hr, 9 reverse, 10 need_workspace.
 struct LstmLayer : torch::autograd::Function<LstmLayer> {
-  using Forward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
-      const Tensor&, const OptTensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-      const OptTensor&, const OptTensor&, const OptTensor&, bool, bool);
-  using Backward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
-      const Tensor&, const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const Tensor&,
-      const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
-      const Tensor&, bool, std::array<bool, 7>);
-  using Graph = std::vector<Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                    const OptTensor&, const Tensor&, const Tensor&, const Tensor&,
-                                    const Tensor&, const OptTensor&, const OptTensor&,
-                                    const OptTensor&, bool, c10::List<bool>);
-
   static variable_list forward(AutogradContext* ctx, const Tensor& input,
                                const OptTensor& batch_sizes, const Tensor& hx, const Tensor& cx,
                                const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
                                const OptTensor& b_hh, const OptTensor& w_hr, bool reverse,
                                bool need_workspace) {
-    static const auto op = op_handle<Forward>("rnnfused::lstm_layer");
+    static const auto op = op_handle<signature::LstmLayer>("rnnfused::lstm_layer");
     at::AutoDispatchBelowADInplaceOrView below;
     auto [output, h_n, c_n, gates, cells] = op.call(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih,
                                                     b_hh, w_hr, reverse, need_workspace);
@@ -136,11 +113,11 @@ struct LstmLayer : torch::autograd::Function<LstmLayer> {
     const bool reverse = ctx->saved_data["reverse"].toBool();
     const ArgGrads args(ctx);
     if (graph_backward()) {
-      static const auto graph = op_handle<Graph>("rnnfused::_lstm_layer_backward_graph");
+      static const auto graph = op_handle<signature::LstmLayerGraph>("rnnfused::_lstm_layer_backward_graph");
       return args.place_all(graph.call(grads[0], grads[1], grads[2], s[0], batch_sizes, s[2], s[3],
                                        s[4], s[5], b_ih, b_hh, w_hr, reverse, args.needs()));
     }
-    static const auto op = op_handle<Backward>("rnnfused::lstm_layer_backward");
+    static const auto op = op_handle<signature::LstmLayerBackward>("rnnfused::lstm_layer_backward");
     auto [g_in, g_hx, g_cx, g_wih, g_whh, g_bih, g_bhh, g_whr] =
         op.call(grads[0], grads[1], grads[2], s[0], batch_sizes, s[2], s[3], s[4], s[5], w_hr,
                 s[9], s[10], s[11], reverse, args.mask(0, {2, 3}, {4, 5, 6, 7, 8}));
@@ -162,21 +139,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_autograd(
 // Arguments: 0 input, 1 batch_sizes, 2 hx, 3 w_ih, 4 w_hh, 5 b_ih, 6 b_hh, 7 reverse,
 // 8 need_workspace.
 struct GruLayer : torch::autograd::Function<GruLayer> {
-  using Forward = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const OptTensor&,
-                                                     const Tensor&, const Tensor&, const Tensor&,
-                                                     const OptTensor&, const OptTensor&, bool, bool);
-  using Backward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
-      const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
-      const Tensor&, const Tensor&, const Tensor&, bool, std::array<bool, 7>);
-  using Graph = std::vector<Tensor>(const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
-                                    const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
-                                    const OptTensor&, bool, c10::List<bool>);
-
   static variable_list forward(AutogradContext* ctx, const Tensor& input,
                                const OptTensor& batch_sizes, const Tensor& hx, const Tensor& w_ih,
                                const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
                                bool reverse, bool need_workspace) {
-    static const auto op = op_handle<Forward>("rnnfused::gru_layer");
+    static const auto op = op_handle<signature::GruLayer>("rnnfused::gru_layer");
     at::AutoDispatchBelowADInplaceOrView below;
     auto [output, h_n, workspace] =
         op.call(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, need_workspace);
@@ -197,12 +164,12 @@ struct GruLayer : torch::autograd::Function<GruLayer> {
     const bool reverse = ctx->saved_data["reverse"].toBool();
     const ArgGrads args(ctx);
     if (graph_backward()) {
-      static const auto graph = op_handle<Graph>("rnnfused::_gru_layer_backward_graph");
+      static const auto graph = op_handle<signature::GruLayerGraph>("rnnfused::_gru_layer_backward_graph");
       return args.place_all(graph.call(grads[0], grads[1], s[0], batch_sizes, s[2], s[3], s[4],
                                        optional_of(s[5]), optional_of(s[6]), reverse,
                                        args.needs()));
     }
-    static const auto op = op_handle<Backward>("rnnfused::gru_layer_backward");
+    static const auto op = op_handle<signature::GruLayerBackward>("rnnfused::gru_layer_backward");
     auto [g_in, g_hx, g_wih, g_whh, g_bih, g_bhh] =
         op.call(grads[0], grads[1], s[0], batch_sizes, s[2], s[3], s[4], s[7], s[8], reverse,
                 args.mask(0, {2}, {3, 4, 5, 6, -1}));
@@ -224,21 +191,11 @@ std::tuple<Tensor, Tensor, Tensor> gru_layer_autograd(const Tensor& input,
 // ------------------------------------------------------------------ RNN
 // Arguments: 0 input, 1 batch_sizes, 2 hx, 3 w_ih, 4 w_hh, 5 b_ih, 6 b_hh, 7 relu, 8 reverse.
 struct RnnLayer : torch::autograd::Function<RnnLayer> {
-  using Forward = std::tuple<Tensor, Tensor>(const Tensor&, const OptTensor&, const Tensor&,
-                                             const Tensor&, const Tensor&, const OptTensor&,
-                                             const OptTensor&, bool, bool);
-  using Backward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
-      const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
-      const Tensor&, const Tensor&, bool, bool, std::array<bool, 7>);
-  using Graph = std::vector<Tensor>(const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
-                                    const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
-                                    const OptTensor&, bool, bool, c10::List<bool>);
-
   static variable_list forward(AutogradContext* ctx, const Tensor& input,
                                const OptTensor& batch_sizes, const Tensor& hx, const Tensor& w_ih,
                                const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
                                bool relu, bool reverse) {
-    static const auto op = op_handle<Forward>("rnnfused::rnn_layer");
+    static const auto op = op_handle<signature::RnnLayer>("rnnfused::rnn_layer");
     at::AutoDispatchBelowADInplaceOrView below;
     auto [output, h_n] = op.call(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse);
     ArgGrads::record(ctx, {true, value_of(batch_sizes).defined(), true, true, true,
@@ -257,12 +214,12 @@ struct RnnLayer : torch::autograd::Function<RnnLayer> {
     const bool reverse = ctx->saved_data["reverse"].toBool();
     const ArgGrads args(ctx);
     if (graph_backward()) {
-      static const auto graph = op_handle<Graph>("rnnfused::_rnn_layer_backward_graph");
+      static const auto graph = op_handle<signature::RnnLayerGraph>("rnnfused::_rnn_layer_backward_graph");
       return args.place_all(graph.call(grads[0], grads[1], s[0], batch_sizes, s[2], s[3], s[4],
                                        optional_of(s[5]), optional_of(s[6]), relu, reverse,
                                        args.needs()));
     }
-    static const auto op = op_handle<Backward>("rnnfused::rnn_layer_backward");
+    static const auto op = op_handle<signature::RnnLayerBackward>("rnnfused::rnn_layer_backward");
     auto [g_in, g_hx, g_wih, g_whh, g_bih, g_bhh] =
         op.call(grads[0], grads[1], s[0], batch_sizes, s[2], s[3], s[4], s[7], relu, reverse,
                 args.mask(0, {2}, {3, 4, 5, 6, -1}));

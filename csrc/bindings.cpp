@@ -20,17 +20,6 @@ namespace {
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 
-using LstmLayerSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
-    const Tensor&, const OptTensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-    const OptTensor&, const OptTensor&, const OptTensor&, bool, bool);
-using GruLayerSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const OptTensor&,
-                                                       const Tensor&, const Tensor&,
-                                                       const Tensor&, const OptTensor&,
-                                                       const OptTensor&, bool, bool);
-using RnnLayerSig = std::tuple<Tensor, Tensor>(const Tensor&, const OptTensor&, const Tensor&,
-                                               const Tensor&, const Tensor&, const OptTensor&,
-                                               const OptTensor&, bool, bool);
-
 // Whether autograd will need the op's saved workspace (ops.py's _backward_follows).
 bool backward_follows(std::initializer_list<std::reference_wrapper<const OptTensor>> tensors) {
   if (!at::GradMode::is_enabled()) return false;
@@ -47,7 +36,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_layer(const Tensor& input, const OptTens
                                               const Tensor& w_ih, const Tensor& w_hh,
                                               const OptTensor& b_ih, const OptTensor& b_hh,
                                               const OptTensor& w_hr, bool reverse) {
-  static const auto op = op_handle<LstmLayerSig>("rnnfused::lstm_layer");
+  static const auto op = op_handle<signature::LstmLayer>("rnnfused::lstm_layer");
   const OptTensor x = input, h = hx, c = cx, wi = w_ih, wh = w_hh;
   const bool need_workspace = backward_follows({x, h, c, wi, wh, b_ih, b_hh, w_hr});
   auto [output, h_n, c_n, gates, cells] =
@@ -59,7 +48,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_layer(const Tensor& input, const OptTens
 std::tuple<Tensor, Tensor> gru_layer(const Tensor& input, const OptTensor& batch_sizes,
                                      const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
                                      const OptTensor& b_ih, const OptTensor& b_hh, bool reverse) {
-  static const auto op = op_handle<GruLayerSig>("rnnfused::gru_layer");
+  static const auto op = op_handle<signature::GruLayer>("rnnfused::gru_layer");
   const OptTensor x = input, h = hx, wi = w_ih, wh = w_hh;
   const bool need_workspace = backward_follows({x, h, wi, wh, b_ih, b_hh});
   auto [output, h_n, workspace] =
@@ -71,7 +60,7 @@ std::tuple<Tensor, Tensor> rnn_layer(const Tensor& input, const OptTensor& batch
                                      const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
                                      const OptTensor& b_ih, const OptTensor& b_hh, bool relu,
                                      bool reverse) {
-  static const auto op = op_handle<RnnLayerSig>("rnnfused::rnn_layer");
+  static const auto op = op_handle<signature::RnnLayer>("rnnfused::rnn_layer");
   return op.call(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse);
 }
 

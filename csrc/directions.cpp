@@ -66,26 +66,8 @@ void run_two(const F& run) {
   }
 }
 
-OptTensor optional_at(const c10::List<OptTensor>& list, size_t i) { return list.get(i); }
-Tensor value_of(const OptTensor& t) { return t.has_value() ? *t : Tensor(); }
-OptTensor optional_of(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
-
-// Autograd leaves an unused output's gradient undefined (materialize_grads off).
-Tensor grad_or_zeros(const Tensor& grad, const Tensor& like) {
-  return grad.defined() ? grad : at::zeros_like(like);
-}
-
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-// Which arguments of a pair Function need a gradient: `defined[i]` says whether
-// argument i is a defined tensor (a Function's input edges are those, in order).
-std::vector<bool> needs_of(AutogradContext* ctx, const std::vector<bool>& defined) {
-  std::vector<bool> needs;
-  size_t edge = 0;
-  for (bool d : defined) needs.push_back(d && ctx->needs_input_grad(edge++));
-  return needs;
-}
 
 // A pair Function's backward result, one entry per forward argument (the last,
 // need_workspace, none): each direction's gradients on its own arguments, the
@@ -115,11 +97,15 @@ void save_pair(AutogradContext* ctx, const variable_list& args, const variable_l
   ctx->set_materialize_grads(false);
 }
 
-// Which of the saved arguments need a gradient.
+// Which of the saved arguments need a gradient (a Function's input edges are
+// its defined tensor arguments, in order).
 std::vector<bool> pair_needs(AutogradContext* ctx) {
-  std::vector<bool> defined;
-  for (bool d : ctx->saved_data["defined"].toBoolList()) defined.push_back(d);
-  return needs_of(ctx, defined);
+  std::vector<bool> needs;
+  size_t edge = 0;
+  for (bool defined : ctx->saved_data["defined"].toBoolList()) {
+    needs.push_back(defined && ctx->needs_input_grad(edge++));
+  }
+  return needs;
 }
 
 // A pair's backward: run(d) for both directions, a thread each; in turn where the
@@ -137,27 +123,25 @@ variable_list pair_backward(const std::vector<bool>& need, const F& run) {
   return placed(per_direction, need);
 }
 
+// The op's `what` list (states or weights) as a fixed-size array, checked for its length.
+template <size_t n, typename List>
+auto fixed(const char* op, const char* what, const List& list) {
+  TORCH_CHECK(list.size() == n, op, ": expected ", n, " ", what, ", got ", list.size());
+  std::array<typename List::value_type, n> result;
+  for (size_t i = 0; i < n; ++i) result[i] = list[i];  // c10::List: through its element reference
+  return result;
+}
+
 // ------------------------------------------------------------------ LSTM
 // Pair arguments: 0 input, 1 batch_sizes, 2 + 2d hx and 3 + 2d cx of direction d,
 // 6 + 5d .. 10 + 5d its (w_ih, w_hh, b_ih, b_hh, w_hr), 16 need_workspace.
-using LstmLayer = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
-    const Tensor&, const OptTensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-    const OptTensor&, const OptTensor&, const OptTensor&, bool, bool);
-using LstmLayerBackward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
-    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const Tensor&,
-    const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
-    const Tensor&, bool, std::array<bool, 7>);
-using LstmLayerGraph = std::vector<Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                           const Tensor&, const OptTensor&, const Tensor&,
-                                           const Tensor&, const Tensor&, const Tensor&,
-                                           const OptTensor&, const OptTensor&, const OptTensor&,
-                                           bool, c10::List<bool>);
+constexpr const char* kLstmPair = "rnnfused::_lstm_layer_pair";
 
 // Per direction (output, h_n, c_n, gates, cells), the layer op below autograd.
 std::array<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>, 2> lstm_pair_below_autograd(
     const Tensor& input, const OptTensor& batch_sizes, const std::array<Tensor, 4>& states,
     const std::array<OptTensor, 10>& weights, bool need_workspace) {
-  static const auto layer = op_handle<LstmLayer>("rnnfused::lstm_layer");
+  static const auto layer = op_handle<signature::LstmLayer>("rnnfused::lstm_layer");
   const at::AutoDispatchBelowADInplaceOrView below;  // captured by run_two's threads
   std::array<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>, 2> results;
   run_two([&](int d) {
@@ -169,26 +153,13 @@ std::array<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>, 2> lstm_pair_belo
   return results;
 }
 
-std::array<Tensor, 4> lstm_states(at::TensorList states) {
-  TORCH_CHECK(states.size() == 4, "rnnfused::_lstm_layer_pair: expected 4 states, got ",
-              states.size());
-  return {states[0], states[1], states[2], states[3]};
-}
-
-std::array<OptTensor, 10> lstm_weights(const c10::List<OptTensor>& weights) {
-  TORCH_CHECK(weights.size() == 10, "rnnfused::_lstm_layer_pair: expected 10 weights, got ",
-              weights.size());
-  std::array<OptTensor, 10> result;
-  for (size_t i = 0; i < 10; ++i) result[i] = optional_at(weights, i);
-  return result;
-}
-
 // The CPU kernel (below autograd, e.g. in inference mode): (output, h_n, c_n) per direction.
 std::vector<Tensor> lstm_layer_pair(const Tensor& input, const OptTensor& batch_sizes,
                                     at::TensorList states, const c10::List<OptTensor>& weights,
                                     bool need_workspace) {
-  const auto r = lstm_pair_below_autograd(input, batch_sizes, lstm_states(states),
-                                          lstm_weights(weights), need_workspace);
+  const auto r =
+      lstm_pair_below_autograd(input, batch_sizes, fixed<4>(kLstmPair, "states", states),
+                               fixed<10>(kLstmPair, "weights", weights), need_workspace);
   return {std::get<0>(r[0]), std::get<1>(r[0]), std::get<2>(r[0]),
           std::get<0>(r[1]), std::get<1>(r[1]), std::get<2>(r[1])};
 }
@@ -228,7 +199,7 @@ struct LstmLayerPair : torch::autograd::Function<LstmLayerPair> {
       const Tensor g_cn = grad_or_zeros(grads[3 * d + 2], s[h + 1]);
       variable_list g(17);
       if (at::GradMode::is_enabled()) {  // create_graph: the differentiable backward
-        static const auto graph = op_handle<LstmLayerGraph>("rnnfused::_lstm_layer_backward_graph");
+        static const auto graph = op_handle<signature::LstmLayerGraph>("rnnfused::_lstm_layer_backward_graph");
         const size_t to[9] = {0, 1, h, h + 1, w, w + 1, w + 2, w + 3, w + 4};
         c10::List<bool> needs;
         for (size_t a : to) needs.push_back(need[a]);
@@ -239,7 +210,7 @@ struct LstmLayerPair : torch::autograd::Function<LstmLayerPair> {
                                   optional_of(s[w + 4]), d == 1, needs);
         for (size_t k = 0; k < 9; ++k) g[to[k]] = r[k];
       } else {
-        static const auto op = op_handle<LstmLayerBackward>("rnnfused::lstm_layer_backward");
+        static const auto op = op_handle<signature::LstmLayerBackward>("rnnfused::lstm_layer_backward");
         const std::array<bool, 7> mask{need[0], need[h] || need[h + 1], need[w], need[w + 1],
                                        need[w + 2], need[w + 3], need[w + 4]};
         auto [g_in, g_hx, g_cx, g_wih, g_whh, g_bih, g_bhh, g_whr] =
@@ -258,8 +229,8 @@ std::vector<Tensor> lstm_layer_pair_autograd(const Tensor& input, const OptTenso
                                              at::TensorList states,
                                              const c10::List<OptTensor>& weights,
                                              bool need_workspace) {
-  const auto h = lstm_states(states);
-  const auto w = lstm_weights(weights);
+  const auto h = fixed<4>(kLstmPair, "states", states);
+  const auto w = fixed<10>(kLstmPair, "weights", weights);
   return LstmLayerPair::apply(input, batch_sizes, h[0], h[1], h[2], h[3], w[0], w[1], w[2], w[3],
                               w[4], w[5], w[6], w[7], w[8], w[9], need_workspace);
 }
@@ -267,22 +238,13 @@ std::vector<Tensor> lstm_layer_pair_autograd(const Tensor& input, const OptTenso
 // ------------------------------------------------------------------ GRU
 // Pair arguments: 0 input, 1 batch_sizes, 2 + d hx of direction d, 4 + 4d .. 7 + 4d
 // its (w_ih, w_hh, b_ih, b_hh), 12 need_workspace.
-using GruLayer = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const OptTensor&, const Tensor&,
-                                                    const Tensor&, const Tensor&, const OptTensor&,
-                                                    const OptTensor&, bool, bool);
-using GruLayerBackward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
-    const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
-    const Tensor&, const Tensor&, const Tensor&, bool, std::array<bool, 7>);
-using GruLayerGraph = std::vector<Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                          const OptTensor&, const Tensor&, const Tensor&,
-                                          const Tensor&, const OptTensor&, const OptTensor&, bool,
-                                          c10::List<bool>);
+constexpr const char* kGruPair = "rnnfused::_gru_layer_pair";
 
 // Per direction (output, h_n, workspace), the layer op below autograd.
 std::array<std::tuple<Tensor, Tensor, Tensor>, 2> gru_pair_below_autograd(
     const Tensor& input, const OptTensor& batch_sizes, const std::array<Tensor, 2>& states,
     const std::array<OptTensor, 8>& weights, bool need_workspace) {
-  static const auto layer = op_handle<GruLayer>("rnnfused::gru_layer");
+  static const auto layer = op_handle<signature::GruLayer>("rnnfused::gru_layer");
   const at::AutoDispatchBelowADInplaceOrView below;  // captured by run_two's threads
   std::array<std::tuple<Tensor, Tensor, Tensor>, 2> results;
   run_two([&](int d) {
@@ -293,26 +255,13 @@ std::array<std::tuple<Tensor, Tensor, Tensor>, 2> gru_pair_below_autograd(
   return results;
 }
 
-std::array<Tensor, 2> gru_states(at::TensorList states) {
-  TORCH_CHECK(states.size() == 2, "rnnfused::_gru_layer_pair: expected 2 states, got ",
-              states.size());
-  return {states[0], states[1]};
-}
-
-std::array<OptTensor, 8> gru_weights(const c10::List<OptTensor>& weights) {
-  TORCH_CHECK(weights.size() == 8, "rnnfused::_gru_layer_pair: expected 8 weights, got ",
-              weights.size());
-  std::array<OptTensor, 8> result;
-  for (size_t i = 0; i < 8; ++i) result[i] = optional_at(weights, i);
-  return result;
-}
-
 // The CPU kernel (below autograd): (output, h_n) per direction.
 std::vector<Tensor> gru_layer_pair(const Tensor& input, const OptTensor& batch_sizes,
                                    at::TensorList states, const c10::List<OptTensor>& weights,
                                    bool need_workspace) {
-  const auto r = gru_pair_below_autograd(input, batch_sizes, gru_states(states),
-                                         gru_weights(weights), need_workspace);
+  const auto r =
+      gru_pair_below_autograd(input, batch_sizes, fixed<2>(kGruPair, "states", states),
+                              fixed<8>(kGruPair, "weights", weights), need_workspace);
   return {std::get<0>(r[0]), std::get<1>(r[0]), std::get<0>(r[1]), std::get<1>(r[1])};
 }
 
@@ -345,7 +294,7 @@ struct GruLayerPair : torch::autograd::Function<GruLayerPair> {
       const Tensor g_hn = grad_or_zeros(grads[2 * d + 1], s[h]);
       variable_list g(13);
       if (at::GradMode::is_enabled()) {  // create_graph: the differentiable backward
-        static const auto graph = op_handle<GruLayerGraph>("rnnfused::_gru_layer_backward_graph");
+        static const auto graph = op_handle<signature::GruLayerGraph>("rnnfused::_gru_layer_backward_graph");
         const size_t to[7] = {0, 1, h, w, w + 1, w + 2, w + 3};
         c10::List<bool> needs;
         for (size_t a : to) needs.push_back(need[a]);
@@ -355,7 +304,7 @@ struct GruLayerPair : torch::autograd::Function<GruLayerPair> {
                                   optional_of(s[w + 2]), optional_of(s[w + 3]), d == 1, needs);
         for (size_t k = 0; k < 7; ++k) g[to[k]] = r[k];
       } else {
-        static const auto op = op_handle<GruLayerBackward>("rnnfused::gru_layer_backward");
+        static const auto op = op_handle<signature::GruLayerBackward>("rnnfused::gru_layer_backward");
         const std::array<bool, 7> mask{need[0], need[h], need[w], need[w + 1], need[w + 2],
                                        need[w + 3], false};
         auto [g_in, g_hx, g_wih, g_whh, g_bih, g_bhh] = op.call(
@@ -373,8 +322,8 @@ std::vector<Tensor> gru_layer_pair_autograd(const Tensor& input, const OptTensor
                                             at::TensorList states,
                                             const c10::List<OptTensor>& weights,
                                             bool need_workspace) {
-  const auto h = gru_states(states);
-  const auto w = gru_weights(weights);
+  const auto h = fixed<2>(kGruPair, "states", states);
+  const auto w = fixed<8>(kGruPair, "weights", weights);
   return GruLayerPair::apply(input, batch_sizes, h[0], h[1], w[0], w[1], w[2], w[3], w[4], w[5],
                              w[6], w[7], need_workspace);
 }

@@ -63,9 +63,9 @@ inline bool fused_forward_applies(const LayerSizes& sz) {
 //     functor reads it from its output rows (RNN);
 //   make_step(s, x_proj_s, h_in, product, out_rows) -> the step functor.
 template <typename XProj, typename MakeStep>
-at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_proj, const at::Tensor& h0,
-                         const at::Tensor& w_hh, at::Tensor& output, const at::Tensor& product,
-                         MakeStep make_step) {
+at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_proj,
+                         const at::Tensor& h0, const at::Tensor& w_hh, at::Tensor& output,
+                         const at::Tensor& product, MakeStep make_step) {
   const int64_t G = sz.gates, H = sz.hidden, K = sz.output;
   if (sched.steps() == 0) return h0.clone(at::MemoryFormat::Contiguous);
   const at::Tensor packed = pack_recurrent(w_hh, G, H);

@@ -90,8 +90,10 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
       float* out = output.data_ptr<float>() + sched.offset(s) * H;
       const float* h_in = states[s % 2].data_ptr<float>();
       float* prod = product.defined() ? product.data_ptr<float>() : out;
-      steps.push_back(make_step(s, x_proj.step(s), h_in, prod, out));
-      rows.push_back({sched.rows(s), h_in, prod, out, states[(s + 1) % 2].data_ptr<float>()});
+      const float* x_proj_s = x_proj.step(s);
+      steps.push_back(make_step(s, x_proj_s, h_in, prod, out));
+      rows.push_back(
+          {sched.rows(s), h_in, prod, out, states[(s + 1) % 2].data_ptr<float>(), x_proj_s});
     }
     run_fused_steps_avx512(steps.data(), rows.data(), static_cast<int64_t>(steps.size()), w,
                            threads);

@@ -40,6 +40,7 @@ struct FusedStepRows {
   float* product;      // [rows, G * H] out: h_in @ W_hh^T, read by the step functor
   const float* out;    // [rows, H]     the functor's h'
   float* h_out;        // [>= rows, H]  out: h' copied here, the next step's h_in
+  const float* x_proj;  // [rows, G * H] the input projection the functor reads (prefetched)
 };
 
 // Runs `count` forward steps in one parallel region: each thread owns a range

@@ -147,16 +147,37 @@ __attribute__((always_inline)) inline void tile_step(const float* w, const float
   }
 }
 
+// Software prefetch of the lines [next, next + 64 * lines) into L2, one line
+// per k step while the product runs: the next weight panel, so that it comes
+// from L2 rather than from L3 when its turn comes.
+struct PanelPrefetch {
+  const char* next = nullptr;
+  int64_t lines = 0;
+  __attribute__((always_inline)) void one() {
+    if (lines > 0) {
+      _mm_prefetch(next, _MM_HINT_T1);
+      next += 64;
+      --lines;
+    }
+  }
+};
+
 // acc[m][g] += sum_{k0 <= k < k1} rows[m][k] * w[k][g * 16 .. g * 16 + 15] for M
 // rows: M * G accumulators live in registers, the packed tile streams from L1.
 // Fewer than 8 accumulators cannot hide the FMA latency (4 cycles, 2 ports): a
 // few rows (a batch of 1, the rows left over) then split k over S partial sums.
+// `prefetch` runs along (whole blocks only: a few rows reuse a panel too little
+// for it to pay).
 template <int M, int G>
 inline void tile_product(const float* w, const float* const* rows, int64_t k0, int64_t k1,
-                         __m512 (&acc)[M][G]) {
+                         __m512 (&acc)[M][G], PanelPrefetch prefetch = {}) {
   constexpr int S = M * G >= 8 ? 1 : M * G >= 4 ? 2 : M * G >= 2 ? 4 : 8;
+  static_assert(S == 1 || M == 1, "a whole block keeps its accumulators in one chain each");
   if constexpr (S == 1) {
-    for (int64_t k = k0; k < k1; ++k) tile_step<M, G>(w, rows, k, acc);
+    for (int64_t k = k0; k < k1; ++k) {
+      prefetch.one();
+      tile_step<M, G>(w, rows, k, acc);
+    }
   } else {
     __m512 part[S][M][G];
     for (int s = 0; s < S; ++s) {
@@ -226,7 +247,8 @@ inline int64_t panel_depth(int64_t vectors_per_k) {
 // functor runs on those units and h' goes into the next state.
 template <int M, int G, typename F>
 inline void fused_tile(const F& f, const FusedStepRows& step, const PackedRecurrent& w,
-                       int64_t u, int64_t row, int64_t k0, int64_t k1) {
+                       int64_t u, int64_t row, int64_t k0, int64_t k1,
+                       PanelPrefetch prefetch = {}, bool prefetch_state = false) {
   const int64_t H = w.H, K = w.K;
   const int64_t j = u * 16;
   const int count = static_cast<int>(std::min<int64_t>(16, H - j));
@@ -240,7 +262,26 @@ inline void fused_tile(const F& f, const FusedStepRows& step, const PackedRecurr
                           : _mm512_maskz_loadu_ps(mask, step.product + (row + m) * G * H + g * H + j);
     }
   }
-  tile_product<M, G>(w.w + u * K * G * 16, h_rows, k0, k1, acc);
+  if (prefetch_state) {
+    // The first tile of a step reads the state rows the other threads wrote:
+    // the next block's rows of this panel asked for while this block runs.
+    const int64_t next_end = std::min(step.rows, row + 2 * M);
+    for (int64_t b = row + M; b < next_end; ++b) {
+      for (int64_t k = k0; k < k1; k += 16) {
+        _mm_prefetch(reinterpret_cast<const char*>(step.h_in + b * K + k), _MM_HINT_T0);
+      }
+    }
+  }
+  if (k1 == K) {
+    // The functor's input projection comes next: from L3, unless asked for now.
+    for (int m = 0; m < M; ++m) {
+      for (int g = 0; g < G; ++g) {
+        _mm_prefetch(reinterpret_cast<const char*>(step.x_proj + (row + m) * G * H + g * H + j),
+                     _MM_HINT_T0);
+      }
+    }
+  }
+  tile_product<M, G>(w.w + u * K * G * 16, h_rows, k0, k1, acc, prefetch);
   for (int m = 0; m < M; ++m) {
     const int64_t b = row + m;
     for (int g = 0; g < G; ++g) {
@@ -266,14 +307,25 @@ void fused_steps(const F* steps, const FusedStepRows* rows, int64_t count,
     const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t first = w.tiles * t / nt, last = w.tiles * (t + 1) / nt;
     const int64_t depth = panel_depth(G);
+    // The thread's tiles are one contiguous range of the packed weights; each
+    // panel's row blocks prefetch the next panel (after the last, the first).
+    const char* const mine = reinterpret_cast<const char*>(w.w + first * w.K * G * 16);
+    const char* const mine_end = reinterpret_cast<const char*>(w.w + last * w.K * G * 16);
     for (int64_t s = 0; s < count; ++s) {
       const FusedStepRows& step = rows[s];
+      const int64_t blocks = step.rows / kRows;
       for (int64_t u = first; u < last; ++u) {
         for (int64_t k0 = 0; k0 < w.K; k0 += depth) {
           const int64_t k1 = std::min(w.K, k0 + depth);
+          const char* next = reinterpret_cast<const char*>(w.w + (u * w.K + k1) * G * 16);
+          if (next >= mine_end) next = mine;
+          const int64_t k2 = k1 < w.K ? std::min(w.K, k1 + depth) : std::min(w.K, depth);
+          const int64_t lines = (k2 - (k1 < w.K ? k1 : 0)) * G;  // 64-byte lines
           int64_t row = 0;
-          for (; row + kRows <= step.rows; row += kRows) {
-            fused_tile<kRows, G>(steps[s], step, w, u, row, k0, k1);
+          for (int64_t block = 0; block < blocks; ++block, row += kRows) {
+            const int64_t begin = lines * block / blocks, end = lines * (block + 1) / blocks;
+            fused_tile<kRows, G>(steps[s], step, w, u, row, k0, k1,
+                                 PanelPrefetch{next + begin * 64, end - begin}, u == first);
           }
           for (; row < step.rows; ++row) fused_tile<1, G>(steps[s], step, w, u, row, k0, k1);
         }

@@ -340,7 +340,7 @@ void fused_steps(const F* steps, const FusedStepRows* rows, int64_t count,
 // (the first panel adds to the functor's direct part (GRU) or replaces d_h).
 template <int M>
 inline void backward_block(const FusedBackwardRows& step, const PackedRecurrentT& w, int64_t q,
-                           int64_t row, int64_t j0, int64_t j1) {
+                           int64_t row, int64_t j0, int64_t j1, PanelPrefetch prefetch = {}) {
   const float* d_rows[M];
   __m512 acc[M][2];
   __mmask16 masks[2];
@@ -357,7 +357,7 @@ inline void backward_block(const FusedBackwardRows& step, const PackedRecurrentT
       acc[m][half] = add_existing ? _mm512_maskz_loadu_ps(masks[half], src) : _mm512_setzero_ps();
     }
   }
-  tile_product<M, 2>(w.w + q * w.J * 32, d_rows, j0, j1, acc);
+  tile_product<M, 2>(w.w + q * w.J * 32, d_rows, j0, j1, acc, prefetch);
   for (int m = 0; m < M; ++m) {
     for (int half = 0; half < 2; ++half) {
       _mm512_mask_storeu_ps(step.d_h + (row + m) * w.K + q * 32 + half * 16, masks[half],
@@ -377,6 +377,8 @@ void fused_backward(const F* steps, const FusedBackwardRows* rows, int64_t count
   {
     const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t first = w.blocks * t / nt, last = w.blocks * (t + 1) / nt;
+    const char* const mine = reinterpret_cast<const char*>(w.w + first * w.J * 32);
+    const char* const mine_end = reinterpret_cast<const char*>(w.w + last * w.J * 32);
     for (int64_t s = 0; s < count; ++s) {
       const FusedBackwardRows& step = rows[s];
       for (int64_t j = first * 32; j < std::min(last * 32, H); j += 16) {
@@ -390,12 +392,22 @@ void fused_backward(const F* steps, const FusedBackwardRows* rows, int64_t count
         }
       }
       barrier.wait();
-      const int64_t depth = panel_depth(2);
+      // As in the forward: each full row block prefetches its share of the
+      // thread's next panel (after the last, the first).
+      const int64_t depth = panel_depth(2), blocks = step.rows / kRows;
       for (int64_t q = first; q < last; ++q) {
         for (int64_t j0 = 0; j0 < w.J; j0 += depth) {
           const int64_t j1 = std::min(w.J, j0 + depth);
+          const char* next = reinterpret_cast<const char*>(w.w + (q * w.J + j1) * 32);
+          if (next >= mine_end) next = mine;
+          const int64_t j2 = j1 < w.J ? std::min(w.J, j1 + depth) : std::min(w.J, depth);
+          const int64_t lines = (j2 - (j1 < w.J ? j1 : 0)) * 2;  // 64-byte lines
           int64_t row = 0;
-          for (; row + kRows <= step.rows; row += kRows) backward_block<kRows>(step, w, q, row, j0, j1);
+          for (int64_t block = 0; block < blocks; ++block, row += kRows) {
+            const int64_t begin = lines * block / blocks, end = lines * (block + 1) / blocks;
+            backward_block<kRows>(step, w, q, row, j0, j1,
+                                  PanelPrefetch{next + begin * 64, end - begin});
+          }
           for (; row < step.rows; ++row) backward_block<1>(step, w, q, row, j0, j1);
         }
       }

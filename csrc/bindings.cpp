@@ -5,7 +5,8 @@
 // unboxed, through every dispatch key as before (autograd, Python modes), with
 // torch's own error translation and the GIL released as torch's functions do.
 // What they skip is __torch_function__ handling and dynamo's view of the op:
-// ops.py takes torch.ops wherever either could matter.
+// ops.py takes torch.ops wherever either could matter. The cell bindings are the
+// layer ops on a one-step sequence.
 #include <torch/csrc/Exceptions.h>
 #include <torch/extension.h>
 
@@ -64,6 +65,29 @@ std::tuple<Tensor, Tensor> rnn_layer(const Tensor& input, const OptTensor& batch
   return op.call(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse);
 }
 
+// One cell step: the layer op on the one-step sequence input [1, B, I], the view
+// taken here (a Python unsqueeze costs ~1 us of a small step). Returns (h', c').
+std::tuple<Tensor, Tensor> lstm_cell(const Tensor& input, const Tensor& hx, const Tensor& cx,
+                                     const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
+                                     const OptTensor& b_hh) {
+  auto [output, h_n, c_n] = lstm_layer(input.unsqueeze(0), std::nullopt, hx, cx, w_ih, w_hh, b_ih,
+                                       b_hh, std::nullopt, /*reverse=*/false);
+  return {h_n, c_n};
+}
+
+// Returns h'.
+Tensor gru_cell(const Tensor& input, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
+                const OptTensor& b_ih, const OptTensor& b_hh) {
+  return std::get<1>(
+      gru_layer(input.unsqueeze(0), std::nullopt, hx, w_ih, w_hh, b_ih, b_hh, /*reverse=*/false));
+}
+
+Tensor rnn_cell(const Tensor& input, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
+                const OptTensor& b_ih, const OptTensor& b_hh, bool relu) {
+  return std::get<1>(rnn_layer(input.unsqueeze(0), std::nullopt, hx, w_ih, w_hh, b_ih, b_hh, relu,
+                               /*reverse=*/false));
+}
+
 }  // namespace
 }  // namespace rnnfused
 
@@ -88,4 +112,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("lstm_layer", python_call(&rnnfused::lstm_layer));
   m.def("gru_layer", python_call(&rnnfused::gru_layer));
   m.def("rnn_layer", python_call(&rnnfused::rnn_layer));
+  m.def("lstm_cell", python_call(&rnnfused::lstm_cell));
+  m.def("gru_cell", python_call(&rnnfused::gru_cell));
+  m.def("rnn_cell", python_call(&rnnfused::rnn_cell));
 }

@@ -471,7 +471,8 @@ def _cell_step(
     fused: Callable[..., Any], ref: Callable[..., Any], checked: tuple[Tensor, Sequence[Tensor], Tensor, Tensor],
     *args: Any,
 ) -> Any:
-    """A cell step: the layer op `fused` (or `ref` off the fused path) on `args`, with
+    """A cell step: `fused` (ops.*_cell, the layer op on a one-step sequence) or, off
+    the fused path, `ref` on `args`, with
     torch.nn's argument checks on checked = (input, hiddens, w_ih, w_hh). The fused
     op checks every shape, dtype and device itself, so a step pays for _check_cell
     only when the op raises: it then raises torch.nn's error where torch.nn has one
@@ -484,6 +485,29 @@ def _cell_step(
     except RuntimeError:
         _check_cell(*checked)
         raise
+
+
+# The reference path's cell steps, with ops.*_cell's arguments: the layer on a
+# one-step sequence.
+def _reference_lstm_cell(
+    input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor,
+    b_ih: Tensor | None, b_hh: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    _, h, c = reference.lstm_layer(input.unsqueeze(0), None, hx, cx, w_ih, w_hh, b_ih, b_hh, None, False)
+    return h, c
+
+
+def _reference_gru_cell(
+    input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None,
+) -> Tensor:
+    return reference.gru_layer(input.unsqueeze(0), None, hx, w_ih, w_hh, b_ih, b_hh, False)[1]
+
+
+def _reference_rnn_cell(
+    input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None,
+    relu: bool,
+) -> Tensor:
+    return reference.rnn_layer(input.unsqueeze(0), None, hx, w_ih, w_hh, b_ih, b_hh, relu, False)[1]
 
 
 def lstm_cell(
@@ -499,8 +523,8 @@ def lstm_cell(
     if low is not None:
         dtype = _carried_dtype(low, hx[1])
         input, *hx, w_ih, w_hh, b_ih, b_hh = _cast((input, *hx, w_ih, w_hh, b_ih, b_hh), low)
-    _, h, c = _cell_step(ops.lstm_layer, reference.lstm_layer, (input, hx, w_ih, w_hh),
-                         input.unsqueeze(0), None, hx[0], hx[1], w_ih, w_hh, b_ih, b_hh, None, False)
+    h, c = _cell_step(ops.lstm_cell, _reference_lstm_cell, (input, hx, w_ih, w_hh),
+                      input, hx[0], hx[1], w_ih, w_hh, b_ih, b_hh)
     if low is not None:
         return h.to(dtype), c.to(dtype)
     return h, c
@@ -515,8 +539,8 @@ def gru_cell(
     if low is not None:
         dtype = _carried_dtype(low, hx)
         input, hx, w_ih, w_hh, b_ih, b_hh = _cast((input, hx, w_ih, w_hh, b_ih, b_hh), low)
-    h = _cell_step(ops.gru_layer, reference.gru_layer, (input, (hx,), w_ih, w_hh),
-                   input.unsqueeze(0), None, hx, w_ih, w_hh, b_ih, b_hh, False)[1]
+    h = _cell_step(ops.gru_cell, _reference_gru_cell, (input, (hx,), w_ih, w_hh),
+                   input, hx, w_ih, w_hh, b_ih, b_hh)
     return h if low is None else h.to(dtype)
 
 
@@ -529,6 +553,5 @@ def rnn_cell(
     low = _autocast_dtype(input)
     if low is not None:
         input, hx, w_ih, w_hh, b_ih, b_hh = _cast((input, hx, w_ih, w_hh, b_ih, b_hh), low)
-    return _cell_step(ops.rnn_layer, reference.rnn_layer, (input, (hx,), w_ih, w_hh),
-                      input.unsqueeze(0), None, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity == "relu",
-                      False)[1]
+    return _cell_step(ops.rnn_cell, _reference_rnn_cell, (input, (hx,), w_ih, w_hh),
+                      input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity == "relu")

@@ -98,6 +98,40 @@ def lstm_layer(
     return output, h_n, c_n
 
 
+def lstm_cell(
+    input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor,
+    b_ih: Tensor | None, b_hh: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """One LSTM step, the layer op on the one-step sequence input [1, B, I] (the
+    typed binding takes that view in C++). Returns (h' [B, H], c' [B, H])."""
+    args = (input, hx, cx, w_ih, w_hh, b_ih, b_hh)
+    if _typed_call(args):
+        return _C.lstm_cell(*args)
+    _, h, c = lstm_layer(input.unsqueeze(0), None, hx, cx, w_ih, w_hh, b_ih, b_hh, None, False)
+    return h, c
+
+
+def gru_cell(
+    input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None,
+) -> Tensor:
+    """One GRU step, as `lstm_cell`. Returns h' [B, H]."""
+    args = (input, hx, w_ih, w_hh, b_ih, b_hh)
+    if _typed_call(args):
+        return _C.gru_cell(*args)
+    return gru_layer(input.unsqueeze(0), None, hx, w_ih, w_hh, b_ih, b_hh, False)[1]
+
+
+def rnn_cell(
+    input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None,
+    relu: bool,
+) -> Tensor:
+    """One RNN step (tanh or relu), as `lstm_cell`. Returns h' [B, H]."""
+    args = (input, hx, w_ih, w_hh, b_ih, b_hh)
+    if _typed_call(args):
+        return _C.rnn_cell(*args, relu)
+    return rnn_layer(input.unsqueeze(0), None, hx, w_ih, w_hh, b_ih, b_hh, relu, False)[1]
+
+
 def _pair_call(
     op: Any, input: Tensor, batch_sizes: Tensor | None, states: Sequence[Sequence[Tensor]],
     weights: Sequence[Sequence[Tensor | None]],

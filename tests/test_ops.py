@@ -401,6 +401,54 @@ def test_typed_binding_or_torch_ops(kind, device, monkeypatch):
         torch.testing.assert_close(g, a, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["lstm_cell", "gru_cell", "rnn_cell"])
+def test_cell_binding_or_torch_ops(name, device, monkeypatch):
+    """A cell module's step takes rnnfused._C's typed cell binding (the layer op on a
+    one-step sequence, viewed in C++) and gives torch.nn's values and gradients; under
+    __torch_function__ (a mode) the functional step goes through torch.ops, and gives
+    the same (the module then runs torch.nn's forward, as for any mode)."""
+    from torch.overrides import TorchFunctionMode
+
+    torch.manual_seed(0)
+    cls = {"lstm_cell": "LSTMCell", "gru_cell": "GRUCell", "rnn_cell": "RNNCell"}[name]
+    want_cell = getattr(torch.nn, cls)(5, 7).to(device)
+    cell = getattr(rnnfused, cls)(5, 7).to(device)
+    cell.load_state_dict(want_cell.state_dict())
+    x = torch.randn(3, 5, device=device, requires_grad=True)
+    state = (torch.randn(3, 7, device=device), torch.randn(3, 7, device=device))
+    hx = state if name == "lstm_cell" else state[0]
+
+    def step(module, functional=False):
+        weights = (module.weight_ih, module.weight_hh, module.bias_ih, module.bias_hh)
+        out = getattr(rnnfused.functional, name)(x, hx, *weights) if functional else module(x, hx)
+        outs = out if isinstance(out, tuple) else (out,)
+        grads = torch.autograd.grad(sum(o.sum() for o in outs), [x, *weights])
+        return [o.detach() for o in outs] + list(grads)
+
+    typed_calls = []
+    typed = getattr(ops._C, name)
+    monkeypatch.setattr(ops._C, name, lambda *a: typed_calls.append(1) or typed(*a))
+    got = step(cell)
+    assert typed_calls == [1]
+    for g, w in zip(got, step(want_cell)):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+    class Seen(TorchFunctionMode):
+        funcs = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.funcs.append(func)
+            return func(*args, **(kwargs or {}))
+
+    with Seen():
+        again = step(cell, functional=True)
+    assert typed_calls == [1]
+    layer = name.replace("cell", "layer")
+    assert getattr(torch.ops.rnnfused, layer).default in Seen.funcs
+    for g, a in zip(got, again):
+        torch.testing.assert_close(g, a, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
 @pytest.mark.parametrize("rows", [0, 1, 2, 3, 4, 5, 8, 9, 16, 17, 64, 300])
 def test_gemm_nt(rows, bias, device):

@@ -8,6 +8,7 @@ import itertools
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 import rnnfused
 from rnnfused import ops, reference
@@ -371,13 +372,23 @@ def test_float32_tiles(kind, hidden, batch, packed, device):
             torch.testing.assert_close(g.double(), w, atol=1e-4, rtol=1e-4, msg=lambda m: f"{name}: {m}")
 
 
+class _RecordingMode(TorchFunctionMode):
+    """A __torch_function__ mode that records the functions it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.funcs: list = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.funcs.append(func)
+        return func(*args, **(kwargs or {}))
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_typed_binding_or_torch_ops(kind, device, monkeypatch):
     """Eager calls take rnnfused._C's typed binding of the op (no boxing) and give
     what torch.ops gives; where __torch_function__ applies (here a mode), the call
     goes through torch.ops, and the mode sees the op."""
-    from torch.overrides import TorchFunctionMode
-
     args = make_args(kind, packed=False, bias=True, device=device, dtype=torch.float32)
     name = "lstm_layer" if kind.startswith("lstm") else kind.split("_")[0] + "_layer"
     typed_calls = []
@@ -386,17 +397,10 @@ def test_typed_binding_or_torch_ops(kind, device, monkeypatch):
     got = run(kind, ops, args, reverse=True)
     assert typed_calls == [1]
 
-    class Seen(TorchFunctionMode):
-        funcs = []
-
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            self.funcs.append(func)
-            return func(*args, **(kwargs or {}))
-
-    with Seen():
+    with _RecordingMode() as seen:
         again = run(kind, ops, args, reverse=True)
     assert typed_calls == [1]
-    assert getattr(torch.ops.rnnfused, name).default in Seen.funcs
+    assert getattr(torch.ops.rnnfused, name).default in seen.funcs
     for g, a in zip(got, again):
         torch.testing.assert_close(g, a, atol=0, rtol=0)
 
@@ -407,8 +411,6 @@ def test_cell_binding_or_torch_ops(name, device, monkeypatch):
     one-step sequence, viewed in C++) and gives torch.nn's values and gradients; under
     __torch_function__ (a mode) the functional step goes through torch.ops, and gives
     the same (the module then runs torch.nn's forward, as for any mode)."""
-    from torch.overrides import TorchFunctionMode
-
     torch.manual_seed(0)
     cls = {"lstm_cell": "LSTMCell", "gru_cell": "GRUCell", "rnn_cell": "RNNCell"}[name]
     want_cell = getattr(torch.nn, cls)(5, 7).to(device)
@@ -433,18 +435,11 @@ def test_cell_binding_or_torch_ops(name, device, monkeypatch):
     for g, w in zip(got, step(want_cell)):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
 
-    class Seen(TorchFunctionMode):
-        funcs = []
-
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            self.funcs.append(func)
-            return func(*args, **(kwargs or {}))
-
-    with Seen():
+    with _RecordingMode() as seen:
         again = step(cell, functional=True)
     assert typed_calls == [1]
     layer = name.replace("cell", "layer")
-    assert getattr(torch.ops.rnnfused, layer).default in Seen.funcs
+    assert getattr(torch.ops.rnnfused, layer).default in seen.funcs
     for g, a in zip(got, again):
         torch.testing.assert_close(g, a, atol=0, rtol=0)
 

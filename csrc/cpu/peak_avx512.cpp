@@ -25,21 +25,38 @@ double fma_peak_gflops_avx512(double seconds, int threads) {
     // can prove equal it computes once (GCC did, and the "peak" came out 1.5x
     // too high on a 2.9 GHz core: one chain per 4 cycles counted as 12 FMAs).
     const float seed = 0.5f + 1e-3f * static_cast<float>(omp_get_thread_num());
-    __m512 c[12];
-    for (int i = 0; i < 12; ++i) c[i] = _mm512_set1_ps(seed + 0.01f * static_cast<float>(i));
+    __m512 c0 = _mm512_set1_ps(seed), c1 = _mm512_set1_ps(seed + 0.01f),
+           c2 = _mm512_set1_ps(seed + 0.02f), c3 = _mm512_set1_ps(seed + 0.03f),
+           c4 = _mm512_set1_ps(seed + 0.04f), c5 = _mm512_set1_ps(seed + 0.05f),
+           c6 = _mm512_set1_ps(seed + 0.06f), c7 = _mm512_set1_ps(seed + 0.07f),
+           c8 = _mm512_set1_ps(seed + 0.08f), c9 = _mm512_set1_ps(seed + 0.09f),
+           c10 = _mm512_set1_ps(seed + 0.10f), c11 = _mm512_set1_ps(seed + 0.11f);
     const __m512 a = _mm512_set1_ps(0.999f), b = _mm512_set1_ps(1e-4f);
     constexpr long kRound = 1 << 16;
     long rounds = 0;
     while (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() <
            seconds) {
       for (long i = 0; i < kRound; ++i) {
-        for (int j = 0; j < 12; ++j) c[j] = _mm512_fmadd_ps(c[j], a, b);
+        c0 = _mm512_fmadd_ps(c0, a, b);
+        c1 = _mm512_fmadd_ps(c1, a, b);
+        c2 = _mm512_fmadd_ps(c2, a, b);
+        c3 = _mm512_fmadd_ps(c3, a, b);
+        c4 = _mm512_fmadd_ps(c4, a, b);
+        c5 = _mm512_fmadd_ps(c5, a, b);
+        c6 = _mm512_fmadd_ps(c6, a, b);
+        c7 = _mm512_fmadd_ps(c7, a, b);
+        c8 = _mm512_fmadd_ps(c8, a, b);
+        c9 = _mm512_fmadd_ps(c9, a, b);
+        c10 = _mm512_fmadd_ps(c10, a, b);
+        c11 = _mm512_fmadd_ps(c11, a, b);
       }
       ++rounds;
     }
     // Keep the chains alive: their sum is (nearly) never negative.
-    __m512 sum = c[0];
-    for (int i = 1; i < 12; ++i) sum = _mm512_add_ps(sum, c[i]);
+    const __m512 sum = _mm512_add_ps(
+        _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(c0, c1), _mm512_add_ps(c2, c3)),
+                      _mm512_add_ps(_mm512_add_ps(c4, c5), _mm512_add_ps(c6, c7))),
+        _mm512_add_ps(_mm512_add_ps(c8, c9), _mm512_add_ps(c10, c11)));
     const bool kept = _mm512_reduce_add_ps(sum) >= -1.0f;
     flops += kept ? static_cast<double>(rounds) * kRound * 12 * 32 : 0.0;
   }

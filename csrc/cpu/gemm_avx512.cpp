@@ -7,7 +7,8 @@
 // registers (16 x 16 blocks) into an L1 buffer [kc, 32], and the rows of `a` are
 // broadcast against it, 8 rows x 32 columns of accumulators at a time; below 4
 // rows, dot products along k. The panels of one or two products are split between
-// the threads in one parallel region.
+// the threads in one parallel region. bfloat16 weights widen as they load;
+// bfloat16 rows, bias and out go through float32 copies.
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -16,6 +17,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "simd.h"
 
@@ -60,8 +62,40 @@ inline __mmask16 first_lanes(int64_t n) {
   return n >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << n) - 1);
 }
 
+// The first lanes (mask m) of 16 weights from p, widened to float32: bfloat16 is
+// the upper half of a float.
+inline __m512 load_lanes(__mmask16 m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+inline __m512 load_lanes(__mmask16 m, const uint16_t* p) {
+  const __m512i halves = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(halves, 16));
+}
+
+// n bfloat16 values (bits) -> float32, and back rounding to nearest even with NaN
+// to the quiet NaN 0x7fc0 (as c10::BFloat16 does), 16 at a time.
+void widen(const uint16_t* from, float* to, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = first_lanes(n - i);
+    _mm512_mask_storeu_ps(to + i, m, load_lanes(m, from + i));
+  }
+}
+
+void narrow(const float* from, uint16_t* to, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = first_lanes(n - i);
+    const __m512 v = _mm512_maskz_loadu_ps(m, from + i);
+    const __m512i bits = _mm512_castps_si512(v);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    __m512i upper = _mm512_srli_epi32(
+        _mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd)), 16);
+    upper = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), upper,
+                                    _mm512_set1_epi32(0x7fc0));
+    _mm256_mask_storeu_epi16(to + i, m, _mm512_cvtepi32_epi16(upper));
+  }
+}
+
 // panel[k][c] = w[n0 + c][k0 + k] for k < kc, c < 32; 0 for rows n0 + c >= N.
-void transpose_panel(const float* w, int64_t N, int64_t K, int64_t n0, int64_t k0, int64_t kc,
+template <typename W>
+void transpose_panel(const W* w, int64_t N, int64_t K, int64_t n0, int64_t k0, int64_t kc,
                      float* panel) {
   for (int64_t half = 0; half < 2; ++half) {
     const int64_t row0 = n0 + 16 * half;
@@ -69,8 +103,7 @@ void transpose_panel(const float* w, int64_t N, int64_t K, int64_t n0, int64_t k
       const __mmask16 cols = first_lanes(kc - kb);
       __m512 r[16];
       for (int64_t i = 0; i < 16; ++i) {
-        r[i] = row0 + i < N ? _mm512_maskz_loadu_ps(cols, w + (row0 + i) * K + k0 + kb)
-                            : _mm512_setzero_ps();
+        r[i] = row0 + i < N ? load_lanes(cols, w + (row0 + i) * K + k0 + kb) : _mm512_setzero_ps();
       }
       transpose16(r);
       const int64_t depth = std::min<int64_t>(16, kc - kb);
@@ -145,20 +178,20 @@ inline __m512 sum_lanes16(const __m512 (&v)[16]) {
 // dot products along k: MR * NR = 16 vectors of partial sums, reduced together at
 // the end. For 1-3 rows, where transposing w would cost more than the products.
 // Rows past mr / nr repeat the last one (their sums are not stored).
-template <int MR, int NR>
-void dot_block(int64_t mr, int64_t nr, int64_t K, const float* a, int64_t lda, const float* w,
+template <int MR, int NR, typename W>
+void dot_block(int64_t mr, int64_t nr, int64_t K, const float* a, int64_t lda, const W* w,
                int64_t ldw, const float* bias, float* out, int64_t ldo) {
   static_assert(MR * NR == 16 && (NR == 8 || NR == 16), "1 x 16 or 2 x 8 outputs");
   __m512 acc[16];
   for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
-  const float* w_rows[NR];
+  const W* w_rows[NR];
   const float* a_rows[MR];
   for (int j = 0; j < NR; ++j) w_rows[j] = w + std::min<int64_t>(j, nr - 1) * ldw;
   for (int i = 0; i < MR; ++i) a_rows[i] = a + std::min<int64_t>(i, mr - 1) * lda;
   for (int64_t k = 0; k < K; k += 16) {
     const __mmask16 m = first_lanes(K - k);
     __m512 wv[NR];
-    for (int j = 0; j < NR; ++j) wv[j] = _mm512_maskz_loadu_ps(m, w_rows[j] + k);
+    for (int j = 0; j < NR; ++j) wv[j] = load_lanes(m, w_rows[j] + k);
     for (int i = 0; i < MR; ++i) {
       const __m512 av = _mm512_maskz_loadu_ps(m, a_rows[i] + k);
       for (int j = 0; j < NR; ++j) acc[i * NR + j] = _mm512_fmadd_ps(av, wv[j], acc[i * NR + j]);
@@ -178,12 +211,12 @@ void dot_block(int64_t mr, int64_t nr, int64_t K, const float* a, int64_t lda, c
 }
 
 // Rows [r0, r1) of out by dot_block, MR rows x NR columns at a time.
-template <int MR, int NR>
+template <int MR, int NR, typename W>
 void dot_rows(int64_t r0, int64_t r1, int64_t N, int64_t K, const float* a, int64_t lda,
-              const float* w, const float* bias, float* out, int64_t ldo) {
+              const W* w, const float* bias, float* out, int64_t ldo) {
   for (int64_t n0 = 0; n0 < N; n0 += NR) {
     for (int64_t m0 = r0; m0 < r1; m0 += MR) {
-      dot_block<MR, NR>(std::min<int64_t>(MR, r1 - m0), std::min<int64_t>(NR, N - n0), K,
+      dot_block<MR, NR, W>(std::min<int64_t>(MR, r1 - m0), std::min<int64_t>(NR, N - n0), K,
                         a + m0 * lda, lda, w + n0 * K, K, bias ? bias + n0 : nullptr,
                         out + m0 * ldo + n0, ldo);
     }
@@ -191,41 +224,56 @@ void dot_rows(int64_t r0, int64_t r1, int64_t N, int64_t K, const float* a, int6
 }
 
 
+// One product as the kernels take it: rows, bias and out in float32, the weights
+// float32 or bfloat16 (`W` of the kernels).
+struct Product {
+  int64_t M, N, K;
+  const float* a;
+  int64_t lda;
+  const void* w;
+  bool w_bf16;
+  const float* bias;
+  float* out;
+  int64_t ldo;
+};
+
 // Units of work of one product: its 32-column panels where the panel kernel runs
 // (4 rows or more), its 64-column slices where the dot products run, else (K = 0)
 // the whole product.
 constexpr int64_t kDotColumns = 64;
 
-int64_t units_of(const NtGemm& g) {
+int64_t units_of(const Product& g) {
   if (g.M == 0 || g.N == 0) return 0;
   if (g.K == 0) return 1;
   return (g.N + (g.M < 4 ? kDotColumns : kPanel) - 1) / (g.M < 4 ? kDotColumns : kPanel);
 }
 
-void run_without_products(const NtGemm& g) {  // K = 0: out = bias (or 0)
+void run_without_products(const Product& g) {  // K = 0: out = bias (or 0)
   for (int64_t r = 0; r < g.M; ++r) {
     for (int64_t c = 0; c < g.N; ++c) g.out[r * g.ldo + c] = g.bias ? g.bias[c] : 0.0f;
   }
 }
 
 // Columns [u * kDotColumns, ...) of a product of 1-3 rows: 2 x 8 or 1 x 16 outputs at a time.
-void run_dot_slice(const NtGemm& g, int64_t u) {
+template <typename W>
+void run_dot_slice(const Product& g, int64_t u) {
   const int64_t n0 = u * kDotColumns, n = std::min(kDotColumns, g.N - n0);
-  const float* w = g.w + n0 * g.K;
+  const W* w = static_cast<const W*>(g.w) + n0 * g.K;
   const float* bias = g.bias ? g.bias + n0 : nullptr;
   float* out = g.out + n0;
   if (g.M >= 2) dot_rows<2, 8>(0, 2, n, g.K, g.a, g.lda, w, bias, out, g.ldo);
   if (g.M % 2 == 1) dot_rows<1, 16>(g.M - 1, g.M, n, g.K, g.a, g.lda, w, bias, out, g.ldo);
 }
 
-void run_panel(const NtGemm& g, int64_t p) {
+template <typename W>
+void run_panel(const Product& g, int64_t p) {
   alignas(64) float panel[kDepth * kPanel];
   const int64_t n0 = p * kPanel;
   const __mmask16 m0 = first_lanes(g.N - n0);
   const __mmask16 m1 = g.N - n0 > 16 ? first_lanes(g.N - n0 - 16) : __mmask16(0);
   for (int64_t k0 = 0; k0 < g.K; k0 += kDepth) {
     const int64_t kc = std::min(kDepth, g.K - k0);
-    transpose_panel(g.w, g.N, g.K, n0, k0, kc, panel);
+    transpose_panel(static_cast<const W*>(g.w), g.N, g.K, n0, k0, kc, panel);
     for (int64_t r0 = 0; r0 < g.M; r0 += kRowBlock) {
       const int rows = static_cast<int>(std::min<int64_t>(kRowBlock, g.M - r0));
       const bool last = k0 + kc == g.K;
@@ -235,12 +283,54 @@ void run_panel(const NtGemm& g, int64_t p) {
   }
 }
 
+void run_unit(const Product& g, int64_t u) {
+  if (g.K == 0) {
+    run_without_products(g);
+  } else if (g.M < 4) {
+    g.w_bf16 ? run_dot_slice<uint16_t>(g, u) : run_dot_slice<float>(g, u);
+  } else {
+    g.w_bf16 ? run_panel<uint16_t>(g, u) : run_panel<float>(g, u);
+  }
+}
+
+// The float32 copies a bfloat16 product computes through: its rows, bias and out.
+struct Widened {
+  std::vector<float> a, bias, out;
+};
+
+Product prepare(const NtGemm& g, Widened& wide) {
+  if (!g.bf16) {
+    return {g.M, g.N, g.K, static_cast<const float*>(g.a), g.lda, g.w, false,
+            static_cast<const float*>(g.bias), static_cast<float*>(g.out), g.ldo};
+  }
+  const auto* a = static_cast<const uint16_t*>(g.a);
+  wide.a.resize(g.M * g.K);
+  for (int64_t r = 0; r < g.M; ++r) widen(a + r * g.lda, wide.a.data() + r * g.K, g.K);
+  if (g.bias != nullptr) {
+    wide.bias.resize(g.N);
+    widen(static_cast<const uint16_t*>(g.bias), wide.bias.data(), g.N);
+  }
+  wide.out.resize(g.M * g.N);
+  return {g.M, g.N, g.K, wide.a.data(), g.K, g.w, true,
+          g.bias != nullptr ? wide.bias.data() : nullptr, wide.out.data(), g.N};
+}
+
+// out = the float32 result, rounded (bfloat16 products only).
+void narrow_out(const NtGemm& g, const Product& p) {
+  if (!g.bf16) return;
+  auto* out = static_cast<uint16_t*>(g.out);
+  for (int64_t r = 0; r < g.M; ++r) narrow(p.out + r * p.ldo, out + r * g.ldo, g.N);
+}
+
 }  // namespace
 
-void gemm_nt_small_avx512(const NtGemm* products, int count) {
+void gemm_nt_small_avx512(const NtGemm* gemms, int count) {
+  Widened wide[kMaxNtGemms];
+  Product products[kMaxNtGemms];
   int64_t first[kMaxNtGemms + 1] = {0};  // product j's units: [first[j], first[j + 1])
   int64_t work = 0;
   for (int j = 0; j < count; ++j) {
+    products[j] = prepare(gemms[j], wide[j]);
     first[j + 1] = first[j] + units_of(products[j]);
     work += products[j].M * products[j].N * products[j].K;
   }
@@ -254,15 +344,9 @@ void gemm_nt_small_avx512(const NtGemm* products, int count) {
   for (int64_t u = 0; u < units; ++u) {
     int j = 0;
     while (u >= first[j + 1]) ++j;
-    const NtGemm& g = products[j];
-    if (g.K == 0) {
-      run_without_products(g);
-    } else if (g.M < 4) {
-      run_dot_slice(g, u - first[j]);
-    } else {
-      run_panel(g, u - first[j]);
-    }
+    run_unit(products[j], u - first[j]);
   }
+  for (int j = 0; j < count; ++j) narrow_out(gemms[j], products[j]);
 }
 
 }  // namespace cpu

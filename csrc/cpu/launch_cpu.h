@@ -71,6 +71,8 @@ struct CpuLaunch {
   // or up to 2^23 multiply-adds (measured on two threads against MKL's NT GEMM:
   // 8 x 128 x 512 12 vs 16 us, 50 x 64 x 256 8 vs 19, 64 x 128 x 512 34 vs 46,
   // 16 x 512 x 2048 199 vs 415; MKL is ahead by ~10% from 512 x 128 x 512 on).
+  // bfloat16 up to 16 rows only: there oneDNN's bf16 GEMM costs ~20 us a call of
+  // fixed cost (primitive set-up), more than the products.
   static constexpr int64_t kSmallGemmRows = 16;
   static constexpr int64_t kSmallGemmWork = int64_t{1} << 23;
 
@@ -86,10 +88,11 @@ struct CpuLaunch {
     int count = 0;
     for (const NtProduct& p : products) {
       if (takes_small_gemm(p)) {
-        small[count++] = {p.a.size(0), p.w.size(0), p.a.size(1), p.a.data_ptr<float>(),
-                          p.a.stride(0), p.w.data_ptr<float>(),
-                          p.bias.defined() ? p.bias.data_ptr<float>() : nullptr,
-                          p.out.data_ptr<float>(), p.out.stride(0)};
+        small[count++] = {p.a.size(0), p.w.size(0), p.a.size(1), p.a.data_ptr(),
+                          p.a.stride(0), p.w.data_ptr(),
+                          p.bias.defined() ? p.bias.data_ptr() : nullptr,
+                          p.out.data_ptr(), p.out.stride(0),
+                          p.out.scalar_type() == at::kBFloat16};
       } else {
         gemm_nt_aten(p);
       }
@@ -103,8 +106,11 @@ struct CpuLaunch {
 #if defined(__x86_64__)
   static bool takes_small_gemm(const NtProduct& p) {
     const int64_t M = p.a.size(0), K = p.a.size(1);
-    return p.out.scalar_type() == at::kFloat &&
-           (M <= kSmallGemmRows || M * K * p.w.size(0) <= kSmallGemmWork) &&
+    const at::ScalarType type = p.out.scalar_type();
+    return (type == at::kFloat || type == at::kBFloat16) && p.a.scalar_type() == type &&
+           p.w.scalar_type() == type && (!p.bias.defined() || p.bias.scalar_type() == type) &&
+           (M <= kSmallGemmRows ||
+            (type == at::kFloat && M * K * p.w.size(0) <= kSmallGemmWork)) &&
            cpu::active_isa() == cpu::Isa::kAvx512 && (K <= 1 || p.a.stride(1) == 1) &&
            (p.out.size(1) <= 1 || p.out.stride(1) == 1) && p.w.is_contiguous() &&
            (!p.bias.defined() || p.bias.is_contiguous());

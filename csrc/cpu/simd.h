@@ -77,16 +77,18 @@ template <typename F>
 void run_fused_backward_avx512(const F* steps, const FusedBackwardRows* rows, int64_t count,
                                const PackedRecurrentT& w, int threads);
 
-// out = a @ w^T (+ bias), float32: a [M, K] with row stride lda, w [N, K]
-// contiguous, bias [N] or null, out [M, N] with row stride ldo.
+// out = a @ w^T (+ bias): a [M, K] with row stride lda, w [N, K] contiguous, bias
+// [N] or null, out [M, N] with row stride ldo; all float32, or all bfloat16 when
+// `bf16` (the bits, as uint16_t): products and sums in float32, out rounded once.
 struct NtGemm {
   int64_t M, N, K;
-  const float* a;
+  const void* a;
   int64_t lda;
-  const float* w;
-  const float* bias;
-  float* out;
+  const void* w;
+  const void* bias;
+  void* out;
   int64_t ldo;
+  bool bf16 = false;
 };
 constexpr int kMaxNtGemms = 2;
 

@@ -114,6 +114,19 @@ void transpose_panel(const W* w, int64_t N, int64_t K, int64_t n0, int64_t k0, i
   }
 }
 
+// panel[k][c] = w[k0 + k][n0 + c] for k < kc, c < 32 (0 past N): w stored [K, N],
+// its rows already the panel's.
+template <typename W>
+void copy_panel(const W* w, int64_t N, int64_t n0, int64_t k0, int64_t kc, float* panel) {
+  const __mmask16 m0 = first_lanes(N - n0);
+  const __mmask16 m1 = N - n0 > 16 ? first_lanes(N - n0 - 16) : __mmask16(0);
+  for (int64_t k = 0; k < kc; ++k) {
+    const W* row = w + (k0 + k) * N + n0;
+    _mm512_store_ps(panel + k * kPanel, load_lanes(m0, row));
+    _mm512_store_ps(panel + k * kPanel + 16, load_lanes(m1, row + 16));
+  }
+}
+
 // out[r][c] (+)= sum_k a[r][k] panel[k][c] for r < ROWS, c < 32 (lanes in `m0`, `m1`):
 // from 0 on the first panel depth, from out itself on the later ones; `bias` (on
 // the last depth, else null) is added after the products, as the BLAS adds C.
@@ -235,6 +248,8 @@ struct Product {
   const float* bias;
   float* out;
   int64_t ldo;
+  bool w_kn;        // w stored [K, N]: panels copied, not transposed
+  bool accumulate;  // out += the product
 };
 
 // Units of work of one product: its 32-column panels where the panel kernel runs
@@ -242,13 +257,18 @@ struct Product {
 // the whole product.
 constexpr int64_t kDotColumns = 64;
 
+// Dot products for 1-3 rows of w stored [N, K]; w stored [K, N] needs no transpose.
+bool takes_dots(const Product& g) { return g.M < 4 && !g.w_kn; }
+
 int64_t units_of(const Product& g) {
   if (g.M == 0 || g.N == 0) return 0;
   if (g.K == 0) return 1;
-  return (g.N + (g.M < 4 ? kDotColumns : kPanel) - 1) / (g.M < 4 ? kDotColumns : kPanel);
+  const int64_t width = takes_dots(g) ? kDotColumns : kPanel;
+  return (g.N + width - 1) / width;
 }
 
-void run_without_products(const Product& g) {  // K = 0: out = bias (or 0)
+void run_without_products(const Product& g) {  // K = 0: out = bias (or 0), or out += 0
+  if (g.accumulate) return;
   for (int64_t r = 0; r < g.M; ++r) {
     for (int64_t c = 0; c < g.N; ++c) g.out[r * g.ldo + c] = g.bias ? g.bias[c] : 0.0f;
   }
@@ -273,12 +293,17 @@ void run_panel(const Product& g, int64_t p) {
   const __mmask16 m1 = g.N - n0 > 16 ? first_lanes(g.N - n0 - 16) : __mmask16(0);
   for (int64_t k0 = 0; k0 < g.K; k0 += kDepth) {
     const int64_t kc = std::min(kDepth, g.K - k0);
-    transpose_panel(static_cast<const W*>(g.w), g.N, g.K, n0, k0, kc, panel);
+    if (g.w_kn) {
+      copy_panel(static_cast<const W*>(g.w), g.N, n0, k0, kc, panel);
+    } else {
+      transpose_panel(static_cast<const W*>(g.w), g.N, g.K, n0, k0, kc, panel);
+    }
     for (int64_t r0 = 0; r0 < g.M; r0 += kRowBlock) {
       const int rows = static_cast<int>(std::min<int64_t>(kRowBlock, g.M - r0));
       const bool last = k0 + kc == g.K;
       kRowBlocks[rows - 1](g.a + r0 * g.lda + k0, g.lda, panel, kc, g.out + r0 * g.ldo + n0,
-                           g.ldo, m0, m1, last && g.bias ? g.bias + n0 : nullptr, k0 > 0);
+                           g.ldo, m0, m1, last && g.bias ? g.bias + n0 : nullptr,
+                           k0 > 0 || g.accumulate);
     }
   }
 }
@@ -286,7 +311,7 @@ void run_panel(const Product& g, int64_t p) {
 void run_unit(const Product& g, int64_t u) {
   if (g.K == 0) {
     run_without_products(g);
-  } else if (g.M < 4) {
+  } else if (takes_dots(g)) {
     g.w_bf16 ? run_dot_slice<uint16_t>(g, u) : run_dot_slice<float>(g, u);
   } else {
     g.w_bf16 ? run_panel<uint16_t>(g, u) : run_panel<float>(g, u);
@@ -301,7 +326,8 @@ struct Widened {
 Product prepare(const NtGemm& g, Widened& wide) {
   if (!g.bf16) {
     return {g.M, g.N, g.K, static_cast<const float*>(g.a), g.lda, g.w, false,
-            static_cast<const float*>(g.bias), static_cast<float*>(g.out), g.ldo};
+            static_cast<const float*>(g.bias), static_cast<float*>(g.out), g.ldo, g.w_kn,
+            g.accumulate};
   }
   const auto* a = static_cast<const uint16_t*>(g.a);
   wide.a.resize(g.M * g.K);
@@ -311,8 +337,13 @@ Product prepare(const NtGemm& g, Widened& wide) {
     widen(static_cast<const uint16_t*>(g.bias), wide.bias.data(), g.N);
   }
   wide.out.resize(g.M * g.N);
+  if (g.accumulate) {
+    const auto* out = static_cast<const uint16_t*>(g.out);
+    for (int64_t r = 0; r < g.M; ++r) widen(out + r * g.ldo, wide.out.data() + r * g.N, g.N);
+  }
   return {g.M, g.N, g.K, wide.a.data(), g.K, g.w, true,
-          g.bias != nullptr ? wide.bias.data() : nullptr, wide.out.data(), g.N};
+          g.bias != nullptr ? wide.bias.data() : nullptr, wide.out.data(), g.N, g.w_kn,
+          g.accumulate};
 }
 
 // out = the float32 result, rounded (bfloat16 products only).

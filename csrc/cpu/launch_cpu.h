@@ -103,6 +103,26 @@ struct CpuLaunch {
 #endif
   }
 
+  // out (+)= a @ w, w [K, N] as stored (the backward's d_pre @ W_hh). bfloat16 up
+  // to 16 rows takes gemm_nt_small_avx512 (oneDNN's fixed cost per call, as above);
+  // the rest ATen.
+  static void gemm_nn(const at::Tensor& out, const at::Tensor& a, const at::Tensor& w,
+                      bool accumulate) {
+#if defined(__x86_64__)
+    if (out.scalar_type() == at::kBFloat16 && a.scalar_type() == at::kBFloat16 &&
+        w.scalar_type() == at::kBFloat16 && a.size(0) <= kSmallGemmRows &&
+        cpu::active_isa() == cpu::Isa::kAvx512 && (a.size(1) <= 1 || a.stride(1) == 1) &&
+        (out.size(1) <= 1 || out.stride(1) == 1) && w.is_contiguous()) {
+      const cpu::NtGemm g{a.size(0), w.size(1), a.size(1), a.data_ptr(), a.stride(0),
+                          w.data_ptr(), nullptr, out.data_ptr(), out.stride(0),
+                          /*bf16=*/true, /*w_kn=*/true, accumulate};
+      cpu::gemm_nt_small_avx512(&g, 1);
+      return;
+    }
+#endif
+    gemm_nn_aten(out, a, w, accumulate);
+  }
+
 #if defined(__x86_64__)
   static bool takes_small_gemm(const NtProduct& p) {
     const int64_t M = p.a.size(0), K = p.a.size(1);

@@ -80,6 +80,7 @@ void run_fused_backward_avx512(const F* steps, const FusedBackwardRows* rows, in
 // out = a @ w^T (+ bias): a [M, K] with row stride lda, w [N, K] contiguous, bias
 // [N] or null, out [M, N] with row stride ldo; all float32, or all bfloat16 when
 // `bf16` (the bits, as uint16_t): products and sums in float32, out rounded once.
+// w_kn: w is stored [K, N] instead (out = a @ w); accumulate: out += the product.
 struct NtGemm {
   int64_t M, N, K;
   const void* a;
@@ -89,6 +90,8 @@ struct NtGemm {
   void* out;
   int64_t ldo;
   bool bf16 = false;
+  bool w_kn = false;
+  bool accumulate = false;
 };
 constexpr int kMaxNtGemms = 2;
 

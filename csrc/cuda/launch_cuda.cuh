@@ -45,6 +45,11 @@ struct CudaLaunch {
     (gemm_nt_aten(each), ...);
   }
 
+  static void gemm_nn(const at::Tensor& out, const at::Tensor& a, const at::Tensor& w,
+                      bool accumulate) {
+    gemm_nn_aten(out, a, w, accumulate);
+  }
+
   static constexpr int kThreads = 256;
   // Enough blocks to fill any current GPU; the grid-stride loop covers the rest.
   static constexpr int64_t kMaxBlocks = 4096;

@@ -140,6 +140,15 @@ inline void gemm_nt_aten(const NtProduct& p) {
   }
 }
 
+// out (+)= a @ w (w [K, N] as stored: the backward's d_pre @ W_hh) on ATen's GEMM.
+inline void gemm_nn_aten(at::Tensor out, const at::Tensor& a, const at::Tensor& w, bool accumulate) {
+  if (accumulate) {
+    out.addmm_(a, w);
+  } else {
+    at::mm_out(out, a, w);
+  }
+}
+
 // The input projection x_proj = input @ w_ih^T + bias, formed a chunk of steps
 // at a time as the loop reaches them: a GEMM of ~kChunkRows rows each, its
 // result still in cache when the steps read it, and memory independent of T.
@@ -325,12 +334,7 @@ void backward_loop(const LayerSizes& sz, const Schedule& sched, const at::Tensor
     d_h_rows.add_(grad_output.narrow(0, off, rows));
     before_step(s, d_h_rows);
     Launch::run(rows * sz.hidden, make_step(s));
-    const at::Tensor d_rec = d_recurrent.narrow(0, off, rows);
-    if (accumulate) {
-      d_h_rows.addmm_(d_rec, w_hh);
-    } else {
-      at::mm_out(d_h_rows, d_rec, w_hh);
-    }
+    Launch::gemm_nn(d_h_rows, d_recurrent.narrow(0, off, rows), w_hh, accumulate);
   }
 }
 

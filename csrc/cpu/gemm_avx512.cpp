@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "bf16_avx512.h"
 #include "simd.h"
 
 namespace rnnfused {
@@ -66,12 +67,10 @@ inline __mmask16 first_lanes(int64_t n) {
 // the upper half of a float.
 inline __m512 load_lanes(__mmask16 m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
 inline __m512 load_lanes(__mmask16 m, const uint16_t* p) {
-  const __m512i halves = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(halves, 16));
+  return widen_bf16(_mm256_maskz_loadu_epi16(m, p));
 }
 
-// n bfloat16 values (bits) -> float32, and back rounding to nearest even with NaN
-// to the quiet NaN 0x7fc0 (as c10::BFloat16 does), 16 at a time.
+// n bfloat16 values (bits) -> float32 and back (bf16_avx512.h), 16 at a time.
 void widen(const uint16_t* from, float* to, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = first_lanes(n - i);
@@ -82,14 +81,7 @@ void widen(const uint16_t* from, float* to, int64_t n) {
 void narrow(const float* from, uint16_t* to, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = first_lanes(n - i);
-    const __m512 v = _mm512_maskz_loadu_ps(m, from + i);
-    const __m512i bits = _mm512_castps_si512(v);
-    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-    __m512i upper = _mm512_srli_epi32(
-        _mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd)), 16);
-    upper = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), upper,
-                                    _mm512_set1_epi32(0x7fc0));
-    _mm256_mask_storeu_epi16(to + i, m, _mm512_cvtepi32_epi16(upper));
+    _mm256_mask_storeu_epi16(to + i, m, narrow_bf16(_mm512_maskz_loadu_ps(m, from + i)));
   }
 }
 
@@ -103,7 +95,8 @@ void transpose_panel(const W* w, int64_t N, int64_t K, int64_t n0, int64_t k0, i
       const __mmask16 cols = first_lanes(kc - kb);
       __m512 r[16];
       for (int64_t i = 0; i < 16; ++i) {
-        r[i] = row0 + i < N ? load_lanes(cols, w + (row0 + i) * K + k0 + kb) : _mm512_setzero_ps();
+        r[i] = row0 + i < N ? load_lanes(cols, w + (row0 + i) * K + k0 + kb)
+                            : _mm512_setzero_ps();
       }
       transpose16(r);
       const int64_t depth = std::min<int64_t>(16, kc - kb);
@@ -230,8 +223,8 @@ void dot_rows(int64_t r0, int64_t r1, int64_t N, int64_t K, const float* a, int6
   for (int64_t n0 = 0; n0 < N; n0 += NR) {
     for (int64_t m0 = r0; m0 < r1; m0 += MR) {
       dot_block<MR, NR, W>(std::min<int64_t>(MR, r1 - m0), std::min<int64_t>(NR, N - n0), K,
-                        a + m0 * lda, lda, w + n0 * K, K, bias ? bias + n0 : nullptr,
-                        out + m0 * ldo + n0, ldo);
+                           a + m0 * lda, lda, w + n0 * K, K, bias ? bias + n0 : nullptr,
+                           out + m0 * ldo + n0, ldo);
     }
   }
 }

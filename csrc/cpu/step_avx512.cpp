@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "../step_functors.h"
+#include "bf16_avx512.h"
 #include "simd.h"
 
 namespace rnnfused {
@@ -93,21 +94,13 @@ struct Lanes {
     }
   }
 
-  // bfloat16 is the upper half of a float: widen by a shift; narrow rounding to
-  // nearest even, NaN to the quiet NaN 0x7fc0 (as c10::BFloat16 does).
+  // bfloat16 through bf16_avx512.h.
   Vec load(const c10::BFloat16* p) const {
-    const __m256i half = kPartial ? _mm256_maskz_loadu_epi16(mask, p)
-                                  : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+    return widen_bf16(kPartial ? _mm256_maskz_loadu_epi16(mask, p)
+                               : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   }
   void store(c10::BFloat16* p, Vec v) const {
-    const __m512i bits = _mm512_castps_si512(v.v);
-    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-    __m512i upper = _mm512_srli_epi32(
-        _mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd)), 16);
-    const __mmask16 nan = _mm512_cmp_ps_mask(v.v, v.v, _CMP_UNORD_Q);
-    upper = _mm512_mask_blend_epi32(nan, upper, _mm512_set1_epi32(0x7fc0));
-    const __m256i half = _mm512_cvtepi32_epi16(upper);
+    const __m256i half = narrow_bf16(v.v);
     if (kPartial) {
       _mm256_mask_storeu_epi16(p, mask, half);
     } else {
@@ -257,9 +250,9 @@ inline void fused_tile(const F& f, const FusedStepRows& step, const PackedRecurr
   __m512 acc[M][G];
   for (int m = 0; m < M; ++m) {
     h_rows[m] = step.h_in + (row + m) * K;
+    const float* partial = step.product + (row + m) * G * H + j;  // gate g at g * H
     for (int g = 0; g < G; ++g) {
-      acc[m][g] = k0 == 0 ? _mm512_setzero_ps()
-                          : _mm512_maskz_loadu_ps(mask, step.product + (row + m) * G * H + g * H + j);
+      acc[m][g] = k0 == 0 ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask, partial + g * H);
     }
   }
   if (prefetch_state) {

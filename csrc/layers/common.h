@@ -141,7 +141,8 @@ inline void gemm_nt_aten(const NtProduct& p) {
 }
 
 // out (+)= a @ w (w [K, N] as stored: the backward's d_pre @ W_hh) on ATen's GEMM.
-inline void gemm_nn_aten(at::Tensor out, const at::Tensor& a, const at::Tensor& w, bool accumulate) {
+inline void gemm_nn_aten(at::Tensor out, const at::Tensor& a, const at::Tensor& w,
+                         bool accumulate) {
   if (accumulate) {
     out.addmm_(a, w);
   } else {

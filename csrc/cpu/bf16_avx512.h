@@ -1,0 +1,31 @@
+// bfloat16 <-> float32 for 16 lanes, AVX-512: the one copy for the translation units
+// compiled for it (step_avx512.cpp, gemm_avx512.cpp), included after their target
+// pragma. bfloat16 is the upper half of a float: widening is a shift; narrowing
+// rounds to nearest even, NaN to the quiet NaN 0x7fc0 (as c10::BFloat16 does).
+#pragma once
+
+#include <immintrin.h>
+
+namespace rnnfused {
+namespace cpu {
+namespace {
+
+// 16 bfloat16 bit patterns -> 16 floats.
+inline __m512 widen_bf16(__m256i halves) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(halves), 16));
+}
+
+// 16 floats -> 16 bfloat16 bit patterns.
+inline __m256i narrow_bf16(__m512 v) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i upper = _mm512_srli_epi32(
+      _mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd)), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  upper = _mm512_mask_blend_epi32(nan, upper, _mm512_set1_epi32(0x7fc0));
+  return _mm512_cvtepi32_epi16(upper);
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace rnnfused

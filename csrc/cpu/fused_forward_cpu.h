@@ -1,7 +1,7 @@
-// The time loops as persistent, fused loops (simd.h's run_fused_steps_avx512 and
-// run_fused_backward_avx512): float32, no projection, AVX-512. The layer
-// drivers take them through CpuLaunch::fused_forward / fused_backward where
-// they apply.
+// The time loops as persistent, fused loops (simd.h's run_fused_steps_<isa> and
+// run_fused_backward_<isa>, fused_loop.h): float32, no projection, AVX-512 or
+// AVX2. The layer drivers take them through CpuLaunch::fused_forward /
+// fused_backward where they apply.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -15,18 +15,21 @@
 namespace rnnfused {
 namespace cpu {
 
-// W_hh [G*H, K] (contiguous) -> [tiles, K, G * 16] (see PackedRecurrent), zero past
+// The floats of the persistent loops' vectors on this CPU: their tiles' width.
+inline int64_t fused_lanes() { return active_isa() == Isa::kAvx512 ? 16 : 8; }
+
+// W_hh [G*H, K] (contiguous) -> [tiles, K, G * L] (see PackedRecurrent), zero past
 // H. One pass over the packed tensor: its rows are read as they are written.
-inline at::Tensor pack_recurrent(const at::Tensor& w_hh, int64_t G, int64_t H) {
-  const int64_t K = w_hh.size(1), tiles = (H + 15) / 16;
-  at::Tensor packed = at::empty({tiles, K, G * 16}, w_hh.options());
+inline at::Tensor pack_recurrent(const at::Tensor& w_hh, int64_t G, int64_t H, int64_t L) {
+  const int64_t K = w_hh.size(1), tiles = (H + L - 1) / L;
+  at::Tensor packed = at::empty({tiles, K, G * L}, w_hh.options());
   const float* src = w_hh.data_ptr<float>();
   float* dst = packed.data_ptr<float>();
   for (int64_t u = 0; u < tiles; ++u) {
     for (int64_t k = 0; k < K; ++k) {
       for (int64_t g = 0; g < G; ++g) {
-        for (int64_t l = 0; l < 16; ++l) {
-          const int64_t unit = u * 16 + l;
+        for (int64_t l = 0; l < L; ++l) {
+          const int64_t unit = u * L + l;
           *dst++ = unit < H ? src[(g * H + unit) * K + k] : 0.0f;
         }
       }
@@ -35,12 +38,13 @@ inline at::Tensor pack_recurrent(const at::Tensor& w_hh, int64_t G, int64_t H) {
   return packed;
 }
 
-// W_hh [J, K] -> [blocks, J, 32] (see PackedRecurrentT), zero-padded to whole blocks.
-inline at::Tensor pack_recurrent_t(const at::Tensor& w_hh) {
-  const int64_t J = w_hh.size(0), K = w_hh.size(1), blocks = (K + 31) / 32;
-  at::Tensor padded = at::zeros({J, blocks * 32}, w_hh.options());
+// W_hh [J, K] -> [blocks, J, 2L] (see PackedRecurrentT), zero-padded to whole blocks.
+inline at::Tensor pack_recurrent_t(const at::Tensor& w_hh, int64_t L) {
+  const int64_t J = w_hh.size(0), K = w_hh.size(1), width = 2 * L;
+  const int64_t blocks = (K + width - 1) / width;
+  at::Tensor padded = at::zeros({J, blocks * width}, w_hh.options());
   padded.narrow(1, 0, K).copy_(w_hh);
-  return padded.view({J, blocks, 32}).permute({1, 0, 2}).contiguous();
+  return padded.view({J, blocks, width}).permute({1, 0, 2}).contiguous();
 }
 
 // Threads for a loop whose steps cost `work` multiply-adds over `parts` units of split.
@@ -54,8 +58,9 @@ inline int loop_threads(int64_t work, int64_t parts) {
 // (a cell's single step takes the GEMM-and-functor path).
 inline bool fused_forward_applies(const LayerSizes& sz) {
   constexpr int64_t kMinSteps = 4;
-  return active_isa() == Isa::kAvx512 && sz.output == sz.hidden && sz.hidden > 0 &&
-         sz.rows >= kMinSteps * sz.batch;
+  const Isa isa = active_isa();
+  return (isa == Isa::kAvx512 || isa == Isa::kAvx2) && sz.output == sz.hidden &&
+         sz.hidden > 0 && sz.rows >= kMinSteps * sz.batch;
 }
 
 // Runs every forward step of a layer; returns h_n [B, H].
@@ -68,7 +73,8 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
                          const at::Tensor& product, MakeStep make_step) {
   const int64_t G = sz.gates, H = sz.hidden, K = sz.output;
   if (sched.steps() == 0) return h0.clone(at::MemoryFormat::Contiguous);
-  const at::Tensor packed = pack_recurrent(w_hh, G, H);
+  const bool avx512 = active_isa() == Isa::kAvx512;
+  const at::Tensor packed = pack_recurrent(w_hh, G, H, fused_lanes());
   const PackedRecurrent w{packed.data_ptr<float>(), K, H, G, packed.size(0)};
   // The state before and after each step, alternating: a step reads one while
   // it writes the other, so one barrier per step is all the threads need.
@@ -95,8 +101,12 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
       rows.push_back(
           {sched.rows(s), h_in, prod, out, states[(s + 1) % 2].data_ptr<float>(), x_proj_s});
     }
-    run_fused_steps_avx512(steps.data(), rows.data(), static_cast<int64_t>(steps.size()), w,
-                           threads);
+    const int64_t n = static_cast<int64_t>(steps.size());
+    if (avx512) {
+      run_fused_steps_avx512(steps.data(), rows.data(), n, w, threads);
+    } else {
+      run_fused_steps_avx2(steps.data(), rows.data(), n, w, threads);
+    }
   }
   return sched.final_states(output);
 }
@@ -112,7 +122,8 @@ void fused_backward(const LayerSizes& sz, const Schedule& sched, const at::Tenso
                     const at::Tensor& w_hh, at::Tensor& d_h, const at::Tensor& d_recurrent,
                     bool accumulate, MakeStep make_step) {
   const int64_t J = w_hh.size(0), K = sz.output;
-  const at::Tensor packed = pack_recurrent_t(w_hh);
+  const bool avx512 = active_isa() == Isa::kAvx512;
+  const at::Tensor packed = pack_recurrent_t(w_hh, fused_lanes());
   const PackedRecurrentT w{packed.data_ptr<float>(), J, K, packed.size(0)};
   const int threads = loop_threads(sz.batch * J * K, w.blocks);
   using Step = decltype(make_step(int64_t{0}));
@@ -124,8 +135,12 @@ void fused_backward(const LayerSizes& sz, const Schedule& sched, const at::Tenso
     rows.push_back({sched.rows(s), grad_output.data_ptr<float>() + off * K, d_h.data_ptr<float>(),
                     d_recurrent.data_ptr<float>() + off * J, accumulate});
   }
-  run_fused_backward_avx512(steps.data(), rows.data(), static_cast<int64_t>(steps.size()), w,
-                            threads);
+  const int64_t n = static_cast<int64_t>(steps.size());
+  if (avx512) {
+    run_fused_backward_avx512(steps.data(), rows.data(), n, w, threads);
+  } else {
+    run_fused_backward_avx2(steps.data(), rows.data(), n, w, threads);
+  }
 }
 
 }  // namespace cpu

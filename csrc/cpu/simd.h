@@ -25,11 +25,11 @@ void run_rows_avx512(const F& f, int64_t row_begin, int64_t row_end);
 template <typename F>
 void run_rows_avx2(const F& f, int64_t row_begin, int64_t row_end);
 
-// W_hh [G*H, K] packed by tiles of 16 hidden units: w[u][k][g * 16 + l] =
-// W_hh[g * H + 16 u + l][k], zero past H. One tile's product for a row is
-// G vectors of 16 lanes: gate g of units 16u .. 16u + 15.
+// W_hh [G*H, K] packed by tiles of L hidden units (L = the vector's floats: 16 for
+// AVX-512, 8 for AVX2): w[u][k][g * L + l] = W_hh[g * H + L u + l][k], zero past H.
+// One tile's product for a row is G vectors: gate g of units Lu .. Lu + L - 1.
 struct PackedRecurrent {
-  const float* w;  // [tiles, K, G * 16]
+  const float* w;  // [tiles, K, G * L]
   int64_t K, H, G, tiles;
 };
 
@@ -50,11 +50,14 @@ struct FusedStepRows {
 template <typename F>
 void run_fused_steps_avx512(const F* steps, const FusedStepRows* rows, int64_t count,
                             const PackedRecurrent& w, int threads);
+template <typename F>
+void run_fused_steps_avx2(const F* steps, const FusedStepRows* rows, int64_t count,
+                          const PackedRecurrent& w, int threads);
 
-// W_hh [J = G*H, K] packed by blocks of 32 state units for the backward's
-// product d_h = d_pre @ W_hh: w[q][j][l] = W_hh[j][32 q + l], zero past K.
+// W_hh [J = G*H, K] packed by blocks of 2L state units for the backward's
+// product d_h = d_pre @ W_hh: w[q][j][l] = W_hh[j][2L q + l], zero past K.
 struct PackedRecurrentT {
-  const float* w;  // [blocks, J, 32]
+  const float* w;  // [blocks, J, 2L]
   int64_t J, K, blocks;
 };
 
@@ -76,6 +79,9 @@ struct FusedBackwardRows {
 template <typename F>
 void run_fused_backward_avx512(const F* steps, const FusedBackwardRows* rows, int64_t count,
                                const PackedRecurrentT& w, int threads);
+template <typename F>
+void run_fused_backward_avx2(const F* steps, const FusedBackwardRows* rows, int64_t count,
+                             const PackedRecurrentT& w, int threads);
 
 // out = a @ w^T (+ bias): a [M, K] with row stride lda, w [N, K] contiguous, bias
 // [N] or null, out [M, N] with row stride ldo; all float32, or all bfloat16 when

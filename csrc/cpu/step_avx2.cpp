@@ -1,5 +1,6 @@
-// The step functors on 8 floats at a time with AVX2 and FMA (see
-// step_avx512.cpp for why everything here is internal or unique to this file).
+// The step functors on 8 floats at a time with AVX2 and FMA, and the persistent
+// loops on them (fused_loop.h); see step_avx512.cpp for why everything here is
+// internal or unique to this file.
 #pragma GCC target("avx2,fma")
 
 #include <immintrin.h>
@@ -77,11 +78,35 @@ struct Lanes {
   }
 };
 
+// The persistent loops' vector operations (fused_loop.h).
+struct Simd {
+  using V = __m256;
+  using Mask = __m256i;  // lanes whose sign bit is set
+  static constexpr int64_t kLanes = 8;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static V load(Mask m, const float* p) { return _mm256_maskload_ps(p, m); }
+  static void store(Mask m, float* p, V v) { _mm256_maskstore_ps(p, m, v); }
+  static V broadcast(float x) { return _mm256_set1_ps(x); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static Mask first(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  // Of 16 registers: 8 accumulators for LSTM (2 rows) and RNN (8), 9 for GRU (3),
+  // with the G weight vectors and a broadcast beside them.
+  template <int G>
+  static constexpr int forward_rows() { return G == 1 ? 8 : G == 3 ? 3 : 2; }
+  // 5 rows x 2 column vectors: 10 accumulators.
+  static constexpr int kBackwardRows = 5;
+};
+
 }  // namespace
 }  // namespace cpu
 }  // namespace rnnfused
 
 #include "simd_rows.h"
+#include "fused_loop.h"
 
 namespace rnnfused {
 namespace cpu {
@@ -92,6 +117,20 @@ void run_rows_avx2(const F& f, int64_t row_begin, int64_t row_end) {
 }
 
 RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx2, float);
+
+template <typename F>
+void run_fused_steps_avx2(const F* steps, const FusedStepRows* rows, int64_t count,
+                          const PackedRecurrent& w, int threads) {
+  fused_steps<Simd, F::kGates>(steps, rows, count, w, threads);
+}
+
+template <typename F>
+void run_fused_backward_avx2(const F* steps, const FusedBackwardRows* rows, int64_t count,
+                             const PackedRecurrentT& w, int threads) {
+  fused_backward<Simd>(steps, rows, count, w, threads);
+}
+
+RNNFUSED_INSTANTIATE_FUSED_LOOPS(run_fused_steps_avx2, run_fused_backward_avx2);
 
 }  // namespace cpu
 }  // namespace rnnfused

@@ -1,0 +1,326 @@
+// The persistent forward and backward loops (simd.h's run_fused_steps_<isa> and
+// run_fused_backward_<isa>), written once over the vector instruction set. Each
+// ISA translation unit (step_avx512.cpp, step_avx2.cpp) includes it after
+// simd_rows.h, with `Lanes` defined, and passes a traits struct S:
+//   V, Mask, kLanes         a vector of kLanes floats, a mask of some of its lanes
+//   zero(), load(p), load(mask, p) (zero past the mask), store(mask, p, v),
+//   broadcast(x), fma(a, b, c), add(a, b), first(n) (the mask of lanes 0 .. n-1)
+//   forward_rows<G>()       rows per register block of the forward: rows x G
+//                           accumulators, enough to cover the FMA latency, few
+//                           enough to leave registers for the G weight vectors
+//   kBackwardRows           rows per block of the backward (rows x 2 accumulators)
+// Tiles are kLanes hidden units wide (PackedRecurrent), the backward's blocks 2 x kLanes
+// (PackedRecurrentT).
+#pragma once
+
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <thread>
+
+#include "simd.h"
+#include "simd_rows.h"
+
+namespace rnnfused {
+namespace cpu {
+namespace {
+// part[m][g] += rows[m][k] * w[k][g * L .. g * L + L - 1] for one k (L = kLanes).
+template <typename S, int M, int G>
+__attribute__((always_inline)) inline void tile_step(const float* w, const float* const* rows,
+                                                     int64_t k, typename S::V (&part)[M][G]) {
+  typename S::V wk[G];
+  for (int g = 0; g < G; ++g) wk[g] = S::load(w + (k * G + g) * S::kLanes);
+  for (int m = 0; m < M; ++m) {
+    const typename S::V a = S::broadcast(rows[m][k]);
+    for (int g = 0; g < G; ++g) part[m][g] = S::fma(a, wk[g], part[m][g]);
+  }
+}
+
+// Software prefetch of the lines [next, next + 64 * lines) into L2, one line
+// per k step while the product runs: the next weight panel, so that it comes
+// from L2 rather than from L3 when its turn comes.
+struct PanelPrefetch {
+  const char* next = nullptr;
+  int64_t lines = 0;
+  __attribute__((always_inline)) void one() {
+    if (lines > 0) {
+      _mm_prefetch(next, _MM_HINT_T1);
+      next += 64;
+      --lines;
+    }
+  }
+};
+
+// acc[m][g] += sum_{k0 <= k < k1} rows[m][k] * w[k][g * L .. g * L + L - 1] for M
+// rows: M * G accumulators live in registers, the packed tile streams from L1.
+// Fewer than 8 accumulators cannot hide the FMA latency (4 cycles, 2 ports): a
+// few rows (a batch of 1, the rows left over) then split k over P partial sums.
+// `prefetch` runs along (whole blocks only: a few rows reuse a panel too little
+// for it to pay).
+template <typename S, int M, int G>
+inline void tile_product(const float* w, const float* const* rows, int64_t k0, int64_t k1,
+                         typename S::V (&acc)[M][G], PanelPrefetch prefetch = {}) {
+  constexpr int P = M * G >= 8 ? 1 : M * G >= 4 ? 2 : M * G >= 2 ? 4 : 8;
+  static_assert(P == 1 || M == 1, "a whole block keeps its accumulators in one chain each");
+  if constexpr (P == 1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      prefetch.one();
+      tile_step<S, M, G>(w, rows, k, acc);
+    }
+  } else {
+    typename S::V part[P][M][G];
+    for (int s = 0; s < P; ++s) {
+      for (int m = 0; m < M; ++m) {
+        for (int g = 0; g < G; ++g) part[s][m][g] = s == 0 ? acc[m][g] : S::zero();
+      }
+    }
+    // The k % P leading steps first: the loop after them is then the last use
+    // of the partial sums before the reduction (GCC keeps them in registers).
+    int64_t k = k0;
+    for (; (k1 - k) % P != 0; ++k) tile_step<S, M, G>(w, rows, k, part[0]);
+    for (; k < k1; k += P) {
+      for (int s = 0; s < P; ++s) tile_step<S, M, G>(w, rows, k + s, part[s]);
+    }
+    for (int m = 0; m < M; ++m) {
+      for (int g = 0; g < G; ++g) {
+        typename S::V sum = part[0][m][g];
+        for (int s = 1; s < P; ++s) sum = S::add(sum, part[s][m][g]);
+        acc[m][g] = sum;
+      }
+    }
+  }
+}
+
+// The barrier between the persistent loops' steps. Their threads do nothing
+// else in between, so they spin on one cache line (~0.1 us per step where
+// libgomp's barrier costs several, and it costs nothing on one thread); after a
+// while they yield the CPU, for machines with more threads than cores.
+// Called by every thread of the enclosing OpenMP team.
+class StepBarrier {
+ public:
+  void wait() {
+    const int threads = omp_get_num_threads();
+    if (threads <= 1) return;
+    const unsigned generation = generation_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) == threads - 1) {
+      arrived_.store(0, std::memory_order_relaxed);
+      generation_.store(generation + 1, std::memory_order_release);
+      return;
+    }
+    for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
+      if (spins < kSpins) {
+        _mm_pause();
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  }
+
+ private:
+  static constexpr int kSpins = 1 << 14;
+  alignas(64) std::atomic<int> arrived_{0};
+  alignas(64) std::atomic<unsigned> generation_{0};
+};
+
+// The reduction dimension is split into panels of kPanelBytes of packed weights,
+// small enough to stay in L1 while every row block of the step reuses them; the
+// partial sums wait in the product buffer between panels.
+constexpr int64_t kPanelBytes = 32 * 1024;
+
+inline int64_t panel_depth(int64_t bytes_per_k) {
+  return std::max<int64_t>(1, kPanelBytes / bytes_per_k);
+}
+
+// 64-byte lines of `bytes`, rounded up.
+inline int64_t lines_of(int64_t bytes) { return (bytes + 63) / 64; }
+
+// Rows [row, row + M) of tile u over k in [k0, k1): the partial product, kept in
+// the product buffer where the functor reads it. After the last panel, the
+// functor runs on those units and h' goes into the next state.
+template <typename S, int M, int G, typename F>
+inline void fused_tile(const F& f, const FusedStepRows& step, const PackedRecurrent& w,
+                       int64_t u, int64_t row, int64_t k0, int64_t k1,
+                       PanelPrefetch prefetch = {}, bool prefetch_state = false) {
+  const int64_t H = w.H, K = w.K;
+  const int64_t j = u * S::kLanes;
+  const int count = static_cast<int>(std::min<int64_t>(S::kLanes, H - j));
+  const typename S::Mask mask = S::first(count);
+  const float* h_rows[M];
+  typename S::V acc[M][G];
+  for (int m = 0; m < M; ++m) {
+    h_rows[m] = step.h_in + (row + m) * K;
+    const float* partial = step.product + (row + m) * G * H + j;  // gate g at g * H
+    for (int g = 0; g < G; ++g) {
+      acc[m][g] = k0 == 0 ? S::zero() : S::load(mask, partial + g * H);
+    }
+  }
+  if (prefetch_state) {
+    // The first tile of a step reads the state rows the other threads wrote:
+    // the next block's rows of this panel asked for while this block runs.
+    const int64_t next_end = std::min(step.rows, row + 2 * M);
+    for (int64_t b = row + M; b < next_end; ++b) {
+      for (int64_t k = k0; k < k1; k += 16) {
+        _mm_prefetch(reinterpret_cast<const char*>(step.h_in + b * K + k), _MM_HINT_T0);
+      }
+    }
+  }
+  if (k1 == K) {
+    // The functor's input projection comes next: from L3, unless asked for now.
+    for (int m = 0; m < M; ++m) {
+      for (int g = 0; g < G; ++g) {
+        _mm_prefetch(reinterpret_cast<const char*>(step.x_proj + (row + m) * G * H + g * H + j),
+                     _MM_HINT_T0);
+      }
+    }
+  }
+  tile_product<S, M, G>(w.w + u * K * G * S::kLanes, h_rows, k0, k1, acc, prefetch);
+  for (int m = 0; m < M; ++m) {
+    const int64_t b = row + m;
+    for (int g = 0; g < G; ++g) {
+      S::store(mask, step.product + b * G * H + g * H + j, acc[m][g]);
+    }
+    if (k1 < K) continue;
+    apply_units<Lanes>(f, b, j, count);
+    S::store(mask, step.h_out + b * H + j, S::load(mask, step.out + b * H + j));
+  }
+}
+
+template <typename S, int G, typename F>
+void fused_steps(const F* steps, const FusedStepRows* rows, int64_t count,
+                 const PackedRecurrent& w, int threads) {
+  constexpr int kRows = S::template forward_rows<G>();
+  constexpr int64_t kBytesPerK = G * S::kLanes * sizeof(float);
+  StepBarrier barrier;
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t first = w.tiles * t / nt, last = w.tiles * (t + 1) / nt;
+    const int64_t depth = panel_depth(kBytesPerK);
+    // The thread's tiles are one contiguous range of the packed weights; each
+    // panel's row blocks prefetch the next panel (after the last, the first).
+    const char* const mine = reinterpret_cast<const char*>(w.w + first * w.K * G * S::kLanes);
+    const char* const mine_end = reinterpret_cast<const char*>(w.w + last * w.K * G * S::kLanes);
+    for (int64_t s = 0; s < count; ++s) {
+      const FusedStepRows& step = rows[s];
+      const int64_t blocks = step.rows / kRows;
+      for (int64_t u = first; u < last; ++u) {
+        for (int64_t k0 = 0; k0 < w.K; k0 += depth) {
+          const int64_t k1 = std::min(w.K, k0 + depth);
+          const char* next = reinterpret_cast<const char*>(w.w + (u * w.K + k1) * G * S::kLanes);
+          if (next >= mine_end) next = mine;
+          const int64_t k2 = k1 < w.K ? std::min(w.K, k1 + depth) : std::min(w.K, depth);
+          const int64_t lines = lines_of((k2 - (k1 < w.K ? k1 : 0)) * kBytesPerK);
+          int64_t row = 0;
+          for (int64_t block = 0; block < blocks; ++block, row += kRows) {
+            const int64_t begin = lines * block / blocks, end = lines * (block + 1) / blocks;
+            fused_tile<S, kRows, G>(steps[s], step, w, u, row, k0, k1,
+                                    PanelPrefetch{next + begin * 64, end - begin}, u == first);
+          }
+          for (; row < step.rows; ++row) fused_tile<S, 1, G>(steps[s], step, w, u, row, k0, k1);
+        }
+      }
+      barrier.wait();
+    }
+  }
+}
+
+// d_h rows [row, row + M), units 2L q .. 2L q + 2L - 1, over j in [j0, j1): the
+// partial product of d_recurrent with W_hh's block, kept in d_h between panels
+// (the first panel adds to the functor's direct part (GRU) or replaces d_h).
+template <typename S, int M>
+inline void backward_block(const FusedBackwardRows& step, const PackedRecurrentT& w, int64_t q,
+                           int64_t row, int64_t j0, int64_t j1, PanelPrefetch prefetch = {}) {
+  constexpr int64_t L = S::kLanes;
+  const float* d_rows[M];
+  typename S::V acc[M][2];
+  typename S::Mask masks[2];
+  for (int half = 0; half < 2; ++half) {
+    const int64_t k = q * 2 * L + half * L;
+    masks[half] = S::first(static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(L, w.K - k))));
+  }
+  const bool add_existing = j0 > 0 || step.accumulate;
+  for (int m = 0; m < M; ++m) {
+    d_rows[m] = step.d_recurrent + (row + m) * w.J;
+    for (int half = 0; half < 2; ++half) {
+      const float* src = step.d_h + (row + m) * w.K + q * 2 * L + half * L;
+      acc[m][half] = add_existing ? S::load(masks[half], src) : S::zero();
+    }
+  }
+  tile_product<S, M, 2>(w.w + q * w.J * 2 * L, d_rows, j0, j1, acc, prefetch);
+  for (int m = 0; m < M; ++m) {
+    for (int half = 0; half < 2; ++half) {
+      S::store(masks[half], step.d_h + (row + m) * w.K + q * 2 * L + half * L, acc[m][half]);
+    }
+  }
+}
+
+template <typename S, typename F>
+void fused_backward(const F* steps, const FusedBackwardRows* rows, int64_t count,
+                    const PackedRecurrentT& w, int threads) {
+  constexpr int kRows = S::kBackwardRows;
+  constexpr int64_t L = S::kLanes, kBytesPerJ = 2 * L * sizeof(float);
+  const int64_t H = w.K;  // state units: K == H (no projection)
+  StepBarrier barrier;
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t first = w.blocks * t / nt, last = w.blocks * (t + 1) / nt;
+    const char* const mine = reinterpret_cast<const char*>(w.w + first * w.J * 2 * L);
+    const char* const mine_end = reinterpret_cast<const char*>(w.w + last * w.J * 2 * L);
+    for (int64_t s = 0; s < count; ++s) {
+      const FusedBackwardRows& step = rows[s];
+      for (int64_t j = first * 2 * L; j < std::min(last * 2 * L, H); j += L) {
+        const int n = static_cast<int>(std::min<int64_t>(L, H - j));
+        const typename S::Mask mask = S::first(n);
+        for (int64_t b = 0; b < step.rows; ++b) {
+          float* d_h = step.d_h + b * H + j;
+          S::store(mask, d_h,
+                   S::add(S::load(mask, d_h), S::load(mask, step.grad_output + b * H + j)));
+          apply_units<Lanes>(steps[s], b, j, n);
+        }
+      }
+      barrier.wait();
+      // As in the forward: each full row block prefetches its share of the
+      // thread's next panel (after the last, the first).
+      const int64_t depth = panel_depth(kBytesPerJ), blocks = step.rows / kRows;
+      for (int64_t q = first; q < last; ++q) {
+        for (int64_t j0 = 0; j0 < w.J; j0 += depth) {
+          const int64_t j1 = std::min(w.J, j0 + depth);
+          const char* next = reinterpret_cast<const char*>(w.w + (q * w.J + j1) * 2 * L);
+          if (next >= mine_end) next = mine;
+          const int64_t j2 = j1 < w.J ? std::min(w.J, j1 + depth) : std::min(w.J, depth);
+          const int64_t lines = lines_of((j2 - (j1 < w.J ? j1 : 0)) * kBytesPerJ);
+          int64_t row = 0;
+          for (int64_t block = 0; block < blocks; ++block, row += kRows) {
+            const int64_t begin = lines * block / blocks, end = lines * (block + 1) / blocks;
+            backward_block<S, kRows>(step, w, q, row, j0, j1,
+                                     PanelPrefetch{next + begin * 64, end - begin});
+          }
+          for (; row < step.rows; ++row) backward_block<S, 1>(step, w, q, row, j0, j1);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace rnnfused
+
+// Explicit instantiations of an ISA's run_fused_steps_<isa> and run_fused_backward_<isa>
+// for the float32 step functors.
+#define RNNFUSED_INSTANTIATE_FUSED_LOOPS(steps_fn, backward_fn)                               \
+  template void steps_fn(const ::rnnfused::RnnForwardStep<float>*, const FusedStepRows*,     \
+                         int64_t, const PackedRecurrent&, int);                               \
+  template void steps_fn(const ::rnnfused::LstmForwardStep<float>*, const FusedStepRows*,    \
+                         int64_t, const PackedRecurrent&, int);                               \
+  template void steps_fn(const ::rnnfused::GruForwardStep<float>*, const FusedStepRows*,     \
+                         int64_t, const PackedRecurrent&, int);                               \
+  template void backward_fn(const ::rnnfused::RnnBackwardStep<float>*,                        \
+                            const FusedBackwardRows*, int64_t, const PackedRecurrentT&, int); \
+  template void backward_fn(const ::rnnfused::LstmBackwardStep<float>*,                       \
+                            const FusedBackwardRows*, int64_t, const PackedRecurrentT&, int); \
+  template void backward_fn(const ::rnnfused::GruBackwardStep<float>*,                        \
+                            const FusedBackwardRows*, int64_t, const PackedRecurrentT&, int)

@@ -136,6 +136,31 @@ inline int64_t panel_depth(int64_t bytes_per_k) {
 // 64-byte lines of `bytes`, rounded up.
 inline int64_t lines_of(int64_t bytes) { return (bytes + 63) / 64; }
 
+// A thread's tiles [first, last) of packed weights (K rows of floats_per_k floats
+// a tile), walked a panel of `depth` rows at a time. Each full row block of a
+// panel prefetches its share of the next panel: the tile's next, else the next
+// tile's first, after the thread's last tile its first.
+struct PanelWalk {
+  const float* packed;
+  int64_t K, floats_per_k, depth, first, last;
+
+  // Block `block` of `blocks`' share of the panel after the one ending at k1 of tile u.
+  PanelPrefetch share(int64_t u, int64_t k1, int64_t block, int64_t blocks) const {
+    const char* next = bytes_at(u * K + k1);
+    if (next >= bytes_at(last * K)) next = bytes_at(first * K);
+    const int64_t start = k1 < K ? k1 : 0;
+    const int64_t lines =
+        lines_of((std::min(K, start + depth) - start) * floats_per_k * int64_t{sizeof(float)});
+    const int64_t begin = lines * block / blocks, end = lines * (block + 1) / blocks;
+    return {next + begin * 64, end - begin};
+  }
+
+ private:
+  const char* bytes_at(int64_t row) const {
+    return reinterpret_cast<const char*>(packed + row * floats_per_k);
+  }
+};
+
 // Rows [row, row + M) of tile u over k in [k0, k1): the partial product, kept in
 // the product buffer where the functor reads it. After the last panel, the
 // functor runs on those units and h' goes into the next state.
@@ -198,25 +223,17 @@ void fused_steps(const F* steps, const FusedStepRows* rows, int64_t count,
     const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t first = w.tiles * t / nt, last = w.tiles * (t + 1) / nt;
     const int64_t depth = panel_depth(kBytesPerK);
-    // The thread's tiles are one contiguous range of the packed weights; each
-    // panel's row blocks prefetch the next panel (after the last, the first).
-    const char* const mine = reinterpret_cast<const char*>(w.w + first * w.K * G * S::kLanes);
-    const char* const mine_end = reinterpret_cast<const char*>(w.w + last * w.K * G * S::kLanes);
+    const PanelWalk walk{w.w, w.K, G * S::kLanes, depth, first, last};
     for (int64_t s = 0; s < count; ++s) {
       const FusedStepRows& step = rows[s];
       const int64_t blocks = step.rows / kRows;
       for (int64_t u = first; u < last; ++u) {
         for (int64_t k0 = 0; k0 < w.K; k0 += depth) {
           const int64_t k1 = std::min(w.K, k0 + depth);
-          const char* next = reinterpret_cast<const char*>(w.w + (u * w.K + k1) * G * S::kLanes);
-          if (next >= mine_end) next = mine;
-          const int64_t k2 = k1 < w.K ? std::min(w.K, k1 + depth) : std::min(w.K, depth);
-          const int64_t lines = lines_of((k2 - (k1 < w.K ? k1 : 0)) * kBytesPerK);
           int64_t row = 0;
           for (int64_t block = 0; block < blocks; ++block, row += kRows) {
-            const int64_t begin = lines * block / blocks, end = lines * (block + 1) / blocks;
             fused_tile<S, kRows, G>(steps[s], step, w, u, row, k0, k1,
-                                    PanelPrefetch{next + begin * 64, end - begin}, u == first);
+                                    walk.share(u, k1, block, blocks), u == first);
           }
           for (; row < step.rows; ++row) fused_tile<S, 1, G>(steps[s], step, w, u, row, k0, k1);
         }
@@ -267,8 +284,6 @@ void fused_backward(const F* steps, const FusedBackwardRows* rows, int64_t count
   {
     const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t first = w.blocks * t / nt, last = w.blocks * (t + 1) / nt;
-    const char* const mine = reinterpret_cast<const char*>(w.w + first * w.J * 2 * L);
-    const char* const mine_end = reinterpret_cast<const char*>(w.w + last * w.J * 2 * L);
     for (int64_t s = 0; s < count; ++s) {
       const FusedBackwardRows& step = rows[s];
       for (int64_t j = first * 2 * L; j < std::min(last * 2 * L, H); j += L) {
@@ -283,20 +298,15 @@ void fused_backward(const F* steps, const FusedBackwardRows* rows, int64_t count
       }
       barrier.wait();
       // As in the forward: each full row block prefetches its share of the
-      // thread's next panel (after the last, the first).
+      // thread's next panel.
       const int64_t depth = panel_depth(kBytesPerJ), blocks = step.rows / kRows;
+      const PanelWalk walk{w.w, w.J, 2 * L, depth, first, last};
       for (int64_t q = first; q < last; ++q) {
         for (int64_t j0 = 0; j0 < w.J; j0 += depth) {
           const int64_t j1 = std::min(w.J, j0 + depth);
-          const char* next = reinterpret_cast<const char*>(w.w + (q * w.J + j1) * 2 * L);
-          if (next >= mine_end) next = mine;
-          const int64_t j2 = j1 < w.J ? std::min(w.J, j1 + depth) : std::min(w.J, depth);
-          const int64_t lines = lines_of((j2 - (j1 < w.J ? j1 : 0)) * kBytesPerJ);
           int64_t row = 0;
           for (int64_t block = 0; block < blocks; ++block, row += kRows) {
-            const int64_t begin = lines * block / blocks, end = lines * (block + 1) / blocks;
-            backward_block<S, kRows>(step, w, q, row, j0, j1,
-                                     PanelPrefetch{next + begin * 64, end - begin});
+            backward_block<S, kRows>(step, w, q, row, j0, j1, walk.share(q, j1, block, blocks));
           }
           for (; row < step.rows; ++row) backward_block<S, 1>(step, w, q, row, j0, j1);
         }
@@ -309,8 +319,21 @@ void fused_backward(const F* steps, const FusedBackwardRows* rows, int64_t count
 }  // namespace cpu
 }  // namespace rnnfused
 
-// Explicit instantiations of an ISA's run_fused_steps_<isa> and run_fused_backward_<isa>
-// for the float32 step functors.
+// An ISA's run_fused_steps_<isa> and run_fused_backward_<isa> (simd.h) on its traits
+// `Simd`, instantiated for the float32 step functors. Used in namespace rnnfused::cpu.
+#define RNNFUSED_DEFINE_FUSED_LOOPS(steps_fn, backward_fn)                                    \
+  template <typename F>                                                                       \
+  void steps_fn(const F* steps, const FusedStepRows* rows, int64_t count,                     \
+                const PackedRecurrent& w, int threads) {                                      \
+    fused_steps<Simd, F::kGates>(steps, rows, count, w, threads);                             \
+  }                                                                                           \
+  template <typename F>                                                                       \
+  void backward_fn(const F* steps, const FusedBackwardRows* rows, int64_t count,              \
+                   const PackedRecurrentT& w, int threads) {                                  \
+    fused_backward<Simd>(steps, rows, count, w, threads);                                     \
+  }                                                                                           \
+  RNNFUSED_INSTANTIATE_FUSED_LOOPS(steps_fn, backward_fn)
+
 #define RNNFUSED_INSTANTIATE_FUSED_LOOPS(steps_fn, backward_fn)                               \
   template void steps_fn(const ::rnnfused::RnnForwardStep<float>*, const FusedStepRows*,     \
                          int64_t, const PackedRecurrent&, int);                               \

@@ -118,19 +118,7 @@ void run_rows_avx2(const F& f, int64_t row_begin, int64_t row_end) {
 
 RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx2, float);
 
-template <typename F>
-void run_fused_steps_avx2(const F* steps, const FusedStepRows* rows, int64_t count,
-                          const PackedRecurrent& w, int threads) {
-  fused_steps<Simd, F::kGates>(steps, rows, count, w, threads);
-}
-
-template <typename F>
-void run_fused_backward_avx2(const F* steps, const FusedBackwardRows* rows, int64_t count,
-                             const PackedRecurrentT& w, int threads) {
-  fused_backward<Simd>(steps, rows, count, w, threads);
-}
-
-RNNFUSED_INSTANTIATE_FUSED_LOOPS(run_fused_steps_avx2, run_fused_backward_avx2);
+RNNFUSED_DEFINE_FUSED_LOOPS(run_fused_steps_avx2, run_fused_backward_avx2);
 
 }  // namespace cpu
 }  // namespace rnnfused

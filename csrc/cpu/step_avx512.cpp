@@ -142,20 +142,7 @@ void run_rows_avx512(const F& f, int64_t row_begin, int64_t row_end) {
 RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx512, float);
 RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx512, c10::BFloat16);
 
-
-template <typename F>
-void run_fused_steps_avx512(const F* steps, const FusedStepRows* rows, int64_t count,
-                            const PackedRecurrent& w, int threads) {
-  fused_steps<Simd, F::kGates>(steps, rows, count, w, threads);
-}
-
-template <typename F>
-void run_fused_backward_avx512(const F* steps, const FusedBackwardRows* rows, int64_t count,
-                               const PackedRecurrentT& w, int threads) {
-  fused_backward<Simd>(steps, rows, count, w, threads);
-}
-
-RNNFUSED_INSTANTIATE_FUSED_LOOPS(run_fused_steps_avx512, run_fused_backward_avx512);
+RNNFUSED_DEFINE_FUSED_LOOPS(run_fused_steps_avx512, run_fused_backward_avx512);
 
 }  // namespace cpu
 }  // namespace rnnfused

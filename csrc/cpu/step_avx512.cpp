@@ -1,6 +1,7 @@
 // The step functors on 16 units at a time with AVX-512 (F, BW, VL, DQ), for
-// float32 and bfloat16 storage (math in float32). Compiled for AVX-512 from the
-// target pragma on, and run only where active_isa() says so.
+// float32 and bfloat16 storage (math in float32), and the persistent loops on
+// them (fused_loop.h). Compiled for AVX-512 from the target pragma on, and run
+// only where active_isa() says so.
 // Everything defined here is internal or unique to this file, so that no code
 // compiled for AVX-512 can stand in for a generic copy elsewhere.
 // c10::BFloat16 comes in before the target pragma: its inline functions are

@@ -548,11 +548,11 @@ def test_bfloat16_lanes_round_trip(width, device):
 
 def test_cpu_fma_peak_gflops():
     """The benchmark's FMA ceiling: a plausible positive rate with AVX-512, 0 where
-    the AVX-512 loop does not run. One thread: at most two 16-lane FMAs a cycle
-    (64 FLOP) at a few GHz, so under 1000 GFLOP/s; at least 1 (the sanitizer build,
-    -O1, keeps the chains on the stack and runs at a tenth of the optimised rate)."""
+    the AVX-512 loop does not run. One thread: at least one 16-lane FMA per ns at
+    any clock of this century, at most two a cycle (64 FLOP) at a few GHz. The loop
+    is assembly, so this holds in the sanitizer build (-O1) too."""
     peak = torch.ops.rnnfused._cpu_fma_peak_gflops(0.05, 1)
     if torch.ops.rnnfused.cpu_isa() == "avx512":
-        assert 1.0 < peak < 1_000.0
+        assert 32.0 < peak < 1_000.0
     else:
         assert peak == 0.0

@@ -113,7 +113,8 @@ struct LstmLayer : torch::autograd::Function<LstmLayer> {
     const bool reverse = ctx->saved_data["reverse"].toBool();
     const ArgGrads args(ctx);
     if (graph_backward()) {
-      static const auto graph = op_handle<signature::LstmLayerGraph>("rnnfused::_lstm_layer_backward_graph");
+      static const auto graph =
+          op_handle<signature::LstmLayerGraph>("rnnfused::_lstm_layer_backward_graph");
       return args.place_all(graph.call(grads[0], grads[1], grads[2], s[0], batch_sizes, s[2], s[3],
                                        s[4], s[5], b_ih, b_hh, w_hr, reverse, args.needs()));
     }
@@ -164,7 +165,8 @@ struct GruLayer : torch::autograd::Function<GruLayer> {
     const bool reverse = ctx->saved_data["reverse"].toBool();
     const ArgGrads args(ctx);
     if (graph_backward()) {
-      static const auto graph = op_handle<signature::GruLayerGraph>("rnnfused::_gru_layer_backward_graph");
+      static const auto graph =
+          op_handle<signature::GruLayerGraph>("rnnfused::_gru_layer_backward_graph");
       return args.place_all(graph.call(grads[0], grads[1], s[0], batch_sizes, s[2], s[3], s[4],
                                        optional_of(s[5]), optional_of(s[6]), reverse,
                                        args.needs()));
@@ -214,7 +216,8 @@ struct RnnLayer : torch::autograd::Function<RnnLayer> {
     const bool reverse = ctx->saved_data["reverse"].toBool();
     const ArgGrads args(ctx);
     if (graph_backward()) {
-      static const auto graph = op_handle<signature::RnnLayerGraph>("rnnfused::_rnn_layer_backward_graph");
+      static const auto graph =
+          op_handle<signature::RnnLayerGraph>("rnnfused::_rnn_layer_backward_graph");
       return args.place_all(graph.call(grads[0], grads[1], s[0], batch_sizes, s[2], s[3], s[4],
                                        optional_of(s[5]), optional_of(s[6]), relu, reverse,
                                        args.needs()));

@@ -199,7 +199,8 @@ struct LstmLayerPair : torch::autograd::Function<LstmLayerPair> {
       const Tensor g_cn = grad_or_zeros(grads[3 * d + 2], s[h + 1]);
       variable_list g(17);
       if (at::GradMode::is_enabled()) {  // create_graph: the differentiable backward
-        static const auto graph = op_handle<signature::LstmLayerGraph>("rnnfused::_lstm_layer_backward_graph");
+        static const auto graph =
+            op_handle<signature::LstmLayerGraph>("rnnfused::_lstm_layer_backward_graph");
         const size_t to[9] = {0, 1, h, h + 1, w, w + 1, w + 2, w + 3, w + 4};
         c10::List<bool> needs;
         for (size_t a : to) needs.push_back(need[a]);
@@ -210,7 +211,8 @@ struct LstmLayerPair : torch::autograd::Function<LstmLayerPair> {
                                   optional_of(s[w + 4]), d == 1, needs);
         for (size_t k = 0; k < 9; ++k) g[to[k]] = r[k];
       } else {
-        static const auto op = op_handle<signature::LstmLayerBackward>("rnnfused::lstm_layer_backward");
+        static const auto op =
+            op_handle<signature::LstmLayerBackward>("rnnfused::lstm_layer_backward");
         const std::array<bool, 7> mask{need[0], need[h] || need[h + 1], need[w], need[w + 1],
                                        need[w + 2], need[w + 3], need[w + 4]};
         auto [g_in, g_hx, g_cx, g_wih, g_whh, g_bih, g_bhh, g_whr] =
@@ -294,7 +296,8 @@ struct GruLayerPair : torch::autograd::Function<GruLayerPair> {
       const Tensor g_hn = grad_or_zeros(grads[2 * d + 1], s[h]);
       variable_list g(13);
       if (at::GradMode::is_enabled()) {  // create_graph: the differentiable backward
-        static const auto graph = op_handle<signature::GruLayerGraph>("rnnfused::_gru_layer_backward_graph");
+        static const auto graph =
+            op_handle<signature::GruLayerGraph>("rnnfused::_gru_layer_backward_graph");
         const size_t to[7] = {0, 1, h, w, w + 1, w + 2, w + 3};
         c10::List<bool> needs;
         for (size_t a : to) needs.push_back(need[a]);
@@ -304,7 +307,8 @@ struct GruLayerPair : torch::autograd::Function<GruLayerPair> {
                                   optional_of(s[w + 2]), optional_of(s[w + 3]), d == 1, needs);
         for (size_t k = 0; k < 7; ++k) g[to[k]] = r[k];
       } else {
-        static const auto op = op_handle<signature::GruLayerBackward>("rnnfused::gru_layer_backward");
+        static const auto op =
+            op_handle<signature::GruLayerBackward>("rnnfused::gru_layer_backward");
         const std::array<bool, 7> mask{need[0], need[h], need[w], need[w + 1], need[w + 2],
                                        need[w + 3], false};
         auto [g_in, g_hx, g_wih, g_whh, g_bih, g_bhh] = op.call(

@@ -26,6 +26,7 @@
 namespace rnnfused {
 namespace cpu {
 namespace {
+
 // part[m][g] += rows[m][k] * w[k][g * L .. g * L + L - 1] for one k (L = kLanes).
 template <typename S, int M, int G>
 __attribute__((always_inline)) inline void tile_step(const float* w, const float* const* rows,
@@ -284,6 +285,10 @@ void fused_backward(const F* steps, const FusedBackwardRows* rows, int64_t count
   {
     const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t first = w.blocks * t / nt, last = w.blocks * (t + 1) / nt;
+    // As in the forward: each full row block prefetches its share of the
+    // thread's next panel.
+    const int64_t depth = panel_depth(kBytesPerJ);
+    const PanelWalk walk{w.w, w.J, 2 * L, depth, first, last};
     for (int64_t s = 0; s < count; ++s) {
       const FusedBackwardRows& step = rows[s];
       for (int64_t j = first * 2 * L; j < std::min(last * 2 * L, H); j += L) {
@@ -297,10 +302,7 @@ void fused_backward(const F* steps, const FusedBackwardRows* rows, int64_t count
         }
       }
       barrier.wait();
-      // As in the forward: each full row block prefetches its share of the
-      // thread's next panel.
-      const int64_t depth = panel_depth(kBytesPerJ), blocks = step.rows / kRows;
-      const PanelWalk walk{w.w, w.J, 2 * L, depth, first, last};
+      const int64_t blocks = step.rows / kRows;
       for (int64_t q = first; q < last; ++q) {
         for (int64_t j0 = 0; j0 < w.J; j0 += depth) {
           const int64_t j1 = std::min(w.J, j0 + depth);

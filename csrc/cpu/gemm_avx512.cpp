@@ -70,18 +70,26 @@ inline __m512 load_lanes(__mmask16 m, const uint16_t* p) {
   return widen_bf16(_mm256_maskz_loadu_epi16(m, p));
 }
 
-// n bfloat16 values (bits) -> float32 and back (bf16_avx512.h), 16 at a time.
-void widen(const uint16_t* from, float* to, int64_t n) {
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 m = first_lanes(n - i);
-    _mm512_mask_storeu_ps(to + i, m, load_lanes(m, from + i));
+// rows x n bfloat16 values (bits, row stride ld_from) -> float32 (row stride ld_to)
+// and back (bf16_avx512.h), 16 at a time.
+void widen(const uint16_t* from, int64_t ld_from, float* to, int64_t ld_to, int64_t rows,
+           int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < n; i += 16) {
+      const __mmask16 m = first_lanes(n - i);
+      _mm512_mask_storeu_ps(to + r * ld_to + i, m, load_lanes(m, from + r * ld_from + i));
+    }
   }
 }
 
-void narrow(const float* from, uint16_t* to, int64_t n) {
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 m = first_lanes(n - i);
-    _mm256_mask_storeu_epi16(to + i, m, narrow_bf16(_mm512_maskz_loadu_ps(m, from + i)));
+void narrow(const float* from, int64_t ld_from, uint16_t* to, int64_t ld_to, int64_t rows,
+            int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < n; i += 16) {
+      const __mmask16 m = first_lanes(n - i);
+      const __m512 v = _mm512_maskz_loadu_ps(m, from + r * ld_from + i);
+      _mm256_mask_storeu_epi16(to + r * ld_to + i, m, narrow_bf16(v));
+    }
   }
 }
 
@@ -322,17 +330,15 @@ Product prepare(const NtGemm& g, Widened& wide) {
             static_cast<const float*>(g.bias), static_cast<float*>(g.out), g.ldo, g.w_kn,
             g.accumulate};
   }
-  const auto* a = static_cast<const uint16_t*>(g.a);
   wide.a.resize(g.M * g.K);
-  for (int64_t r = 0; r < g.M; ++r) widen(a + r * g.lda, wide.a.data() + r * g.K, g.K);
+  widen(static_cast<const uint16_t*>(g.a), g.lda, wide.a.data(), g.K, g.M, g.K);
   if (g.bias != nullptr) {
     wide.bias.resize(g.N);
-    widen(static_cast<const uint16_t*>(g.bias), wide.bias.data(), g.N);
+    widen(static_cast<const uint16_t*>(g.bias), 0, wide.bias.data(), 0, 1, g.N);
   }
   wide.out.resize(g.M * g.N);
   if (g.accumulate) {
-    const auto* out = static_cast<const uint16_t*>(g.out);
-    for (int64_t r = 0; r < g.M; ++r) widen(out + r * g.ldo, wide.out.data() + r * g.N, g.N);
+    widen(static_cast<const uint16_t*>(g.out), g.ldo, wide.out.data(), g.N, g.M, g.N);
   }
   return {g.M, g.N, g.K, wide.a.data(), g.K, g.w, true,
           g.bias != nullptr ? wide.bias.data() : nullptr, wide.out.data(), g.N, g.w_kn,
@@ -342,8 +348,7 @@ Product prepare(const NtGemm& g, Widened& wide) {
 // out = the float32 result, rounded (bfloat16 products only).
 void narrow_out(const NtGemm& g, const Product& p) {
   if (!g.bf16) return;
-  auto* out = static_cast<uint16_t*>(g.out);
-  for (int64_t r = 0; r < g.M; ++r) narrow(p.out + r * p.ldo, out + r * g.ldo, g.N);
+  narrow(p.out, p.ldo, static_cast<uint16_t*>(g.out), g.ldo, g.M, g.N);
 }
 
 }  // namespace

@@ -109,10 +109,8 @@ struct CpuLaunch {
   static void gemm_nn(const at::Tensor& out, const at::Tensor& a, const at::Tensor& w,
                       bool accumulate) {
 #if defined(__x86_64__)
-    if (out.scalar_type() == at::kBFloat16 && a.scalar_type() == at::kBFloat16 &&
-        w.scalar_type() == at::kBFloat16 && a.size(0) <= kSmallGemmRows &&
-        cpu::active_isa() == cpu::Isa::kAvx512 && (a.size(1) <= 1 || a.stride(1) == 1) &&
-        (out.size(1) <= 1 || out.stride(1) == 1) && w.is_contiguous()) {
+    if (out.scalar_type() == at::kBFloat16 && a.size(0) <= kSmallGemmRows &&
+        small_gemm_layout(out, a, w, at::Tensor())) {
       const cpu::NtGemm g{a.size(0), w.size(1), a.size(1), a.data_ptr(), a.stride(0),
                           w.data_ptr(), nullptr, out.data_ptr(), out.stride(0),
                           /*bf16=*/true, /*w_kn=*/true, accumulate};
@@ -124,16 +122,24 @@ struct CpuLaunch {
   }
 
 #if defined(__x86_64__)
+  // What gemm_nt_small_avx512 takes, sizes aside: AVX-512; out, a, w (and bias)
+  // all float32 or all bfloat16; rows of a and out with unit stride; w and bias
+  // contiguous.
+  static bool small_gemm_layout(const at::Tensor& out, const at::Tensor& a, const at::Tensor& w,
+                                const at::Tensor& bias) {
+    const at::ScalarType type = out.scalar_type();
+    return cpu::active_isa() == cpu::Isa::kAvx512 &&
+           (type == at::kFloat || type == at::kBFloat16) && a.scalar_type() == type &&
+           w.scalar_type() == type && (!bias.defined() || bias.scalar_type() == type) &&
+           (a.size(1) <= 1 || a.stride(1) == 1) && (out.size(1) <= 1 || out.stride(1) == 1) &&
+           w.is_contiguous() && (!bias.defined() || bias.is_contiguous());
+  }
+
   static bool takes_small_gemm(const NtProduct& p) {
-    const int64_t M = p.a.size(0), K = p.a.size(1);
-    const at::ScalarType type = p.out.scalar_type();
-    return (type == at::kFloat || type == at::kBFloat16) && p.a.scalar_type() == type &&
-           p.w.scalar_type() == type && (!p.bias.defined() || p.bias.scalar_type() == type) &&
-           (M <= kSmallGemmRows ||
-            (type == at::kFloat && M * K * p.w.size(0) <= kSmallGemmWork)) &&
-           cpu::active_isa() == cpu::Isa::kAvx512 && (K <= 1 || p.a.stride(1) == 1) &&
-           (p.out.size(1) <= 1 || p.out.stride(1) == 1) && p.w.is_contiguous() &&
-           (!p.bias.defined() || p.bias.is_contiguous());
+    const int64_t M = p.a.size(0);
+    return small_gemm_layout(p.out, p.a, p.w, p.bias) &&
+           (M <= kSmallGemmRows || (p.out.scalar_type() == at::kFloat &&
+                                    M * p.a.size(1) * p.w.size(0) <= kSmallGemmWork));
   }
 #endif
 

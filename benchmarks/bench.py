@@ -392,10 +392,12 @@ def gflops(row: Row, name: str, peak: float | None) -> str:
     return f"{rate:.3g} ({100 * rate / peak:.0f}%)" if peak else f"{rate:.3g}"
 
 
-def measure_fma_peak(threads: int, seconds: float) -> float | None:
+def measure_fma_peak(threads: int, seconds: float, op_name: str = "_cpu_fma_peak_gflops") -> float | None:
     """The float32 FMA ceiling in GFLOP/s on `threads` threads: rnnfused's register-only
-    AVX-512 loop (PERFORMANCE.md's method); None without AVX-512 or the extension."""
-    op = getattr(torch.ops.rnnfused, "_cpu_fma_peak_gflops", None)
+    AVX-512 loop (PERFORMANCE.md's method); None without AVX-512 or the extension.
+    op_name "_cpu_bf16_dot_peak_gflops": the same for the bfloat16 dot product
+    (AVX512-BF16 vdpbf16ps), None without it."""
+    op = getattr(torch.ops.rnnfused, op_name, None)
     return (op(seconds, threads) or None) if op is not None else None
 
 
@@ -417,7 +419,8 @@ def check_cell(row: Row) -> str:
 
 def markdown(meta: dict[str, Any], rows: list[Row]) -> str:
     lines = [f"# rnnfused benchmark ({meta['device']}, {meta['dtype']})", ""]
-    for key in ("date", "cpu", "device_name", "torch", "threads", "fma_peak_gflops", "load_avg",
+    for key in ("date", "cpu", "device_name", "torch", "threads", "fma_peak_gflops",
+                "bf16_dot_peak_gflops", "load_avg",
                 "rnnfused", "backend_info", "path", "timing"):
         if key in meta:
             lines.append(f"- {key}: {meta[key]}")
@@ -571,6 +574,13 @@ def collect_meta(args: argparse.Namespace, rnnfused: Any) -> dict[str, Any]:
         peak = measure_fma_peak(args.threads, 0.2 if args.quick else 1.0)
         if peak is not None:
             meta["fma_peak_gflops"] = round(peak, 1)
+        if args.dtype_obj == torch.bfloat16:
+            # What a kernel on the bfloat16 dot product could reach, for comparison:
+            # rnnfused's bfloat16 layers compute in float32 where it is the slower.
+            dot = measure_fma_peak(args.threads, 0.2 if args.quick else 1.0,
+                                   "_cpu_bf16_dot_peak_gflops")
+            if dot is not None:
+                meta["bf16_dot_peak_gflops"] = round(dot, 1)
     try:
         meta["backend_info"] = rnnfused.backend_info()
         meta["path"] = rnnfused.backend_info(args.device_obj, args.dtype_obj)

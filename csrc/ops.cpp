@@ -79,6 +79,18 @@ TORCH_LIBRARY(rnnfused, m) {
 #endif
           return 0.0;
         });
+  // The same for the bfloat16 dot product (AVX512-BF16 vdpbf16ps); 0 where the CPU
+  // lacks it or AVX-512 does not run.
+  m.def("_cpu_bf16_dot_peak_gflops(float seconds, int threads) -> float",
+        [](double seconds, int64_t threads) {
+#if defined(__x86_64__)
+          if (rnnfused::cpu::active_isa() == rnnfused::cpu::Isa::kAvx512 &&
+              rnnfused::cpu::has_avx512_bf16()) {
+            return rnnfused::cpu::bf16_dot_peak_gflops_avx512(seconds, static_cast<int>(threads));
+          }
+#endif
+          return 0.0;
+        });
   // Which vectorised CPU step kernels run here: "avx512", "avx2" or "scalar".
   m.def("cpu_isa() -> str",
         [] { return std::string(rnnfused::cpu::isa_name(rnnfused::cpu::active_isa())); });

@@ -7,6 +7,9 @@ same values upcast, so only the arithmetic differs.
 
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnfused
 
 from helpers import (
     CELL_KINDS,
@@ -76,3 +79,34 @@ def test_low_precision_cell(kind, dtype, device):
     expected_low = run_cell_loop(ref, xs, None)
     actual = run_cell_loop(fused, xs, None)
     check_errors(actual, expected_low, exact, dtype, with_grads=(kind != "rnn_relu_cell"))
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+@pytest.mark.parametrize("hidden,batch", [(17, 1), (40, 9), (300, 5)])
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_bfloat16_fused_loop_sizes(name, hidden, batch, packed, device):
+    """bfloat16 at sizes where the CPU's persistent forward loop (AVX-512, from 4 steps per
+    sequence on average) meets whole and partial 16-unit tiles, row blocks with remainders,
+    more than one panel of K (H 300: 128 per LSTM panel, 170 per GRU, 512 per RNN) and, packed,
+    a batch that grows in reverse (rows joining with their h0): both directions, outputs and
+    gradients within twice torch.nn's error against float64."""
+    torch.manual_seed(hidden + batch)
+    dtype = torch.bfloat16
+    ref = getattr(torch.nn, name)(8, hidden, bidirectional=True, device=device, dtype=dtype)
+    fused = getattr(rnnfused, name)(8, hidden, bidirectional=True, device=device, dtype=dtype)
+    fused.load_state_dict(ref.state_dict())
+    ref64 = getattr(torch.nn, name)(8, hidden, bidirectional=True, device=device, dtype=torch.float64)
+    ref64.load_state_dict({k: v.double() for k, v in ref.state_dict().items()})
+    T = 6
+    lengths = [T] + sorted(torch.randint(4, T + 1, (batch - 1,)).tolist(), reverse=True)
+    x = torch.randn(T, batch, 8, device=device, dtype=dtype)
+    h0 = torch.randn(2, batch, hidden, device=device, dtype=dtype)
+    c0 = torch.randn(2, batch, hidden, device=device, dtype=dtype) if name == "LSTM" else None
+
+    def build(x_, h0_, c0_):
+        inp = pack_padded_sequence(x_, torch.tensor(lengths)) if packed else x_
+        return (inp, (h0_, c0_)) if c0_ is not None else (inp, h0_)
+
+    leaves = (x, h0, c0)
+    exact = run_module(ref64, [None if t is None else t.double() for t in leaves], build)
+    check_errors(run_module(fused, leaves, build), run_module(ref, leaves, build), exact, dtype)

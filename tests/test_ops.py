@@ -556,3 +556,21 @@ def test_cpu_fma_peak_gflops():
         assert 32.0 < peak < 1_000.0
     else:
         assert peak == 0.0
+
+
+def test_cpu_bf16_dot_peak_gflops():
+    """The bfloat16 dot product's ceiling (vdpbf16ps, 64 FLOP an instruction), reported
+    beside the FMA peak in bfloat16 benchmarks: plausible where the CPU has AVX512-BF16
+    and AVX-512 runs (one thread: at least one instruction per 4 ns, at most two a
+    cycle at a few GHz), else 0."""
+    import os
+
+    if not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
+    with open("/proc/cpuinfo") as f:
+        flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    peak = torch.ops.rnnfused._cpu_bf16_dot_peak_gflops(0.05, 1)
+    if torch.ops.rnnfused.cpu_isa() == "avx512" and "avx512_bf16" in flags:
+        assert 16.0 < peak < 1_000.0
+    else:
+        assert peak == 0.0

@@ -1,12 +1,15 @@
 // The time loops as persistent, fused loops (simd.h's run_fused_steps_<isa> and
-// run_fused_backward_<isa>, fused_loop.h): float32, no projection, AVX-512 or
-// AVX2. The layer drivers take them through CpuLaunch::fused_forward /
+// run_fused_backward_<isa>, fused_loop.h): no projection; float32 on AVX-512 or
+// AVX2, and the bfloat16 forward on AVX-512 (its products in float32 on widened
+// values: this CPU family's bfloat16 dot product, vdpbf16ps, was measured at half
+// the float32 FMA rate, 87 vs 176 GFLOP/s a core). The layer drivers take them through CpuLaunch::fused_forward /
 // fused_backward where they apply.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "../layers/common.h"
@@ -18,12 +21,14 @@ namespace cpu {
 // The floats of the persistent loops' vectors on this CPU: their tiles' width.
 inline int64_t fused_lanes() { return active_isa() == Isa::kAvx512 ? 16 : 8; }
 
-// W_hh [G*H, K] (contiguous) -> [tiles, K, G * L] (see PackedRecurrent), zero past
-// H. One pass over the packed tensor: its rows are read as they are written.
+// W_hh [G*H, K] (contiguous, float32 or bfloat16) -> float32 [tiles, K, G * L] (see
+// PackedRecurrent), zero past H. One pass over the packed tensor: its rows are
+// read as they are written.
 inline at::Tensor pack_recurrent(const at::Tensor& w_hh, int64_t G, int64_t H, int64_t L) {
   const int64_t K = w_hh.size(1), tiles = (H + L - 1) / L;
-  at::Tensor packed = at::empty({tiles, K, G * L}, w_hh.options());
-  const float* src = w_hh.data_ptr<float>();
+  const at::Tensor w_float = w_hh.to(at::kFloat);  // bfloat16 widens exactly
+  at::Tensor packed = at::empty({tiles, K, G * L}, w_float.options());
+  const float* src = w_float.data_ptr<float>();
   float* dst = packed.data_ptr<float>();
   for (int64_t u = 0; u < tiles; ++u) {
     for (int64_t k = 0; k < K; ++k) {
@@ -55,56 +60,73 @@ inline int loop_threads(int64_t work, int64_t parts) {
 }
 
 // Packing W_hh costs about one step's reads of it: worth it from a few steps on
-// (a cell's single step takes the GEMM-and-functor path).
-inline bool fused_forward_applies(const LayerSizes& sz) {
+// (a cell's single step takes the GEMM-and-functor path). bfloat16: the forward
+// on AVX-512 only.
+inline bool fused_forward_applies(const LayerSizes& sz, bool bf16) {
   constexpr int64_t kMinSteps = 4;
   const Isa isa = active_isa();
-  return (isa == Isa::kAvx512 || isa == Isa::kAvx2) && sz.output == sz.hidden &&
+  return (isa == Isa::kAvx512 || (isa == Isa::kAvx2 && !bf16)) && sz.output == sz.hidden &&
          sz.hidden > 0 && sz.rows >= kMinSteps * sz.batch;
 }
 
-// Runs every forward step of a layer; returns h_n [B, H].
+// Runs every forward step of a layer stored in scalar_t (float or c10::BFloat16);
+// returns h_n [B, H].
 //   product: [B, G*H] scratch for the recurrent product, or undefined when the
 //     functor reads it from its output rows (RNN);
 //   make_step(s, x_proj_s, h_in, product, out_rows) -> the step functor.
-template <typename XProj, typename MakeStep>
+template <typename scalar_t, typename XProj, typename MakeStep>
 at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_proj,
                          const at::Tensor& h0, const at::Tensor& w_hh, at::Tensor& output,
                          const at::Tensor& product, MakeStep make_step) {
-  const int64_t G = sz.gates, H = sz.hidden, K = sz.output;
+  const int64_t G = sz.gates, H = sz.hidden, K = sz.output, B = sz.batch;
   if (sched.steps() == 0) return h0.clone(at::MemoryFormat::Contiguous);
+  constexpr bool kFloat = std::is_same_v<scalar_t, float>;
   const bool avx512 = active_isa() == Isa::kAvx512;
   const at::Tensor packed = pack_recurrent(w_hh, G, H, fused_lanes());
   const PackedRecurrent w{packed.data_ptr<float>(), K, H, G, packed.size(0)};
-  // The state before and after each step, alternating: a step reads one while
-  // it writes the other, so one barrier per step is all the threads need.
+  // The state before and after each step, alternating, in float32: a step reads
+  // one while it writes the other, so one barrier per step is all the threads need.
   // Both start as h0: in reverse over packed input the batch grows, and a row that
-  // joins reads its h0 from whichever buffer the step reads.
-  const at::Tensor states[2] = {h0.clone(at::MemoryFormat::Contiguous),
-                                h0.clone(at::MemoryFormat::Contiguous)};
+  // joins reads its h0 from whichever buffer the step reads. A bfloat16 layer's
+  // functors read their h_prev (GRU) from a bfloat16 pair beside them.
+  const at::TensorOptions f32 = h0.options().dtype(at::kFloat);
+  const at::Tensor states[2] = {at::empty({B, K}, f32).copy_(h0), at::empty({B, K}, f32).copy_(h0)};
+  const at::Tensor stored[2] = {
+      kFloat ? states[0] : h0.clone(at::MemoryFormat::Contiguous),
+      kFloat ? states[1] : h0.clone(at::MemoryFormat::Contiguous)};
+  // The product's partial sums between panels: float32 in place for a float32
+  // layer, a float32 buffer beside a bfloat16 one.
+  const at::Tensor partial = kFloat ? at::Tensor() : at::empty({B, G * H}, f32);
   const int threads = loop_threads(sz.batch * G * H * K, w.tiles);
 
   using Step = decltype(make_step(int64_t{0}, nullptr, nullptr, nullptr, nullptr));
   std::vector<Step> steps;
-  std::vector<FusedStepRows> rows;
+  std::vector<FusedStepRows<scalar_t>> rows;
   for (int64_t s = 0; s < sched.steps();) {
     x_proj.step(s);
     const int64_t end = x_proj.chunk_end();
     steps.clear();
     rows.clear();
     for (; s < end; ++s) {
-      float* out = output.data_ptr<float>() + sched.offset(s) * H;
-      const float* h_in = states[s % 2].data_ptr<float>();
-      float* prod = product.defined() ? product.data_ptr<float>() : out;
-      const float* x_proj_s = x_proj.step(s);
+      scalar_t* out = output.data_ptr<scalar_t>() + sched.offset(s) * H;
+      scalar_t* prod = product.defined() ? product.data_ptr<scalar_t>() : out;
+      float* sums = nullptr;
+      if constexpr (kFloat) {
+        sums = prod;
+      } else {
+        sums = partial.data_ptr<float>();
+      }
+      const scalar_t* x_proj_s = x_proj.step(s);
+      const scalar_t* h_in = stored[s % 2].data_ptr<scalar_t>();
       steps.push_back(make_step(s, x_proj_s, h_in, prod, out));
-      rows.push_back(
-          {sched.rows(s), h_in, prod, out, states[(s + 1) % 2].data_ptr<float>(), x_proj_s});
+      rows.push_back({sched.rows(s), states[s % 2].data_ptr<float>(), sums, prod, out,
+                      states[(s + 1) % 2].data_ptr<float>(),
+                      kFloat ? nullptr : stored[(s + 1) % 2].data_ptr<scalar_t>(), x_proj_s});
     }
     const int64_t n = static_cast<int64_t>(steps.size());
     if (avx512) {
       run_fused_steps_avx512(steps.data(), rows.data(), n, w, threads);
-    } else {
+    } else if constexpr (kFloat) {
       run_fused_steps_avx2(steps.data(), rows.data(), n, w, threads);
     }
   }

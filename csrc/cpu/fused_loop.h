@@ -4,6 +4,8 @@
 // simd_rows.h, with `Lanes` defined, and passes a traits struct S:
 //   V, Mask, kLanes         a vector of kLanes floats, a mask of some of its lanes
 //   zero(), load(p), load(mask, p) (zero past the mask), store(mask, p, v),
+//                           the masked two also on the storage type of every layer
+//                           instantiated (c10::BFloat16: widen, round to nearest even),
 //   broadcast(x), fma(a, b, c), add(a, b), first(n) (the mask of lanes 0 .. n-1)
 //   forward_rows<G>()       rows per register block of the forward: rows x G
 //                           accumulators, enough to cover the FMA latency, few
@@ -163,11 +165,12 @@ struct PanelWalk {
 };
 
 // Rows [row, row + M) of tile u over k in [k0, k1): the partial product, kept in
-// the product buffer where the functor reads it. After the last panel, the
-// functor runs on those units and h' goes into the next state.
+// float32 between panels. After the last panel it goes to the product buffer
+// (rounded to the layer's type) where the functor reads it, the functor runs on
+// those units, and h' goes into the next state.
 template <typename S, int M, int G, typename F>
-inline void fused_tile(const F& f, const FusedStepRows& step, const PackedRecurrent& w,
-                       int64_t u, int64_t row, int64_t k0, int64_t k1,
+inline void fused_tile(const F& f, const FusedStepRows<typename F::scalar_type>& step,
+                       const PackedRecurrent& w, int64_t u, int64_t row, int64_t k0, int64_t k1,
                        PanelPrefetch prefetch = {}, bool prefetch_state = false) {
   const int64_t H = w.H, K = w.K;
   const int64_t j = u * S::kLanes;
@@ -177,7 +180,7 @@ inline void fused_tile(const F& f, const FusedStepRows& step, const PackedRecurr
   typename S::V acc[M][G];
   for (int m = 0; m < M; ++m) {
     h_rows[m] = step.h_in + (row + m) * K;
-    const float* partial = step.product + (row + m) * G * H + j;  // gate g at g * H
+    const float* partial = step.partial + (row + m) * G * H + j;  // gate g at g * H
     for (int g = 0; g < G; ++g) {
       acc[m][g] = k0 == 0 ? S::zero() : S::load(mask, partial + g * H);
     }
@@ -193,7 +196,8 @@ inline void fused_tile(const F& f, const FusedStepRows& step, const PackedRecurr
     }
   }
   if (k1 == K) {
-    // The functor's input projection comes next: from L3, unless asked for now.
+    // The functor's input projection comes next: from L3, unless asked for now
+    // (one line per gate: a bfloat16 layer's 16 units are half of one).
     for (int m = 0; m < M; ++m) {
       for (int g = 0; g < G; ++g) {
         _mm_prefetch(reinterpret_cast<const char*>(step.x_proj + (row + m) * G * H + g * H + j),
@@ -204,17 +208,20 @@ inline void fused_tile(const F& f, const FusedStepRows& step, const PackedRecurr
   tile_product<S, M, G>(w.w + u * K * G * S::kLanes, h_rows, k0, k1, acc, prefetch);
   for (int m = 0; m < M; ++m) {
     const int64_t b = row + m;
-    for (int g = 0; g < G; ++g) {
-      S::store(mask, step.product + b * G * H + g * H + j, acc[m][g]);
+    if (k1 < K) {
+      for (int g = 0; g < G; ++g) S::store(mask, step.partial + b * G * H + g * H + j, acc[m][g]);
+      continue;
     }
-    if (k1 < K) continue;
+    for (int g = 0; g < G; ++g) S::store(mask, step.product + b * G * H + g * H + j, acc[m][g]);
     apply_units<Lanes>(f, b, j, count);
-    S::store(mask, step.h_out + b * H + j, S::load(mask, step.out + b * H + j));
+    const typename S::V h = S::load(mask, step.out + b * H + j);
+    S::store(mask, step.h_out + b * H + j, h);
+    if (step.h_out_stored != nullptr) S::store(mask, step.h_out_stored + b * H + j, h);
   }
 }
 
 template <typename S, int G, typename F>
-void fused_steps(const F* steps, const FusedStepRows* rows, int64_t count,
+void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* rows, int64_t count,
                  const PackedRecurrent& w, int threads) {
   constexpr int kRows = S::template forward_rows<G>();
   constexpr int64_t kBytesPerK = G * S::kLanes * sizeof(float);
@@ -226,7 +233,7 @@ void fused_steps(const F* steps, const FusedStepRows* rows, int64_t count,
     const int64_t depth = panel_depth(kBytesPerK);
     const PanelWalk walk{w.w, w.K, G * S::kLanes, depth, first, last};
     for (int64_t s = 0; s < count; ++s) {
-      const FusedStepRows& step = rows[s];
+      const FusedStepRows<typename F::scalar_type>& step = rows[s];
       const int64_t blocks = step.rows / kRows;
       for (int64_t u = first; u < last; ++u) {
         for (int64_t k0 = 0; k0 < w.K; k0 += depth) {
@@ -322,11 +329,12 @@ void fused_backward(const F* steps, const FusedBackwardRows* rows, int64_t count
 }  // namespace rnnfused
 
 // An ISA's run_fused_steps_<isa> and run_fused_backward_<isa> (simd.h) on its traits
-// `Simd`, instantiated for the float32 step functors. Used in namespace rnnfused::cpu.
+// `Simd`, instantiated for the float32 step functors (RNNFUSED_INSTANTIATE_FUSED_FORWARD
+// adds the forward for another storage type). Used in namespace rnnfused::cpu.
 #define RNNFUSED_DEFINE_FUSED_LOOPS(steps_fn, backward_fn)                                    \
   template <typename F>                                                                       \
-  void steps_fn(const F* steps, const FusedStepRows* rows, int64_t count,                     \
-                const PackedRecurrent& w, int threads) {                                      \
+  void steps_fn(const F* steps, const FusedStepRows<typename F::scalar_type>* rows,          \
+                int64_t count, const PackedRecurrent& w, int threads) {                       \
     fused_steps<Simd, F::kGates>(steps, rows, count, w, threads);                             \
   }                                                                                           \
   template <typename F>                                                                       \
@@ -334,15 +342,18 @@ void fused_backward(const F* steps, const FusedBackwardRows* rows, int64_t count
                    const PackedRecurrentT& w, int threads) {                                  \
     fused_backward<Simd>(steps, rows, count, w, threads);                                     \
   }                                                                                           \
-  RNNFUSED_INSTANTIATE_FUSED_LOOPS(steps_fn, backward_fn)
+  RNNFUSED_INSTANTIATE_FUSED_FORWARD(steps_fn, float);                                        \
+  RNNFUSED_INSTANTIATE_FUSED_BACKWARD(backward_fn)
 
-#define RNNFUSED_INSTANTIATE_FUSED_LOOPS(steps_fn, backward_fn)                               \
-  template void steps_fn(const ::rnnfused::RnnForwardStep<float>*, const FusedStepRows*,     \
+#define RNNFUSED_INSTANTIATE_FUSED_FORWARD(steps_fn, T)                                      \
+  template void steps_fn(const ::rnnfused::RnnForwardStep<T>*, const FusedStepRows<T>*,      \
                          int64_t, const PackedRecurrent&, int);                               \
-  template void steps_fn(const ::rnnfused::LstmForwardStep<float>*, const FusedStepRows*,    \
+  template void steps_fn(const ::rnnfused::LstmForwardStep<T>*, const FusedStepRows<T>*,     \
                          int64_t, const PackedRecurrent&, int);                               \
-  template void steps_fn(const ::rnnfused::GruForwardStep<float>*, const FusedStepRows*,     \
-                         int64_t, const PackedRecurrent&, int);                               \
+  template void steps_fn(const ::rnnfused::GruForwardStep<T>*, const FusedStepRows<T>*,      \
+                         int64_t, const PackedRecurrent&, int)
+
+#define RNNFUSED_INSTANTIATE_FUSED_BACKWARD(backward_fn)                                      \
   template void backward_fn(const ::rnnfused::RnnBackwardStep<float>*,                        \
                             const FusedBackwardRows*, int64_t, const PackedRecurrentT&, int); \
   template void backward_fn(const ::rnnfused::LstmBackwardStep<float>*,                       \

@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 #include <c10/core/Device.h>
 
+#include <algorithm>
 #include <array>
 #include <type_traits>
 
@@ -25,15 +26,23 @@ struct CpuLaunch {
     explicit Guard(c10::Device) {}
   };
 
-  // Whether a float32 forward layer of these sizes runs as one persistent fused
-  // loop (fused_forward_cpu.h) instead of a GEMM and a functor launch per step.
+  // Whether a forward layer of these sizes runs as one persistent fused loop
+  // (fused_forward_cpu.h) instead of a GEMM and a functor launch per step:
+  // float32, and bfloat16 on AVX-512.
   template <typename scalar_t>
   static bool fuses_forward(const LayerSizes& sz) {
 #if defined(__x86_64__)
-    return std::is_same_v<scalar_t, float> && cpu::fused_forward_applies(sz);
+    constexpr bool kBf16 = std::is_same_v<scalar_t, c10::BFloat16>;
+    return (std::is_same_v<scalar_t, float> || kBf16) && cpu::fused_forward_applies(sz, kBf16);
 #else
     return false;
 #endif
+  }
+
+  // Whether the backward of such a layer runs as one persistent fused loop: float32.
+  template <typename scalar_t>
+  static bool fuses_backward(const LayerSizes& sz) {
+    return std::is_same_v<scalar_t, float> && fuses_forward<scalar_t>(sz);
   }
 
   // Runs the layer's forward steps when fuses_forward<scalar_t> said so; returns h_n.
@@ -43,16 +52,16 @@ struct CpuLaunch {
                                   const at::Tensor& w_hh, at::Tensor& output,
                                   const at::Tensor& product, MakeStep make_step) {
 #if defined(__x86_64__)
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      return cpu::fused_forward(sz, sched, x_proj, h0, w_hh, output, product, make_step);
+    if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, c10::BFloat16>) {
+      return cpu::fused_forward<scalar_t>(sz, sched, x_proj, h0, w_hh, output, product,
+                                          make_step);
     }
 #endif
-    TORCH_INTERNAL_ASSERT(false, "rnnfused: the fused forward loop runs float32 only");
+    TORCH_INTERNAL_ASSERT(false, "rnnfused: the fused forward loop runs float32 and bfloat16 only");
     return at::Tensor();
   }
 
-  // Runs the layer's backward steps when fuses_forward<scalar_t> said so (the
-  // same conditions apply to the backward).
+  // Runs the layer's backward steps when fuses_backward<scalar_t> said so.
   template <typename scalar_t, typename MakeStep>
   static void fused_backward(const LayerSizes& sz, const Schedule& sched,
                              const at::Tensor& grad_output, const at::Tensor& w_hh,
@@ -93,6 +102,8 @@ struct CpuLaunch {
                           p.bias.defined() ? p.bias.data_ptr() : nullptr,
                           p.out.data_ptr(), p.out.stride(0),
                           p.out.scalar_type() == at::kBFloat16};
+      } else if (widens_bf16(p.a)) {
+        gemm_nt_widened(p);
       } else {
         gemm_nt_aten(p);
       }
@@ -103,9 +114,10 @@ struct CpuLaunch {
 #endif
   }
 
-  // out (+)= a @ w, w [K, N] as stored (the backward's d_pre @ W_hh). bfloat16 up
-  // to 16 rows takes gemm_nt_small_avx512 (oneDNN's fixed cost per call, as above);
-  // the rest ATen.
+  // out (+)= a @ w, w [K, N] as stored (the backward's d_pre @ W_hh and its
+  // large products). bfloat16 up to 16 rows takes gemm_nt_small_avx512 (oneDNN's
+  // fixed cost per call, as above), more rows the float32 BLAS on widened copies
+  // (widens_bf16); the rest ATen.
   static void gemm_nn(const at::Tensor& out, const at::Tensor& a, const at::Tensor& w,
                       bool accumulate) {
 #if defined(__x86_64__)
@@ -115,6 +127,15 @@ struct CpuLaunch {
                           w.data_ptr(), nullptr, out.data_ptr(), out.stride(0),
                           /*bf16=*/true, /*w_kn=*/true, accumulate};
       cpu::gemm_nt_small_avx512(&g, 1);
+      return;
+    }
+    if (widens_bf16(a) && out.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16) {
+      const at::Tensor w32 = w.to(at::kFloat);
+      for_row_blocks(a.size(0), a.size(1) + w.size(1), [&](int64_t r, int64_t rows) {
+        const at::Tensor a32 = a.narrow(0, r, rows).to(at::kFloat);
+        at::Tensor out_rows = out.narrow(0, r, rows);
+        out_rows.copy_(accumulate ? at::addmm(out_rows.to(at::kFloat), a32, w32) : at::mm(a32, w32));
+      });
       return;
     }
 #endif
@@ -133,6 +154,33 @@ struct CpuLaunch {
            w.scalar_type() == type && (!bias.defined() || bias.scalar_type() == type) &&
            (a.size(1) <= 1 || a.stride(1) == 1) && (out.size(1) <= 1 || out.stride(1) == 1) &&
            w.is_contiguous() && (!bias.defined() || bias.is_contiguous());
+  }
+
+  // bfloat16 products past the few-row kernel, on a CPU without AMX: oneDNN's
+  // bfloat16 GEMM runs on vdpbf16ps, at half the float32 FMA rate on the CPUs
+  // measured (87 vs 176 GFLOP/s a core), so the float32 BLAS on widened copies is
+  // faster, conversions included (512 x 512 x 2048 with bias: 5.1 vs 8.5 ms on two
+  // threads). The same sums in float32, rounded once, as oneDNN's.
+  static bool widens_bf16(const at::Tensor& a) {
+    return a.scalar_type() == at::kBFloat16 && !cpu::has_amx_bf16();
+  }
+
+  // The widened copies of `a` and the float32 result a block of rows at a time
+  // (~8 MB of them): scratch bounded whatever M, the block's rows still in cache
+  // when they are rounded. f(first_row, rows) per block; row_floats: a's row + out's.
+  template <typename F>
+  static void for_row_blocks(int64_t M, int64_t row_floats, const F& f) {
+    const int64_t block = std::max<int64_t>(256, (int64_t{1} << 21) / std::max<int64_t>(1, row_floats));
+    for (int64_t r = 0; r < M; r += block) f(r, std::min(block, M - r));
+  }
+
+  static void gemm_nt_widened(const NtProduct& p) {
+    const at::Tensor w = p.w.to(at::kFloat);
+    const at::Tensor bias = p.bias.defined() ? p.bias.to(at::kFloat) : at::Tensor();
+    for_row_blocks(p.a.size(0), p.a.size(1) + p.w.size(0), [&](int64_t r, int64_t rows) {
+      const at::Tensor a = p.a.narrow(0, r, rows).to(at::kFloat);
+      p.out.narrow(0, r, rows).copy_(bias.defined() ? at::addmm(bias, a, w.t()) : at::mm(a, w.t()));
+    });
   }
 
   static bool takes_small_gemm(const NtProduct& p) {

@@ -39,6 +39,30 @@ Isa active_isa() {
   return isa;
 }
 
+bool has_amx_bf16() {
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__) && __GNUC__ >= 11
+  static const bool amx = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("amx-bf16") != 0;
+  }();
+  return amx;
+#else
+  return false;
+#endif
+}
+
+bool has_avx512_bf16() {
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+  static const bool bf16 = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") != 0;
+  }();
+  return bf16;
+#else
+  return false;
+#endif
+}
+
 const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::kAvx512:

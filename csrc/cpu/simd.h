@@ -18,6 +18,10 @@ enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
 Isa active_isa();
 const char* isa_name(Isa isa);
 
+// Whether the CPU has AMX's bfloat16 tile products (oneDNN's bfloat16 GEMM
+// then outruns the float32 BLAS). Decided once per process.
+bool has_amx_bf16();
+
 // Run the step functor `f` (step_functors.h) over rows [row_begin, row_end) and
 // all of its H units, 16 (AVX-512: float and bfloat16 storage) or 8 (AVX2: float)
 // units per call.
@@ -34,26 +38,33 @@ struct PackedRecurrent {
   int64_t K, H, G, tiles;
 };
 
-// One forward step of the persistent loop.
+// One forward step of the persistent loop, for a layer stored in T (float or
+// c10::BFloat16). The state and the sums are float32 whatever T: bfloat16 values
+// widen exactly, and the product of two is exact in a float's 24 bits.
+template <typename T>
 struct FusedStepRows {
-  int64_t rows;        // batch rows active at this step
-  const float* h_in;   // [>= rows, K]  state before the step
-  float* product;      // [rows, G * H] out: h_in @ W_hh^T, read by the step functor
-  const float* out;    // [rows, H]     the functor's h'
-  float* h_out;        // [>= rows, H]  out: h' copied here, the next step's h_in
-  const float* x_proj;  // [rows, G * H] the input projection the functor reads (prefetched)
+  int64_t rows;         // batch rows active at this step
+  const float* h_in;    // [>= rows, K]  state before the step
+  float* partial;       // [rows, G * H] the product's partial sums between panels
+  T* product;           // [rows, G * H] out: h_in @ W_hh^T (rounded to T), read by the
+                        //   step functor; float32: the same buffer as `partial`
+  const T* out;         // [rows, H]     the functor's h'
+  float* h_out;         // [>= rows, H]  out: h' (as float) copied here, the next step's h_in
+  T* h_out_stored;      // [>= rows, H]  out: h' copied here too, the next step's h_prev for
+                        //   the functor (GRU), or null (float32: h_out is that buffer)
+  const T* x_proj;      // [rows, G * H] the input projection the functor reads (prefetched)
 };
 
 // Runs `count` forward steps in one parallel region: each thread owns a range
 // of unit tiles for the whole run; per step it forms the recurrent product of
 // its tiles for all rows, applies steps[s] to them while they are in cache,
-// and a barrier closes the step.
+// and a barrier closes the step. AVX-512: float32 and bfloat16 layers; AVX2: float32.
 template <typename F>
-void run_fused_steps_avx512(const F* steps, const FusedStepRows* rows, int64_t count,
-                            const PackedRecurrent& w, int threads);
+void run_fused_steps_avx512(const F* steps, const FusedStepRows<typename F::scalar_type>* rows,
+                            int64_t count, const PackedRecurrent& w, int threads);
 template <typename F>
-void run_fused_steps_avx2(const F* steps, const FusedStepRows* rows, int64_t count,
-                          const PackedRecurrent& w, int threads);
+void run_fused_steps_avx2(const F* steps, const FusedStepRows<typename F::scalar_type>* rows,
+                          int64_t count, const PackedRecurrent& w, int threads);
 
 // W_hh [J = G*H, K] packed by blocks of 2L state units for the backward's
 // product d_h = d_pre @ W_hh: w[q][j][l] = W_hh[j][2L q + l], zero past K.
@@ -111,6 +122,10 @@ void gemm_nt_small_avx512(const NtGemm* products, int count);
 // The float32 FMA ceiling in GFLOP/s: `threads` threads running independent
 // AVX-512 FMA chains from registers for `seconds` (peak_avx512.cpp).
 double fma_peak_gflops_avx512(double seconds, int threads);
+// The same for AVX512-BF16's dot product vdpbf16ps (64 FLOP an instruction); the
+// caller checks that the CPU has it.
+double bf16_dot_peak_gflops_avx512(double seconds, int threads);
+bool has_avx512_bf16();
 
 }  // namespace cpu
 }  // namespace rnnfused

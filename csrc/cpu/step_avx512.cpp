@@ -114,6 +114,8 @@ struct Simd {
   static V load(const float* p) { return _mm512_loadu_ps(p); }
   static V load(Mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
   static void store(Mask m, float* p, V v) { _mm512_mask_storeu_ps(p, m, v); }
+  static V load(Mask m, const c10::BFloat16* p) { return widen_bf16(_mm256_maskz_loadu_epi16(m, p)); }
+  static void store(Mask m, c10::BFloat16* p, V v) { _mm256_mask_storeu_epi16(p, m, narrow_bf16(v)); }
   static V broadcast(float x) { return _mm512_set1_ps(x); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
@@ -144,6 +146,7 @@ RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx512, float);
 RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx512, c10::BFloat16);
 
 RNNFUSED_DEFINE_FUSED_LOOPS(run_fused_steps_avx512, run_fused_backward_avx512);
+RNNFUSED_INSTANTIATE_FUSED_FORWARD(run_fused_steps_avx512, c10::BFloat16);
 
 }  // namespace cpu
 }  // namespace rnnfused

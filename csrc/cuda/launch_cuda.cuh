@@ -29,6 +29,10 @@ struct CudaLaunch {
   static bool fuses_forward(const Sizes&) {
     return false;
   }
+  template <typename scalar_t, typename Sizes>
+  static bool fuses_backward(const Sizes&) {
+    return false;
+  }
   template <typename scalar_t, typename... Args>
   static at::Tensor fused_forward(Args&&...) {
     TORCH_INTERNAL_ASSERT(false, "rnnfused: no fused forward loop on CUDA");

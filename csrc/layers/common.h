@@ -80,20 +80,25 @@ class Schedule {
   }
 
   // grad^T @ previous(sequence, initial): grad [N, G] -> [G, D], the recurrent
-  // weight gradient. Where every step has every row (dense input) the previous
-  // states are `initial` and `sequence` shifted by one step: two GEMMs over them in
-  // place, no [N, D] gather.
+  // weight gradient, on the launcher's GEMM. Where every step has every row
+  // (dense input) the previous states are `initial` and `sequence` shifted by one
+  // step: two GEMMs over them in place, no [N, D] gather.
+  template <typename Launch>
   at::Tensor previous_product(const at::Tensor& grad, const at::Tensor& sequence,
                               const at::Tensor& initial) const {
     const int64_t n = sequence.size(0), batch = initial.size(0);
-    if (!dense() || n == 0) return at::mm(grad.t(), previous(sequence, initial));
+    at::Tensor product = at::empty({grad.size(1), sequence.size(1)}, grad.options());
+    if (!dense() || n == 0) {
+      Launch::gemm_nn(product, grad.t(), previous(sequence, initial), /*accumulate=*/false);
+      return product;
+    }
     // forward: step 0's rows take `initial`, rows [B, N) the sequence's rows [0, N - B);
     // reverse: the last time's rows [N - B, N) take `initial`, rows [0, N - B) rows [B, N).
     const int64_t first = reverse_ ? n - batch : 0, rest = reverse_ ? 0 : batch;
-    at::Tensor product = at::mm(grad.narrow(0, first, batch).t(), initial);
+    Launch::gemm_nn(product, grad.narrow(0, first, batch).t(), initial, /*accumulate=*/false);
     if (n > batch) {
-      product.addmm_(grad.narrow(0, rest, n - batch).t(),
-                     sequence.narrow(0, reverse_ ? batch : 0, n - batch));
+      Launch::gemm_nn(product, grad.narrow(0, rest, n - batch).t(),
+                      sequence.narrow(0, reverse_ ? batch : 0, n - batch), /*accumulate=*/true);
     }
     return product;
   }
@@ -148,6 +153,15 @@ inline void gemm_nn_aten(at::Tensor out, const at::Tensor& a, const at::Tensor& 
   } else {
     at::mm_out(out, a, w);
   }
+}
+
+// a @ w ([M, K] @ [K, N], any strides) on the launcher's GEMM: the backward's
+// large products.
+template <typename Launch>
+at::Tensor matmul(const at::Tensor& a, const at::Tensor& w) {
+  at::Tensor out = at::empty({a.size(0), w.size(1)}, a.options());
+  Launch::gemm_nn(out, a, w, /*accumulate=*/false);
+  return out;
 }
 
 // The input projection x_proj = input @ w_ih^T + bias, formed a chunk of steps
@@ -249,13 +263,13 @@ struct WeightGrads {
 //   d_x: [N, G*H] gradient on the input-side pre-activations, d_h: [N, G*H] on the
 //   hidden-side products (the same tensor for RNN and LSTM), input: [N, I],
 //   output: [N, P] every row's state, h0: [B, P] (the previous states: sched.previous_product).
-inline WeightGrads weight_grads(const at::Tensor& d_x, const at::Tensor& d_h,
-                                const at::Tensor& input, const Schedule& sched,
-                                const at::Tensor& output, const at::Tensor& h0,
-                                const GradMask& mask) {
+template <typename Launch>
+WeightGrads weight_grads(const at::Tensor& d_x, const at::Tensor& d_h, const at::Tensor& input,
+                         const Schedule& sched, const at::Tensor& output, const at::Tensor& h0,
+                         const GradMask& mask) {
   WeightGrads g{empty_grad(d_x), empty_grad(d_x), empty_grad(d_x), empty_grad(d_x)};
-  if (mask.w_ih) g.w_ih = at::mm(d_x.t(), input);
-  if (mask.w_hh) g.w_hh = sched.previous_product(d_h, output, h0);
+  if (mask.w_ih) g.w_ih = matmul<Launch>(d_x.t(), input);
+  if (mask.w_hh) g.w_hh = sched.previous_product<Launch>(d_h, output, h0);
   if (mask.b_ih) g.b_ih = d_x.sum(0);
   if (mask.b_hh) g.b_hh = d_h.is_same(d_x) && mask.b_ih ? g.b_ih.clone() : d_h.sum(0);
   return g;
@@ -323,7 +337,7 @@ template <typename scalar_t, typename Launch, typename MakeStep, typename Before
 void backward_loop(const LayerSizes& sz, const Schedule& sched, const at::Tensor& grad_output,
                    const at::Tensor& w_hh, at::Tensor& d_h, const at::Tensor& d_recurrent,
                    bool accumulate, bool fusable, MakeStep make_step, BeforeStep before_step) {
-  if (fusable && Launch::template fuses_forward<scalar_t>(sz)) {
+  if (fusable && Launch::template fuses_backward<scalar_t>(sz)) {
     Launch::template fused_backward<scalar_t>(sz, sched, grad_output, w_hh, d_h, d_recurrent,
                                               accumulate, make_step);
     return;

@@ -56,9 +56,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   backward_loop<scalar_t, Launch>(sz, sched, grad_output, w_hh, d_h, d_hh, /*accumulate=*/true,
                                   /*fusable=*/true, make_step, [](int64_t, const at::Tensor&) {});
 
-  at::Tensor grad_input = mask.input ? at::mm(d_x, w_ih) : empty_grad(input);
+  at::Tensor grad_input = mask.input ? matmul<Launch>(d_x, w_ih) : empty_grad(input);
   const WeightGrads wg =
-      weight_grads(d_x, d_hh, input, sched, output, h0, mask);
+      weight_grads<Launch>(d_x, d_hh, input, sched, output, h0, mask);
   if (!mask.states) d_h = empty_grad(input);
   return {grad_input, d_h, wg.w_ih, wg.w_hh, wg.b_ih, wg.b_hh};
 }

@@ -81,11 +81,11 @@ lstm_backward(const LayerSizes& sz, const Schedule& sched, const at::Tensor& gra
         at::mm_out(d_hidden_rows, d_h_rows, w_hr);  // [rows, P] @ [P, H]
       });
 
-  at::Tensor grad_input = mask.input ? at::mm(d_pre, w_ih) : empty_grad(input);
+  at::Tensor grad_input = mask.input ? matmul<Launch>(d_pre, w_ih) : empty_grad(input);
   at::Tensor grad_w_hr = empty_grad(input);
   const WeightGrads wg =
-      weight_grads(d_pre, d_pre, input, sched, output, h0, mask);
-  if (proj && mask.w_hr) grad_w_hr = at::mm(d_h_all.t(), hidden_all);  // [P, H]
+      weight_grads<Launch>(d_pre, d_pre, input, sched, output, h0, mask);
+  if (proj && mask.w_hr) grad_w_hr = matmul<Launch>(d_h_all.t(), hidden_all);  // [P, H]
   if (!mask.states) {
     d_h = empty_grad(input);
     d_c = empty_grad(input);

@@ -7,6 +7,8 @@ A "kind" names a module configuration:
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.utils._python_dispatch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
@@ -269,3 +271,40 @@ class BackwardSpy(torch.utils._python_dispatch.TorchDispatchMode):
         if func.namespace == "rnnfused" and func._opname in self._NAMES:
             self.calls.append((list(args[-1]), result))
         return result
+
+
+def relative_error(results, exact, keys):
+    """||results - exact|| / ||exact|| over a group of tensors taken together.  One rounding of
+    a single element decides a per-element or per-tensor maximum; the group norm averages over
+    many roundings, so comparing it between two implementations is stable."""
+    num = sum(((results[k].double() - exact[k]) ** 2).sum() for k in keys)
+    den = sum((exact[k] ** 2).sum() for k in keys)
+    return (num / den).sqrt().item()
+
+
+def check_errors(actual, expected_low, exact, dtype, with_grads=True):
+    """The low-precision rule: rnnfused's relative error against `exact` (float64) is at
+    most twice torch.nn's (`expected_low`), outputs and gradients judged as two groups."""
+    assert list(actual) == list(exact)
+    tensors = [k for k, v in exact.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    groups = {"outputs": [k for k in tensors if not k.startswith("grad")]}
+    if with_grads:
+        groups["gradients"] = [k for k in tensors if k.startswith("grad")]
+    for k in tensors:
+        assert actual[k].dtype == expected_low[k].dtype == dtype, k
+    for group, keys in groups.items():
+        err_torch = relative_error(expected_low, exact, keys)
+        err_fused = relative_error(actual, exact, keys)
+        # the floor: one unit of rounding relative to the values, where torch.nn is exact by luck
+        assert err_fused <= max(2 * err_torch, torch.finfo(dtype).eps), (
+            f"{group}: rnnfused relative error {err_fused:.3g} > 2 x torch.nn's {err_torch:.3g}")
+
+
+def compare_low_precision(ref, fused, form: str, with_hx: bool, device, dtype, with_grads=True):
+    """compare_modules for float16 / bfloat16: run both modules and a float64 twin of `ref`
+    holding the same (rounded) weights upcast, then check_errors."""
+    ref64 = copy.deepcopy(ref).double()
+    leaves, build = make_inputs(ref, form, with_hx, device, dtype)
+    exact = run_module(ref64, [None if t is None else t.double() for t in leaves], build)
+    check_errors(run_module(fused, leaves, build), run_module(ref, leaves, build), exact, dtype,
+                 with_grads=with_grads)

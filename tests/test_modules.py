@@ -15,6 +15,7 @@ from helpers import (
     FORMS,
     MODULE_KINDS,
     assert_results_equal,
+    compare_low_precision,
     compare_modules,
     make_inputs,
     make_kind_twins,
@@ -405,12 +406,14 @@ def test_functional_call_and_reassigned_weights_are_seen(name):
     torch.testing.assert_close(fused(x)[0], ref(x)[0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("form", ["batched", "packed_unsorted"])
 @pytest.mark.parametrize("name", ["LSTM", "GRU"])
-def test_bidirectional_directions_run_together(name, form, monkeypatch):
-    """Eager CPU float32 bidirectional layers run both directions at once, a thread
-    each (csrc/directions.cpp, through ops.*_layer_pair): outputs, states and every
-    gradient equal torch.nn's, and the pair op ran once per layer."""
+def test_bidirectional_directions_run_together(name, form, dtype, monkeypatch):
+    """Eager CPU float32 and bfloat16 bidirectional layers run both directions at
+    once, a thread each (csrc/directions.cpp, through ops.*_layer_pair): outputs,
+    states and every gradient equal torch.nn's (bfloat16: the low-precision rule), and the
+    pair op ran once per layer."""
     from rnnfused import ops
 
     wrapper = f"{name.lower()}_layer_pair"
@@ -419,8 +422,11 @@ def test_bidirectional_directions_run_together(name, form, monkeypatch):
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # the pair runs on 2 threads
     try:
-        ref, fused = make_twins(name, 5, 24, num_layers=2, bidirectional=True)
-        compare_modules(ref, fused, form, True, "cpu", torch.float32)
+        ref, fused = make_twins(name, 5, 24, num_layers=2, bidirectional=True, dtype=dtype)
+        if dtype == torch.float32:
+            compare_modules(ref, fused, form, True, "cpu", dtype)
+        else:  # within twice torch.nn's error against float64 (test_low_precision.py's rule)
+            compare_low_precision(ref, fused, form, True, "cpu", dtype)
     finally:
         torch.set_num_threads(threads)
     assert calls and len(calls) % 2 == 0, calls  # two layers per forward

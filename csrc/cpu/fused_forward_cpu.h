@@ -1,6 +1,6 @@
 // The time loops as persistent, fused loops (simd.h's run_fused_steps_<isa> and
 // run_fused_backward_<isa>, fused_loop.h): no projection; float32 on AVX-512 or
-// AVX2, and the bfloat16 forward on AVX-512 (its products in float32 on widened
+// AVX2, and bfloat16 on AVX-512 (its products in float32 on widened
 // values: this CPU family's bfloat16 dot product, vdpbf16ps, was measured at half
 // the float32 FMA rate, 87 vs 176 GFLOP/s a core). The layer drivers take them through CpuLaunch::fused_forward /
 // fused_backward where they apply.
@@ -43,11 +43,12 @@ inline at::Tensor pack_recurrent(const at::Tensor& w_hh, int64_t G, int64_t H, i
   return packed;
 }
 
-// W_hh [J, K] -> [blocks, J, 2L] (see PackedRecurrentT), zero-padded to whole blocks.
+// W_hh [J, K] (float32 or bfloat16) -> float32 [blocks, J, 2L] (see PackedRecurrentT),
+// zero-padded to whole blocks.
 inline at::Tensor pack_recurrent_t(const at::Tensor& w_hh, int64_t L) {
   const int64_t J = w_hh.size(0), K = w_hh.size(1), width = 2 * L;
   const int64_t blocks = (K + width - 1) / width;
-  at::Tensor padded = at::zeros({J, blocks * width}, w_hh.options());
+  at::Tensor padded = at::zeros({J, blocks * width}, w_hh.options().dtype(at::kFloat));
   padded.narrow(1, 0, K).copy_(w_hh);
   return padded.view({J, blocks, width}).permute({1, 0, 2}).contiguous();
 }
@@ -60,8 +61,7 @@ inline int loop_threads(int64_t work, int64_t parts) {
 }
 
 // Packing W_hh costs about one step's reads of it: worth it from a few steps on
-// (a cell's single step takes the GEMM-and-functor path). bfloat16: the forward
-// on AVX-512 only.
+// (a cell's single step takes the GEMM-and-functor path). bfloat16: AVX-512 only.
 inline bool fused_forward_applies(const LayerSizes& sz, bool bf16) {
   constexpr int64_t kMinSteps = 4;
   const Isa isa = active_isa();
@@ -133,34 +133,51 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
   return sched.final_states(output);
 }
 
-// Runs every backward step of a layer, in reverse; d_h [B, H] holds grad_h_n on
-// entry and the gradient on h0 on return.
+// Runs every backward step of a layer stored in scalar_t (float or c10::BFloat16),
+// in reverse; d_h [B, H] holds grad_h_n on entry and the gradient on h0 on return.
 //   d_recurrent: [N, G*H], the matrix the step functors write the gradient on
 //     h_prev @ W_hh^T into; accumulate: the functor leaves the direct part of d_h
 //     in d_h (GRU);
 //   make_step(s) -> the step functor, reading and writing d_h's rows.
-template <typename MakeStep>
+template <typename scalar_t, typename MakeStep>
 void fused_backward(const LayerSizes& sz, const Schedule& sched, const at::Tensor& grad_output,
                     const at::Tensor& w_hh, at::Tensor& d_h, const at::Tensor& d_recurrent,
                     bool accumulate, MakeStep make_step) {
-  const int64_t J = w_hh.size(0), K = sz.output;
+  const int64_t J = w_hh.size(0), K = sz.output, B = sz.batch;
+  constexpr bool kFloat = std::is_same_v<scalar_t, float>;
   const bool avx512 = active_isa() == Isa::kAvx512;
   const at::Tensor packed = pack_recurrent_t(w_hh, fused_lanes());
   const PackedRecurrentT w{packed.data_ptr<float>(), J, K, packed.size(0)};
   const int threads = loop_threads(sz.batch * J * K, w.blocks);
+  // A bfloat16 layer's float32 sums between panels, and the functors' gradients on
+  // the products widened, two steps' worth alternating: a thread may start the next
+  // step's functors while another still reads this step's.
+  const at::TensorOptions f32 = d_h.options().dtype(at::kFloat);
+  const at::Tensor partial = kFloat ? at::Tensor() : at::empty({B, K}, f32);
+  const at::Tensor widened = kFloat ? at::Tensor() : at::empty({2, B, J}, f32);
   using Step = decltype(make_step(int64_t{0}));
   std::vector<Step> steps;
-  std::vector<FusedBackwardRows> rows;
+  std::vector<FusedBackwardRows<scalar_t>> rows;
   for (int64_t s = sched.steps() - 1; s >= 0; --s) {
     const int64_t off = sched.offset(s);
+    scalar_t* d_rec = d_recurrent.data_ptr<scalar_t>() + off * J;
+    float* d_h_partial = nullptr;
+    float* d_rec_float = nullptr;
+    if constexpr (kFloat) {
+      d_h_partial = d_h.data_ptr<float>();
+      d_rec_float = d_rec;
+    } else {
+      d_h_partial = partial.data_ptr<float>();
+      d_rec_float = widened.data_ptr<float>() + (s % 2) * B * J;
+    }
     steps.push_back(make_step(s));
-    rows.push_back({sched.rows(s), grad_output.data_ptr<float>() + off * K, d_h.data_ptr<float>(),
-                    d_recurrent.data_ptr<float>() + off * J, accumulate});
+    rows.push_back({sched.rows(s), grad_output.data_ptr<scalar_t>() + off * K,
+                    d_h.data_ptr<scalar_t>(), d_h_partial, d_rec, d_rec_float, accumulate});
   }
   const int64_t n = static_cast<int64_t>(steps.size());
   if (avx512) {
     run_fused_backward_avx512(steps.data(), rows.data(), n, w, threads);
-  } else {
+  } else if constexpr (kFloat) {
     run_fused_backward_avx2(steps.data(), rows.data(), n, w, threads);
   }
 }

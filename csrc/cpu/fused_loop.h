@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <atomic>
 #include <thread>
+#include <type_traits>
 
 #include "simd.h"
 #include "simd_rows.h"
@@ -252,10 +253,11 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
 }
 
 // d_h rows [row, row + M), units 2L q .. 2L q + 2L - 1, over j in [j0, j1): the
-// partial product of d_recurrent with W_hh's block, kept in d_h between panels
-// (the first panel adds to the functor's direct part (GRU) or replaces d_h).
-template <typename S, int M>
-inline void backward_block(const FusedBackwardRows& step, const PackedRecurrentT& w, int64_t q,
+// partial product of d_recurrent with W_hh's block, kept in float32 between
+// panels (the first panel adds to the functor's direct part (GRU) or replaces
+// d_h); the last panel's sums go to d_h (rounded to the layer's type).
+template <typename S, int M, typename T>
+inline void backward_block(const FusedBackwardRows<T>& step, const PackedRecurrentT& w, int64_t q,
                            int64_t row, int64_t j0, int64_t j1, PanelPrefetch prefetch = {}) {
   constexpr int64_t L = S::kLanes;
   const float* d_rows[M];
@@ -265,28 +267,36 @@ inline void backward_block(const FusedBackwardRows& step, const PackedRecurrentT
     const int64_t k = q * 2 * L + half * L;
     masks[half] = S::first(static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(L, w.K - k))));
   }
-  const bool add_existing = j0 > 0 || step.accumulate;
   for (int m = 0; m < M; ++m) {
-    d_rows[m] = step.d_recurrent + (row + m) * w.J;
+    d_rows[m] = step.d_recurrent_float + (row + m) * w.J;
     for (int half = 0; half < 2; ++half) {
-      const float* src = step.d_h + (row + m) * w.K + q * 2 * L + half * L;
-      acc[m][half] = add_existing ? S::load(masks[half], src) : S::zero();
+      const int64_t at = (row + m) * w.K + q * 2 * L + half * L;
+      acc[m][half] = j0 > 0         ? S::load(masks[half], step.d_h_partial + at)
+                     : step.accumulate ? S::load(masks[half], step.d_h + at)
+                                       : S::zero();
     }
   }
   tile_product<S, M, 2>(w.w + q * w.J * 2 * L, d_rows, j0, j1, acc, prefetch);
   for (int m = 0; m < M; ++m) {
     for (int half = 0; half < 2; ++half) {
-      S::store(masks[half], step.d_h + (row + m) * w.K + q * 2 * L + half * L, acc[m][half]);
+      const int64_t at = (row + m) * w.K + q * 2 * L + half * L;
+      if (j1 < w.J) {
+        S::store(masks[half], step.d_h_partial + at, acc[m][half]);
+      } else {
+        S::store(masks[half], step.d_h + at, acc[m][half]);
+      }
     }
   }
 }
 
 template <typename S, typename F>
-void fused_backward(const F* steps, const FusedBackwardRows* rows, int64_t count,
-                    const PackedRecurrentT& w, int threads) {
+void fused_backward(const F* steps, const FusedBackwardRows<typename F::scalar_type>* rows,
+                    int64_t count, const PackedRecurrentT& w, int threads) {
+  using T = typename F::scalar_type;
   constexpr int kRows = S::kBackwardRows;
   constexpr int64_t L = S::kLanes, kBytesPerJ = 2 * L * sizeof(float);
   const int64_t H = w.K;  // state units: K == H (no projection)
+  const int64_t G = w.J / H;
   StepBarrier barrier;
 #pragma omp parallel num_threads(threads)
   {
@@ -297,15 +307,22 @@ void fused_backward(const F* steps, const FusedBackwardRows* rows, int64_t count
     const int64_t depth = panel_depth(kBytesPerJ);
     const PanelWalk walk{w.w, w.J, 2 * L, depth, first, last};
     for (int64_t s = 0; s < count; ++s) {
-      const FusedBackwardRows& step = rows[s];
+      const FusedBackwardRows<T>& step = rows[s];
       for (int64_t j = first * 2 * L; j < std::min(last * 2 * L, H); j += L) {
         const int n = static_cast<int>(std::min<int64_t>(L, H - j));
         const typename S::Mask mask = S::first(n);
         for (int64_t b = 0; b < step.rows; ++b) {
-          float* d_h = step.d_h + b * H + j;
+          T* d_h = step.d_h + b * H + j;
           S::store(mask, d_h,
                    S::add(S::load(mask, d_h), S::load(mask, step.grad_output + b * H + j)));
           apply_units<Lanes>(steps[s], b, j, n);
+          if constexpr (!std::is_same_v<T, float>) {
+            // The functor's gradient on this step's products, widened for the product.
+            for (int64_t g = 0; g < G; ++g) {
+              const int64_t at = b * w.J + g * H + j;
+              S::store(mask, step.d_recurrent_float + at, S::load(mask, step.d_recurrent + at));
+            }
+          }
         }
       }
       barrier.wait();
@@ -329,8 +346,8 @@ void fused_backward(const F* steps, const FusedBackwardRows* rows, int64_t count
 }  // namespace rnnfused
 
 // An ISA's run_fused_steps_<isa> and run_fused_backward_<isa> (simd.h) on its traits
-// `Simd`, instantiated for the float32 step functors (RNNFUSED_INSTANTIATE_FUSED_FORWARD
-// adds the forward for another storage type). Used in namespace rnnfused::cpu.
+// `Simd`, instantiated for the float32 step functors (RNNFUSED_INSTANTIATE_FUSED_LOOPS
+// adds another storage type). Used in namespace rnnfused::cpu.
 #define RNNFUSED_DEFINE_FUSED_LOOPS(steps_fn, backward_fn)                                    \
   template <typename F>                                                                       \
   void steps_fn(const F* steps, const FusedStepRows<typename F::scalar_type>* rows,          \
@@ -338,25 +355,25 @@ void fused_backward(const F* steps, const FusedBackwardRows* rows, int64_t count
     fused_steps<Simd, F::kGates>(steps, rows, count, w, threads);                             \
   }                                                                                           \
   template <typename F>                                                                       \
-  void backward_fn(const F* steps, const FusedBackwardRows* rows, int64_t count,              \
-                   const PackedRecurrentT& w, int threads) {                                  \
+  void backward_fn(const F* steps, const FusedBackwardRows<typename F::scalar_type>* rows,   \
+                   int64_t count, const PackedRecurrentT& w, int threads) {                   \
     fused_backward<Simd>(steps, rows, count, w, threads);                                     \
   }                                                                                           \
-  RNNFUSED_INSTANTIATE_FUSED_FORWARD(steps_fn, float);                                        \
-  RNNFUSED_INSTANTIATE_FUSED_BACKWARD(backward_fn)
+  RNNFUSED_INSTANTIATE_FUSED_LOOPS(steps_fn, backward_fn, float)
 
-#define RNNFUSED_INSTANTIATE_FUSED_FORWARD(steps_fn, T)                                      \
+#define RNNFUSED_INSTANTIATE_FUSED_LOOPS(steps_fn, backward_fn, T)                            \
   template void steps_fn(const ::rnnfused::RnnForwardStep<T>*, const FusedStepRows<T>*,      \
                          int64_t, const PackedRecurrent&, int);                               \
   template void steps_fn(const ::rnnfused::LstmForwardStep<T>*, const FusedStepRows<T>*,     \
                          int64_t, const PackedRecurrent&, int);                               \
   template void steps_fn(const ::rnnfused::GruForwardStep<T>*, const FusedStepRows<T>*,      \
-                         int64_t, const PackedRecurrent&, int)
-
-#define RNNFUSED_INSTANTIATE_FUSED_BACKWARD(backward_fn)                                      \
-  template void backward_fn(const ::rnnfused::RnnBackwardStep<float>*,                        \
-                            const FusedBackwardRows*, int64_t, const PackedRecurrentT&, int); \
-  template void backward_fn(const ::rnnfused::LstmBackwardStep<float>*,                       \
-                            const FusedBackwardRows*, int64_t, const PackedRecurrentT&, int); \
-  template void backward_fn(const ::rnnfused::GruBackwardStep<float>*,                        \
-                            const FusedBackwardRows*, int64_t, const PackedRecurrentT&, int)
+                         int64_t, const PackedRecurrent&, int);                               \
+  template void backward_fn(const ::rnnfused::RnnBackwardStep<T>*,                            \
+                            const FusedBackwardRows<T>*, int64_t, const PackedRecurrentT&,   \
+                            int);                                                             \
+  template void backward_fn(const ::rnnfused::LstmBackwardStep<T>*,                           \
+                            const FusedBackwardRows<T>*, int64_t, const PackedRecurrentT&,   \
+                            int);                                                             \
+  template void backward_fn(const ::rnnfused::GruBackwardStep<T>*,                            \
+                            const FusedBackwardRows<T>*, int64_t, const PackedRecurrentT&,   \
+                            int)

@@ -39,10 +39,11 @@ struct CpuLaunch {
 #endif
   }
 
-  // Whether the backward of such a layer runs as one persistent fused loop: float32.
+  // Whether the backward of such a layer runs as one persistent fused loop (the
+  // same conditions).
   template <typename scalar_t>
   static bool fuses_backward(const LayerSizes& sz) {
-    return std::is_same_v<scalar_t, float> && fuses_forward<scalar_t>(sz);
+    return fuses_forward<scalar_t>(sz);
   }
 
   // Runs the layer's forward steps when fuses_forward<scalar_t> said so; returns h_n.
@@ -68,12 +69,13 @@ struct CpuLaunch {
                              at::Tensor& d_h, const at::Tensor& d_recurrent, bool accumulate,
                              MakeStep make_step) {
 #if defined(__x86_64__)
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      cpu::fused_backward(sz, sched, grad_output, w_hh, d_h, d_recurrent, accumulate, make_step);
+    if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, c10::BFloat16>) {
+      cpu::fused_backward<scalar_t>(sz, sched, grad_output, w_hh, d_h, d_recurrent, accumulate,
+                                    make_step);
       return;
     }
 #endif
-    TORCH_INTERNAL_ASSERT(false, "rnnfused: the fused backward loop runs float32 only");
+    TORCH_INTERNAL_ASSERT(false, "rnnfused: the fused backward loop runs float32 and bfloat16 only");
   }
 
   // Where gemm_nt takes gemm_nt_small_avx512 instead of MKL: up to 16 rows of `a`,

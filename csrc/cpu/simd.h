@@ -73,13 +73,19 @@ struct PackedRecurrentT {
   int64_t J, K, blocks;
 };
 
-// One backward step of the persistent loop (steps run in reverse order).
+// One backward step of the persistent loop (steps run in reverse order), for a
+// layer stored in T (float or c10::BFloat16); the products' sums are float32.
+template <typename T>
 struct FusedBackwardRows {
   int64_t rows;               // batch rows active at this step
-  const float* grad_output;   // [rows, K]  gradient arriving on this step's output
-  float* d_h;                 // [>= rows, K] in: gradient on h' from later steps;
+  const T* grad_output;       // [rows, K]  gradient arriving on this step's output
+  T* d_h;                     // [>= rows, K] in: gradient on h' from later steps;
                               //   out: gradient on the state before this step
-  const float* d_recurrent;   // [rows, J]  the functor's gradient on h_prev @ W_hh^T
+  float* d_h_partial;         // [>= rows, K] the product's partial sums between panels
+                              //   (float32: d_h itself)
+  const T* d_recurrent;       // [rows, J]  the functor's gradient on h_prev @ W_hh^T
+  float* d_recurrent_float;   // [rows, J]  out: the same widened, which the product reads
+                              //   (float32: d_recurrent itself, not written)
   bool accumulate;            // d_h = the functor's direct part + product (GRU), else product
 };
 
@@ -89,11 +95,12 @@ struct FusedBackwardRows {
 // every unit's d_recurrent. A thread only ever reads its own units of d_h, so
 // one barrier per step suffices.
 template <typename F>
-void run_fused_backward_avx512(const F* steps, const FusedBackwardRows* rows, int64_t count,
-                               const PackedRecurrentT& w, int threads);
+void run_fused_backward_avx512(const F* steps,
+                               const FusedBackwardRows<typename F::scalar_type>* rows,
+                               int64_t count, const PackedRecurrentT& w, int threads);
 template <typename F>
-void run_fused_backward_avx2(const F* steps, const FusedBackwardRows* rows, int64_t count,
-                             const PackedRecurrentT& w, int threads);
+void run_fused_backward_avx2(const F* steps, const FusedBackwardRows<typename F::scalar_type>* rows,
+                             int64_t count, const PackedRecurrentT& w, int threads);
 
 // out = a @ w^T (+ bias): a [M, K] with row stride lda, w [N, K] contiguous, bias
 // [N] or null, out [M, N] with row stride ldo; all float32, or all bfloat16 when

@@ -146,7 +146,7 @@ RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx512, float);
 RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx512, c10::BFloat16);
 
 RNNFUSED_DEFINE_FUSED_LOOPS(run_fused_steps_avx512, run_fused_backward_avx512);
-RNNFUSED_INSTANTIATE_FUSED_FORWARD(run_fused_steps_avx512, c10::BFloat16);
+RNNFUSED_INSTANTIATE_FUSED_LOOPS(run_fused_steps_avx512, run_fused_backward_avx512, c10::BFloat16);
 
 }  // namespace cpu
 }  // namespace rnnfused

@@ -429,6 +429,10 @@ def markdown(meta: dict[str, Any], rows: list[Row]) -> str:
         "2*T*B*(I+H)*G*H per layer-direction forward, fwdbwd = 3x forward; (%) = share of "
         "fma_peak_gflops, the float32 FMA ceiling measured at the start of this run with a "
         "register-only AVX-512 loop on the same threads",
+        *(["- bf16_dot_peak_gflops = the same loop on AVX512-BF16's dot product (vdpbf16ps, 64 "
+            "FLOP an instruction): the ceiling of a kernel built on it (rnnfused's bfloat16 "
+            "layers compute in float32 where this is below fma_peak_gflops)"]
+          if "bf16_dot_peak_gflops" in meta else []),
         "- noise = the worst contender's IQR / median; others = share of all CPUs that other "
         "processes used while the row was timed (above a few %, OpenMP stalls can inflate "
         "times by orders of magnitude: rerun on a quiet machine)",

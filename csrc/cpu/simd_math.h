@@ -26,16 +26,25 @@ inline Vec exp_of(Vec x) {
   return scale_exp(y, n, x);
 }
 
-// tanh: an odd polynomial for |x| < 0.625, else 1 - 2 / (exp(2|x|) + 1) with the
-// sign of x.
+// tanh: a 13/6-degree odd/even rational function on x clamped to [-9, 9], past
+// which tanh is +-1 in float (the interpolant and its coefficients are Eigen's
+// generic_fast_tanh_float, MPL-2.0). Within 3e-7 (2.3 x float's epsilon relative)
+// where the two-branch form it replaced (a polynomial below 0.625,
+// 1 - 2 / (exp(2|x|) + 1) above, both computed for every lane) was within 1.03
+// epsilon, in about half the instructions: the gate math of an LSTM step takes
+// two. The clamps' min/max return x on NaN, which passes through.
 inline Vec tanh_of(Vec x) {
-  const Vec ax = abs_of(x);
-  const Vec z = x * x;
-  Vec p = fma(Vec(-5.70498872745e-3f), z, Vec(2.06390887954e-2f));
-  p = fma(p, z, Vec(-5.37397155531e-2f));
-  p = fma(p, z, Vec(1.33314422036e-1f));
-  p = fma(p, z, Vec(-3.33332819422e-1f));
-  const Vec small = fma(p * z, x, x);
-  const Vec large = with_sign_of(Vec(1.0f) - Vec(2.0f) / (exp_of(ax + ax) + Vec(1.0f)), x);
-  return where_less(ax, Vec(0.625f), small, large);
+  const Vec v = max_of(Vec(-9.0f), min_of(Vec(9.0f), x));
+  const Vec z = v * v;
+  Vec p = fma(z, Vec(-2.76076847742355e-16f), Vec(2.00018790482477e-13f));
+  p = fma(p, z, Vec(-8.60467152213735e-11f));
+  p = fma(p, z, Vec(5.12229709037114e-08f));
+  p = fma(p, z, Vec(1.48572235717979e-05f));
+  p = fma(p, z, Vec(6.37261928875436e-04f));
+  p = fma(p, z, Vec(4.89352455891786e-03f));
+  Vec q = fma(z, Vec(1.19825839466702e-06f), Vec(1.18534705686654e-04f));
+  q = fma(q, z, Vec(2.26843463243900e-03f));
+  q = fma(q, z, Vec(4.89352518554385e-03f));
+  // The interpolant overshoots 1 by up to 2 ulp near the clamp: the result is clamped too.
+  return max_of(Vec(-1.0f), min_of(Vec(1.0f), v * p / q));
 }

@@ -1,5 +1,5 @@
 // Both directions of a bidirectional layer at the same time, one thread each
-// (rnnfused.functional calls these in eager CPU float32 and bfloat16 where it pays; see
+// (rnnfused.functional calls these in eager CPU float32, bfloat16 and float16 where it pays; see
 // _directions_together there), forward and backward. Each op has a CPU kernel
 // (the layer op of each direction below autograd, a thread each) and an
 // Autograd kernel: one autograd node for the pair, whose backward runs the two

@@ -4,6 +4,10 @@
 // or on the CPU a SIMD vector of floats (cpu/simd.h), which supplies its own
 // exp_of / tanh_of / relu_of / where_positive found by argument-dependent
 // lookup. No tensors, no indexing. Gate order and formulas are torch.nn's.
+// Every function is forced inline: the SIMD step kernels must keep their vectors
+// in registers, and GCC's per-file inlining budget runs out as the step files
+// instantiate more storage types (an LSTM forward at 1.7x its time when
+// lstm_activate became a call).
 #pragma once
 
 #include <c10/macros/Macros.h>
@@ -13,42 +17,42 @@ namespace rnnfused {
 
 // The elementary functions, scalar versions.
 template <typename T>
-C10_HOST_DEVICE inline T exp_of(T x) {
+C10_ALWAYS_INLINE C10_HOST_DEVICE T exp_of(T x) {
   return std::exp(x);
 }
 
 template <typename T>
-C10_HOST_DEVICE inline T tanh_of(T x) {
+C10_ALWAYS_INLINE C10_HOST_DEVICE T tanh_of(T x) {
   return std::tanh(x);
 }
 
 // relu with NaN propagating as in torch.relu.
 template <typename T>
-C10_HOST_DEVICE inline T relu_of(T x) {
+C10_ALWAYS_INLINE C10_HOST_DEVICE T relu_of(T x) {
   return x < T(0) ? T(0) : x;
 }
 
 // value where h > 0, else 0 (relu's backward, as torch's threshold_backward).
 template <typename T>
-C10_HOST_DEVICE inline T where_positive(T h, T value) {
+C10_ALWAYS_INLINE C10_HOST_DEVICE T where_positive(T h, T value) {
   return h > T(0) ? value : T(0);
 }
 
 template <typename T>
-C10_HOST_DEVICE inline T sigmoid(T x) {
+C10_ALWAYS_INLINE C10_HOST_DEVICE T sigmoid(T x) {
   return T(1) / (T(1) + exp_of(-x));
 }
 
 // ---------------------------------------------------------------- RNN
 // h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu.
 template <typename T>
-C10_HOST_DEVICE inline T rnn_forward(T preactivation, bool relu) {
+C10_ALWAYS_INLINE C10_HOST_DEVICE T rnn_forward(T preactivation, bool relu) {
   return relu ? relu_of(preactivation) : tanh_of(preactivation);
 }
 
 // d_pre given the output h' of the activation and d_h' (the gradient on h').
 template <typename T>
-C10_HOST_DEVICE inline T rnn_backward(T h, T d_h, bool relu) {
+C10_ALWAYS_INLINE C10_HOST_DEVICE T rnn_backward(T h, T d_h, bool relu) {
   return relu ? where_positive(h, d_h) : d_h * (T(1) - h * h);
 }
 
@@ -61,19 +65,19 @@ struct LstmGates {
 
 // Activated gates from the pre-activations (x and h products plus both biases).
 template <typename T>
-C10_HOST_DEVICE inline LstmGates<T> lstm_activate(T pre_i, T pre_f, T pre_g, T pre_o) {
+C10_ALWAYS_INLINE C10_HOST_DEVICE LstmGates<T> lstm_activate(T pre_i, T pre_f, T pre_g, T pre_o) {
   return {sigmoid(pre_i), sigmoid(pre_f), tanh_of(pre_g), sigmoid(pre_o)};
 }
 
 // c' = f * c + i * g
 template <typename T>
-C10_HOST_DEVICE inline T lstm_cell(const LstmGates<T>& a, T c_prev) {
+C10_ALWAYS_INLINE C10_HOST_DEVICE T lstm_cell(const LstmGates<T>& a, T c_prev) {
   return a.f * c_prev + a.i * a.g;
 }
 
 // The hidden output before the projection: o * tanh(c').
 template <typename T>
-C10_HOST_DEVICE inline T lstm_hidden(const LstmGates<T>& a, T c) {
+C10_ALWAYS_INLINE C10_HOST_DEVICE T lstm_hidden(const LstmGates<T>& a, T c) {
   return a.o * tanh_of(c);
 }
 
@@ -86,7 +90,7 @@ struct LstmGrads {
 // Backward of one unit. `d_hidden`: gradient on o*tanh(c') (after the projection's
 // backward, if any); `d_c`: gradient on c' arriving from the next step.
 template <typename T>
-C10_HOST_DEVICE inline LstmGrads<T> lstm_backward(
+C10_ALWAYS_INLINE C10_HOST_DEVICE LstmGrads<T> lstm_backward(
     const LstmGates<T>& a, T c, T c_prev, T d_hidden, T d_c) {
   const T tanh_c = tanh_of(c);
   const T d_o = d_hidden * tanh_c;
@@ -111,7 +115,7 @@ struct GruGates {
 };
 
 template <typename T>
-C10_HOST_DEVICE inline GruGates<T> gru_activate(T x_r, T x_z, T x_n, T h_r, T h_z, T h_n) {
+C10_ALWAYS_INLINE C10_HOST_DEVICE GruGates<T> gru_activate(T x_r, T x_z, T x_n, T h_r, T h_z, T h_n) {
   const T r = sigmoid(x_r + h_r);
   const T z = sigmoid(x_z + h_z);
   const T n = tanh_of(x_n + r * h_n);
@@ -119,7 +123,7 @@ C10_HOST_DEVICE inline GruGates<T> gru_activate(T x_r, T x_z, T x_n, T h_r, T h_
 }
 
 template <typename T>
-C10_HOST_DEVICE inline T gru_hidden(const GruGates<T>& a, T h_prev) {
+C10_ALWAYS_INLINE C10_HOST_DEVICE T gru_hidden(const GruGates<T>& a, T h_prev) {
   return (T(1) - a.z) * a.n + a.z * h_prev;
 }
 
@@ -131,7 +135,7 @@ struct GruGrads {
 };
 
 template <typename T>
-C10_HOST_DEVICE inline GruGrads<T> gru_backward(const GruGates<T>& a, T h_prev, T d_h) {
+C10_ALWAYS_INLINE C10_HOST_DEVICE GruGrads<T> gru_backward(const GruGates<T>& a, T h_prev, T d_h) {
   const T d_n = d_h * (T(1) - a.z);
   const T d_z = d_h * (h_prev - a.n);
   const T d_n_pre = d_n * (T(1) - a.n * a.n);

@@ -221,9 +221,13 @@ PairFn = Callable[[Tensor, "Tensor | None", list, list], list]
 _PAIR_MAX_RECURRENT = 1 << 18
 
 
+# The dtypes whose CPU layers run the persistent loops (AVX-512 for the 16-bit ones).
+_PAIR_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
 def _directions_together(input: Tensor, w_hh: Tensor) -> bool:
     """Whether both directions of a layer run at once, a thread each
-    (csrc/directions.cpp): eager CPU float32 or bfloat16 on exactly 2 threads (with more, each
+    (csrc/directions.cpp): eager CPU float32, bfloat16 or float16 on exactly 2 threads (with more, each
     direction in turn gets them all; one thread each was measured to pay on 2 only),
     W_hh small enough, and
     nothing that would run Python inside the threads: modes, tensor subclasses,
@@ -231,7 +235,7 @@ def _directions_together(input: Tensor, w_hh: Tensor) -> bool:
     if torch.compiler.is_compiling():  # a traced graph keeps one op per direction
         return False
     return (
-        input.is_cpu and input.dtype in (torch.float32, torch.bfloat16) and type(input) is Tensor
+        input.is_cpu and input.dtype in _PAIR_DTYPES and type(input) is Tensor
         and w_hh.numel() <= _PAIR_MAX_RECURRENT and torch.get_num_threads() == 2
         and not torch._C._is_torch_function_mode_enabled()
         and torch._C._len_torch_dispatch_stack() == 0

@@ -50,17 +50,17 @@ def test_low_precision_cell(kind, dtype, device):
     check_errors(actual, expected_low, exact, dtype, with_grads=(kind != "rnn_relu_cell"))
 
 
+@pytest.mark.parametrize("dtype", LOW, ids=["f16", "bf16"])
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
 @pytest.mark.parametrize("hidden,batch", [(17, 1), (40, 9), (300, 5)])
 @pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
-def test_bfloat16_fused_loop_sizes(name, hidden, batch, packed, device):
-    """bfloat16 at sizes where the CPU's persistent forward loop (AVX-512, from 4 steps per
+def test_low_precision_fused_loop_sizes(name, hidden, batch, packed, dtype, device):
+    """float16 and bfloat16 at sizes where the CPU's persistent loops (AVX-512, from 4 steps per
     sequence on average) meets whole and partial 16-unit tiles, row blocks with remainders,
     more than one panel of K (H 300: 128 per LSTM panel, 170 per GRU, 512 per RNN) and, packed,
     a batch that grows in reverse (rows joining with their h0): both directions, outputs and
     gradients within twice torch.nn's error against float64."""
     torch.manual_seed(hidden + batch)
-    dtype = torch.bfloat16
     ref = getattr(torch.nn, name)(8, hidden, bidirectional=True, device=device, dtype=dtype)
     fused = getattr(rnnfused, name)(8, hidden, bidirectional=True, device=device, dtype=dtype)
     fused.load_state_dict(ref.state_dict())

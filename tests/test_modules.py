@@ -406,13 +406,14 @@ def test_functional_call_and_reassigned_weights_are_seen(name):
     torch.testing.assert_close(fused(x)[0], ref(x)[0])
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16],
+                         ids=["f32", "bf16", "f16"])
 @pytest.mark.parametrize("form", ["batched", "packed_unsorted"])
 @pytest.mark.parametrize("name", ["LSTM", "GRU"])
 def test_bidirectional_directions_run_together(name, form, dtype, monkeypatch):
-    """Eager CPU float32 and bfloat16 bidirectional layers run both directions at
-    once, a thread each (csrc/directions.cpp, through ops.*_layer_pair): outputs,
-    states and every gradient equal torch.nn's (bfloat16: the low-precision rule), and the
+    """Eager CPU float32, bfloat16 and float16 bidirectional layers run both directions
+    at once, a thread each (csrc/directions.cpp, through ops.*_layer_pair): outputs,
+    states and every gradient equal torch.nn's (16-bit: the low-precision rule), and the
     pair op ran once per layer."""
     from rnnfused import ops
 

@@ -1,7 +1,9 @@
-// bfloat16 <-> float32 for 16 lanes, AVX-512: the one copy for the translation units
-// compiled for it (step_avx512.cpp, gemm_avx512.cpp), included after their target
-// pragma. bfloat16 is the upper half of a float: widening is a shift; narrowing
-// rounds to nearest even, NaN to the quiet NaN 0x7fc0 (as c10::BFloat16 does).
+// bfloat16 and float16 <-> float32 for 16 lanes, AVX-512: the one copy for the
+// translation units compiled for it (step_avx512.cpp, gemm_avx512.cpp), included
+// after their target pragma. bfloat16 is the upper half of a float: widening is a
+// shift; narrowing rounds to nearest even, NaN to the quiet NaN 0x7fc0 (as
+// c10::BFloat16 does). float16 converts in hardware (AVX-512F's vcvtph2ps /
+// vcvtps2ph), rounding to nearest even as c10::Half does.
 #pragma once
 
 #include <immintrin.h>
@@ -24,6 +26,12 @@ inline __m256i narrow_bf16(__m512 v) {
   const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
   upper = _mm512_mask_blend_epi32(nan, upper, _mm512_set1_epi32(0x7fc0));
   return _mm512_cvtepi32_epi16(upper);
+}
+
+// 16 float16 bit patterns -> 16 floats, and back.
+inline __m512 widen_f16(__m256i halves) { return _mm512_cvtph_ps(halves); }
+inline __m256i narrow_f16(__m512 v) {
+  return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
 
 }  // namespace

@@ -1,9 +1,9 @@
 // The time loops as persistent, fused loops (simd.h's run_fused_steps_<isa> and
 // run_fused_backward_<isa>, fused_loop.h): no projection; float32 on AVX-512 or
-// AVX2, and bfloat16 on AVX-512 (its products in float32 on widened
-// values: this CPU family's bfloat16 dot product, vdpbf16ps, was measured at half
-// the float32 FMA rate, 87 vs 176 GFLOP/s a core). The layer drivers take them through CpuLaunch::fused_forward /
-// fused_backward where they apply.
+// AVX2, bfloat16 and float16 on AVX-512, their products in float32 on widened values
+// (this CPU family's bfloat16 dot product, vdpbf16ps, was measured at half the
+// float32 FMA rate, 87 vs 176 GFLOP/s a core). The layer drivers take them through
+// CpuLaunch::fused_forward / fused_backward where they apply.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -61,15 +61,15 @@ inline int loop_threads(int64_t work, int64_t parts) {
 }
 
 // Packing W_hh costs about one step's reads of it: worth it from a few steps on
-// (a cell's single step takes the GEMM-and-functor path). bfloat16: AVX-512 only.
-inline bool fused_forward_applies(const LayerSizes& sz, bool bf16) {
+// (a cell's single step takes the GEMM-and-functor path). 16-bit types: AVX-512 only.
+inline bool fused_forward_applies(const LayerSizes& sz, bool low_precision) {
   constexpr int64_t kMinSteps = 4;
   const Isa isa = active_isa();
-  return (isa == Isa::kAvx512 || (isa == Isa::kAvx2 && !bf16)) && sz.output == sz.hidden &&
+  return (isa == Isa::kAvx512 || (isa == Isa::kAvx2 && !low_precision)) && sz.output == sz.hidden &&
          sz.hidden > 0 && sz.rows >= kMinSteps * sz.batch;
 }
 
-// Runs every forward step of a layer stored in scalar_t (float or c10::BFloat16);
+// Runs every forward step of a layer stored in scalar_t (float, c10::BFloat16, c10::Half);
 // returns h_n [B, H].
 //   product: [B, G*H] scratch for the recurrent product, or undefined when the
 //     functor reads it from its output rows (RNN);
@@ -133,7 +133,7 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
   return sched.final_states(output);
 }
 
-// Runs every backward step of a layer stored in scalar_t (float or c10::BFloat16),
+// Runs every backward step of a layer stored in scalar_t (float, c10::BFloat16, c10::Half),
 // in reverse; d_h [B, H] holds grad_h_n on entry and the gradient on h0 on return.
 //   d_recurrent: [N, G*H], the matrix the step functors write the gradient on
 //     h_prev @ W_hh^T into; accumulate: the functor leaves the direct part of d_h

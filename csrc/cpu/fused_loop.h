@@ -13,6 +13,9 @@
 //   kBackwardRows           rows per block of the backward (rows x 2 accumulators)
 // Tiles are kLanes hidden units wide (PackedRecurrent), the backward's blocks 2 x kLanes
 // (PackedRecurrentT).
+// The hot functions below are forced inline (as gates.h's math is): the
+// accumulators must stay in registers whatever GCC's per-file inlining budget,
+// which the ISA files exhaust as they instantiate more storage types.
 #pragma once
 
 #include <immintrin.h>
@@ -64,7 +67,7 @@ struct PanelPrefetch {
 // `prefetch` runs along (whole blocks only: a few rows reuse a panel too little
 // for it to pay).
 template <typename S, int M, int G>
-inline void tile_product(const float* w, const float* const* rows, int64_t k0, int64_t k1,
+__attribute__((always_inline)) inline void tile_product(const float* w, const float* const* rows, int64_t k0, int64_t k1,
                          typename S::V (&acc)[M][G], PanelPrefetch prefetch = {}) {
   constexpr int P = M * G >= 8 ? 1 : M * G >= 4 ? 2 : M * G >= 2 ? 4 : 8;
   static_assert(P == 1 || M == 1, "a whole block keeps its accumulators in one chain each");
@@ -170,7 +173,7 @@ struct PanelWalk {
 // (rounded to the layer's type) where the functor reads it, the functor runs on
 // those units, and h' goes into the next state.
 template <typename S, int M, int G, typename F>
-inline void fused_tile(const F& f, const FusedStepRows<typename F::scalar_type>& step,
+__attribute__((always_inline)) inline void fused_tile(const F& f, const FusedStepRows<typename F::scalar_type>& step,
                        const PackedRecurrent& w, int64_t u, int64_t row, int64_t k0, int64_t k1,
                        PanelPrefetch prefetch = {}, bool prefetch_state = false) {
   const int64_t H = w.H, K = w.K;
@@ -257,7 +260,7 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
 // panels (the first panel adds to the functor's direct part (GRU) or replaces
 // d_h); the last panel's sums go to d_h (rounded to the layer's type).
 template <typename S, int M, typename T>
-inline void backward_block(const FusedBackwardRows<T>& step, const PackedRecurrentT& w, int64_t q,
+__attribute__((always_inline)) inline void backward_block(const FusedBackwardRows<T>& step, const PackedRecurrentT& w, int64_t q,
                            int64_t row, int64_t j0, int64_t j1, PanelPrefetch prefetch = {}) {
   constexpr int64_t L = S::kLanes;
   const float* d_rows[M];

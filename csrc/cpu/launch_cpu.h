@@ -1,7 +1,7 @@
 // Runs a step functor (step_functors.h) over [0, n) on the CPU, split over
 // at::parallel_for's threads once there is enough work to pay for them. Float
 // steps run 16 (AVX-512) or 8 (AVX2) units per call where the CPU has them
-// (simd.h), bfloat16 steps 16 units per call with AVX-512; other dtypes, and
+// (simd.h), bfloat16 and float16 steps 16 units per call with AVX-512; other dtypes, and
 // CPUs without those instructions, run one unit at a time.
 #pragma once
 
@@ -26,14 +26,20 @@ struct CpuLaunch {
     explicit Guard(c10::Device) {}
   };
 
+  // The 16-bit storage types the AVX-512 kernels take (math in float32).
+  template <typename T>
+  static constexpr bool is_16bit() {
+    return std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>;
+  }
+
   // Whether a forward layer of these sizes runs as one persistent fused loop
   // (fused_forward_cpu.h) instead of a GEMM and a functor launch per step:
-  // float32, and bfloat16 on AVX-512.
+  // float32, and bfloat16 and float16 on AVX-512.
   template <typename scalar_t>
   static bool fuses_forward(const LayerSizes& sz) {
 #if defined(__x86_64__)
-    constexpr bool kBf16 = std::is_same_v<scalar_t, c10::BFloat16>;
-    return (std::is_same_v<scalar_t, float> || kBf16) && cpu::fused_forward_applies(sz, kBf16);
+    constexpr bool k16Bit = is_16bit<scalar_t>();
+    return (std::is_same_v<scalar_t, float> || k16Bit) && cpu::fused_forward_applies(sz, k16Bit);
 #else
     return false;
 #endif
@@ -53,12 +59,12 @@ struct CpuLaunch {
                                   const at::Tensor& w_hh, at::Tensor& output,
                                   const at::Tensor& product, MakeStep make_step) {
 #if defined(__x86_64__)
-    if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, c10::BFloat16>) {
+    if constexpr (std::is_same_v<scalar_t, float> || is_16bit<scalar_t>()) {
       return cpu::fused_forward<scalar_t>(sz, sched, x_proj, h0, w_hh, output, product,
                                           make_step);
     }
 #endif
-    TORCH_INTERNAL_ASSERT(false, "rnnfused: the fused forward loop runs float32 and bfloat16 only");
+    TORCH_INTERNAL_ASSERT(false, "rnnfused: the fused forward loop runs float32 and 16-bit floats only");
     return at::Tensor();
   }
 
@@ -69,13 +75,13 @@ struct CpuLaunch {
                              at::Tensor& d_h, const at::Tensor& d_recurrent, bool accumulate,
                              MakeStep make_step) {
 #if defined(__x86_64__)
-    if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, c10::BFloat16>) {
+    if constexpr (std::is_same_v<scalar_t, float> || is_16bit<scalar_t>()) {
       cpu::fused_backward<scalar_t>(sz, sched, grad_output, w_hh, d_h, d_recurrent, accumulate,
                                     make_step);
       return;
     }
 #endif
-    TORCH_INTERNAL_ASSERT(false, "rnnfused: the fused backward loop runs float32 and bfloat16 only");
+    TORCH_INTERNAL_ASSERT(false, "rnnfused: the fused backward loop runs float32 and 16-bit floats only");
   }
 
   // Where gemm_nt takes gemm_nt_small_avx512 instead of MKL: up to 16 rows of `a`,
@@ -201,9 +207,9 @@ struct CpuLaunch {
     if (n == 0) return;
 #if defined(__x86_64__)
     using T = typename Functor::scalar_type;
-    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>) {
+    if constexpr (std::is_same_v<T, float> || is_16bit<T>()) {
       const cpu::Isa isa = cpu::active_isa();
-      // bfloat16 has AVX-512 kernels only.
+      // bfloat16 and float16 have AVX-512 kernels only.
       if (isa == cpu::Isa::kAvx512 || (isa == cpu::Isa::kAvx2 && std::is_same_v<T, float>)) {
         const int64_t rows = n / f.H;
         const int64_t grain_rows = (kGrainSize + f.H - 1) / f.H;

@@ -23,7 +23,7 @@ const char* isa_name(Isa isa);
 bool has_amx_bf16();
 
 // Run the step functor `f` (step_functors.h) over rows [row_begin, row_end) and
-// all of its H units, 16 (AVX-512: float and bfloat16 storage) or 8 (AVX2: float)
+// all of its H units, 16 (AVX-512: float, bfloat16 and float16 storage) or 8 (AVX2: float)
 // units per call.
 template <typename F>
 void run_rows_avx512(const F& f, int64_t row_begin, int64_t row_end);
@@ -39,7 +39,7 @@ struct PackedRecurrent {
 };
 
 // One forward step of the persistent loop, for a layer stored in T (float or
-// c10::BFloat16). The state and the sums are float32 whatever T: bfloat16 values
+// c10::BFloat16, c10::Half). The state and the sums are float32 whatever T: 16-bit values
 // widen exactly, and the product of two is exact in a float's 24 bits.
 template <typename T>
 struct FusedStepRows {
@@ -58,7 +58,7 @@ struct FusedStepRows {
 // Runs `count` forward steps in one parallel region: each thread owns a range
 // of unit tiles for the whole run; per step it forms the recurrent product of
 // its tiles for all rows, applies steps[s] to them while they are in cache,
-// and a barrier closes the step. AVX-512: float32 and bfloat16 layers; AVX2: float32.
+// and a barrier closes the step. AVX-512: float32, bfloat16 and float16 layers; AVX2: float32.
 template <typename F>
 void run_fused_steps_avx512(const F* steps, const FusedStepRows<typename F::scalar_type>* rows,
                             int64_t count, const PackedRecurrent& w, int threads);
@@ -74,7 +74,7 @@ struct PackedRecurrentT {
 };
 
 // One backward step of the persistent loop (steps run in reverse order), for a
-// layer stored in T (float or c10::BFloat16); the products' sums are float32.
+// layer stored in T (float, c10::BFloat16, c10::Half); the products' sums are float32.
 template <typename T>
 struct FusedBackwardRows {
   int64_t rows;               // batch rows active at this step

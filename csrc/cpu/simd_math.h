@@ -12,7 +12,7 @@
 // exp: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-5 polynomial, scaled by 2^n.
 // The clamp keeps n where the ISA can form 2^n; min/max return their second
 // operand on NaN, so NaN passes through.
-inline Vec exp_of(Vec x) {
+__attribute__((always_inline)) inline Vec exp_of(Vec x) {
   const Vec v = max_of(Vec(kExpLow), min_of(Vec(kExpHigh), x));
   const Vec n = round_of(v * Vec(1.44269504088896341f));
   Vec r = fma(n, Vec(-0.693359375f), v);  // ln2 in two parts, for an exact product
@@ -33,7 +33,7 @@ inline Vec exp_of(Vec x) {
 // 1 - 2 / (exp(2|x|) + 1) above, both computed for every lane) was within 1.03
 // epsilon, in about half the instructions: the gate math of an LSTM step takes
 // two. The clamps' min/max return x on NaN, which passes through.
-inline Vec tanh_of(Vec x) {
+__attribute__((always_inline)) inline Vec tanh_of(Vec x) {
   const Vec v = max_of(Vec(-9.0f), min_of(Vec(9.0f), x));
   const Vec z = v * v;
   Vec p = fma(z, Vec(-2.76076847742355e-16f), Vec(2.00018790482477e-13f));

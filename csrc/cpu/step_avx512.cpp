@@ -4,9 +4,11 @@
 // only where active_isa() says so.
 // Everything defined here is internal or unique to this file, so that no code
 // compiled for AVX-512 can stand in for a generic copy elsewhere.
-// c10::BFloat16 comes in before the target pragma: its inline functions are
-// compiled for the baseline ISA like everywhere else (this file only needs its size).
+// c10::BFloat16 and c10::Half come in before the target pragma: their inline
+// functions are compiled for the baseline ISA like everywhere else (this file only
+// needs their size).
 #include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
 // GCC 12 warns about the deliberately undefined vectors inside its own AVX-512 headers.
@@ -90,17 +92,22 @@ struct Lanes {
     }
   }
 
-  // bfloat16 through bf16_avx512.h.
-  Vec load(const c10::BFloat16* p) const {
-    return widen_bf16(kPartial ? _mm256_maskz_loadu_epi16(mask, p)
-                               : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  // bfloat16 and float16 through bf16_avx512.h.
+  Vec load(const c10::BFloat16* p) const { return widen_bf16(load_bits(p)); }
+  void store(c10::BFloat16* p, Vec v) const { store_bits(p, narrow_bf16(v.v)); }
+  Vec load(const c10::Half* p) const { return widen_f16(load_bits(p)); }
+  void store(c10::Half* p, Vec v) const { store_bits(p, narrow_f16(v.v)); }
+
+ private:
+  __m256i load_bits(const void* p) const {
+    return kPartial ? _mm256_maskz_loadu_epi16(mask, p)
+                    : _mm256_loadu_si256(static_cast<const __m256i*>(p));
   }
-  void store(c10::BFloat16* p, Vec v) const {
-    const __m256i half = narrow_bf16(v.v);
+  void store_bits(void* p, __m256i bits) const {
     if (kPartial) {
-      _mm256_mask_storeu_epi16(p, mask, half);
+      _mm256_mask_storeu_epi16(p, mask, bits);
     } else {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), half);
+      _mm256_storeu_si256(static_cast<__m256i*>(p), bits);
     }
   }
 };
@@ -116,6 +123,8 @@ struct Simd {
   static void store(Mask m, float* p, V v) { _mm512_mask_storeu_ps(p, m, v); }
   static V load(Mask m, const c10::BFloat16* p) { return widen_bf16(_mm256_maskz_loadu_epi16(m, p)); }
   static void store(Mask m, c10::BFloat16* p, V v) { _mm256_mask_storeu_epi16(p, m, narrow_bf16(v)); }
+  static V load(Mask m, const c10::Half* p) { return widen_f16(_mm256_maskz_loadu_epi16(m, p)); }
+  static void store(Mask m, c10::Half* p, V v) { _mm256_mask_storeu_epi16(p, m, narrow_f16(v)); }
   static V broadcast(float x) { return _mm512_set1_ps(x); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
@@ -144,9 +153,11 @@ void run_rows_avx512(const F& f, int64_t row_begin, int64_t row_end) {
 
 RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx512, float);
 RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx512, c10::BFloat16);
+RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx512, c10::Half);
 
 RNNFUSED_DEFINE_FUSED_LOOPS(run_fused_steps_avx512, run_fused_backward_avx512);
 RNNFUSED_INSTANTIATE_FUSED_LOOPS(run_fused_steps_avx512, run_fused_backward_avx512, c10::BFloat16);
+RNNFUSED_INSTANTIATE_FUSED_LOOPS(run_fused_steps_avx512, run_fused_backward_avx512, c10::Half);
 
 }  // namespace cpu
 }  // namespace rnnfused

@@ -39,29 +39,32 @@ Isa active_isa() {
   return isa;
 }
 
-bool has_amx_bf16() {
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__) && __GNUC__ >= 11
-  static const bool amx = [] {
+namespace {
+
+// The bfloat16 extensions, read once (GCC names AMX from version 11 on).
+struct Bf16Features {
+  bool avx512 = false, amx = false;
+};
+
+const Bf16Features& bf16_features() {
+  static const Bf16Features features = [] {
+    Bf16Features f;
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
     __builtin_cpu_init();
-    return __builtin_cpu_supports("amx-bf16") != 0;
-  }();
-  return amx;
-#else
-  return false;
+    f.avx512 = __builtin_cpu_supports("avx512bf16") != 0;
+#if __GNUC__ >= 11
+    f.amx = __builtin_cpu_supports("amx-bf16") != 0;
 #endif
+#endif
+    return f;
+  }();
+  return features;
 }
 
-bool has_avx512_bf16() {
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
-  static const bool bf16 = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512bf16") != 0;
-  }();
-  return bf16;
-#else
-  return false;
-#endif
-}
+}  // namespace
+
+bool has_amx_bf16() { return bf16_features().amx; }
+bool has_avx512_bf16() { return bf16_features().avx512; }
 
 const char* isa_name(Isa isa) {
   switch (isa) {

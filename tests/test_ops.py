@@ -466,31 +466,34 @@ def test_gemm_nt(rows, bias, device):
                                    msg=lambda m: f"{rows} x {k} x {n}: {m}")
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 16, 17])
-def test_gemm_nt_bfloat16(rows, device):
-    """bfloat16 products (a bfloat16 layer's per-step GEMMs): within the output's
-    rounding of the exact result (products and sums in float32). On the CPU with
-    AVX-512, up to 16 rows run the library's kernel on the widened values, so the
-    result is the float32 product of the same values, rounded once: bitwise."""
+def test_gemm_nt_16bit(rows, dtype, device):
+    """bfloat16 and float16 products (a 16-bit layer's per-step GEMMs, a cell's step):
+    within the output's rounding of the exact result (products and sums in float32).
+    On the CPU with AVX-512, up to 16 rows run the library's kernel on the widened
+    values, so the result is the float32 product of the same values, rounded once:
+    bitwise."""
     torch.manual_seed(rows)
+    ulp = 2.0**-8 if dtype == torch.bfloat16 else 2.0**-11
     for n, k in [(1, 1), (37, 20), (256, 64), (530, 130), (17, 300), (40, 0)]:
-        a = torch.randn(rows, k, device=device).bfloat16()
-        w = torch.randn(n, k, device=device).bfloat16()
-        for b in (torch.randn(n, device=device).bfloat16(), None):
+        a = torch.randn(rows, k, device=device).to(dtype)
+        w = torch.randn(n, k, device=device).to(dtype)
+        for b in (torch.randn(n, device=device).to(dtype), None):
             got = torch.ops.rnnfused._gemm_nt(a, w, b)
-            assert got.dtype == torch.bfloat16 and got.shape == (rows, n)
+            assert got.dtype == dtype and got.shape == (rows, n)
             want = a.double() @ w.double().t() + (b.double() if b is not None else 0)
-            bound = 2.0**-8 * want.abs() + 1e-5 * (a.double().abs() @ w.double().abs().t() + 1)
+            bound = ulp * want.abs() + 1e-5 * (a.double().abs() @ w.double().abs().t() + 1)
             assert ((got.double() - want).abs() <= bound).all(), (n, k)
             if device == "cpu" and rows <= 16 and torch.ops.rnnfused.cpu_isa() == "avx512":
                 wide = torch.ops.rnnfused._gemm_nt(a.float(), w.float(), None if b is None else b.float())
-                assert torch.equal(got, wide.bfloat16()), (n, k)
+                assert torch.equal(got, wide.to(dtype)), (n, k)
 
 
 def test_gemm_nt_spreads_nan_by_row(device):
     """A NaN in a row of `a` makes that output row NaN and leaves the others finite,
     as the BLAS does (the kernels' zero padding must not mix rows or columns)."""
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
         for rows in (1, 2, 3, 8):
             a = torch.randn(rows, 20, device=device, dtype=dtype)
             a[rows - 1, 7] = float("nan")

@@ -7,8 +7,8 @@
 // registers (16 x 16 blocks) into an L1 buffer [kc, 32], and the rows of `a` are
 // broadcast against it, 8 rows x 32 columns of accumulators at a time; below 4
 // rows, dot products along k. The panels of one or two products are split between
-// the threads in one parallel region. bfloat16 weights widen as they load;
-// bfloat16 rows, bias and out go through float32 copies.
+// the threads in one parallel region. 16-bit (bfloat16, float16) weights widen as
+// they load; 16-bit rows, bias and out go through float32 copies.
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -63,17 +63,30 @@ inline __mmask16 first_lanes(int64_t n) {
   return n >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << n) - 1);
 }
 
-// The first lanes (mask m) of 16 weights from p, widened to float32: bfloat16 is
-// the upper half of a float.
+// The 16-bit element types, as their bits.
+struct Bf16 {
+  uint16_t bits;
+};
+struct F16 {
+  uint16_t bits;
+};
+
+// The first lanes (mask m) of 16 values from p, widened to float32
+// (bf16_avx512.h), and 16 floats rounded to a 16-bit type.
 inline __m512 load_lanes(__mmask16 m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
-inline __m512 load_lanes(__mmask16 m, const uint16_t* p) {
+inline __m512 load_lanes(__mmask16 m, const Bf16* p) {
   return widen_bf16(_mm256_maskz_loadu_epi16(m, p));
 }
+inline __m512 load_lanes(__mmask16 m, const F16* p) {
+  return widen_f16(_mm256_maskz_loadu_epi16(m, p));
+}
+inline __m256i rounded(__m512 v, const Bf16*) { return narrow_bf16(v); }
+inline __m256i rounded(__m512 v, const F16*) { return narrow_f16(v); }
 
-// rows x n bfloat16 values (bits, row stride ld_from) -> float32 (row stride ld_to)
-// and back (bf16_avx512.h), 16 at a time.
-void widen(const uint16_t* from, int64_t ld_from, float* to, int64_t ld_to, int64_t rows,
-           int64_t n) {
+// rows x n 16-bit values (row stride ld_from) -> float32 (row stride ld_to) and
+// back, 16 at a time.
+template <typename T>
+void widen(const T* from, int64_t ld_from, float* to, int64_t ld_to, int64_t rows, int64_t n) {
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t i = 0; i < n; i += 16) {
       const __mmask16 m = first_lanes(n - i);
@@ -82,13 +95,13 @@ void widen(const uint16_t* from, int64_t ld_from, float* to, int64_t ld_to, int6
   }
 }
 
-void narrow(const float* from, int64_t ld_from, uint16_t* to, int64_t ld_to, int64_t rows,
-            int64_t n) {
+template <typename T>
+void narrow(const float* from, int64_t ld_from, T* to, int64_t ld_to, int64_t rows, int64_t n) {
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t i = 0; i < n; i += 16) {
       const __mmask16 m = first_lanes(n - i);
       const __m512 v = _mm512_maskz_loadu_ps(m, from + r * ld_from + i);
-      _mm256_mask_storeu_epi16(to + r * ld_to + i, m, narrow_bf16(v));
+      _mm256_mask_storeu_epi16(to + r * ld_to + i, m, rounded(v, to));
     }
   }
 }
@@ -239,13 +252,13 @@ void dot_rows(int64_t r0, int64_t r1, int64_t N, int64_t K, const float* a, int6
 
 
 // One product as the kernels take it: rows, bias and out in float32, the weights
-// float32 or bfloat16 (`W` of the kernels).
+// float32 or 16-bit (`W` of the kernels).
 struct Product {
   int64_t M, N, K;
   const float* a;
   int64_t lda;
   const void* w;
-  bool w_bf16;
+  Storage w_type;
   const float* bias;
   float* out;
   int64_t ldo;
@@ -313,42 +326,60 @@ void run_unit(const Product& g, int64_t u) {
   if (g.K == 0) {
     run_without_products(g);
   } else if (takes_dots(g)) {
-    g.w_bf16 ? run_dot_slice<uint16_t>(g, u) : run_dot_slice<float>(g, u);
+    switch (g.w_type) {
+      case Storage::kBFloat16: return run_dot_slice<Bf16>(g, u);
+      case Storage::kFloat16: return run_dot_slice<F16>(g, u);
+      default: return run_dot_slice<float>(g, u);
+    }
   } else {
-    g.w_bf16 ? run_panel<uint16_t>(g, u) : run_panel<float>(g, u);
+    switch (g.w_type) {
+      case Storage::kBFloat16: return run_panel<Bf16>(g, u);
+      case Storage::kFloat16: return run_panel<F16>(g, u);
+      default: return run_panel<float>(g, u);
+    }
   }
 }
 
-// The float32 copies a bfloat16 product computes through: its rows, bias and out.
+// The float32 copies a 16-bit product computes through: its rows, bias and out.
 struct Widened {
   std::vector<float> a, bias, out;
 };
 
-Product prepare(const NtGemm& g, Widened& wide) {
-  if (!g.bf16) {
-    return {g.M, g.N, g.K, static_cast<const float*>(g.a), g.lda, g.w, false,
-            static_cast<const float*>(g.bias), static_cast<float*>(g.out), g.ldo, g.w_kn,
-            g.accumulate};
-  }
+template <typename T>
+Product prepare_widened(const NtGemm& g, Widened& wide) {
   wide.a.resize(g.M * g.K);
-  widen(static_cast<const uint16_t*>(g.a), g.lda, wide.a.data(), g.K, g.M, g.K);
+  widen(static_cast<const T*>(g.a), g.lda, wide.a.data(), g.K, g.M, g.K);
   if (g.bias != nullptr) {
     wide.bias.resize(g.N);
-    widen(static_cast<const uint16_t*>(g.bias), 0, wide.bias.data(), 0, 1, g.N);
+    widen(static_cast<const T*>(g.bias), 0, wide.bias.data(), 0, 1, g.N);
   }
   wide.out.resize(g.M * g.N);
   if (g.accumulate) {
-    widen(static_cast<const uint16_t*>(g.out), g.ldo, wide.out.data(), g.N, g.M, g.N);
+    widen(static_cast<const T*>(g.out), g.ldo, wide.out.data(), g.N, g.M, g.N);
   }
-  return {g.M, g.N, g.K, wide.a.data(), g.K, g.w, true,
+  return {g.M, g.N, g.K, wide.a.data(), g.K, g.w, g.type,
           g.bias != nullptr ? wide.bias.data() : nullptr, wide.out.data(), g.N, g.w_kn,
           g.accumulate};
 }
 
-// out = the float32 result, rounded (bfloat16 products only).
+Product prepare(const NtGemm& g, Widened& wide) {
+  switch (g.type) {
+    case Storage::kBFloat16: return prepare_widened<Bf16>(g, wide);
+    case Storage::kFloat16: return prepare_widened<F16>(g, wide);
+    default:
+      return {g.M, g.N, g.K, static_cast<const float*>(g.a), g.lda, g.w, Storage::kFloat32,
+              static_cast<const float*>(g.bias), static_cast<float*>(g.out), g.ldo, g.w_kn,
+              g.accumulate};
+  }
+}
+
+// out = the float32 result, rounded (16-bit products only).
 void narrow_out(const NtGemm& g, const Product& p) {
-  if (!g.bf16) return;
-  narrow(p.out, p.ldo, static_cast<uint16_t*>(g.out), g.ldo, g.M, g.N);
+  switch (g.type) {
+    case Storage::kBFloat16: return narrow(p.out, p.ldo, static_cast<Bf16*>(g.out), g.ldo, g.M, g.N);
+    case Storage::kFloat16: return narrow(p.out, p.ldo, static_cast<F16*>(g.out), g.ldo, g.M, g.N);
+    default: return;
+  }
 }
 
 }  // namespace

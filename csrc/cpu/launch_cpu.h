@@ -88,13 +88,14 @@ struct CpuLaunch {
   // or up to 2^23 multiply-adds (measured on two threads against MKL's NT GEMM:
   // 8 x 128 x 512 12 vs 16 us, 50 x 64 x 256 8 vs 19, 64 x 128 x 512 34 vs 46,
   // 16 x 512 x 2048 199 vs 415; MKL is ahead by ~10% from 512 x 128 x 512 on).
-  // bfloat16 up to 16 rows only: there oneDNN's bf16 GEMM costs ~20 us a call of
-  // fixed cost (primitive set-up), more than the products.
+  // bfloat16 and float16 up to 16 rows only: there oneDNN's 16-bit GEMMs cost
+  // ~20 us (bf16) to ~45 us (f16, 8 x 128 x 512) a call, more than the products.
   static constexpr int64_t kSmallGemmRows = 16;
   static constexpr int64_t kSmallGemmWork = int64_t{1} << 23;
 
   // Each product out = a @ w^T (+ bias) (common.h's NtProduct), those with few
-  // float32 rows together in one call of the AVX-512 kernel, the others on ATen.
+  // rows (takes_small_gemm) together in one call of the AVX-512 kernel, large
+  // bfloat16 ones widened (widens_bf16), the others on ATen.
   template <typename... Products>
   static void gemm_nt(const Products&... each) {
     constexpr size_t n = sizeof...(Products);
@@ -108,8 +109,7 @@ struct CpuLaunch {
         small[count++] = {p.a.size(0), p.w.size(0), p.a.size(1), p.a.data_ptr(),
                           p.a.stride(0), p.w.data_ptr(),
                           p.bias.defined() ? p.bias.data_ptr() : nullptr,
-                          p.out.data_ptr(), p.out.stride(0),
-                          p.out.scalar_type() == at::kBFloat16};
+                          p.out.data_ptr(), p.out.stride(0), storage_of(p.out)};
       } else if (widens_bf16(p.a)) {
         gemm_nt_widened(p);
       } else {
@@ -123,17 +123,17 @@ struct CpuLaunch {
   }
 
   // out (+)= a @ w, w [K, N] as stored (the backward's d_pre @ W_hh and its
-  // large products). bfloat16 up to 16 rows takes gemm_nt_small_avx512 (oneDNN's
-  // fixed cost per call, as above), more rows the float32 BLAS on widened copies
-  // (widens_bf16); the rest ATen.
+  // large products). 16-bit types up to 16 rows take gemm_nt_small_avx512 (oneDNN's
+  // fixed cost per call, as above), bfloat16 with more rows the float32 BLAS on
+  // widened copies (widens_bf16); the rest ATen.
   static void gemm_nn(const at::Tensor& out, const at::Tensor& a, const at::Tensor& w,
                       bool accumulate) {
 #if defined(__x86_64__)
-    if (out.scalar_type() == at::kBFloat16 && a.size(0) <= kSmallGemmRows &&
+    if (out.scalar_type() != at::kFloat && a.size(0) <= kSmallGemmRows &&
         small_gemm_layout(out, a, w, at::Tensor())) {
       const cpu::NtGemm g{a.size(0), w.size(1), a.size(1), a.data_ptr(), a.stride(0),
                           w.data_ptr(), nullptr, out.data_ptr(), out.stride(0),
-                          /*bf16=*/true, /*w_kn=*/true, accumulate};
+                          storage_of(out), /*w_kn=*/true, accumulate};
       cpu::gemm_nt_small_avx512(&g, 1);
       return;
     }
@@ -152,13 +152,14 @@ struct CpuLaunch {
 
 #if defined(__x86_64__)
   // What gemm_nt_small_avx512 takes, sizes aside: AVX-512; out, a, w (and bias)
-  // all float32 or all bfloat16; rows of a and out with unit stride; w and bias
-  // contiguous.
+  // all float32, all bfloat16 or all float16; rows of a and out with unit stride;
+  // w and bias contiguous.
   static bool small_gemm_layout(const at::Tensor& out, const at::Tensor& a, const at::Tensor& w,
                                 const at::Tensor& bias) {
     const at::ScalarType type = out.scalar_type();
     return cpu::active_isa() == cpu::Isa::kAvx512 &&
-           (type == at::kFloat || type == at::kBFloat16) && a.scalar_type() == type &&
+           (type == at::kFloat || type == at::kBFloat16 || type == at::kHalf) &&
+           a.scalar_type() == type &&
            w.scalar_type() == type && (!bias.defined() || bias.scalar_type() == type) &&
            (a.size(1) <= 1 || a.stride(1) == 1) && (out.size(1) <= 1 || out.stride(1) == 1) &&
            w.is_contiguous() && (!bias.defined() || bias.is_contiguous());
@@ -189,6 +190,14 @@ struct CpuLaunch {
       const at::Tensor a = p.a.narrow(0, r, rows).to(at::kFloat);
       p.out.narrow(0, r, rows).copy_(bias.defined() ? at::addmm(bias, a, w.t()) : at::mm(a, w.t()));
     });
+  }
+
+  static cpu::Storage storage_of(const at::Tensor& t) {
+    switch (t.scalar_type()) {
+      case at::kBFloat16: return cpu::Storage::kBFloat16;
+      case at::kHalf: return cpu::Storage::kFloat16;
+      default: return cpu::Storage::kFloat32;
+    }
   }
 
   static bool takes_small_gemm(const NtProduct& p) {

@@ -102,9 +102,12 @@ template <typename F>
 void run_fused_backward_avx2(const F* steps, const FusedBackwardRows<typename F::scalar_type>* rows,
                              int64_t count, const PackedRecurrentT& w, int threads);
 
+// The element type of a few-row product's operands.
+enum class Storage : int { kFloat32, kBFloat16, kFloat16 };
+
 // out = a @ w^T (+ bias): a [M, K] with row stride lda, w [N, K] contiguous, bias
-// [N] or null, out [M, N] with row stride ldo; all float32, or all bfloat16 when
-// `bf16` (the bits, as uint16_t): products and sums in float32, out rounded once.
+// [N] or null, out [M, N] with row stride ldo; all of type `type` (16-bit: the
+// bits): products and sums in float32, a 16-bit out rounded once.
 // w_kn: w is stored [K, N] instead (out = a @ w); accumulate: out += the product.
 struct NtGemm {
   int64_t M, N, K;
@@ -114,7 +117,7 @@ struct NtGemm {
   const void* bias;
   void* out;
   int64_t ldo;
-  bool bf16 = false;
+  Storage type = Storage::kFloat32;
   bool w_kn = false;
   bool accumulate = false;
 };

@@ -232,7 +232,9 @@ def _directions_together(input: Tensor, w_hh: Tensor) -> bool:
     W_hh small enough, and
     nothing that would run Python inside the threads: modes, tensor subclasses,
     saved-tensor hooks (activation checkpointing, save_on_cpu), anomaly mode."""
-    if torch.compiler.is_compiling():  # a traced graph keeps one op per direction
+    # A traced graph keeps one op per direction (torch.compile; torch.jit.trace can't
+    # record the pair ops' Tensor?[] argument).
+    if torch.compiler.is_compiling() or torch._C._is_tracing():
         return False
     return (
         input.is_cpu and input.dtype in _PAIR_DTYPES and type(input) is Tensor

@@ -43,13 +43,23 @@ def has_kernel(device_type: str) -> bool:
 def _typed_call(tensors: tuple[Tensor | None, ...]) -> bool:
     """Whether a call may take _C's typed binding of the op (csrc/bindings.cpp)
     instead of torch.ops: not while torch.compile traces (dynamo sees torch.ops
-    calls only) and not where __torch_function__ applies (a subclass argument or a
-    mode), which only torch.ops honours. Everything below Python dispatches alike."""
-    return not torch.compiler.is_compiling() and not torch._C._has_torch_function(tensors)
+    calls only), not while torch.jit.trace records (the bindings decide
+    need_workspace from the grad mode of the moment, see _backward_follows) and not
+    where __torch_function__ applies (a subclass argument or a mode), which only
+    torch.ops honours. Everything below Python dispatches alike."""
+    return (
+        not torch.compiler.is_compiling()
+        and not torch._C._is_tracing()
+        and not torch._C._has_torch_function(tensors)
+    )
 
 
 def _backward_follows(*tensors: Tensor | None) -> bool:
-    """Whether autograd will need the op's saved workspace."""
+    """Whether autograd will need the op's saved workspace. Always while
+    torch.jit.trace records: the flag is a constant of the traced graph, which must
+    serve training as well as inference (and trace's check reruns it under no_grad)."""
+    if torch._C._is_tracing():
+        return True
     if not torch.is_grad_enabled():
         return False
     for t in tensors:  # a loop: any() over a generator costs twice as much per cell step

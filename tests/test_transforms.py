@@ -1,6 +1,6 @@
 """The rest of PyTorch's module machinery over the rnnfused modules, as over torch.nn's:
 torch.func transforms (grad over functional_call), Expanded Weights (per-sample
-gradients), torch.fx.symbolic_trace, torch.jit.script.
+gradients), torch.fx.symbolic_trace, torch.jit.trace, torch.jit.script.
 
 torch.func and Expanded Weights run torch.nn's own forward (the fused ops' C++ autograd
 has no functorch rules); fx keeps the module whole, as it does torch.nn's, so the traced
@@ -83,6 +83,36 @@ def test_fx_symbolic_trace_keeps_the_module_whole(kind):
     calls = [n.target for n in traced.graph.nodes if n.op == "call_module"]
     assert calls == ["recurrent", "head"], calls
     torch.testing.assert_close(traced(x), expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "kind, bidirectional",
+    [(k, b) for k in MODULE_KINDS for b in (False, True)] + [(k, False) for k in CELL_KINDS],
+)
+def test_jit_trace_records_the_fused_ops(kind, bidirectional):
+    """torch.jit.trace, with its check (a rerun under no_grad that must record the
+    same graph), over every module and cell: the graph calls rnnfused's ops, and the
+    traced module gives torch.nn's outputs and gradients, in training and inference.
+    Two threads, so that a bidirectional layer records the two-direction op."""
+    kwargs = {} if kind in CELL_KINDS else dict(num_layers=2, bidirectional=bidirectional)
+    nn_module, fused = make_kind_twins(kind, **kwargs)
+    x = _input(kind)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        traced = torch.jit.trace(fused, (x,))  # check_trace=True: raises if the graphs differ
+        assert "rnnfused::" in str(traced.graph), traced.graph
+        with torch.no_grad():
+            for got, want in zip(flat_tensors(traced(x)), flat_tensors(nn_module(x)), strict=True):
+                torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+        x_fused, x_nn = x.clone().requires_grad_(), x.clone().requires_grad_()
+        leaves_fused, leaves_nn = [x_fused, *fused.parameters()], [x_nn, *nn_module.parameters()]
+        got = torch.autograd.grad(weighted_sum(flat_tensors(traced(x_fused))), leaves_fused)
+        want = torch.autograd.grad(weighted_sum(flat_tensors(nn_module(x_nn))), leaves_nn)
+    finally:
+        torch.set_num_threads(threads)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("kind", CELL_KINDS)

@@ -58,7 +58,7 @@ def _backward_follows(*tensors: Tensor | None) -> bool:
     """Whether autograd will need the op's saved workspace. Always while
     torch.jit.trace records: the flag is a constant of the traced graph, which must
     serve training as well as inference (and trace's check reruns it under no_grad)."""
-    if torch._C._is_tracing():
+    if not torch.compiler.is_compiling() and torch._C._is_tracing():  # dynamo can't trace the 2nd
         return True
     if not torch.is_grad_enabled():
         return False

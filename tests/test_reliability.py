@@ -326,6 +326,49 @@ def test_workspace_freed_with_the_graph(name):
             assert all(r() is None for r in refs), "workspace alive after the graph was dropped"
 
 
+def _vma_flags(address: int) -> list[str]:
+    """The VmFlags of the mapping of this process that holds `address` (/proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and ":" not in head:  # a mapping's first line: start-end perms ...
+                start, end = (int(a, 16) for a in head.split("-"))
+                inside = start <= address < end
+            elif inside and head == "VmFlags:":
+                return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux's /proc")
+def test_large_layer_buffers_on_huge_pages():
+    """The layer's buffers that grow with T (output, saved workspace, the backward's
+    d_pre, grad_input) take 2 MB aligned memory advised MADV_HUGEPAGE (VmFlags 'hg')
+    from 4 MB on; the results, forward and backward, equal torch.nn's, and a huge
+    output's storage can be resized like any tensor's."""
+    big_t, big_b, big_h = 64, 32, 128  # gates [2048, 512] float32: 4 MB
+    nn_lstm, lstm = make_twins("LSTM", 8, big_h)
+    x = torch.randn(big_t, big_b, 8)
+    op = torch.ops.rnnfused.lstm_layer.default
+    state = torch.zeros(big_b, big_h)
+    w = [p.detach() for p in lstm.parameters()]
+    gates = op(x, None, state, state, *w, None, False, True)[3]
+    assert gates.nbytes == 4 << 20 and gates.data_ptr() % (2 << 20) == 0
+    if os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled"):  # a kernel with THP
+        assert "hg" in _vma_flags(gates.data_ptr()), _vma_flags(gates.data_ptr())
+    with torch.no_grad():
+        out = lstm(x)[0]
+        torch.testing.assert_close(out, nn_lstm(x)[0], **TOL[torch.float32])
+        out.resize_(2 * big_t, big_b, big_h)  # storage grown through the huge-page allocator
+        out[big_t:] = 1.0
+        assert out[:big_t].equal(lstm(x)[0]) and out[big_t:].eq(1.0).all()
+    x.requires_grad_()  # training: the saved workspace and the backward's buffers
+    got = torch.autograd.grad(lstm(x)[0].square().sum(), [x, *lstm.parameters()])
+    want = torch.autograd.grad(nn_lstm(x)[0].square().sum(), [x, *nn_lstm.parameters()])
+    for g, e in zip(got, want, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
+
+
 # ---------------------------------------------------------------- 6. numerics
 
 SPECIAL = {"nan": float("nan"), "inf": float("inf"), "-inf": -float("inf")}

@@ -12,6 +12,7 @@
 #include <array>
 #include <type_traits>
 
+#include "huge_pages.h"
 #include "simd.h"
 #if defined(__x86_64__)
 #include "fused_forward_cpu.h"
@@ -25,6 +26,12 @@ struct CpuLaunch {
   struct Guard {
     explicit Guard(c10::Device) {}
   };
+
+  // A layer's buffer that grows with the sequence: on huge pages from 4 MB
+  // (huge_pages.h), else at::empty.
+  static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+    return cpu::empty_on_huge_pages(sizes, options);
+  }
 
   // The 16-bit storage types the AVX-512 kernels take (math in float32).
   template <typename T>

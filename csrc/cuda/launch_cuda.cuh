@@ -43,6 +43,12 @@ struct CudaLaunch {
     TORCH_INTERNAL_ASSERT(false, "rnnfused: no fused backward loop on CUDA");
   }
 
+  // A layer's buffer that grows with the sequence (the CPU puts large ones on
+  // huge pages): the caching allocator's.
+  static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+    return at::empty(sizes, options);
+  }
+
   // Each product out = a @ w^T (+ bias) (common.h's NtProduct) on cuBLAS.
   template <typename... Products>
   static void gemm_nt(const Products&... each) {

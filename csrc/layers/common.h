@@ -87,7 +87,7 @@ class Schedule {
   at::Tensor previous_product(const at::Tensor& grad, const at::Tensor& sequence,
                               const at::Tensor& initial) const {
     const int64_t n = sequence.size(0), batch = initial.size(0);
-    at::Tensor product = at::empty({grad.size(1), sequence.size(1)}, grad.options());
+    at::Tensor product = Launch::empty({grad.size(1), sequence.size(1)}, grad.options());
     if (!dense() || n == 0) {
       Launch::gemm_nn(product, grad.t(), previous(sequence, initial), /*accumulate=*/false);
       return product;
@@ -159,7 +159,7 @@ inline void gemm_nn_aten(at::Tensor out, const at::Tensor& a, const at::Tensor& 
 // large products.
 template <typename Launch>
 at::Tensor matmul(const at::Tensor& a, const at::Tensor& w) {
-  at::Tensor out = at::empty({a.size(0), w.size(1)}, a.options());
+  at::Tensor out = Launch::empty({a.size(0), w.size(1)}, a.options());
   Launch::gemm_nn(out, a, w, /*accumulate=*/false);
   return out;
 }
@@ -178,7 +178,7 @@ class ProjectedInput {
       : sched_(sched), input_(input), w_ih_(w_ih), bias_(bias) {
     int64_t widest = 0;
     for (int64_t s = 0; s < sched.steps(); ++s) widest = std::max(widest, sched.rows(s));
-    buffer_ = at::empty({std::max(widest, std::min(kChunkRows, input.size(0))), w_ih.size(0)},
+    buffer_ = Launch::empty({std::max(widest, std::min(kChunkRows, input.size(0))), w_ih.size(0)},
                         input.options());
   }
 

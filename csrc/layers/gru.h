@@ -16,9 +16,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
     const at::Tensor& b_hh, bool save) {
   const int64_t H = sz.hidden, B = sz.batch, N = sz.rows;
   ProjectedInput<scalar_t, Launch> x_proj(sched, input, w_ih, b_ih);  // [N, 3H]
-  at::Tensor output = at::empty({N, H}, input.options());
+  at::Tensor output = Launch::empty({N, H}, input.options());
   // Saved for the backward, or one step's scratch.
-  at::Tensor workspace = at::empty({save ? N : B, 4 * H}, input.options());
+  at::Tensor workspace = Launch::empty({save ? N : B, 4 * H}, input.options());
   at::Tensor h_proj = at::empty({B, 3 * H}, input.options());
   auto make_step = [&](int64_t s, const scalar_t* x, const scalar_t* h_in, scalar_t* product,
                        scalar_t* out) {
@@ -42,8 +42,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& workspace, const GradMask& mask) {
   const int64_t H = sz.hidden, N = sz.rows;
   at::Tensor d_h = grad_h_n.clone(at::MemoryFormat::Contiguous);  // [B, H]
-  at::Tensor d_x = at::empty({N, 3 * H}, input.options());
-  at::Tensor d_hh = at::empty({N, 3 * H}, input.options());
+  at::Tensor d_x = Launch::empty({N, 3 * H}, input.options());
+  at::Tensor d_hh = Launch::empty({N, 3 * H}, input.options());
 
   auto make_step = [&](int64_t s) {
     const int64_t off = sched.offset(s), before = sched.rows_before(s);

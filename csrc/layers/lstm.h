@@ -19,10 +19,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
   const int64_t H = sz.hidden, P = sz.output, B = sz.batch, N = sz.rows;
   const bool proj = w_hr.defined();
   ProjectedInput<scalar_t, Launch> x_proj(sched, input, w_ih, bias.input);  // [N, 4H]
-  at::Tensor output = at::empty({N, P}, input.options());
+  at::Tensor output = Launch::empty({N, P}, input.options());
   // Saved for the backward, or one step's scratch.
-  at::Tensor gates = at::empty({save ? N : B, 4 * H}, input.options());
-  at::Tensor cells = at::empty({save ? N : B, H}, input.options());
+  at::Tensor gates = Launch::empty({save ? N : B, 4 * H}, input.options());
+  at::Tensor cells = Launch::empty({save ? N : B, H}, input.options());
   at::Tensor c = c0.clone(at::MemoryFormat::Contiguous);  // running state [B, H]
   at::Tensor h_proj = at::empty({B, 4 * H}, input.options());
   at::Tensor hidden = proj ? at::empty({B, H}, input.options()) : at::Tensor();
@@ -56,10 +56,10 @@ lstm_backward(const LayerSizes& sz, const Schedule& sched, const at::Tensor& gra
   const bool proj = w_hr.defined();
   at::Tensor d_h = grad_h_n.clone(at::MemoryFormat::Contiguous);  // [B, P]
   at::Tensor d_c = grad_c_n.clone(at::MemoryFormat::Contiguous);  // [B, H]
-  at::Tensor d_pre = at::empty({N, 4 * H}, input.options());
+  at::Tensor d_pre = Launch::empty({N, 4 * H}, input.options());
   // With a projection: the total gradient on every row's h' and o*tanh(c'), for grad_w_hr.
-  at::Tensor d_h_all = proj ? at::empty({N, P}, input.options()) : at::Tensor();
-  at::Tensor hidden_all = proj ? at::empty({N, H}, input.options()) : at::Tensor();
+  at::Tensor d_h_all = proj ? Launch::empty({N, P}, input.options()) : at::Tensor();
+  at::Tensor hidden_all = proj ? Launch::empty({N, H}, input.options()) : at::Tensor();
   at::Tensor d_hidden = proj ? at::empty({B, H}, input.options()) : at::Tensor();
 
   auto make_step = [&](int64_t s) {

@@ -15,7 +15,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(const LayerSizes& sz, const Sched
                                                const SummedBiases& bias, bool relu) {
   const int64_t H = sz.hidden, N = sz.rows;
   ProjectedInput<scalar_t, Launch> x_proj(sched, input, w_ih, bias.input);  // [N, H]
-  at::Tensor output = at::empty({N, H}, input.options());
+  at::Tensor output = Launch::empty({N, H}, input.options());
   auto make_step = [&](int64_t, const scalar_t* x, const scalar_t*, scalar_t*, scalar_t* out) {
     return RnnForwardStep<scalar_t>{{}, x, out, H, relu};
   };
@@ -36,7 +36,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     bool relu, const GradMask& mask) {
   const int64_t H = sz.hidden, N = sz.rows;
   at::Tensor d_h = grad_h_n.clone(at::MemoryFormat::Contiguous);  // [B, H]
-  at::Tensor d_pre = at::empty({N, H}, input.options());
+  at::Tensor d_pre = Launch::empty({N, H}, input.options());
 
   auto make_step = [&](int64_t s) {
     const int64_t off = sched.offset(s);

@@ -52,14 +52,16 @@ def test_low_precision_cell(kind, dtype, device):
 
 @pytest.mark.parametrize("dtype", LOW, ids=["f16", "bf16"])
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-@pytest.mark.parametrize("hidden,batch", [(17, 1), (40, 9), (300, 5)])
+@pytest.mark.parametrize("hidden,batch", [(17, 1), (40, 9), (300, 5), (300, 40)])
 @pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
 def test_low_precision_fused_loop_sizes(name, hidden, batch, packed, dtype, device):
     """float16 and bfloat16 at sizes where the CPU's persistent loops (AVX-512, from 4 steps per
     sequence on average) meets whole and partial 16-unit tiles, row blocks with remainders,
     more than one panel of K (H 300: 128 per LSTM panel, 170 per GRU, 512 per RNN) and, packed,
     a batch that grows in reverse (rows joining with their h0): both directions, outputs and
-    gradients within twice torch.nn's error against float64."""
+    gradients within twice torch.nn's error against float64. H 300 at B 40: a bfloat16 LSTM's
+    or GRU's step is large enough (> 2^23 multiply-adds) that a CPU with AMX-BF16 runs it as
+    one oneDNN GEMM a step instead (CpuLaunch::amx_steps)."""
     torch.manual_seed(hidden + batch)
     ref = getattr(torch.nn, name)(8, hidden, bidirectional=True, device=device, dtype=dtype)
     fused = getattr(rnnfused, name)(8, hidden, bidirectional=True, device=device, dtype=dtype)

@@ -68,6 +68,9 @@ TORCH_LIBRARY(rnnfused, m) {
   // For the tests: out = a @ w^T (+ bias) as the layer ops form their input
   // projections and per-step products (the device launcher's gemm_nt).
   m.def("_gemm_nt(Tensor a, Tensor w, Tensor? bias) -> Tensor");
+  // And out = (c +) a @ w, w [K, N] as stored, `a` with any strides, as the
+  // backward ops form d_pre @ W_hh, grad_input and the weight gradients (gemm_nn).
+  m.def("_gemm_nn(Tensor a, Tensor w, Tensor? c) -> Tensor");
   // For the benchmark: the float32 FMA ceiling of `threads` threads in GFLOP/s
   // (a register-only AVX-512 loop run for `seconds`); 0 where AVX-512 does not run.
   m.def("_cpu_fma_peak_gflops(float seconds, int threads) -> float",

@@ -466,6 +466,36 @@ def test_gemm_nt(rows, bias, device):
                                    msg=lambda m: f"{rows} x {k} x {n}: {m}")
 
 
+@pytest.mark.parametrize("layout", ["rows", "columns", "strided"])
+@pytest.mark.parametrize("rows", [0, 1, 2, 3, 4, 8, 9, 17, 64, 300])
+def test_gemm_nn(rows, layout, device):
+    """(c +) a @ w with w stored [K, N], as the backward ops form d_pre @ W_hh,
+    grad_input and the weight gradients (on the CPU with AVX-512, float32 products
+    of 2 rows or more up to 2^23 multiply-adds take the library's kernel, a's rows
+    or columns contiguous: `columns` is the weight gradients' d_pre^T; `strided`,
+    neither, goes to ATen): against float64, with and without c, at widths with
+    partial panels and depths past one buffered panel."""
+    torch.manual_seed(rows)
+    for n, k in itertools.product([1, 17, 33, 70], [0, 1, 17, 130, 300]):
+        if layout == "rows":
+            a = torch.randn(rows, k, device=device)
+        elif layout == "columns":
+            a = torch.randn(k, rows, device=device).t()
+        else:
+            a = torch.randn(rows, 2 * k, device=device)[:, ::2]
+        w = torch.randn(k, n, device=device)
+        for c in (None, torch.randn(rows, n, device=device)):
+            got = torch.ops.rnnfused._gemm_nn(a, w, c)
+            want = a.double() @ w.double() + (c.double() if c is not None else 0)
+            torch.testing.assert_close(got.double(), want, atol=1e-4 * (k + 1) ** 0.5, rtol=1e-5,
+                                       msg=lambda m: f"{rows} x {k} x {n}: {m}")
+    with pytest.raises(RuntimeError, match=r"expected a \[M, K\] and w \[K, N\]"):
+        torch.ops.rnnfused._gemm_nn(torch.randn(2, 3, device=device), torch.randn(4, 5, device=device), None)
+    with pytest.raises(RuntimeError, match=r"expected c of shape \[2, 5\]"):
+        torch.ops.rnnfused._gemm_nn(torch.randn(2, 3, device=device), torch.randn(3, 5, device=device),
+                                    torch.randn(2, 4, device=device))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 16, 17])
 def test_gemm_nt_16bit(rows, dtype, device):

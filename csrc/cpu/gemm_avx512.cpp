@@ -129,7 +129,8 @@ void transpose_panel(const W* w, int64_t N, int64_t K, int64_t n0, int64_t k0, i
 }
 
 // panel[k][c] = w[k0 + k][n0 + c] for k < kc, c < 32 (0 past N): w stored [K, N],
-// its rows already the panel's.
+// its rows already the panel's (copied all the same: read in place, at N's row
+// stride, the product ran at half the rate).
 template <typename W>
 void copy_panel(const W* w, int64_t N, int64_t n0, int64_t k0, int64_t kc, float* panel) {
   const __mmask16 m0 = first_lanes(N - n0);
@@ -144,9 +145,14 @@ void copy_panel(const W* w, int64_t N, int64_t n0, int64_t k0, int64_t kc, float
 // out[r][c] (+)= sum_k a[r][k] panel[k][c] for r < ROWS, c < 32 (lanes in `m0`, `m1`):
 // from 0 on the first panel depth, from out itself on the later ones; `bias` (on
 // the last depth, else null) is added after the products, as the BLAS adds C.
-template <int ROWS>
-void row_block(const float* a, int64_t lda, const float* panel, int64_t kc, float* out,
+// a[r][k] at a + r * lda + k * ldk with one of the two strides 1 (kColumns: lda,
+// a the transpose of a contiguous matrix, the weight gradients' d_pre^T; else
+// ldk), so that the row block's eight broadcasts are fixed offsets from one
+// address that moves once a step (a runtime stride for both: 2x slower).
+template <int ROWS, bool kColumns>
+void row_block(const float* a, int64_t stride, const float* panel, int64_t kc, float* out,
                int64_t ldo, __mmask16 m0, __mmask16 m1, const float* bias, bool from_out) {
+  const int64_t lda = kColumns ? 1 : stride, ldk = kColumns ? stride : 1;
   __m512 acc0[ROWS], acc1[ROWS];
   for (int r = 0; r < ROWS; ++r) {
     acc0[r] = from_out ? _mm512_maskz_loadu_ps(m0, out + r * ldo) : _mm512_setzero_ps();
@@ -156,7 +162,7 @@ void row_block(const float* a, int64_t lda, const float* panel, int64_t kc, floa
     const __m512 p0 = _mm512_load_ps(panel + k * kPanel);
     const __m512 p1 = _mm512_load_ps(panel + k * kPanel + 16);
     for (int r = 0; r < ROWS; ++r) {
-      const __m512 x = _mm512_set1_ps(a[r * lda + k]);
+      const __m512 x = _mm512_set1_ps(a[r * lda + k * ldk]);
       acc0[r] = _mm512_fmadd_ps(x, p0, acc0[r]);
       acc1[r] = _mm512_fmadd_ps(x, p1, acc1[r]);
     }
@@ -176,9 +182,11 @@ void row_block(const float* a, int64_t lda, const float* panel, int64_t kc, floa
 
 using RowBlockFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t,
                             __mmask16, __mmask16, const float*, bool);
-constexpr RowBlockFn kRowBlocks[kRowBlock] = {row_block<1>, row_block<2>, row_block<3>,
-                                              row_block<4>, row_block<5>, row_block<6>,
-                                              row_block<7>, row_block<8>};
+template <bool kColumns>
+constexpr RowBlockFn kRowBlocks[kRowBlock] = {
+    row_block<1, kColumns>, row_block<2, kColumns>, row_block<3, kColumns>,
+    row_block<4, kColumns>, row_block<5, kColumns>, row_block<6, kColumns>,
+    row_block<7, kColumns>, row_block<8, kColumns>};
 
 // v[16] -> one vector whose lane p is the sum of v[p]'s lanes (pairs of vectors
 // interleaved and added, four times).
@@ -264,6 +272,7 @@ struct Product {
   int64_t ldo;
   bool w_kn;        // w stored [K, N]: panels copied, not transposed
   bool accumulate;  // out += the product
+  int64_t lda_k;    // a's stride along k: 1, or lda is 1 (float32 w_kn only)
 };
 
 // Units of work of one product: its 32-column panels where the panel kernel runs
@@ -272,7 +281,7 @@ struct Product {
 constexpr int64_t kDotColumns = 64;
 
 // Dot products for 1-3 rows of w stored [N, K]; w stored [K, N] needs no transpose.
-bool takes_dots(const Product& g) { return g.M < 4 && !g.w_kn; }
+bool takes_dots(const Product& g) { return g.M < 4 && !g.w_kn && g.lda_k == 1; }
 
 int64_t units_of(const Product& g) {
   if (g.M == 0 || g.N == 0) return 0;
@@ -305,6 +314,9 @@ void run_panel(const Product& g, int64_t p) {
   const int64_t n0 = p * kPanel;
   const __mmask16 m0 = first_lanes(g.N - n0);
   const __mmask16 m1 = g.N - n0 > 16 ? first_lanes(g.N - n0 - 16) : __mmask16(0);
+  const bool columns = g.lda_k != 1;  // then lda is 1 (Product)
+  const RowBlockFn* blocks = columns ? kRowBlocks<true> : kRowBlocks<false>;
+  const int64_t stride = columns ? g.lda_k : g.lda;
   for (int64_t k0 = 0; k0 < g.K; k0 += kDepth) {
     const int64_t kc = std::min(kDepth, g.K - k0);
     if (g.w_kn) {
@@ -315,9 +327,9 @@ void run_panel(const Product& g, int64_t p) {
     for (int64_t r0 = 0; r0 < g.M; r0 += kRowBlock) {
       const int rows = static_cast<int>(std::min<int64_t>(kRowBlock, g.M - r0));
       const bool last = k0 + kc == g.K;
-      kRowBlocks[rows - 1](g.a + r0 * g.lda + k0, g.lda, panel, kc, g.out + r0 * g.ldo + n0,
-                           g.ldo, m0, m1, last && g.bias ? g.bias + n0 : nullptr,
-                           k0 > 0 || g.accumulate);
+      blocks[rows - 1](g.a + r0 * g.lda + k0 * g.lda_k, stride, panel, kc,
+                       g.out + r0 * g.ldo + n0, g.ldo, m0, m1,
+                       last && g.bias ? g.bias + n0 : nullptr, k0 > 0 || g.accumulate);
     }
   }
 }
@@ -359,7 +371,7 @@ Product prepare_widened(const NtGemm& g, Widened& wide) {
   }
   return {g.M, g.N, g.K, wide.a.data(), g.K, g.w, g.type,
           g.bias != nullptr ? wide.bias.data() : nullptr, wide.out.data(), g.N, g.w_kn,
-          g.accumulate};
+          g.accumulate, 1};
 }
 
 Product prepare(const NtGemm& g, Widened& wide) {
@@ -369,7 +381,7 @@ Product prepare(const NtGemm& g, Widened& wide) {
     default:
       return {g.M, g.N, g.K, static_cast<const float*>(g.a), g.lda, g.w, Storage::kFloat32,
               static_cast<const float*>(g.bias), static_cast<float*>(g.out), g.ldo, g.w_kn,
-              g.accumulate};
+              g.accumulate, g.lda_k};
   }
 }
 

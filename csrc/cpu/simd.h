@@ -109,6 +109,8 @@ enum class Storage : int { kFloat32, kBFloat16, kFloat16 };
 // [N] or null, out [M, N] with row stride ldo; all of type `type` (16-bit: the
 // bits): products and sums in float32, a 16-bit out rounded once.
 // w_kn: w is stored [K, N] instead (out = a @ w); accumulate: out += the product.
+// lda_k: a's stride along k (a[m][k] at a + m * lda + k * lda_k): 1, or else
+// lda is 1 (a transposed: the backward's d_pre^T @ x), float32 with w_kn only.
 struct NtGemm {
   int64_t M, N, K;
   const void* a;
@@ -120,6 +122,7 @@ struct NtGemm {
   Storage type = Storage::kFloat32;
   bool w_kn = false;
   bool accumulate = false;
+  int64_t lda_k = 1;
 };
 constexpr int kMaxNtGemms = 2;
 

@@ -202,6 +202,26 @@ Tensor gemm_nt_op(const Tensor& a, const Tensor& w, const OptTensor& bias) {
   return out;
 }
 
+// The launcher's gemm_nn as an op, for the tests: a [M, K] (any strides), w [K, N],
+// c [M, N] (added to) or None.
+template <typename Launch>
+Tensor gemm_nn_op(const Tensor& a, const Tensor& w, const OptTensor& c) {
+  constexpr const char* op = "rnnfused::_gemm_nn";
+  TORCH_CHECK(a.dim() == 2 && w.dim() == 2 && a.size(1) == w.size(0), op,
+              ": expected a [M, K] and w [K, N], got ", a.sizes(), " and ", w.sizes());
+  const Tensor added = value_or_undefined(c);
+  const std::array<int64_t, 2> out_shape{a.size(0), w.size(1)};
+  TORCH_CHECK(!added.defined() || added.sizes() == at::IntArrayRef(out_shape), op,
+              ": expected c of shape [", a.size(0), ", ", w.size(1), "], got ", added.sizes());
+  TORCH_CHECK(w.dtype() == a.dtype() && (!added.defined() || added.dtype() == a.dtype()), op,
+              ": expected a, w and c of one dtype");
+  typename Launch::Guard guard(a.device());
+  Tensor out = added.defined() ? added.clone(at::MemoryFormat::Contiguous)
+                               : at::empty(out_shape, a.options());
+  Launch::gemm_nn(out, a, w.contiguous(), /*accumulate=*/added.defined());
+  return out;
+}
+
 // Registers every op's kernel for one dispatch key.
 #define RNNFUSED_REGISTER_LAYER_OPS(m, Launch)                          \
   m.impl("lstm_layer", &::rnnfused::lstm_layer<Launch>);                \
@@ -210,6 +230,7 @@ Tensor gemm_nt_op(const Tensor& a, const Tensor& w, const OptTensor& bias) {
   m.impl("gru_layer_backward", &::rnnfused::gru_layer_backward<Launch>); \
   m.impl("rnn_layer", &::rnnfused::rnn_layer<Launch>);                  \
   m.impl("rnn_layer_backward", &::rnnfused::rnn_layer_backward<Launch>); \
-  m.impl("_gemm_nt", &::rnnfused::gemm_nt_op<Launch>)
+  m.impl("_gemm_nt", &::rnnfused::gemm_nt_op<Launch>);                  \
+  m.impl("_gemm_nn", &::rnnfused::gemm_nn_op<Launch>)
 
 }  // namespace rnnfused

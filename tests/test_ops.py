@@ -496,6 +496,28 @@ def test_gemm_nn(rows, layout, device):
                                     torch.randn(2, 4, device=device))
 
 
+def test_gemm_large_products(device):
+    """Products past 2^23 multiply-adds, as the layers' input projections and
+    weight gradients are (on AMD's AVX-512 CPUs the library's kernel takes them,
+    in row blocks of ~128+ rows, several to a thread; elsewhere ATen): NT, NN and
+    TN (a by columns), with partial row blocks, panels and depths."""
+    torch.manual_seed(0)
+    M, K, N = 1031, 263, 113
+    a = torch.randn(M, K, device=device)
+    w = torch.randn(N, K, device=device)
+    b = torch.randn(N, device=device)
+    want = a.double() @ w.double().t() + b.double()
+    tol = dict(atol=1e-4 * K**0.5, rtol=1e-5)
+    torch.testing.assert_close(torch.ops.rnnfused._gemm_nt(a, w, b).double(), want, **tol)
+    w_kn = w.t().contiguous()
+    c = torch.randn(M, N, device=device)
+    torch.testing.assert_close(torch.ops.rnnfused._gemm_nn(a, w_kn, c).double(),
+                               a.double() @ w_kn.double() + c.double(), **tol)
+    a_t = torch.randn(K, M, device=device)  # a_t.t(): [M, K] by columns
+    torch.testing.assert_close(torch.ops.rnnfused._gemm_nn(a_t.t(), w_kn, None).double(),
+                               a_t.double().t() @ w_kn.double(), **tol)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 16, 17])
 def test_gemm_nt_16bit(rows, dtype, device):

@@ -100,8 +100,15 @@ struct CpuLaunch {
   // 16 x 512 x 2048 199 vs 415; MKL is ahead by ~10% from 512 x 128 x 512 on).
   // bfloat16 and float16 up to 16 rows only: there oneDNN's 16-bit GEMMs cost
   // ~20 us (bf16) to ~45 us (f16, 8 x 128 x 512) a call, more than the products.
+  // Past kSmallGemmWork MKL is ahead where it runs AVX-512 (Intel); elsewhere
+  // (AMD) the library's kernel takes every size (cpu::blas_runs_avx512; two Zen 5
+  // cores, 512 x 512 x 2048 NT: 440 vs 200 GFLOP/s, 6400 x 2048 x 512 NN: 396 vs
+  // 191, 2048 x 6400 x 512 TN: 238 vs 193).
   static constexpr int64_t kSmallGemmRows = 16;
   static constexpr int64_t kSmallGemmWork = int64_t{1} << 23;
+  static bool within_own_gemm(int64_t work) {
+    return work <= kSmallGemmWork || !cpu::blas_runs_avx512();
+  }
 
   // Each product out = a @ w^T (+ bias) (common.h's NtProduct), those with few
   // rows (takes_small_gemm) together in one call of the AVX-512 kernel, large
@@ -146,7 +153,7 @@ struct CpuLaunch {
     const bool by_columns = f32 && !(a.size(1) <= 1 || a.stride(1) == 1) &&
                             (a.size(0) <= 1 || a.stride(0) == 1);
     // float32 from 2 rows: MKL's one-row product is ahead (1 x 256 x 64: 2.1 vs 3.4 us).
-    const bool small = f32 ? a.size(0) >= 2 && a.size(0) * a.size(1) * w.size(1) <= kSmallGemmWork
+    const bool small = f32 ? a.size(0) >= 2 && within_own_gemm(a.size(0) * a.size(1) * w.size(1))
                            : a.size(0) <= kSmallGemmRows;
     if (small &&
         small_gemm_layout(out, a, w, at::Tensor(), /*a_by_columns=*/by_columns)) {
@@ -162,7 +169,10 @@ struct CpuLaunch {
       for_row_blocks(a.size(0), a.size(1) + w.size(1), [&](int64_t r, int64_t rows) {
         const at::Tensor a32 = a.narrow(0, r, rows).to(at::kFloat);
         at::Tensor out_rows = out.narrow(0, r, rows);
-        out_rows.copy_(accumulate ? at::addmm(out_rows.to(at::kFloat), a32, w32) : at::mm(a32, w32));
+        at::Tensor out32 = accumulate ? out_rows.to(at::kFloat)
+                                      : at::empty({rows, w.size(1)}, a32.options());
+        gemm_nn(out32, a32, w32, accumulate);  // the float32 product's own choice
+        out_rows.copy_(out32);
       });
       return;
     }
@@ -204,7 +214,9 @@ struct CpuLaunch {
   // bfloat16 GEMM runs on vdpbf16ps, at half the float32 FMA rate on the CPUs
   // measured (87 vs 176 GFLOP/s a core), so the float32 BLAS on widened copies is
   // faster, conversions included (512 x 512 x 2048 with bias: 5.1 vs 8.5 ms on two
-  // threads). The same sums in float32, rounded once, as oneDNN's.
+  // threads). The same sums in float32, rounded once, as oneDNN's; the float32
+  // product goes where a float32 one would (gemm_nt / gemm_nn: on AMD the
+  // library's kernel).
   static bool widens_bf16(const at::Tensor& a) {
     return a.scalar_type() == at::kBFloat16 && !cpu::has_amx_bf16();
   }
@@ -223,7 +235,9 @@ struct CpuLaunch {
     const at::Tensor bias = p.bias.defined() ? p.bias.to(at::kFloat) : at::Tensor();
     for_row_blocks(p.a.size(0), p.a.size(1) + p.w.size(0), [&](int64_t r, int64_t rows) {
       const at::Tensor a = p.a.narrow(0, r, rows).to(at::kFloat);
-      p.out.narrow(0, r, rows).copy_(bias.defined() ? at::addmm(bias, a, w.t()) : at::mm(a, w.t()));
+      const at::Tensor out32 = at::empty({rows, w.size(0)}, a.options());
+      gemm_nt(NtProduct{out32, a, w, bias});  // the float32 product's own choice
+      p.out.narrow(0, r, rows).copy_(out32);
     });
   }
 
@@ -239,7 +253,7 @@ struct CpuLaunch {
     const int64_t M = p.a.size(0);
     return small_gemm_layout(p.out, p.a, p.w, p.bias) &&
            (M <= kSmallGemmRows || (p.out.scalar_type() == at::kFloat &&
-                                    M * p.a.size(1) * p.w.size(0) <= kSmallGemmWork));
+                                    within_own_gemm(M * p.a.size(1) * p.w.size(0))));
   }
 #endif
 

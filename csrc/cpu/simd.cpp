@@ -64,6 +64,18 @@ const Bf16Features& bf16_features() {
 }  // namespace
 
 bool has_amx_bf16() { return bf16_features().amx; }
+
+bool blas_runs_avx512() {
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+  static const bool intel = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_is("intel") != 0;
+  }();
+  return intel;
+#else
+  return false;
+#endif
+}
 bool has_avx512_bf16() { return bf16_features().avx512; }
 
 const char* isa_name(Isa isa) {

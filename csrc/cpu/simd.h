@@ -21,6 +21,11 @@ const char* isa_name(Isa isa);
 // Whether the CPU has AMX's bfloat16 tile products (oneDNN's bfloat16 GEMM
 // then outruns the float32 BLAS). Decided once per process.
 bool has_amx_bf16();
+// Whether torch's CPU BLAS (MKL) runs AVX-512 GEMM kernels here: on Intel CPUs.
+// On AMD's AVX-512 CPUs (Zen 4, Zen 5) its sgemm takes a path at ~40% of the
+// FMA peak (two Zen 5 cores: ~195 GFLOP/s of ~470), so the library's own GEMM
+// (gemm_nt_small_avx512, ~400) takes every float32 product there.
+bool blas_runs_avx512();
 
 // Run the step functor `f` (step_functors.h) over rows [row_begin, row_end) and
 // all of its H units, 16 (AVX-512: float, bfloat16 and float16 storage) or 8 (AVX2: float)

@@ -283,27 +283,42 @@ constexpr int64_t kDotColumns = 64;
 // Dot products for 1-3 rows of w stored [N, K]; w stored [K, N] needs no transpose.
 bool takes_dots(const Product& g) { return g.M < 4 && !g.w_kn && g.lda_k == 1; }
 
-// Rows of `a` per block: the panels of a unit's row block run one after the other
-// (units row block by row block), so its rows of `a`, ~512 KB of them, stay in L2
-// while every panel reuses them; without the blocks each panel streamed all of
-// `a` again (6400 x 2048 x 512: 234 GFLOP/s against 370-380 with). At least 128
-// rows (a panel is formed again per block: a cost of 1 / rows of the products;
-// 2048 x 6400 x 512 by columns: 191 GFLOP/s with 32-row blocks, 253 with 128),
-// the blocks of one product even (the threads take whole blocks).
-int64_t block_rows(const Product& g) {
-  constexpr int64_t kBlockFloats = int64_t{1} << 17, kMinRows = 16 * kRowBlock;
-  const int64_t most = std::max(kMinRows, kBlockFloats / std::max<int64_t>(1, g.K));
-  const int64_t blocks = (g.M + most - 1) / most;
-  const int64_t rows = (g.M + blocks - 1) / blocks;
-  return (rows + kRowBlock - 1) / kRowBlock * kRowBlock;
+// How a product of 4+ rows splits into units: row blocks of `rows` rows, each
+// with its panels in groups of `group`. A unit walks K a depth at a time and, per
+// depth, forms each panel of its group and runs its block's rows over it: the
+// block's slice of `a` for that depth (<= 128 x 128 floats) stays in L1/L2 while
+// the group's panels reuse it, and the unit's out tile (<= 128 x 256) in L2
+// between depths. (Each panel over all of M streamed `a` again per panel:
+// 6400 x 2048 x 512 NN 234 GFLOP/s; one panel per unit over 128+-row blocks
+// streamed the block's whole K per panel: 2048 x 6400 x 512 TN 238; now ~390 and
+// ~300-350.) Blocks of `a` by columns (TN: its rows 8 KB apart, 32 bytes of a
+// line per row block) are taller: 512 rows (TN 2048 x 6400 x 512: 241 / 311 / 335
+// / 353 GFLOP/s at 64 / 128 / 256 / 512). Groups shrink until every thread has
+// two units or more.
+struct Split {
+  int64_t rows, blocks, group, groups, panels;  // rows a block, blocks; panels a group, groups
+};
+
+Split split_of(const Product& g) {
+  constexpr int64_t kMostGroup = 8;
+  const int64_t most_rows = (g.lda_k != 1 ? 64 : 16) * kRowBlock;
+  Split s{};
+  s.panels = (g.N + kPanel - 1) / kPanel;
+  s.blocks = (g.M + most_rows - 1) / most_rows;
+  s.rows = ((g.M + s.blocks - 1) / s.blocks + kRowBlock - 1) / kRowBlock * kRowBlock;
+  s.group = std::min(kMostGroup, s.panels);
+  const int64_t wanted = 2 * omp_get_max_threads();
+  while (s.group > 1 && s.blocks * ((s.panels + s.group - 1) / s.group) < wanted) s.group /= 2;
+  s.groups = (s.panels + s.group - 1) / s.group;
+  return s;
 }
 
 int64_t units_of(const Product& g) {
   if (g.M == 0 || g.N == 0) return 0;
   if (g.K == 0) return 1;
   if (takes_dots(g)) return (g.N + kDotColumns - 1) / kDotColumns;
-  const int64_t rows = block_rows(g);
-  return (g.N + kPanel - 1) / kPanel * ((g.M + rows - 1) / rows);
+  const Split s = split_of(g);
+  return s.blocks * s.groups;
 }
 
 void run_without_products(const Product& g) {  // K = 0: out = bias (or 0), or out += 0
@@ -324,31 +339,34 @@ void run_dot_slice(const Product& g, int64_t u) {
   if (g.M % 2 == 1) dot_rows<1, 16>(g.M - 1, g.M, n, g.K, g.a, g.lda, w, bias, out, g.ldo);
 }
 
-// Unit u: panel u % panels over row block u / panels.
+// Unit u: panel group u % groups over row block u / groups (split_of).
 template <typename W>
 void run_panel(const Product& g, int64_t u) {
   alignas(64) float panel[kDepth * kPanel];
-  const int64_t panels = (g.N + kPanel - 1) / kPanel, rows = block_rows(g);
-  const int64_t n0 = u % panels * kPanel, m_begin = u / panels * rows;
-  const int64_t m_end = std::min(g.M, m_begin + rows);
-  const __mmask16 m0 = first_lanes(g.N - n0);
-  const __mmask16 m1 = g.N - n0 > 16 ? first_lanes(g.N - n0 - 16) : __mmask16(0);
+  const Split s = split_of(g);
+  const int64_t p_begin = u % s.groups * s.group, p_end = std::min(s.panels, p_begin + s.group);
+  const int64_t m_begin = u / s.groups * s.rows, m_end = std::min(g.M, m_begin + s.rows);
   const bool columns = g.lda_k != 1;  // then lda is 1 (Product)
   const RowBlockFn* blocks = columns ? kRowBlocks<true> : kRowBlocks<false>;
   const int64_t stride = columns ? g.lda_k : g.lda;
   for (int64_t k0 = 0; k0 < g.K; k0 += kDepth) {
     const int64_t kc = std::min(kDepth, g.K - k0);
-    if (g.w_kn) {
-      copy_panel(static_cast<const W*>(g.w), g.N, n0, k0, kc, panel);
-    } else {
-      transpose_panel(static_cast<const W*>(g.w), g.N, g.K, n0, k0, kc, panel);
-    }
-    for (int64_t r0 = m_begin; r0 < m_end; r0 += kRowBlock) {
-      const int block = static_cast<int>(std::min<int64_t>(kRowBlock, m_end - r0));
-      const bool last = k0 + kc == g.K;
-      blocks[block - 1](g.a + r0 * g.lda + k0 * g.lda_k, stride, panel, kc,
-                        g.out + r0 * g.ldo + n0, g.ldo, m0, m1,
-                        last && g.bias ? g.bias + n0 : nullptr, k0 > 0 || g.accumulate);
+    const bool last = k0 + kc == g.K;
+    for (int64_t p = p_begin; p < p_end; ++p) {
+      const int64_t n0 = p * kPanel;
+      const __mmask16 m0 = first_lanes(g.N - n0);
+      const __mmask16 m1 = g.N - n0 > 16 ? first_lanes(g.N - n0 - 16) : __mmask16(0);
+      if (g.w_kn) {
+        copy_panel(static_cast<const W*>(g.w), g.N, n0, k0, kc, panel);
+      } else {
+        transpose_panel(static_cast<const W*>(g.w), g.N, g.K, n0, k0, kc, panel);
+      }
+      for (int64_t r0 = m_begin; r0 < m_end; r0 += kRowBlock) {
+        const int block = static_cast<int>(std::min<int64_t>(kRowBlock, m_end - r0));
+        blocks[block - 1](g.a + r0 * g.lda + k0 * g.lda_k, stride, panel, kc,
+                          g.out + r0 * g.ldo + n0, g.ldo, m0, m1,
+                          last && g.bias ? g.bias + n0 : nullptr, k0 > 0 || g.accumulate);
+      }
     }
   }
 }

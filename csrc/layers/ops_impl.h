@@ -185,17 +185,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_layer_backward(
   });
 }
 
+// The test GEMM ops' checks: a [M, K] and w 2-D with K at w's dimension w_k
+// (`w_layout` names it in the message), `extra` (bias or c) of `extra_shape`
+// where given, all of a's dtype.
+inline void check_gemm_args(const char* op, const char* w_layout, const Tensor& a,
+                            const Tensor& w, int64_t w_k, const char* extra_name,
+                            const Tensor& extra, at::IntArrayRef extra_shape) {
+  TORCH_CHECK(a.dim() == 2 && w.dim() == 2 && a.size(1) == w.size(w_k), op, ": expected a [M, K] and w ",
+              w_layout, ", got ", a.sizes(), " and ", w.sizes());
+  TORCH_CHECK(!extra.defined() || extra.sizes() == extra_shape, op, ": expected ", extra_name,
+              " of shape ", extra_shape, ", got ", extra.sizes());
+  TORCH_CHECK(w.dtype() == a.dtype() && (!extra.defined() || extra.dtype() == a.dtype()), op,
+              ": expected a, w and ", extra_name, " of one dtype");
+}
+
 // The launcher's gemm_nt as an op, for the tests: a [M, K], w [N, K], bias [N].
 template <typename Launch>
 Tensor gemm_nt_op(const Tensor& a, const Tensor& w, const OptTensor& bias) {
-  constexpr const char* op = "rnnfused::_gemm_nt";
-  TORCH_CHECK(a.dim() == 2 && w.dim() == 2 && a.size(1) == w.size(1), op,
-              ": expected a [M, K] and w [N, K], got ", a.sizes(), " and ", w.sizes());
   const Tensor b = value_or_undefined(bias);
-  TORCH_CHECK(!b.defined() || b.sizes() == at::IntArrayRef{w.size(0)}, op,
-              ": expected bias of shape [", w.size(0), "], got ", b.sizes());
-  TORCH_CHECK(w.dtype() == a.dtype() && (!b.defined() || b.dtype() == a.dtype()), op,
-              ": expected a, w and bias of one dtype");
+  check_gemm_args("rnnfused::_gemm_nt", "[N, K]", a, w, 1, "bias", b,
+                  {w.dim() == 2 ? w.size(0) : 0});
   typename Launch::Guard guard(a.device());
   Tensor out = at::empty({a.size(0), w.size(0)}, a.options());
   Launch::gemm_nt(NtProduct{out, a.contiguous(), w.contiguous(), b});
@@ -206,15 +215,9 @@ Tensor gemm_nt_op(const Tensor& a, const Tensor& w, const OptTensor& bias) {
 // c [M, N] (added to) or None.
 template <typename Launch>
 Tensor gemm_nn_op(const Tensor& a, const Tensor& w, const OptTensor& c) {
-  constexpr const char* op = "rnnfused::_gemm_nn";
-  TORCH_CHECK(a.dim() == 2 && w.dim() == 2 && a.size(1) == w.size(0), op,
-              ": expected a [M, K] and w [K, N], got ", a.sizes(), " and ", w.sizes());
   const Tensor added = value_or_undefined(c);
-  const std::array<int64_t, 2> out_shape{a.size(0), w.size(1)};
-  TORCH_CHECK(!added.defined() || added.sizes() == at::IntArrayRef(out_shape), op,
-              ": expected c of shape [", a.size(0), ", ", w.size(1), "], got ", added.sizes());
-  TORCH_CHECK(w.dtype() == a.dtype() && (!added.defined() || added.dtype() == a.dtype()), op,
-              ": expected a, w and c of one dtype");
+  const std::array<int64_t, 2> out_shape{a.dim() == 2 ? a.size(0) : 0, w.dim() == 2 ? w.size(1) : 0};
+  check_gemm_args("rnnfused::_gemm_nn", "[K, N]", a, w, 0, "c", added, out_shape);
   typename Launch::Guard guard(a.device());
   Tensor out = added.defined() ? added.clone(at::MemoryFormat::Contiguous)
                                : at::empty(out_shape, a.options());

@@ -60,8 +60,9 @@ def test_low_precision_fused_loop_sizes(name, hidden, batch, packed, dtype, devi
     more than one panel of K (H 300: 128 per LSTM panel, 170 per GRU, 512 per RNN) and, packed,
     a batch that grows in reverse (rows joining with their h0): both directions, outputs and
     gradients within twice torch.nn's error against float64. H 300 at B 40: a bfloat16 LSTM's
-    or GRU's step is large enough (> 2^23 multiply-adds) that a CPU with AMX-BF16 runs it as
-    one oneDNN GEMM a step instead (CpuLaunch::amx_steps)."""
+    or GRU's step is large enough (> 2^23 multiply-adds) that a CPU with a fast bf16 GEMM
+    (AMX-BF16, or AVX512-BF16 on AMD) runs it as one oneDNN GEMM a step instead
+    (CpuLaunch::bf16_gemm_steps)."""
     torch.manual_seed(hidden + batch)
     ref = getattr(torch.nn, name)(8, hidden, bidirectional=True, device=device, dtype=dtype)
     fused = getattr(rnnfused, name)(8, hidden, bidirectional=True, device=device, dtype=dtype)

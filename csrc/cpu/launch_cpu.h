@@ -47,7 +47,7 @@ struct CpuLaunch {
 #if defined(__x86_64__)
     constexpr bool k16Bit = is_16bit<scalar_t>();
     if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-      if (amx_steps(sz)) return false;
+      if (bf16_gemm_steps(sz)) return false;
     }
     return (std::is_same_v<scalar_t, float> || k16Bit) && cpu::fused_forward_applies(sz, k16Bit);
 #else
@@ -198,27 +198,29 @@ struct CpuLaunch {
   }
 
   // Whether a bfloat16 layer's steps are better as one oneDNN GEMM each than as
-  // the persistent float32 loop: on a CPU with AMX-BF16, oneDNN runs a step's
-  // product on the tiles, 3-4x the float32 rate once it is large (two threads,
-  // 64 x 512 x 2048: 170 vs 590 us for MKL's float32 GEMM; 16 x 128 x 512: 27 vs
-  // 15 us, oneDNN's ~20 us of set-up a call). Whole layers, forward: even at
-  // 32 x 256 x 1024 a step (LSTM 100, 32, 256, 256: 10.7 vs 9.8 ms), ahead from
-  // twice that (100, 64, 256, 256: 17.8 vs 19.6; 100, 32, 512, 512: 28.8 vs 34.8).
-  static bool amx_steps(const LayerSizes& sz) {
+  // the persistent float32 loop: where oneDNN's bf16 GEMM is fast
+  // (cpu::has_fast_bf16_gemm). With AMX-BF16 it runs a step's product on the
+  // tiles, 3-4x the float32 rate once it is large (two threads, 64 x 512 x 2048:
+  // 170 vs 590 us for MKL's float32 GEMM; 16 x 128 x 512: 27 vs 15 us, oneDNN's
+  // ~20 us of set-up a call). Whole layers, forward: even at 32 x 256 x 1024 a
+  // step (LSTM 100, 32, 256, 256: 10.7 vs 9.8 ms), ahead from twice that (100, 64,
+  // 256, 256: 17.8 vs 19.6; 100, 32, 512, 512: 28.8 vs 34.8). On two Zen 5 cores
+  // (vdpbf16ps): 64 x 512 x 2048 in 233 us against ~430 in the float32 loop, 16
+  // rows even (110 us).
+  static bool bf16_gemm_steps(const LayerSizes& sz) {
     constexpr int64_t kMinStepWork = int64_t{1} << 23;  // multiply-adds of one step's product
-    return cpu::has_amx_bf16() && sz.batch > kSmallGemmRows &&
+    return cpu::has_fast_bf16_gemm() && sz.batch > kSmallGemmRows &&
            sz.batch * sz.output * sz.gates * sz.hidden > kMinStepWork;
   }
 
-  // bfloat16 products past the few-row kernel, on a CPU without AMX: oneDNN's
-  // bfloat16 GEMM runs on vdpbf16ps, at half the float32 FMA rate on the CPUs
-  // measured (87 vs 176 GFLOP/s a core), so the float32 BLAS on widened copies is
-  // faster, conversions included (512 x 512 x 2048 with bias: 5.1 vs 8.5 ms on two
-  // threads). The same sums in float32, rounded once, as oneDNN's; the float32
-  // product goes where a float32 one would (gemm_nt / gemm_nn: on AMD the
-  // library's kernel).
+  // bfloat16 products past the few-row kernel, where oneDNN's bf16 GEMM is slow
+  // (!cpu::has_fast_bf16_gemm: Intel without AMX): it runs on vdpbf16ps there, at
+  // half the float32 FMA rate (87 vs 176 GFLOP/s a core), so the float32 GEMM on
+  // widened copies is faster, conversions included (512 x 512 x 2048 with bias:
+  // 5.1 vs 8.5 ms on two threads). The same sums in float32, rounded once, as
+  // oneDNN's; the float32 product goes where a float32 one would (gemm_nt / gemm_nn).
   static bool widens_bf16(const at::Tensor& a) {
-    return a.scalar_type() == at::kBFloat16 && !cpu::has_amx_bf16();
+    return a.scalar_type() == at::kBFloat16 && !cpu::has_fast_bf16_gemm();
   }
 
   // The widened copies of `a` and the float32 result a block of rows at a time

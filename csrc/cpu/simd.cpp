@@ -65,6 +65,10 @@ const Bf16Features& bf16_features() {
 
 bool has_amx_bf16() { return bf16_features().amx; }
 
+bool has_fast_bf16_gemm() {
+  return has_amx_bf16() || (has_avx512_bf16() && !blas_runs_avx512());
+}
+
 bool blas_runs_avx512() {
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
   static const bool intel = [] {

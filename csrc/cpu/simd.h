@@ -18,9 +18,14 @@ enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
 Isa active_isa();
 const char* isa_name(Isa isa);
 
-// Whether the CPU has AMX's bfloat16 tile products (oneDNN's bfloat16 GEMM
-// then outruns the float32 BLAS). Decided once per process.
+// Whether the CPU has AMX's bfloat16 tile products. Decided once per process.
 bool has_amx_bf16();
+// Whether oneDNN's bfloat16 GEMM outruns the float32 ones here: with AMX-BF16 (the
+// tiles), or with AVX512-BF16 on a CPU other than Intel's (Zen 4/5 run vdpbf16ps at
+// twice the float32 FMA rate: two Zen 5 cores, oneDNN bf16 64 x 512 x 2048 at 576
+// GFLOP/s, 512 rows 763, against ~400 for float32 on the library's kernel). Intel's
+// AVX512-BF16 CPUs without AMX run it at half the float32 rate.
+bool has_fast_bf16_gemm();
 // Whether torch's CPU BLAS (MKL) runs AVX-512 GEMM kernels here: on Intel CPUs.
 // On AMD's AVX-512 CPUs (Zen 4, Zen 5) its sgemm takes a path at ~40% of the
 // FMA peak (two Zen 5 cores: ~195 GFLOP/s of ~470), so the library's own GEMM

@@ -259,6 +259,11 @@ void dot_rows(int64_t r0, int64_t r1, int64_t N, int64_t K, const float* a, int6
 }
 
 
+// How a product of 4+ rows splits into units (split_of, below).
+struct Split {
+  int64_t rows, blocks, group, groups, panels;  // rows a block, blocks; panels a group, groups
+};
+
 // One product as the kernels take it: rows, bias and out in float32, the weights
 // float32 or 16-bit (`W` of the kernels).
 struct Product {
@@ -273,6 +278,7 @@ struct Product {
   bool w_kn;        // w stored [K, N]: panels copied, not transposed
   bool accumulate;  // out += the product
   int64_t lda_k;    // a's stride along k: 1, or lda is 1 (float32 w_kn only)
+  Split split{};    // set once, before the units run (their threads read it)
 };
 
 // Units of work of one product: its 32-column panels over a block of rows where
@@ -295,14 +301,11 @@ bool takes_dots(const Product& g) { return g.M < 4 && !g.w_kn && g.lda_k == 1; }
 // line per row block) are taller: 512 rows (TN 2048 x 6400 x 512: 241 / 311 / 335
 // / 353 GFLOP/s at 64 / 128 / 256 / 512). Groups shrink until every thread has
 // two units or more.
-struct Split {
-  int64_t rows, blocks, group, groups, panels;  // rows a block, blocks; panels a group, groups
-};
-
 Split split_of(const Product& g) {
   constexpr int64_t kMostGroup = 8;
   const int64_t most_rows = (g.lda_k != 1 ? 64 : 16) * kRowBlock;
   Split s{};
+  if (g.M == 0 || g.N == 0) return s;  // no units
   s.panels = (g.N + kPanel - 1) / kPanel;
   s.blocks = (g.M + most_rows - 1) / most_rows;
   s.rows = ((g.M + s.blocks - 1) / s.blocks + kRowBlock - 1) / kRowBlock * kRowBlock;
@@ -317,8 +320,7 @@ int64_t units_of(const Product& g) {
   if (g.M == 0 || g.N == 0) return 0;
   if (g.K == 0) return 1;
   if (takes_dots(g)) return (g.N + kDotColumns - 1) / kDotColumns;
-  const Split s = split_of(g);
-  return s.blocks * s.groups;
+  return g.split.blocks * g.split.groups;
 }
 
 void run_without_products(const Product& g) {  // K = 0: out = bias (or 0), or out += 0
@@ -339,11 +341,11 @@ void run_dot_slice(const Product& g, int64_t u) {
   if (g.M % 2 == 1) dot_rows<1, 16>(g.M - 1, g.M, n, g.K, g.a, g.lda, w, bias, out, g.ldo);
 }
 
-// Unit u: panel group u % groups over row block u / groups (split_of).
+// Unit u: panel group u % groups over row block u / groups (g.split).
 template <typename W>
 void run_panel(const Product& g, int64_t u) {
   alignas(64) float panel[kDepth * kPanel];
-  const Split s = split_of(g);
+  const Split& s = g.split;
   const int64_t p_begin = u % s.groups * s.group, p_end = std::min(s.panels, p_begin + s.group);
   const int64_t m_begin = u / s.groups * s.rows, m_end = std::min(g.M, m_begin + s.rows);
   const bool columns = g.lda_k != 1;  // then lda is 1 (Product)
@@ -440,6 +442,9 @@ void gemm_nt_small_avx512(const NtGemm* gemms, int count) {
   int64_t work = 0;
   for (int j = 0; j < count; ++j) {
     products[j] = prepare(gemms[j], wide[j]);
+    // Here, not in the threads: split_of reads omp_get_max_threads(), which a
+    // parallel region may answer differently.
+    products[j].split = split_of(products[j]);
     first[j + 1] = first[j] + units_of(products[j]);
     work += products[j].M * products[j].N * products[j].K;
   }

@@ -287,7 +287,7 @@ struct Product {
 constexpr int64_t kDotColumns = 64;
 
 // Dot products for 1-3 rows of w stored [N, K]; w stored [K, N] needs no transpose.
-bool takes_dots(const Product& g) { return g.M < 4 && !g.w_kn && g.lda_k == 1; }
+bool takes_dots(const Product& g) { return g.M < 4 && !g.w_kn; }
 
 // How a product of 4+ rows splits into units: row blocks of `rows` rows, each
 // with its panels in groups of `group`. A unit walks K a depth at a time and, per

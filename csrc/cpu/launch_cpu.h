@@ -103,7 +103,7 @@ struct CpuLaunch {
   // Past kSmallGemmWork MKL is ahead where it runs AVX-512 (Intel); elsewhere
   // (AMD) the library's kernel takes every size (cpu::blas_runs_avx512; two Zen 5
   // cores, 512 x 512 x 2048 NT: 440 vs 200 GFLOP/s, 6400 x 2048 x 512 NN: 396 vs
-  // 191, 2048 x 6400 x 512 TN: 238 vs 193).
+  // 191, 2048 x 6400 x 512 TN: 300-350 vs 193).
   static constexpr int64_t kSmallGemmRows = 16;
   static constexpr int64_t kSmallGemmWork = int64_t{1} << 23;
   static bool within_own_gemm(int64_t work) {
@@ -140,9 +140,9 @@ struct CpuLaunch {
   }
 
   // out (+)= a @ w, w [K, N] as stored (the backward's d_pre @ W_hh and its
-  // large products). Up to 2^23 multiply-adds in float32 (a's rows or columns
-  // contiguous: the weight gradients' d_pre^T) and up to 16 rows in 16-bit types
-  // (oneDNN's fixed cost per call, as above) it takes gemm_nt_small_avx512 (w_kn:
+  // large products). float32 products of 2+ rows within_own_gemm (a's rows or
+  // columns contiguous: the weight gradients' d_pre^T) and up to 16 rows in 16-bit
+  // types (oneDNN's fixed cost per call, as above) take gemm_nt_small_avx512 (w_kn:
   // its panels copied, not transposed; two threads, 50 x 256 x 64 NN: 8 vs 18 us
   // on MKL, 128 x 1024 x 64: 44 vs 100); bfloat16 with more rows the float32 BLAS
   // on widened copies (widens_bf16); the rest ATen.

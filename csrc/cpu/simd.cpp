@@ -64,6 +64,7 @@ const Bf16Features& bf16_features() {
 }  // namespace
 
 bool has_amx_bf16() { return bf16_features().amx; }
+bool has_avx512_bf16() { return bf16_features().avx512; }
 
 bool has_fast_bf16_gemm() {
   return has_amx_bf16() || (has_avx512_bf16() && !blas_runs_avx512());
@@ -80,7 +81,6 @@ bool blas_runs_avx512() {
   return false;
 #endif
 }
-bool has_avx512_bf16() { return bf16_features().avx512; }
 
 const char* isa_name(Isa isa) {
   switch (isa) {

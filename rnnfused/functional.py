@@ -85,9 +85,17 @@ def _use_fused(input: Tensor) -> bool:
 
 # ----------------------------------------------------------------- checks
 
+# ATen's ScalarType names, as its messages print them.
 _DTYPE_NAMES = {
     torch.float64: "Double", torch.float32: "Float", torch.float16: "Half",
-    torch.bfloat16: "BFloat16",
+    torch.bfloat16: "BFloat16", torch.int64: "Long", torch.int32: "Int", torch.int16: "Short",
+    torch.int8: "Char", torch.uint8: "Byte", torch.bool: "Bool",
+    torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble",
+}
+# The C++ type names that mm's dtype check prints.
+_CPP_DTYPE_NAMES = {
+    torch.float64: "double", torch.float32: "float", torch.float16: "c10::Half",
+    torch.bfloat16: "c10::BFloat16",
 }
 
 
@@ -95,17 +103,26 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return _DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
 
 
-def _check_same_dtype(mat1: Tensor, mat2: Tensor) -> None:
-    """torch.nn's (ATen's matmul) error when a state or input dtype differs from the weights'."""
-    if mat1.dtype != mat2.dtype:
+def _check_same_dtype(mat1: Tensor, mat2: Tensor, biased: bool) -> None:
+    """torch.nn's error when a state or input dtype differs from the weights': ATen's
+    linear runs addmm where the product has a bias, mm where it has none, and the
+    two word it differently."""
+    if mat1.dtype == mat2.dtype:
+        return
+    if biased:
         raise RuntimeError(
             "mat1 and mat2 must have the same dtype, but got "
             f"{_dtype_name(mat1.dtype)} and {_dtype_name(mat2.dtype)}"
         )
+    names = [_CPP_DTYPE_NAMES.get(t.dtype, _dtype_name(t.dtype)) for t in (mat1, mat2)]
+    raise RuntimeError(
+        f"expected m1 and m2 to have the same dtype, but got: {names[0]} != {names[1]}"
+    )
 
 
 def _check_stack_args(
-    input: Tensor, hiddens: Sequence[Tensor], weights: Sequence[Tensor], time_dim: int | None
+    input: Tensor, hiddens: Sequence[Tensor], weights: Sequence[Tensor], time_dim: int | None,
+    has_biases: bool,
 ) -> None:
     """ATen's checks in _VF.rnn_* / lstm / gru that the modules don't make.
     time_dim: the time dimension of dense input, None for packed."""
@@ -131,7 +148,10 @@ def _check_stack_args(
                 f"{input.device} and parameter tensor at {weight.device}"
             )
     for hidden in hiddens:
-        _check_same_dtype(hidden, weights[0])
+        _check_same_dtype(hidden, weights[0], has_biases)
+    # reached by packed LSTM input (torch.nn checks the others); ATen's step multiplies
+    # the state before the input, so a state's mismatch is the one reported
+    _check_same_dtype(input, weights[0], has_biases)
 
 
 def _check_packed_lstm_batch(batch_sizes: Tensor, hx: Tensor, gate_rows: int) -> None:
@@ -331,7 +351,7 @@ def lstm(
         h_dtype = low if projected else c_dtype
         input, *hx = _cast((input, *hx), low)
         flat_weights = _cast(flat_weights, low)
-    _check_stack_args(input, hx, flat_weights, _time_dim(batch_sizes, batch_first))
+    _check_stack_args(input, hx, flat_weights, _time_dim(batch_sizes, batch_first), has_biases)
     if batch_sizes is not None:
         _check_packed_lstm_batch(batch_sizes, hx[0], flat_weights[0].size(0))
     fused = _use_fused(input)
@@ -372,7 +392,7 @@ def gru(
     if low is not None:
         h_dtype = _carried_dtype(low, hx)
         input, hx, *flat_weights = _cast((input, hx, *flat_weights), low)
-    _check_stack_args(input, (hx,), flat_weights, _time_dim(batch_sizes, batch_first))
+    _check_stack_args(input, (hx,), flat_weights, _time_dim(batch_sizes, batch_first), has_biases)
     fused = _use_fused(input)
 
     def layer(x, batch_sizes, states, weights, reverse):
@@ -413,7 +433,7 @@ def rnn(
     low = _autocast_dtype(input)
     if low is not None:
         input, hx, *flat_weights = _cast((input, hx, *flat_weights), low)
-    _check_stack_args(input, (hx,), flat_weights, _time_dim(batch_sizes, batch_first))
+    _check_stack_args(input, (hx,), flat_weights, _time_dim(batch_sizes, batch_first), has_biases)
     fused = _use_fused(input)
     relu = nonlinearity == "relu"
 
@@ -433,7 +453,10 @@ def rnn(
 # ----------------------------------------------------------------- cells
 
 
-def _check_cell(input: Tensor, hiddens: Sequence[Tensor], w_ih: Tensor, w_hh: Tensor) -> None:
+def _check_cell(
+    input: Tensor, hiddens: Sequence[Tensor], w_ih: Tensor, w_hh: Tensor,
+    b_ih: Tensor | None, b_hh: Tensor | None,
+) -> None:
     """ATen's checks in _VF.*_cell, with its messages. (Shapes read once: a cell
     step in a Python loop pays for every attribute read here.)"""
     batch, features = input.shape
@@ -449,14 +472,16 @@ def _check_cell(input: Tensor, hiddens: Sequence[Tensor], w_ih: Tensor, w_hh: Te
                 f"Input batch size {batch} doesn't match hidden{label} batch size "
                 f"{hidden_shape[0]}"
             )
+        if len(hidden_shape) < 2:  # a 1-D state with batched input: ATen reads its size(1)
+            raise IndexError("Dimension out of range (expected to be in range of [-1, 0], but got 1)")
         if hidden_shape[1] != state_features:
             raise RuntimeError(
                 f"hidden{label} has inconsistent hidden_size: got {hidden_shape[1]}, "
                 f"expected {state_features}"
             )
-    _check_same_dtype(input, w_ih)
+    _check_same_dtype(input, w_ih, b_ih is not None)
     for hidden in hiddens:
-        _check_same_dtype(hidden, w_hh)
+        _check_same_dtype(hidden, w_hh, b_hh is not None)
     if input.is_cpu:  # the common case, without building a torch.device per tensor
         for t in hiddens:
             if not t.is_cpu:
@@ -474,12 +499,13 @@ def _check_cell(input: Tensor, hiddens: Sequence[Tensor], w_ih: Tensor, w_hh: Te
 
 
 def _cell_step(
-    fused: Callable[..., Any], ref: Callable[..., Any], checked: tuple[Tensor, Sequence[Tensor], Tensor, Tensor],
+    fused: Callable[..., Any], ref: Callable[..., Any],
+    checked: tuple[Tensor, Sequence[Tensor], Tensor, Tensor, Tensor | None, Tensor | None],
     *args: Any,
 ) -> Any:
     """A cell step: `fused` (ops.*_cell, the layer op on a one-step sequence) or, off
     the fused path, `ref` on `args`, with
-    torch.nn's argument checks on checked = (input, hiddens, w_ih, w_hh). The fused
+    torch.nn's argument checks on checked = (input, hiddens, w_ih, w_hh, b_ih, b_hh). The fused
     op checks every shape, dtype and device itself, so a step pays for _check_cell
     only when the op raises: it then raises torch.nn's error where torch.nn has one
     (else the op's error stands). The reference path is checked up front."""
@@ -529,7 +555,7 @@ def lstm_cell(
     if low is not None:
         dtype = _carried_dtype(low, hx[1])
         input, *hx, w_ih, w_hh, b_ih, b_hh = _cast((input, *hx, w_ih, w_hh, b_ih, b_hh), low)
-    h, c = _cell_step(ops.lstm_cell, _reference_lstm_cell, (input, hx, w_ih, w_hh),
+    h, c = _cell_step(ops.lstm_cell, _reference_lstm_cell, (input, hx, w_ih, w_hh, b_ih, b_hh),
                       input, hx[0], hx[1], w_ih, w_hh, b_ih, b_hh)
     if low is not None:
         return h.to(dtype), c.to(dtype)
@@ -545,7 +571,7 @@ def gru_cell(
     if low is not None:
         dtype = _carried_dtype(low, hx)
         input, hx, w_ih, w_hh, b_ih, b_hh = _cast((input, hx, w_ih, w_hh, b_ih, b_hh), low)
-    h = _cell_step(ops.gru_cell, _reference_gru_cell, (input, (hx,), w_ih, w_hh),
+    h = _cell_step(ops.gru_cell, _reference_gru_cell, (input, (hx,), w_ih, w_hh, b_ih, b_hh),
                    input, hx, w_ih, w_hh, b_ih, b_hh)
     return h if low is None else h.to(dtype)
 
@@ -559,5 +585,5 @@ def rnn_cell(
     low = _autocast_dtype(input)
     if low is not None:
         input, hx, w_ih, w_hh, b_ih, b_hh = _cast((input, hx, w_ih, w_hh, b_ih, b_hh), low)
-    return _cell_step(ops.rnn_cell, _reference_rnn_cell, (input, (hx,), w_ih, w_hh),
+    return _cell_step(ops.rnn_cell, _reference_rnn_cell, (input, (hx,), w_ih, w_hh, b_ih, b_hh),
                       input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity == "relu")

@@ -66,6 +66,27 @@ CASES = {
     "gru_float64_input": lambda nn: nn.GRU(I, H)(x3(dtype=torch.float64)),
     "rnn_float64_input_unbatched": lambda nn: nn.RNN(I, H)(torch.randn(T, I, dtype=torch.float64)),
     "lstm_float32_input_float64_module": lambda nn: nn.LSTM(I, H, dtype=torch.float64)(x3()),
+    # a state of another dtype: ATen's addmm and (without biases) mm word the error differently
+    "gru_float64_hx": lambda nn: nn.GRU(I, H)(x3(), torch.randn(1, B, H, dtype=torch.float64)),
+    "rnn_no_bias_float64_hx": lambda nn: nn.RNN(I, H, bias=False)(
+        x3(), torch.randn(1, B, H, dtype=torch.float64)),
+    "gru_no_bias_float32_hx_float64_module": lambda nn: nn.GRU(
+        I, H, bias=False, dtype=torch.float64)(x3(dtype=torch.float64), torch.randn(1, B, H)),
+    # a non-float state (a program's zeros made without a dtype from an integer tensor):
+    # ATen names integer dtypes its own way (Long, Int, Bool)
+    "gru_int64_hx": lambda nn: nn.GRU(I, H)(x3(), torch.zeros(1, B, H, dtype=torch.long)),
+    "lstmcell_int32_hx": lambda nn: nn.LSTMCell(I, H)(
+        torch.randn(B, I), (torch.zeros(B, H, dtype=torch.int32), torch.zeros(B, H))),
+    "rnncell_bool_hx": lambda nn: nn.RNNCell(I, H)(torch.randn(B, I), torch.zeros(B, H, dtype=torch.bool)),
+    # torch.nn.LSTM leaves packed input's dtype to _VF.lstm, whose input product then fails
+    "lstm_packed_float32_input_float64_module": lambda nn: nn.LSTM(I, H, dtype=torch.float64)(
+        packed(), (torch.randn(1, 2, H, dtype=torch.float64),) * 2),
+    "lstm_no_bias_packed_float32_input_float64_module": lambda nn: nn.LSTM(
+        I, H, bias=False, dtype=torch.float64)(
+        packed(), (torch.randn(1, 2, H, dtype=torch.float64),) * 2),
+    "lstm_no_bias_float32_hx_float64_module": lambda nn: nn.LSTM(
+        I, H, bias=False, dtype=torch.float64)(
+        x3(dtype=torch.float64), (torch.randn(1, B, H), torch.randn(1, B, H))),
     # ---- PackedSequence with hx of the wrong batch
     "gru_packed_hx_wrong_batch": lambda nn: nn.GRU(I, H)(packed(), torch.randn(1, 3, H)),
     "rnn_packed_hx_wrong_batch": lambda nn: nn.RNN(I, H)(packed(), torch.randn(1, 3, H)),
@@ -92,7 +113,18 @@ CASES = {
     "rnncell_hx_wrong_batch": lambda nn: nn.RNNCell(I, H)(torch.randn(B, I), torch.randn(B + 1, H)),
     "rnncell_hx_wrong_hidden": lambda nn: nn.RNNCell(I, H)(torch.randn(B, I), torch.randn(B, H + 1)),
     "rnncell_hx_1d_for_batched": lambda nn: nn.RNNCell(I, H)(torch.randn(B, I), torch.randn(H)),
+    # the batch sizes agree, so ATen goes on to read the 1-D state's size(1)
+    "grucell_hx_1d_batch_equal_hidden": lambda nn: nn.GRUCell(I, H)(
+        torch.randn(H, I), torch.randn(H)),
+    "lstmcell_cx_1d_batch_equal_hidden": lambda nn: nn.LSTMCell(I, H)(
+        torch.randn(H, I), (torch.randn(H, H), torch.randn(H))),
     "grucell_float64_input": lambda nn: nn.GRUCell(I, H)(torch.randn(B, I, dtype=torch.float64)),
+    "rnncell_no_bias_float64_input": lambda nn: nn.RNNCell(I, H, bias=False)(
+        torch.randn(B, I, dtype=torch.float64)),
+    "lstmcell_no_bias_float64_hx": lambda nn: nn.LSTMCell(I, H, bias=False)(
+        torch.randn(B, I), (torch.randn(B, H, dtype=torch.float64), torch.randn(B, H))),
+    "grucell_no_bias_bfloat16_input_unbatched": lambda nn: nn.GRUCell(I, H, bias=False)(
+        torch.randn(I, dtype=torch.bfloat16)),
     # ---- constructors
     "lstm_dropout_above_1": lambda nn: nn.LSTM(I, H, num_layers=2, dropout=1.5),
     "gru_dropout_negative": lambda nn: nn.GRU(I, H, num_layers=2, dropout=-0.1),

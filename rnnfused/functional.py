@@ -312,11 +312,9 @@ def _run_stack(
     output = layer_input
     if batch_first and batch_sizes is None:
         output = output.transpose(0, 1)
-    # One layer-direction: a view of the op's own output instead of a copy.
-    return output, tuple(
-        collected[0].unsqueeze(0) if len(collected) == 1 else torch.stack(collected, 0)
-        for collected in finals
-    )
+    # Stacked even for one layer-direction, as ATen does: programs detach the final
+    # states in place (h_n.detach_()), which a view would refuse.
+    return output, tuple(torch.stack(collected, 0) for collected in finals)
 
 
 def _split_weights(weights: Sequence[Tensor], has_biases: bool) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:

@@ -129,3 +129,36 @@ def test_convert_leaves_rnnfused_and_others_alone():
     rnnfused.convert(model)
     assert model[0] is gru
     assert type(model[1]) is torch.nn.Linear
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_truncated_bptt_detaching_the_state_in_place(kind, packed):
+    """Language-model training carries the final state into the next chunk and cuts
+    the graph with h.detach_(): the final states must not be views (one layer, one
+    direction is where a view of the op's output could be returned)."""
+    cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[kind]
+    ref = cls(EMBED, HIDDEN)
+    fused = rnnfused.convert(copy.deepcopy(ref))
+    chunks = torch.randn(4, 5, 3, EMBED)  # 4 chunks of [T=5, B=3, EMBED]
+    lengths = torch.tensor([5, 3, 4])
+
+    def run(model):
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        state, losses = None, []
+        for chunk in chunks:
+            x = (torch.nn.utils.rnn.pack_padded_sequence(chunk, lengths, enforce_sorted=False)
+                 if packed else chunk)
+            out, state = model(x, state)
+            out = out.data if packed else out
+            loss = out.pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            for s in state if isinstance(state, tuple) else (state,):
+                s.detach_()
+            losses.append(loss.item())
+        return torch.tensor(losses, dtype=torch.float64)
+
+    # float32: the project's tolerance at every step
+    torch.testing.assert_close(run(fused), run(ref), atol=1e-5, rtol=1e-4)

@@ -10,6 +10,7 @@ forms, default states, checks, PackedSequence sorting) and calls
 from __future__ import annotations
 
 import copy
+import sys
 from typing import Any
 
 import torch
@@ -30,14 +31,25 @@ def _zeros(module: nn.RNNBase, batch: Any, size: int, like: Tensor) -> Tensor:
     )
 
 
+def _onnx_exporting() -> bool:
+    """Whether torch.onnx.export is running (either exporter); torch.onnx is imported
+    by then, and is not looked up otherwise."""
+    onnx = sys.modules.get("torch.onnx")
+    return onnx is not None and onnx.is_in_onnx_export()
+
+
 def _torch_nn_runs(weights: Any) -> bool:
     """Whether a call runs torch.nn's own forward instead of the fused ops: under
     torch.func transforms (grad, vmap, jacrev, ...), which the ops' C++ autograd does
     not support, and when a weight is a tensor subclass with __torch_function__
     (Expanded Weights, for per-sample gradients), which torch.nn's _VF calls handle
-    by decomposition. Never while torch.compile traces (its tensors are neither)."""
+    by decomposition. Under torch.onnx.export too, which has ONNX's LSTM/GRU/RNN for
+    torch.nn's ops and nothing for rnnfused's (its exporters trace, or compile, the
+    call). Never otherwise while torch.compile traces (its tensors are neither)."""
     if torch.compiler.is_compiling():
-        return False
+        return _onnx_exporting()
+    if torch._C._is_tracing() and _onnx_exporting():
+        return True
     return torch._C._are_functorch_transforms_active() or torch._C._has_torch_function(weights)
 
 

@@ -1,6 +1,10 @@
 """Determinism (bitwise identical results run to run: on the CPU always, on CUDA under
-torch.use_deterministic_algorithms(True)) and torch.export (the exported program, with
-symbolic length and batch size, gives the module's outputs)."""
+torch.use_deterministic_algorithms(True)), torch.export (the exported program, with
+symbolic length and batch size, gives the module's outputs) and torch.onnx.export (the
+ONNX graph torch.nn's modules give)."""
+
+import io
+import warnings
 
 import pytest
 import torch
@@ -71,3 +75,38 @@ def test_export_every_kind(kind, device):
     flat = lambda r: [r] if isinstance(r, torch.Tensor) else [t for p in r for t in flat(p)]  # noqa: E731
     for a, b in zip(flat(got), flat(want), strict=True):
         assert torch.equal(a, b)
+
+
+def _onnx_export(module, x, dynamo):
+    """The op types of module's ONNX graph from either exporter (TorchScript's or,
+    with dynamo=True, torch.export's), or what the export raised: type and message
+    (where the onnx / onnxscript packages are missing, the exporters raise)."""
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporters' deprecation notices
+            if dynamo:
+                proto = torch.onnx.export(module, (x,), dynamo=True, verbose=False).model_proto
+            else:
+                torch.onnx.export(module, (x,), buffer, dynamo=False)
+                import onnx
+                proto = onnx.load_from_string(buffer.getvalue())
+    except Exception as e:  # noqa: BLE001 - compared with what torch.nn raises
+        return type(e), str(e)
+    return sorted({node.op_type for node in proto.graph.node})
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+@pytest.mark.parametrize("kind", MODULE_KINDS + CELL_KINDS)
+def test_onnx_export_as_torch_nn(kind, dynamo):
+    """A program exporting its model to ONNX gets torch.nn's graph (ONNX's own LSTM, GRU,
+    RNN nodes), not an unknown-operator error for rnnfused's ops."""
+    cell = kind.endswith("_cell")
+    reference, fused = make_kind_twins(kind, **({} if cell else dict(num_layers=2, bidirectional=True)))
+    x = torch.randn((3, INPUT_SIZE) if cell else (5, 3, INPUT_SIZE))
+    expected = _onnx_export(reference.eval(), x, dynamo)
+    if not (kind == "lstm_proj" and not dynamo):  # TorchScript's exporter refuses projections
+        assert isinstance(expected, list), expected  # torch.nn's module exports
+    assert _onnx_export(fused.eval(), x, dynamo) == expected
+    # the module runs its fused kernels again afterwards
+    torch.testing.assert_close(fused(x), reference(x), atol=1e-5, rtol=1e-4)

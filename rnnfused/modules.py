@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
-from rnnfused import _dynamo
+from rnnfused import _dynamo, _quantization
 from rnnfused import functional as RF
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert"]
@@ -348,6 +348,7 @@ _TWINS: dict[type, type] = {
     nn.RNN: RNN, nn.LSTM: LSTM, nn.GRU: GRU,
     nn.RNNCell: RNNCell, nn.LSTMCell: LSTMCell, nn.GRUCell: GRUCell,
 }
+_quantization.register_dynamic(_TWINS)
 
 
 def _twin_class(module: nn.Module) -> type | None:

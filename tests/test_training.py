@@ -162,3 +162,62 @@ def test_truncated_bptt_detaching_the_state_in_place(kind, packed):
 
     # float32: the project's tolerance at every step
     torch.testing.assert_close(run(fused), run(ref), atol=1e-5, rtol=1e-4)
+
+
+class LanguageModel(torch.nn.Module):
+    """Embedding -> 2-layer LSTM -> Linear, plus a GRUCell, built from whatever torch.nn
+    holds when it is constructed (a program that had rnnfused swapped in)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(VOCAB, EMBED)
+        self.rnn = torch.nn.LSTM(EMBED, HIDDEN, num_layers=2)
+        self.cell = torch.nn.GRUCell(HIDDEN, HIDDEN)
+        self.head = torch.nn.Linear(HIDDEN, VOCAB)
+
+    def forward(self, tokens):
+        out, _ = self.rnn(self.embed(tokens))
+        return self.head(self.cell(out[-1]))
+
+
+@pytest.mark.parametrize("spec", ["default", "set"])
+def test_dynamic_quantization_of_a_swapped_in_program(spec, monkeypatch):
+    """quantize_dynamic in a program that swapped rnnfused in for torch.nn's classes:
+    its recurrent modules become torch's dynamically quantized ones, as torch.nn's do,
+    with the same outputs."""
+    torch_model = LanguageModel().eval()
+    for name in ("LSTM", "GRUCell"):
+        monkeypatch.setattr(torch.nn, name, getattr(rnnfused, name))
+    fused_model = LanguageModel().eval()
+    assert isinstance(fused_model.rnn, rnnfused.LSTM) and isinstance(fused_model.cell, rnnfused.GRUCell)
+    fused_model.load_state_dict(torch_model.state_dict())
+
+    def quantize(model, lstm_cls, cell_cls):
+        qconfig_spec = None if spec == "default" else {lstm_cls, cell_cls, torch.nn.Linear}
+        return torch.ao.quantization.quantize_dynamic(model, qconfig_spec, dtype=torch.qint8)
+
+    quantized_fused = quantize(fused_model, rnnfused.LSTM, rnnfused.GRUCell)  # as torch.nn now names them
+    monkeypatch.undo()
+    quantized_torch = quantize(torch_model, torch.nn.LSTM, torch.nn.GRUCell)
+    dynamic = torch.ao.nn.quantized.dynamic
+    assert type(quantized_fused.rnn) is dynamic.LSTM and type(quantized_fused.cell) is dynamic.GRUCell
+    assert type(quantized_torch.rnn) is dynamic.LSTM
+    tokens = torch.randint(0, VOCAB, (6, 3))
+    # the same quantized weights through the same quantized kernels
+    torch.testing.assert_close(quantized_fused(tokens), quantized_torch(tokens), atol=0, rtol=0)
+
+
+def test_dynamic_quantization_of_a_converted_model():
+    """A model turned by convert(): a qconfig naming rnnfused's classes quantizes its
+    recurrent modules as torch.nn's; the default qconfig (torch.nn's classes, exact
+    types) leaves them in float, as the README says."""
+    torch_model = LanguageModel().eval()
+    fused_model = rnnfused.convert(copy.deepcopy(torch_model))
+    dynamic = torch.ao.nn.quantized.dynamic
+    quantize = torch.ao.quantization.quantize_dynamic
+    quantized_fused = quantize(fused_model, {rnnfused.LSTM, rnnfused.GRUCell, torch.nn.Linear}, dtype=torch.qint8)
+    quantized_torch = quantize(torch_model, None, dtype=torch.qint8)
+    assert type(quantized_fused.rnn) is dynamic.LSTM and type(quantized_fused.cell) is dynamic.GRUCell
+    tokens = torch.randint(0, VOCAB, (6, 3))
+    torch.testing.assert_close(quantized_fused(tokens), quantized_torch(tokens), atol=0, rtol=0)
+    assert type(quantize(fused_model, None, dtype=torch.qint8).rnn) is rnnfused.LSTM

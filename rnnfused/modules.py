@@ -103,11 +103,16 @@ def _weight(module: nn.Module, name: str) -> Tensor | None:
 class _FlatWeights:
     """torch.nn's check that the flat weights still are the module's weights
     (parametrizations, torch.func.functional_call, reassigned parameters), with
-    plain parameters read through `_weight`."""
+    plain parameters read straight from `_parameters`. Any other weight is read as
+    torch.nn reads it (hasattr, then getattr, up to the first change), so that a
+    parametrization with side effects (spectral_norm's power iteration) runs as
+    often per forward as under torch.nn."""
 
     def _weights_have_changed(self) -> bool:
         for ref, name in zip(self._flat_weight_refs, self._flat_weights_names):
-            weight = _weight(self, name)
+            weight = self._parameters.get(name, _ABSENT)
+            if weight is _ABSENT:
+                weight = getattr(self, name) if hasattr(self, name) else None
             if weight is not None and ref is not None and ref() is not weight:
                 return True
         return False

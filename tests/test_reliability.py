@@ -143,6 +143,69 @@ def test_weight_norm_parametrization(name):
     assert_same(results[1], results[0], torch.float64)
 
 
+class _CountingIdentity(torch.nn.Module):
+    """A parametrization that counts how often the module evaluates it."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, weight):
+        self.calls += 1
+        return weight * 1.0
+
+
+@pytest.mark.parametrize("name", MODULES + ["LSTMCell", "GRUCell", "RNNCell"])
+@pytest.mark.parametrize("attrs", [("weight_hh",), ("weight_ih", "weight_hh")], ids=["hh", "ih+hh"])
+def test_parametrizations_evaluated_as_often_as_in_torch_nn(name, attrs):
+    """A parametrization with side effects (spectral_norm's power iteration in training
+    mode) gives torch.nn's numbers only if each forward evaluates it as often as
+    torch.nn's (4 times for the first changed flat weight of a full-sequence module:
+    its change check and the flat weights' rebuild each call hasattr and getattr)."""
+    from torch.nn.utils import parametrize
+
+    ref, fused = make_twins(name, I, H)
+    suffix = "" if name.endswith("Cell") else "_l0"
+    x = torch.randn(B, I) if name.endswith("Cell") else torch.randn(T, B, I)
+    counts = []
+    for module in (ref, fused):
+        counters = [_CountingIdentity() for _ in attrs]
+        for attr, counter in zip(attrs, counters):
+            parametrize.register_parametrization(module, attr + suffix, counter)
+        for counter in counters:
+            counter.calls = 0
+        module(x)
+        counts.append([counter.calls for counter in counters])
+    assert counts[1] == counts[0]
+    assert counts[0][0] >= 1  # the count can't pass by both being zero
+
+
+@pytest.mark.parametrize("name", MODULES + ["LSTMCell", "GRUCell", "RNNCell"])
+def test_spectral_norm_parametrization(name):
+    """torch.nn.utils.parametrizations.spectral_norm on the recurrent weight, two
+    training-mode forwards (each runs the power iteration in place): the same outputs,
+    gradients and power-iteration vectors as torch.nn's."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    ref, fused = make_twins(name, I, H, dtype=torch.float64)
+    attr = "weight_hh" if name.endswith("Cell") else "weight_hh_l0"
+    x = torch.randn(B, I, dtype=torch.float64) if name.endswith("Cell") else torch.randn(
+        T, B, I, dtype=torch.float64)
+    results = []
+    for module in (ref, fused):
+        torch.manual_seed(0)  # the power iteration's starting vectors
+        spectral_norm(module, attr)
+        outs = []
+        for _ in range(2):
+            out = module(x)
+            outs += [o for item in (out if isinstance(out, tuple) else (out,))
+                     for o in (item if isinstance(item, tuple) else (item,))]
+        norm = module.parametrizations[attr][0]
+        grad = torch.autograd.grad(weighted_sum(outs), module.parametrizations[attr].original)
+        results.append(outs + list(grad) + [norm._u, norm._v])
+    assert_same(results[1], results[0], torch.float64)
+
+
 # ---------------------------------------------------------------- 2. frozen parameters
 
 

@@ -74,7 +74,8 @@ def _use_fused(input: Tensor) -> bool:
     if backend_for(input.device, input.dtype) == "fused":
         return True
     key = (input.device.type, input.dtype)
-    if not _force_reference and key not in _warned:
+    # meta tensors carry shapes only: nothing runs, on either path
+    if not _force_reference and key not in _warned and input.device.type != "meta":
         _warned.add(key)
         reason = ops.EXTENSION_ERROR or f"no fused kernel for {input.device.type} {input.dtype}"
         warnings.warn(

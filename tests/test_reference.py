@@ -190,3 +190,24 @@ def test_without_the_extension_everything_runs_on_the_reference_path():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"])
+def test_meta_device_gives_torch_nn_shapes_without_a_warning(name):
+    """On the meta device (shape inference, deferred initialisation) a forward gives
+    torch.nn's result shapes; nothing computes, so the reference path it takes is not
+    worth a warning."""
+    import warnings
+
+    cell = name.endswith("Cell")
+    x = torch.empty(3, 4, device="meta") if cell else torch.empty(5, 3, 4, device="meta")
+    shapes = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for module in (getattr(torch.nn, name)(4, 6, device="meta"), getattr(rnnfused, name)(4, 6, device="meta")):
+            out = module(x)
+            flat = [t for item in (out if isinstance(out, tuple) else (out,))
+                    for t in (item if isinstance(item, tuple) else (item,))]
+            assert all(t.device.type == "meta" for t in flat)
+            shapes.append([t.shape for t in flat])
+    assert shapes[1] == shapes[0]

@@ -279,12 +279,21 @@ def _run_stack(
     bidirectional: bool,
     batch_first: bool,
     pair: PairFn | None = None,
+    own_output: bool = False,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """Runs the layers over time, both directions of a layer on the same input
     with outputs concatenated (reverse last), dropout between layers in training
     as torch.nn does it (torch.dropout on each non-last layer's output).
     states: each [num_layers * directions, B, *]. pair: runs both directions of a
-    layer together, where `_directions_together` says it pays (the fused path only)."""
+    layer together, where `_directions_together` says it pays (the fused path only).
+    own_output: return an output of the stack's own, as torch.nn's GRU and RNN do
+    on the CPU (ATen concatenates the steps' states; a batch_first output is that
+    tensor transposed in place, not a view): programs modify it in place (`out += x`,
+    `relu_`, in-place dropout, `output.detach_()`) and still call backward. A fused
+    layer op saves its output for the backward, which such a change would make
+    refuse it, so where autograd records the last op the caller gets a copy. Not
+    under torch.compile (functionalization keeps the saved value apart from a
+    mutated one) nor torch.jit.trace: there the output is a view, as before."""
     directions = 2 if bidirectional else 1
     per_layer = len(flat_weights) // (num_layers * directions)
     if batch_first and batch_sizes is None:
@@ -311,11 +320,22 @@ def _run_stack(
         if dropout != 0 and train and index < num_layers - 1:
             layer_input = torch.dropout(layer_input, dropout, True)
     output = layer_input
-    if batch_first and batch_sizes is None:
+    if own_output and _eager():
+        if directions == 1 and output.requires_grad:
+            output = output.clone()  # the op saved its output for the backward
+        if batch_first and batch_sizes is None:
+            output.transpose_(0, 1)  # no view: output.detach_() works on it
+    elif batch_first and batch_sizes is None:
         output = output.transpose(0, 1)
     # Stacked even for one layer-direction, as ATen does: programs detach the final
     # states in place (h_n.detach_()), which a view would refuse.
     return output, tuple(torch.stack(collected, 0) for collected in finals)
+
+
+def _eager() -> bool:
+    """Neither torch.compile nor torch.jit.trace is recording the call (a recorded
+    graph replays what one call did, whatever the next call's grad mode)."""
+    return not torch.compiler.is_compiling() and not torch.jit.is_tracing()
 
 
 def _split_weights(weights: Sequence[Tensor], has_biases: bool) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
@@ -407,7 +427,7 @@ def gru(
 
     output, (h_n,) = _run_stack(
         layer, input, batch_sizes, (hx,), flat_weights, num_layers, dropout, train,
-        bidirectional, batch_first, pair if fused else None,
+        bidirectional, batch_first, pair if fused else None, own_output=fused,
     )
     if low is not None:
         return output.to(h_dtype), h_n.to(h_dtype)
@@ -444,7 +464,7 @@ def rnn(
 
     output, (h_n,) = _run_stack(
         layer, input, batch_sizes, (hx,), flat_weights, num_layers, dropout, train,
-        bidirectional, batch_first,
+        bidirectional, batch_first, own_output=fused,
     )
     return output, h_n
 

@@ -164,6 +164,57 @@ def test_truncated_bptt_detaching_the_state_in_place(kind, packed):
     torch.testing.assert_close(run(fused), run(ref), atol=1e-5, rtol=1e-4)
 
 
+def _modify_in_place(tensor, how):
+    if how == "add_":  # a residual connection written `out += x`
+        tensor.add_(1.0)
+    elif how == "relu_":
+        torch.relu_(tensor)
+    elif how == "dropout":
+        torch.nn.functional.dropout(tensor, 0.5, training=True, inplace=True)
+    else:
+        tensor.detach_()
+
+
+def _outcome(module, x, how, target):
+    """(exception type or None, x.grad, every parameter's grad) of a forward whose
+    output or final state is changed in place before the backward."""
+    torch.manual_seed(0)  # in-place dropout's mask
+    x = x.clone().requires_grad_()
+    out, hidden = module(x)
+    h_n = hidden[0] if isinstance(hidden, tuple) else hidden
+    try:
+        _modify_in_place(out if target == "output" else h_n, how)
+        (out.pow(2).sum() + h_n.pow(2).sum()).backward()
+    except RuntimeError as error:
+        return type(error), None, []
+    return None, x.grad, [p.grad for p in module.parameters()]
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, False), (1, True)], ids=["1", "2", "bidir"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["seq_first", "batch_first"])
+@pytest.mark.parametrize("how,target", [("add_", "output"), ("relu_", "output"), ("dropout", "output"),
+                                        ("detach_", "output"), ("add_", "h_n")])
+def test_outputs_modified_in_place_as_torch_nn(kind, layers, bidirectional, batch_first, how, target):
+    """Programs change a recurrent module's output in place (`out += x`, relu_, in-place
+    dropout, out.detach_()) and then call backward. torch.nn's GRU and RNN allow it on
+    the CPU (their output is a tensor of its own, not a view even when batch_first);
+    its LSTM refuses the changes that touch what its backward saved. rnnfused: the
+    same outcome, and where it succeeds the same gradients."""
+    cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[kind]
+    ref = cls(EMBED, HIDDEN, layers, bidirectional=bidirectional, batch_first=batch_first)
+    fused = rnnfused.convert(copy.deepcopy(ref))
+    x = torch.randn(5, 3, EMBED)
+    want, got = _outcome(ref, x, how, target), _outcome(fused, x, how, target)
+    assert got[0] is want[0]
+    if want[0] is None:
+        torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=1e-4)
+        for g, w in zip(got[2], want[2]):
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+    if kind != "lstm" and how != "detach_":
+        assert want[0] is None  # the cases this test exists for: torch.nn allows them
+
+
 class LanguageModel(torch.nn.Module):
     """Embedding -> 2-layer LSTM -> Linear, plus a GRUCell, built from whatever torch.nn
     holds when it is constructed (a program that had rnnfused swapped in)."""

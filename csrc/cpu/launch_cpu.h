@@ -27,7 +27,7 @@ struct CpuLaunch {
     explicit Guard(c10::Device) {}
   };
 
-  // A layer's buffer that grows with the sequence: on huge pages from 4 MB
+  // A layer's buffer that grows with the sequence: on huge pages from 32 MB
   // (huge_pages.h), else at::empty.
   static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
     return cpu::empty_on_huge_pages(sizes, options);

@@ -291,9 +291,11 @@ def _run_stack(
     tensor transposed in place, not a view): programs modify it in place (`out += x`,
     `relu_`, in-place dropout, `output.detach_()`) and still call backward. A fused
     layer op saves its output for the backward, which such a change would make
-    refuse it, so where autograd records the last op the caller gets a copy. Not
-    under torch.compile (functionalization keeps the saved value apart from a
-    mutated one) nor torch.jit.trace: there the output is a view, as before."""
+    refuse it, so where autograd records the last op the caller gets a copy (under
+    torch.compile too, whose tracing runs autograd on the op; the copy then costs
+    nothing, functionalization removes it). A compiled batch_first output is a view
+    of the copy. Not under torch.jit.trace: a traced graph replays one call's
+    choice whatever the next call's grad mode, so there the output is the op's."""
     directions = 2 if bidirectional else 1
     per_layer = len(flat_weights) // (num_layers * directions)
     if batch_first and batch_sizes is None:
@@ -320,22 +322,19 @@ def _run_stack(
         if dropout != 0 and train and index < num_layers - 1:
             layer_input = torch.dropout(layer_input, dropout, True)
     output = layer_input
-    if own_output and _eager():
+    if own_output and not torch.jit.is_tracing():
         if directions == 1 and output.requires_grad:
             output = output.clone()  # the op saved its output for the backward
         if batch_first and batch_sizes is None:
-            output.transpose_(0, 1)  # no view: output.detach_() works on it
+            if torch.compiler.is_compiling():
+                output = output.transpose(0, 1)
+            else:
+                output.transpose_(0, 1)  # no view: output.detach_() works on it
     elif batch_first and batch_sizes is None:
         output = output.transpose(0, 1)
     # Stacked even for one layer-direction, as ATen does: programs detach the final
     # states in place (h_n.detach_()), which a view would refuse.
     return output, tuple(torch.stack(collected, 0) for collected in finals)
-
-
-def _eager() -> bool:
-    """Neither torch.compile nor torch.jit.trace is recording the call (a recorded
-    graph replays what one call did, whatever the next call's grad mode)."""
-    return not torch.compiler.is_compiling() and not torch.jit.is_tracing()
 
 
 def _split_weights(weights: Sequence[Tensor], has_biases: bool) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:

@@ -167,3 +167,33 @@ def test_model_compiles_without_graph_break_only_once_converted():
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(x), expected, atol=1e-5, rtol=1e-4)
+
+
+class _ChangesOutputInPlace(torch.nn.Module):
+    """`out += 1; relu_(out)` on a recurrent module's output before the loss."""
+
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x):
+        out, h = self.rnn(x)
+        out += 1.0
+        torch.relu_(out)
+        return out, h
+
+
+@pytest.mark.parametrize("kind", ["gru", "rnn_tanh"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["seq_first", "batch_first"])
+def test_compiled_output_changed_in_place(kind, batch_first):
+    """A GRU's or RNN's output changed in place before backward (torch.nn allows it:
+    tests/test_training.py) compiles and gives eager torch.nn's results: AOT autograd
+    traces autograd over the op, which saved its output, so the module must hand out
+    a copy there too."""
+    ref, fused = make_kind_twins(kind, batch_first=batch_first)
+    ref, fused = _ChangesOutputInPlace(ref), _ChangesOutputInPlace(fused)
+    compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
+    x = torch.randn(5, 3, INPUT_SIZE)
+    for a, b in zip(_run(compiled, x), _run(ref, x), strict=True):
+        for got, want in zip(a, b, strict=True):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

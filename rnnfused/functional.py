@@ -293,9 +293,9 @@ def _run_stack(
     layer op saves its output for the backward, which such a change would make
     refuse it, so where autograd records the last op the caller gets a copy (under
     torch.compile too, whose tracing runs autograd on the op; the copy then costs
-    nothing, functionalization removes it). A compiled batch_first output is a view
-    of the copy. Not under torch.jit.trace: a traced graph replays one call's
-    choice whatever the next call's grad mode, so there the output is the op's."""
+    nothing, functionalization removes it), and always under torch.jit.trace (a
+    traced graph replays one call's choice whatever the next call's grad mode). A
+    compiled or traced batch_first output is a view of the copy."""
     directions = 2 if bidirectional else 1
     per_layer = len(flat_weights) // (num_layers * directions)
     if batch_first and batch_sizes is None:
@@ -322,11 +322,12 @@ def _run_stack(
         if dropout != 0 and train and index < num_layers - 1:
             layer_input = torch.dropout(layer_input, dropout, True)
     output = layer_input
-    if own_output and not torch.jit.is_tracing():
-        if directions == 1 and output.requires_grad:
+    if own_output:
+        tracing = torch.jit.is_tracing()
+        if directions == 1 and (output.requires_grad or tracing):
             output = output.clone()  # the op saved its output for the backward
         if batch_first and batch_sizes is None:
-            if torch.compiler.is_compiling():
+            if tracing or torch.compiler.is_compiling():
                 output = output.transpose(0, 1)
             else:
                 output.transpose_(0, 1)  # no view: output.detach_() works on it

@@ -287,7 +287,8 @@ def _run_stack(
     states: each [num_layers * directions, B, *]. pair: runs both directions of a
     layer together, where `_directions_together` says it pays (the fused path only).
     own_output: return an output of the stack's own, as torch.nn's GRU and RNN do
-    on the CPU (ATen concatenates the steps' states; a batch_first output is that
+    on the CPU, and its LSTM wherever oneDNN doesn't run it (float64, proj_size,
+    packed input: ATen concatenates the steps' states; a batch_first output is that
     tensor transposed in place, not a view): programs modify it in place (`out += x`,
     `relu_`, in-place dropout, `output.detach_()`) and still call backward. A fused
     layer op saves its output for the backward, which such a change would make
@@ -386,7 +387,7 @@ def lstm(
 
     output, (h_n, c_n) = _run_stack(
         layer, input, batch_sizes, tuple(hx), flat_weights, num_layers, dropout, train,
-        bidirectional, batch_first, pair if fused else None,
+        bidirectional, batch_first, pair if fused else None, own_output=fused,
     )
     if low is not None:
         return output.to(h_dtype), h_n.to(h_dtype), c_n.to(c_dtype)

@@ -164,30 +164,30 @@ def test_truncated_bptt_detaching_the_state_in_place(kind, packed):
     torch.testing.assert_close(run(fused), run(ref), atol=1e-5, rtol=1e-4)
 
 
-def _modify_in_place(tensor, how):
+def _modified(tensor, how, in_place):
+    """The change a program makes to an output: in place, or its out-of-place equal."""
     if how == "add_":  # a residual connection written `out += x`
-        tensor.add_(1.0)
-    elif how == "relu_":
-        torch.relu_(tensor)
-    elif how == "dropout":
-        torch.nn.functional.dropout(tensor, 0.5, training=True, inplace=True)
-    else:
-        tensor.detach_()
+        return tensor.add_(1.0) if in_place else tensor + 1.0
+    if how == "relu_":
+        return torch.relu_(tensor) if in_place else torch.relu(tensor)
+    if how == "dropout":
+        return torch.nn.functional.dropout(tensor, 0.5, training=True, inplace=in_place)
+    return tensor.detach_() if in_place else tensor.detach()
 
 
-def _outcome(module, x, how, target):
-    """(exception type or None, x.grad, every parameter's grad) of a forward whose
-    output or final state is changed in place before the backward."""
+def _gradients(module, x, how, target, in_place):
+    """x.grad and every parameter's grad of a forward whose output or final state is
+    changed (in place or not) before the loss."""
     torch.manual_seed(0)  # in-place dropout's mask
     x = x.clone().requires_grad_()
     out, hidden = module(x)
     h_n = hidden[0] if isinstance(hidden, tuple) else hidden
-    try:
-        _modify_in_place(out if target == "output" else h_n, how)
-        (out.pow(2).sum() + h_n.pow(2).sum()).backward()
-    except RuntimeError as error:
-        return type(error), None, []
-    return None, x.grad, [p.grad for p in module.parameters()]
+    if target == "output":
+        out = _modified(out, how, in_place)
+    else:
+        h_n = _modified(h_n, how, in_place)
+    (out.pow(2).sum() + h_n.pow(2).sum()).backward()
+    return [x.grad, *(p.grad for p in module.parameters())]
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
@@ -195,24 +195,44 @@ def _outcome(module, x, how, target):
 @pytest.mark.parametrize("batch_first", [False, True], ids=["seq_first", "batch_first"])
 @pytest.mark.parametrize("how,target", [("add_", "output"), ("relu_", "output"), ("dropout", "output"),
                                         ("detach_", "output"), ("add_", "h_n")])
-def test_outputs_modified_in_place_as_torch_nn(kind, layers, bidirectional, batch_first, how, target):
+def test_outputs_modified_in_place(kind, layers, bidirectional, batch_first, how, target):
     """Programs change a recurrent module's output in place (`out += x`, relu_, in-place
-    dropout, out.detach_()) and then call backward. torch.nn's GRU and RNN allow it on
-    the CPU (their output is a tensor of its own, not a view even when batch_first);
-    its LSTM refuses the changes that touch what its backward saved. rnnfused: the
-    same outcome, and where it succeeds the same gradients."""
+    dropout, out.detach_()) and then call backward. torch.nn allows it where ATen
+    concatenates the steps' states into a tensor of its own (GRU and RNN; LSTM in
+    float64, with proj_size or packed input), not where oneDNN's LSTM saved the
+    output it returns. rnnfused's output is always a tensor of its own (never a view,
+    not what the op saved): the change works, with the gradients of the same change
+    made out of place under torch.nn."""
     cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[kind]
     ref = cls(EMBED, HIDDEN, layers, bidirectional=bidirectional, batch_first=batch_first)
     fused = rnnfused.convert(copy.deepcopy(ref))
     x = torch.randn(5, 3, EMBED)
-    want, got = _outcome(ref, x, how, target), _outcome(fused, x, how, target)
-    assert got[0] is want[0]
-    if want[0] is None:
-        torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=1e-4)
-        for g, w in zip(got[2], want[2]):
-            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
-    if kind != "lstm" and how != "detach_":
-        assert want[0] is None  # the cases this test exists for: torch.nn allows them
+    got = _gradients(fused, x, how, target, in_place=True)
+    want = _gradients(ref, x, how, target, in_place=False)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("options", [dict(dtype=torch.float64), dict(proj_size=4), dict(packed=True)],
+                         ids=["float64", "proj_size", "packed"])
+def test_lstm_output_modified_in_place_where_torch_nn_allows_it(options):
+    """The LSTMs torch.nn runs on ATen's own loop (not oneDNN's) allow `out += 1`
+    before backward; rnnfused's do too, with the same gradients."""
+    options = dict(options)
+    dtype, packed = options.pop("dtype", torch.float32), options.pop("packed", False)
+    ref = torch.nn.LSTM(EMBED, HIDDEN, **options).to(dtype)
+    fused = rnnfused.convert(copy.deepcopy(ref))
+    x = torch.randn(5, 3, EMBED, dtype=dtype)
+    grads = []
+    for module in (ref, fused):
+        leaf = x.clone().requires_grad_()
+        inp = torch.nn.utils.rnn.pack_padded_sequence(leaf, torch.tensor([5, 4, 2])) if packed else leaf
+        out, (h_n, _) = module(inp)
+        (out.data if packed else out).add_(1.0)
+        ((out.data if packed else out).pow(2).sum() + h_n.sum()).backward()
+        grads.append([leaf.grad, *(p.grad for p in module.parameters())])
+    for g, w in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
 
 
 class LanguageModel(torch.nn.Module):

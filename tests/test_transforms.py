@@ -115,12 +115,12 @@ def test_jit_trace_records_the_fused_ops(kind, bidirectional):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["gru", "rnn_tanh"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
 def test_jit_traced_output_changed_in_place(kind):
-    """A GRU or RNN traced under no_grad, then trained through with its output changed
-    in place before backward (torch.nn allows it): the traced graph copies the op's
-    saved output whatever the grad mode it was traced in, so the backward runs and
-    gives torch.nn's gradients."""
+    """A module traced under no_grad, then trained through with its output changed
+    in place before backward: the traced graph copies the op's saved output whatever
+    the grad mode it was traced in, so the backward runs and gives the gradients of
+    the same change made out of place under torch.nn."""
     nn_module, fused = make_kind_twins(kind, batch_first=True)
     x = _input(kind)
     with torch.no_grad():
@@ -128,8 +128,9 @@ def test_jit_traced_output_changed_in_place(kind):
     grads = []
     for module in (traced, nn_module):
         leaf = x.clone().requires_grad_()
-        out, h_n = module(leaf)
-        out.add_(1.0)
+        out, hidden = module(leaf)
+        h_n = hidden[0] if isinstance(hidden, tuple) else hidden
+        out = out.add_(1.0) if module is traced else out + 1.0
         grads.append(torch.autograd.grad(weighted_sum([out, h_n]), leaf)[0])
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
 

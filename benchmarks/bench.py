@@ -26,6 +26,7 @@ import os
 import platform
 import statistics
 import sys
+import time
 import timeit
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -262,10 +263,30 @@ def compare(got: list[torch.Tensor], want: list[torch.Tensor], n_out: int,
 # Timing
 
 
+def warm_up(steps: dict[str, Callable[[], Any]], threads: int, seconds: float,
+            runs: int = 3) -> None:
+    """Runs each contender, in turn, at least `runs` times and for at least `seconds`.
+    A process's first runs of a large layer are slower than its later ones, by up to
+    half for a T100 B64 H512 LSTM's training step (its memory settles: glibc serves
+    buffers of a size it has freed from its heap, already mapped, from then on, and
+    the kernel finds free huge pages for the largest without compacting), and
+    blocked_autorange's own estimate runs too few of them to get past that."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for step in steps.values():
+            start, done = time.perf_counter(), 0
+            while done < runs or time.perf_counter() - start < seconds:
+                step()
+                done += 1
+    finally:
+        torch.set_num_threads(previous)
+
+
 def time_interleaved(steps: dict[str, Callable[[], Any]], timer: Callable[[], float] | None,
                      threads: int, rounds: int, min_time: float,
                      min_runs: int) -> dict[str, list[float]]:
-    """Per-run times in seconds of each contender.
+    """Per-run times in seconds of each contender (after `warm_up`).
 
     `rounds` rounds, each giving every contender min_time / rounds seconds of measurement in
     turn (order rotated per round): the first round is blocked_autorange, which warms up and
@@ -354,6 +375,7 @@ def run_case(case: Case, mode: str, args: argparse.Namespace, rnnfused: Any,
     load = OtherLoad()
     load.start()
     try:
+        warm_up(steps, args.threads, args.warmup)
         times = time_interleaved(steps, args.timer, args.threads, args.rounds, args.min_time,
                                  args.min_runs)
     except Exception as e:  # a contender that passed once may still fail later
@@ -485,6 +507,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "many GFLOP (default: %(default)s; 'inf' for all)")
     p.add_argument("--min-time", type=float, default=None,
                    help="seconds of measurement per contender per case (default 0.6, quick 0.05)")
+    p.add_argument("--warmup", type=float, default=None,
+                   help="seconds each contender runs untimed before a case's timing, at least "
+                        "3 runs (default 2.0, quick 0)")
     p.add_argument("--rounds", type=int, default=None,
                    help="interleaved rounds the min-time is split into (default 3, quick 1)")
     p.add_argument("--min-runs", type=int, default=None,
@@ -517,12 +542,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.shapes = shapes
     if args.min_time is None:
         args.min_time = 0.05 if args.quick else 0.6
+    if args.warmup is None:
+        args.warmup = 0.0 if args.quick else 2.0
     if args.rounds is None:
         args.rounds = 1 if args.quick else 3
     if args.min_runs is None:
         args.min_runs = 3 if args.quick else 5
     if min(args.threads, args.rounds, args.min_runs) < 1 or args.min_time <= 0:
         p.error("--threads, --rounds, --min-runs and --min-time must be positive")
+    if args.warmup < 0:
+        p.error("--warmup must not be negative")
     args.dtype_obj = DTYPES[args.dtype]
     args.device_obj = torch.device(args.device)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -557,6 +586,7 @@ def collect_meta(args: argparse.Namespace, rnnfused: Any) -> dict[str, Any]:
         "torch": torch.__version__,
         "threads": args.threads,
         "timing": f"torch.utils.benchmark.Timer (blocked_autorange, then blocks of its size), "
+                  f"after {args.warmup:.3g} s (3 runs at least) of warm-up per contender, "
                   f"{args.rounds} interleaved round(s) x {args.min_time / args.rounds:.3g} s "
                   f"per contender, at least {args.min_runs} blocks, median of all blocks",
     }

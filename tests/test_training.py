@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+import torch.utils._python_dispatch
 
 import rnnfused
 
@@ -292,3 +293,87 @@ def test_dynamic_quantization_of_a_converted_model():
     tokens = torch.randint(0, VOCAB, (6, 3))
     torch.testing.assert_close(quantized_fused(tokens), quantized_torch(tokens), atol=0, rtol=0)
     assert type(quantize(fused_model, None, dtype=torch.qint8).rnn) is rnnfused.LSTM
+
+
+class WeightDrop(torch.nn.Module):
+    """AWD-LSTM's WeightDrop, as programs port it: the recurrent weight's Parameter is
+    replaced by `<name>_raw`, and each forward sets the module's `<name>` to a plain
+    tensor, a dropout of it (torch.nn's __setattr__ puts it into the flat weights)."""
+
+    def __init__(self, module, names, p=0.5):
+        super().__init__()
+        self.module, self.names, self.p = module, names, p
+        for name in names:
+            weight = getattr(module, name)
+            del module._parameters[name]
+            module.register_parameter(name + "_raw", torch.nn.Parameter(weight.data))
+
+    def forward(self, *args):
+        for name in self.names:
+            raw = getattr(self.module, name + "_raw")
+            setattr(self.module, name, torch.nn.functional.dropout(raw, self.p, self.training))
+        return self.module(*args)
+
+
+def _hooked(kind, how):
+    """A torch.nn module whose recurrent weight a hook-based utility computes."""
+    import torch.nn.utils.prune as prune
+
+    module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[kind](EMBED, HIDDEN, 2)
+    if how == "prune":
+        prune.l1_unstructured(module, "weight_hh_l0", amount=0.4)
+        prune.random_unstructured(module, "weight_ih_l1", amount=0.3)
+    elif how == "weight_norm":  # the deprecated forward-pre-hook version
+        torch.nn.utils.weight_norm(module, "weight_hh_l1")
+    elif how == "spectral_norm":  # the same, with a power iteration per forward
+        torch.nn.utils.spectral_norm(module, "weight_hh_l0")
+    else:
+        module = WeightDrop(module, ["weight_hh_l0", "weight_hh_l1"], 0.4)
+    return module
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("how", ["prune", "weight_norm", "spectral_norm", "weight_drop"])
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_weights_computed_by_hooks(kind, how):
+    """torch.nn.utils.prune, the hook-based weight_norm and spectral_norm, and
+    AWD-LSTM's WeightDrop set a recurrent weight to a computed tensor before each
+    forward: three training steps (dropout masks from the same seeds) and an eval
+    forward give torch.nn's outputs and gradients."""
+    models = []
+    for _ in range(2):  # built twice from one seed (their computed weights can't deepcopy)
+        torch.manual_seed(0)
+        models.append(_hooked(kind, how))
+    ref, fused = models[0], rnnfused.convert(models[1])
+    x = torch.randn(5, 3, EMBED)
+    results = []
+    for model in (ref, fused):
+        got = []
+        for step in range(3):
+            torch.manual_seed(step)
+            out, _ = model(x)
+            model.zero_grad()
+            out.pow(2).sum().backward()
+            got += [out.detach()] + [p.grad.clone() for p in model.parameters()]
+        model.eval()
+        got.append(model(x)[0].detach())
+        results.append(got)
+    assert len(results[1]) == len(results[0])
+    for g, w in zip(*results):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+    with _OpNames() as ops:  # and the fused kernels ran, not torch.nn's forward
+        fused(x)
+    assert f"{kind}_layer" in ops.names, ops.names
+
+
+class _OpNames(torch.utils._python_dispatch.TorchDispatchMode):
+    """The names of the rnnfused ops called inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "rnnfused":
+            self.names.add(func._opname)
+        return func(*args, **(kwargs or {}))

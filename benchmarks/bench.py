@@ -268,8 +268,8 @@ def warm_up(steps: dict[str, Callable[[], Any]], threads: int, seconds: float,
     """Runs each contender, in turn, at least `runs` times and for at least `seconds`.
     A process's first runs of a large layer are slower than its later ones, by up to
     half for a T100 B64 H512 LSTM's training step (its memory settles: glibc serves
-    buffers of a size it has freed from its heap, already mapped, from then on, and
-    the kernel finds free huge pages for the largest without compacting), and
+    buffers of a size it has freed from its heap, already mapped, from then on; on a
+    VM the largest buffers' huge pages also fault in slowly for a while), and
     blocked_autorange's own estimate runs too few of them to get past that."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)

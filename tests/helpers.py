@@ -273,6 +273,20 @@ class BackwardSpy(torch.utils._python_dispatch.TorchDispatchMode):
         return result
 
 
+class OpNames(torch.utils._python_dispatch.TorchDispatchMode):
+    """Inside `with OpNames() as ops:`, collects in ops.names the name of every rnnfused
+    op called (to check that the fused kernels ran, not torch.nn's forward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "rnnfused":
+            self.names.add(func._opname)
+        return func(*args, **(kwargs or {}))
+
+
 def relative_error(results, exact, keys):
     """||results - exact|| / ||exact|| over a group of tensors taken together.  One rounding of
     a single element decides a per-element or per-tensor maximum; the group norm averages over

@@ -20,6 +20,7 @@ from helpers import (
     SEQ_LEN,
     assert_results_equal,
     compare_modules,
+    flat_tensors,
     make_kind_twins,
     run_cell_loop,
 )
@@ -205,9 +206,7 @@ def test_meta_device_gives_torch_nn_shapes_without_a_warning(name):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for module in (getattr(torch.nn, name)(4, 6, device="meta"), getattr(rnnfused, name)(4, 6, device="meta")):
-            out = module(x)
-            flat = [t for item in (out if isinstance(out, tuple) else (out,))
-                    for t in (item if isinstance(item, tuple) else (item,))]
+            flat = flat_tensors(module(x))
             assert all(t.device.type == "meta" for t in flat)
             shapes.append([t.shape for t in flat])
     assert shapes[1] == shapes[0]

@@ -15,7 +15,7 @@ import weakref
 import pytest
 import torch
 import torch.utils._python_dispatch
-from helpers import BackwardSpy, make_twins, weighted_sum
+from helpers import BackwardSpy, flat_tensors, make_twins, weighted_sum
 
 import rnnfused
 
@@ -197,9 +197,7 @@ def test_spectral_norm_parametrization(name):
         spectral_norm(module, attr)
         outs = []
         for _ in range(2):
-            out = module(x)
-            outs += [o for item in (out if isinstance(out, tuple) else (out,))
-                     for o in (item if isinstance(item, tuple) else (item,))]
+            outs += flat_tensors(module(x))
         norm = module.parametrizations[attr][0]
         grad = torch.autograd.grad(weighted_sum(outs), module.parametrizations[attr].original)
         results.append(outs + list(grad) + [norm._u, norm._v])

@@ -5,12 +5,13 @@ import copy
 
 import pytest
 import torch
-import torch.utils._python_dispatch
 
 import rnnfused
+from helpers import OpNames
 
 VOCAB, EMBED, HIDDEN, CLASSES = 50, 16, 32, 5
 STEPS = 20
+TORCH_CLASSES = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
 
 
 class Tagger(torch.nn.Module):
@@ -19,8 +20,7 @@ class Tagger(torch.nn.Module):
     def __init__(self, kind: str):
         super().__init__()
         self.embed = torch.nn.Embedding(VOCAB, EMBED)
-        cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[kind]
-        self.rnn = cls(EMBED, HIDDEN, num_layers=2, batch_first=True)
+        self.rnn = TORCH_CLASSES[kind](EMBED, HIDDEN, num_layers=2, batch_first=True)
         self.head = torch.nn.Linear(HIDDEN, CLASSES)
 
     def forward(self, tokens):
@@ -138,7 +138,7 @@ def test_truncated_bptt_detaching_the_state_in_place(kind, packed):
     """Language-model training carries the final state into the next chunk and cuts
     the graph with h.detach_(): the final states must not be views (one layer, one
     direction is where a view of the op's output could be returned)."""
-    cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[kind]
+    cls = TORCH_CLASSES[kind]
     ref = cls(EMBED, HIDDEN)
     fused = rnnfused.convert(copy.deepcopy(ref))
     chunks = torch.randn(4, 5, 3, EMBED)  # 4 chunks of [T=5, B=3, EMBED]
@@ -204,7 +204,7 @@ def test_outputs_modified_in_place(kind, layers, bidirectional, batch_first, how
     output it returns. rnnfused's output is always a tensor of its own (never a view,
     not what the op saved): the change works, with the gradients of the same change
     made out of place under torch.nn."""
-    cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[kind]
+    cls = TORCH_CLASSES[kind]
     ref = cls(EMBED, HIDDEN, layers, bidirectional=bidirectional, batch_first=batch_first)
     fused = rnnfused.convert(copy.deepcopy(ref))
     x = torch.randn(5, 3, EMBED)
@@ -319,7 +319,7 @@ def _hooked(kind, how):
     """A torch.nn module whose recurrent weight a hook-based utility computes."""
     import torch.nn.utils.prune as prune
 
-    module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[kind](EMBED, HIDDEN, 2)
+    module = TORCH_CLASSES[kind](EMBED, HIDDEN, 2)
     if how == "prune":
         prune.l1_unstructured(module, "weight_hh_l0", amount=0.4)
         prune.random_unstructured(module, "weight_ih_l1", amount=0.3)
@@ -361,19 +361,6 @@ def test_weights_computed_by_hooks(kind, how):
     assert len(results[1]) == len(results[0])
     for g, w in zip(*results):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
-    with _OpNames() as ops:  # and the fused kernels ran, not torch.nn's forward
+    with OpNames() as ops:  # and the fused kernels ran, not torch.nn's forward
         fused(x)
     assert f"{kind}_layer" in ops.names, ops.names
-
-
-class _OpNames(torch.utils._python_dispatch.TorchDispatchMode):
-    """The names of the rnnfused ops called inside it."""
-
-    def __init__(self):
-        super().__init__()
-        self.names: set[str] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.namespace == "rnnfused":
-            self.names.add(func._opname)
-        return func(*args, **(kwargs or {}))

@@ -442,7 +442,7 @@ def check_cell(row: Row) -> str:
 def markdown(meta: dict[str, Any], rows: list[Row]) -> str:
     lines = [f"# rnnfused benchmark ({meta['device']}, {meta['dtype']})", ""]
     for key in ("date", "cpu", "device_name", "torch", "threads", "fma_peak_gflops",
-                "bf16_dot_peak_gflops", "load_avg",
+                "bf16_dot_peak_gflops", "cpu_amx", "load_avg",
                 "rnnfused", "backend_info", "path", "timing"):
         if key in meta:
             lines.append(f"- {key}: {meta[key]}")
@@ -615,6 +615,10 @@ def collect_meta(args: argparse.Namespace, rnnfused: Any) -> dict[str, Any]:
                                    "_cpu_bf16_dot_peak_gflops")
             if dot is not None:
                 meta["bf16_dot_peak_gflops"] = round(dot, 1)
+            amx = getattr(torch.ops.rnnfused, "cpu_amx", None)
+            if amx is not None:
+                # The recurrent products of the forward loop on AMX tiles.
+                meta["cpu_amx"] = bool(amx())
     try:
         meta["backend_info"] = rnnfused.backend_info()
         meta["path"] = rnnfused.backend_info(args.device_obj, args.dtype_obj)

@@ -97,5 +97,13 @@ TORCH_LIBRARY(rnnfused, m) {
   // Which vectorised CPU step kernels run here: "avx512", "avx2" or "scalar".
   m.def("cpu_isa() -> str",
         [] { return std::string(rnnfused::cpu::isa_name(rnnfused::cpu::active_isa())); });
+  // Whether bfloat16 layers run their persistent forward loop on AMX tiles here.
+  m.def("cpu_amx() -> bool", [] {
+#if defined(__x86_64__)
+    return rnnfused::cpu::amx_tiles_enabled();
+#else
+    return false;
+#endif
+  });
 }
 

@@ -70,7 +70,7 @@ struct RnnForwardStep : StepFunctor<RnnForwardStep<scalar_t>, scalar_t> {
   bool relu;
 
   template <typename Lanes>
-  C10_HOST_DEVICE void apply(const Lanes& l, int64_t b, int64_t j) const {
+  C10_ALWAYS_INLINE C10_HOST_DEVICE void apply(const Lanes& l, int64_t b, int64_t j) const {
     const int64_t i = b * H + j;
     l.store(hidden + i, rnn_forward(l.load(x_proj + i) + l.load(hidden + i), relu));
   }
@@ -86,26 +86,29 @@ struct RnnBackwardStep : StepFunctor<RnnBackwardStep<scalar_t>, scalar_t> {
   bool relu;
 
   template <typename Lanes>
-  C10_HOST_DEVICE void apply(const Lanes& l, int64_t b, int64_t j) const {
+  C10_ALWAYS_INLINE C10_HOST_DEVICE void apply(const Lanes& l, int64_t b, int64_t j) const {
     const int64_t i = b * H + j;
     l.store(d_pre + i, rnn_backward(l.load(hidden + i), l.load(d_hidden + i), relu));
   }
 };
 
 // ----------------------------------------------------------------- LSTM
-template <typename scalar_t>
-struct LstmForwardStep : StepFunctor<LstmForwardStep<scalar_t>, scalar_t> {
+// product_t: the type of the recurrent product it reads (the storage type, or
+// float32 where the product's sums come from AMX tiles, cpu/amx_loop.h).
+template <typename scalar_t, typename product_t = scalar_t>
+struct LstmForwardStep : StepFunctor<LstmForwardStep<scalar_t, product_t>, scalar_t> {
   static constexpr int kGates = 4;
   const scalar_t* x_proj;  // [rows, 4H]  W_ih x + b_ih + b_hh
-  const scalar_t* h_proj;  // [rows, 4H]  W_hh h_prev
+  const product_t* h_proj; // [rows, 4H]  W_hh h_prev
   scalar_t* cell_state;    // [rows, H]   in: c_prev, out: c'
-  scalar_t* gates;         // [rows, 4H]  out: activated i, f, g, o (saved for backward)
+  scalar_t* gates;         // [rows, 4H]  out: activated i, f, g, o (saved for backward), or
+                           //   null when nothing is saved (then cells is null too)
   scalar_t* cells;         // [rows, H]   out: c' (saved for backward)
   scalar_t* hidden;        // [rows, H]   out: o * tanh(c') (before any projection)
   int64_t H;
 
   template <typename Lanes>
-  C10_HOST_DEVICE void apply(const Lanes& l, int64_t b, int64_t j) const {
+  C10_ALWAYS_INLINE C10_HOST_DEVICE void apply(const Lanes& l, int64_t b, int64_t j) const {
     const int64_t i = b * H + j;
     const int64_t g = b * 4 * H + j;  // gate k of unit j at g + k * H
     const auto a = lstm_activate(
@@ -114,11 +117,13 @@ struct LstmForwardStep : StepFunctor<LstmForwardStep<scalar_t>, scalar_t> {
         l.load(x_proj + g + 2 * H) + l.load(h_proj + g + 2 * H),
         l.load(x_proj + g + 3 * H) + l.load(h_proj + g + 3 * H));
     const auto c = lstm_cell(a, l.load(cell_state + i));
-    l.store(gates + g, a.i);
-    l.store(gates + g + H, a.f);
-    l.store(gates + g + 2 * H, a.g);
-    l.store(gates + g + 3 * H, a.o);
-    l.store(cells + i, c);
+    if (gates != nullptr) {
+      l.store(gates + g, a.i);
+      l.store(gates + g + H, a.f);
+      l.store(gates + g + 2 * H, a.g);
+      l.store(gates + g + 3 * H, a.o);
+      l.store(cells + i, c);
+    }
     l.store(cell_state + i, c);
     l.store(hidden + i, lstm_hidden(a, c));
   }
@@ -139,7 +144,7 @@ struct LstmBackwardStep : StepFunctor<LstmBackwardStep<scalar_t>, scalar_t> {
   int64_t H;
 
   template <typename Lanes>
-  C10_HOST_DEVICE void apply(const Lanes& l, int64_t b, int64_t j) const {
+  C10_ALWAYS_INLINE C10_HOST_DEVICE void apply(const Lanes& l, int64_t b, int64_t j) const {
     const int64_t i = b * H + j;
     const int64_t g = b * 4 * H + j;
     using V = typename Lanes::value;
@@ -160,19 +165,21 @@ struct LstmBackwardStep : StepFunctor<LstmBackwardStep<scalar_t>, scalar_t> {
 };
 
 // ----------------------------------------------------------------- GRU
-template <typename scalar_t>
-struct GruForwardStep : StepFunctor<GruForwardStep<scalar_t>, scalar_t> {
+// product_t: as LstmForwardStep's.
+template <typename scalar_t, typename product_t = scalar_t>
+struct GruForwardStep : StepFunctor<GruForwardStep<scalar_t, product_t>, scalar_t> {
   static constexpr int kGates = 3;
   const scalar_t* x_proj;  // [rows, 3H]  W_ih x + b_ih
-  const scalar_t* h_proj;  // [rows, 3H]  W_hh h_prev (without b_hh)
+  const product_t* h_proj; // [rows, 3H]  W_hh h_prev (without b_hh)
   const scalar_t* b_hh;    // [3H] or null
   const scalar_t* h_prev;  // [rows, H]
-  scalar_t* workspace;     // [rows, 4H]  out: r, z, n, W_hn h + b_hn (saved for backward)
+  scalar_t* workspace;     // [rows, 4H]  out: r, z, n, W_hn h + b_hn (saved for backward),
+                           //   or null when nothing is saved
   scalar_t* hidden;        // [rows, H]   out: h'
   int64_t H;
 
   template <typename Lanes>
-  C10_HOST_DEVICE void apply(const Lanes& l, int64_t b, int64_t j) const {
+  C10_ALWAYS_INLINE C10_HOST_DEVICE void apply(const Lanes& l, int64_t b, int64_t j) const {
     using V = typename Lanes::value;
     const int64_t i = b * H + j;
     const int64_t g = b * 3 * H + j;
@@ -182,11 +189,13 @@ struct GruForwardStep : StepFunctor<GruForwardStep<scalar_t>, scalar_t> {
         l.load(h_proj + g) + (b_hh == nullptr ? zero : l.load(b_hh + j)),
         l.load(h_proj + g + H) + (b_hh == nullptr ? zero : l.load(b_hh + j + H)),
         l.load(h_proj + g + 2 * H) + (b_hh == nullptr ? zero : l.load(b_hh + j + 2 * H)));
-    const int64_t w = b * 4 * H + j;
-    l.store(workspace + w, a.r);
-    l.store(workspace + w + H, a.z);
-    l.store(workspace + w + 2 * H, a.n);
-    l.store(workspace + w + 3 * H, a.h_n);
+    if (workspace != nullptr) {
+      const int64_t w = b * 4 * H + j;
+      l.store(workspace + w, a.r);
+      l.store(workspace + w + H, a.z);
+      l.store(workspace + w + 2 * H, a.n);
+      l.store(workspace + w + 3 * H, a.h_n);
+    }
     l.store(hidden + i, gru_hidden(a, l.load(h_prev + i)));
   }
 };
@@ -204,7 +213,7 @@ struct GruBackwardStep : StepFunctor<GruBackwardStep<scalar_t>, scalar_t> {
   int64_t H;
 
   template <typename Lanes>
-  C10_HOST_DEVICE void apply(const Lanes& l, int64_t b, int64_t j) const {
+  C10_ALWAYS_INLINE C10_HOST_DEVICE void apply(const Lanes& l, int64_t b, int64_t j) const {
     using V = typename Lanes::value;
     const int64_t i = b * H + j;
     const int64_t w = b * 4 * H + j;

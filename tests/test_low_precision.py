@@ -59,10 +59,12 @@ def test_low_precision_fused_loop_sizes(name, hidden, batch, packed, dtype, devi
     sequence on average) meets whole and partial 16-unit tiles, row blocks with remainders,
     more than one panel of K (H 300: 128 per LSTM panel, 170 per GRU, 512 per RNN) and, packed,
     a batch that grows in reverse (rows joining with their h0): both directions, outputs and
-    gradients within twice torch.nn's error against float64. H 300 at B 40: a bfloat16 LSTM's
-    or GRU's step is large enough (> 2^23 multiply-adds) that a CPU with a fast bf16 GEMM
-    (AMX-BF16, or AVX512-BF16 on AMD) runs it as one oneDNN GEMM a step instead
-    (CpuLaunch::bf16_gemm_steps)."""
+    gradients within twice torch.nn's error against float64. On a CPU with AMX-BF16 the
+    bfloat16 forward is the loop on AMX tiles (cpu/amx_loop.h: 16-row tiles, here 1, 3 (a pair
+    and one) or more, 32-unit chunks past K padded with zeros, two panels of chunks at H 300).
+    H 300 at B 40: a bfloat16 LSTM's or GRU's step is large enough (> 2^23 multiply-adds) that a
+    CPU with a fast bf16 GEMM (AMX-BF16, or AVX512-BF16 on AMD) runs its backward (and without
+    AMX tiles its forward) as one oneDNN GEMM a step instead (CpuLaunch::bf16_gemm_steps)."""
     torch.manual_seed(hidden + batch)
     ref = getattr(torch.nn, name)(8, hidden, bidirectional=True, device=device, dtype=dtype)
     fused = getattr(rnnfused, name)(8, hidden, bidirectional=True, device=device, dtype=dtype)
@@ -82,3 +84,34 @@ def test_low_precision_fused_loop_sizes(name, hidden, batch, packed, dtype, devi
     leaves = (x, h0, c0)
     exact = run_module(ref64, [None if t is None else t.double() for t in leaves], build)
     check_errors(run_module(fused, leaves, build), run_module(ref, leaves, build), exact, dtype)
+
+
+def test_bfloat16_forward_with_and_without_amx_tiles():
+    """Where the CPU has AMX-BF16 (and the AVX-512 kernels run), bfloat16 layers run their
+    forward loop on AMX tiles (torch.ops.rnnfused.cpu_amx()), so the tests above judged that
+    loop; RNNFUSED_CPU_AMX=0 turns the tiles off, and the same tests then judge the float32
+    vector loop in a process of its own."""
+    import os
+    import subprocess
+    import sys
+
+    amx = torch.ops.rnnfused.cpu_amx()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+        expected = "amx_bf16" in flags and torch.ops.rnnfused.cpu_isa() == "avx512"
+        if os.environ.get("RNNFUSED_CPU_AMX") == "0":
+            expected = False
+        assert amx == expected
+    if not amx:
+        pytest.skip("no AMX tiles here: the tests above ran the vector loop")
+    env = dict(os.environ, RNNFUSED_CPU_AMX="0")
+    probe = subprocess.run([sys.executable, "-c", "import rnnfused, torch; print(torch.ops.rnnfused.cpu_amx())"],
+                           env=env, capture_output=True, text=True)
+    assert probe.stdout.strip() == "False", probe.stdout + probe.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
+         "-k", "bf16 and cpu and not amx"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

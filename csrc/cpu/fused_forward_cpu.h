@@ -59,6 +59,39 @@ inline at::Tensor pack_recurrent_t(const at::Tensor& w_hh, int64_t L) {
   return padded.view({J, blocks, width}).permute({1, 0, 2}).contiguous();
 }
 
+// W_hh [G*H, K] bfloat16 -> the AMX tiles of PackedRecurrentAmx, [blocks, chunks, G, 16,
+// 32] (pairs of state units side by side), zero past H and K.
+inline at::Tensor pack_recurrent_amx(const at::Tensor& w_hh, int64_t G, int64_t H) {
+  constexpr int64_t kUnits = 16, kDepth = 32;
+  const int64_t K = w_hh.size(1);
+  const int64_t blocks = (H + kUnits - 1) / kUnits, chunks = (K + kDepth - 1) / kDepth;
+  const at::Tensor w = w_hh.contiguous();
+  at::Tensor packed = at::empty({blocks, chunks, G, kDepth / 2, kUnits, 2}, w.options());
+  const uint16_t* src = reinterpret_cast<const uint16_t*>(w.data_ptr());
+  uint16_t* const base = reinterpret_cast<uint16_t*>(packed.data_ptr());
+  // Blocks in parallel, as pack_recurrent's tiles.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{32} << 10) / std::max<int64_t>(1, G * chunks * 1024));
+  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+    uint16_t* dst = base + begin * chunks * G * kDepth * kUnits;
+    for (int64_t u = begin; u < end; ++u) {
+      for (int64_t c = 0; c < chunks; ++c) {
+        for (int64_t g = 0; g < G; ++g) {
+          for (int64_t p = 0; p < kDepth / 2; ++p) {
+            for (int64_t n = 0; n < kUnits; ++n) {
+              const int64_t unit = u * kUnits + n;
+              for (int64_t e = 0; e < 2; ++e) {
+                const int64_t k = c * kDepth + 2 * p + e;
+                *dst++ = unit < H && k < K ? src[(g * H + unit) * K + k] : uint16_t{0};
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+  return packed;
+}
+
 // Threads for a loop whose steps cost `work` multiply-adds over `parts` units of split.
 inline int loop_threads(int64_t work, int64_t parts) {
   // Small steps run on one thread: a barrier would cost more than the split saves.
@@ -75,6 +108,59 @@ inline bool fused_forward_applies(const LayerSizes& sz, bool low_precision) {
          sz.hidden > 0 && sz.rows >= kMinSteps * sz.batch;
 }
 
+// fused_forward's loop for a bfloat16 layer on AMX tiles (amx_tiles_enabled()).
+template <typename XProj, typename MakeStep>
+at::Tensor fused_forward_amx(const LayerSizes& sz, const Schedule& sched, XProj& x_proj,
+                             const at::Tensor& h0, const at::Tensor& w_hh, at::Tensor& output,
+                             const at::Tensor& product, MakeStep make_step) {
+  using scalar_t = c10::BFloat16;
+  const int64_t G = sz.gates, H = sz.hidden, K = sz.output, B = sz.batch;
+  const at::Tensor packed = pack_recurrent_amx(w_hh, G, H);
+  const PackedRecurrentAmx w{reinterpret_cast<const uint16_t*>(packed.data_ptr()), K, H, G,
+                             packed.size(0), packed.size(1)};
+  // The state before and after each step, alternating (one barrier per step, as in
+  // fused_forward), as the tiles' left operand: whole tiles of 16 rows, rows of
+  // whole 32-unit chunks, zeros past B and K. Both start as h0 (rows that join in
+  // reverse over packed input read it from either). Beside them the same unpadded,
+  // the functors' h_prev (GRU).
+  const int64_t rows_padded = (B + 15) / 16 * 16;
+  at::Tensor operands[2];
+  at::Tensor stored[2];
+  for (int i = 0; i < 2; ++i) {
+    operands[i] = at::zeros({rows_padded, w.chunks * 32}, h0.options());
+    operands[i].narrow(0, 0, B).narrow(1, 0, K).copy_(h0);
+    stored[i] = h0.clone(at::MemoryFormat::Contiguous);
+  }
+  // The product's float32 sums, which the functors read unrounded (RNN's, which
+  // has no product buffer, go rounded into the output rows it reads).
+  const at::Tensor sums =
+      product.defined() ? at::empty({B, G * H}, h0.options().dtype(at::kFloat)) : at::Tensor();
+  const int threads = loop_threads(sz.batch * G * H * K, w.blocks);
+
+  using Step = decltype(make_step(int64_t{0}, nullptr, nullptr, static_cast<float*>(nullptr),
+                                  nullptr));
+  std::vector<Step> steps;
+  std::vector<AmxStepRows<scalar_t>> rows;
+  for (int64_t s = 0; s < sched.steps();) {
+    x_proj.step(s);
+    const int64_t end = x_proj.chunk_end();
+    steps.clear();
+    rows.clear();
+    for (; s < end; ++s) {
+      scalar_t* out = output.data_ptr<scalar_t>() + sched.offset(s) * H;
+      float* sums_out = sums.defined() ? sums.data_ptr<float>() : nullptr;
+      const scalar_t* h_prev = stored[s % 2].data_ptr<scalar_t>();
+      steps.push_back(make_step(s, x_proj.step(s), h_prev, sums_out, out));
+      rows.push_back({sched.rows(s), operands[s % 2].data_ptr<scalar_t>(), sums_out,
+                      sums_out != nullptr ? nullptr : out, out,
+                      operands[(s + 1) % 2].data_ptr<scalar_t>(),
+                      stored[(s + 1) % 2].data_ptr<scalar_t>()});
+    }
+    run_fused_steps_amx(steps.data(), rows.data(), static_cast<int64_t>(steps.size()), w, threads);
+  }
+  return sched.final_states(output);
+}
+
 // Runs every forward step of a layer stored in scalar_t (float, c10::BFloat16, c10::Half);
 // returns h_n [B, H].
 //   product: [B, G*H] scratch for the recurrent product, or undefined when the
@@ -86,6 +172,11 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
                          const at::Tensor& product, MakeStep make_step) {
   const int64_t G = sz.gates, H = sz.hidden, K = sz.output, B = sz.batch;
   if (sched.steps() == 0) return h0.clone(at::MemoryFormat::Contiguous);
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    if (amx_tiles_enabled()) {
+      return fused_forward_amx(sz, sched, x_proj, h0, w_hh, output, product, make_step);
+    }
+  }
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;
   const bool avx512 = active_isa() == Isa::kAvx512;
   const at::Tensor packed = pack_recurrent(w_hh, G, H, fused_lanes());
@@ -105,7 +196,8 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
   const at::Tensor partial = kFloat ? at::Tensor() : at::empty({B, G * H}, f32);
   const int threads = loop_threads(sz.batch * G * H * K, w.tiles);
 
-  using Step = decltype(make_step(int64_t{0}, nullptr, nullptr, nullptr, nullptr));
+  using Step = decltype(make_step(int64_t{0}, nullptr, nullptr, static_cast<scalar_t*>(nullptr),
+                                  nullptr));
   std::vector<Step> steps;
   std::vector<FusedStepRows<scalar_t>> rows;
   for (int64_t s = 0; s < sched.steps();) {

@@ -42,8 +42,22 @@ struct CpuLaunch {
   // Whether a forward layer of these sizes runs as one persistent fused loop
   // (fused_forward_cpu.h) instead of a GEMM and a functor launch per step:
   // float32, and bfloat16 and float16 on AVX-512.
+  // A bfloat16 layer on AMX tiles (cpu::amx_tiles_enabled) at every size.
   template <typename scalar_t>
   static bool fuses_forward(const LayerSizes& sz) {
+#if defined(__x86_64__)
+    if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+      if (cpu::amx_tiles_enabled()) return cpu::fused_forward_applies(sz, true);
+    }
+    return fuses_backward<scalar_t>(sz);
+#else
+    return false;
+#endif
+  }
+
+  // Whether the backward of such a layer runs as one persistent fused loop.
+  template <typename scalar_t>
+  static bool fuses_backward(const LayerSizes& sz) {
 #if defined(__x86_64__)
     constexpr bool k16Bit = is_16bit<scalar_t>();
     if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
@@ -53,13 +67,6 @@ struct CpuLaunch {
 #else
     return false;
 #endif
-  }
-
-  // Whether the backward of such a layer runs as one persistent fused loop (the
-  // same conditions).
-  template <typename scalar_t>
-  static bool fuses_backward(const LayerSizes& sz) {
-    return fuses_forward<scalar_t>(sz);
   }
 
   // Runs the layer's forward steps when fuses_forward<scalar_t> said so; returns h_n.

@@ -4,6 +4,11 @@
 #include <cstdlib>
 #include <cstring>
 
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace rnnfused {
 namespace cpu {
 
@@ -64,6 +69,24 @@ const Bf16Features& bf16_features() {
 }  // namespace
 
 bool has_amx_bf16() { return bf16_features().amx; }
+
+bool amx_tiles_enabled() {
+  static const bool enabled = [] {
+    const char* env = std::getenv("RNNFUSED_CPU_AMX");
+    if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+    if (!has_amx_bf16() || active_isa() != Isa::kAvx512) return false;
+#if defined(__linux__) && defined(__x86_64__)
+    // Linux hands out the 8 KB of tile state only to a process that asks
+    // (ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA); oneDNN asks the same way.
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+    return false;
+#endif
+  }();
+  return enabled;
+}
+
 bool has_avx512_bf16() { return bf16_features().avx512; }
 
 bool has_fast_bf16_gemm() {

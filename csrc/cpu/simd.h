@@ -20,6 +20,11 @@ const char* isa_name(Isa isa);
 
 // Whether the CPU has AMX's bfloat16 tile products. Decided once per process.
 bool has_amx_bf16();
+// Whether the bfloat16 persistent forward loop runs its products on AMX tiles
+// (run_fused_steps_amx): AMX-BF16, the AVX-512 kernels active, the kernel's
+// permission to use the tile state granted (Linux's ARCH_REQ_XCOMP_PERM, asked for
+// once), and RNNFUSED_CPU_AMX not "0". Decided once per process.
+bool amx_tiles_enabled();
 // Whether oneDNN's bfloat16 GEMM outruns the float32 ones here: with AMX-BF16 (the
 // tiles), or with AVX512-BF16 on a CPU other than Intel's (Zen 4/5 run vdpbf16ps at
 // twice the float32 FMA rate: two Zen 5 cores, oneDNN bf16 64 x 512 x 2048 at 576
@@ -75,6 +80,36 @@ void run_fused_steps_avx512(const F* steps, const FusedStepRows<typename F::scal
 template <typename F>
 void run_fused_steps_avx2(const F* steps, const FusedStepRows<typename F::scalar_type>* rows,
                           int64_t count, const PackedRecurrent& w, int threads);
+
+// W_hh [G*H, K] in bfloat16 packed as AMX tiles (pack_recurrent_amx): for each
+// block u of 16 hidden units and chunk c of 32 state units, G tiles of 16 rows of
+// 64 bytes, gate g's w[u][c][g][p][n][e] = W_hh[g * H + 16 u + n][32 c + 2 p + e]
+// (the pairs along k that TDPBF16PS multiplies together), zero past H and K.
+struct PackedRecurrentAmx {
+  const uint16_t* w;  // [blocks, chunks, G, 16, 32] bfloat16 bits
+  int64_t K, H, G, blocks, chunks;
+};
+
+// One forward step of the AMX loop for a bfloat16 layer (T = c10::BFloat16).
+template <typename T>
+struct AmxStepRows {
+  int64_t rows;      // batch rows active at this step
+  const T* h_in;     // [16 * ceil(rows / 16) at least, 32 * chunks] the state before the
+                     //   step, the tiles' left operand: zero past K
+  float* sums;       // [rows, G * H] out: h_in @ W_hh^T, read by the step functor, or null:
+  T* product;        // [rows, G * H] out: the same rounded (RNN: the output rows)
+  const T* out;      // [rows, H] the functor's h'
+  T* h_out;          // [>= rows, 32 * chunks] out: h' copied here, the next step's h_in
+  T* h_out_stored;   // [>= rows, H] out: h' copied here too, the next step's h_prev (GRU)
+};
+
+// Runs `count` forward steps of a bfloat16 layer in one parallel region, as
+// run_fused_steps_avx512 does (each thread owns a range of 16-unit blocks for
+// the whole run, a barrier closes each step), the products on AMX tiles with
+// float32 sums. Only where amx_tiles_enabled().
+template <typename F>
+void run_fused_steps_amx(const F* steps, const AmxStepRows<typename F::scalar_type>* rows,
+                         int64_t count, const PackedRecurrentAmx& w, int threads);
 
 // W_hh [J = G*H, K] packed by blocks of 2L state units for the backward's
 // product d_h = d_pre @ W_hh: w[q][j][l] = W_hh[j][2L q + l], zero past K.

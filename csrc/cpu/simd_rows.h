@@ -11,7 +11,7 @@ namespace {
 // f.apply on units [j, j + count) of row b, count <= kWidth: a whole vector
 // without a mask, a partial one with.
 template <template <bool> class Lanes, typename F>
-inline void apply_units(const F& f, int64_t b, int64_t j, int count) {
+__attribute__((always_inline)) inline void apply_units(const F& f, int64_t b, int64_t j, int count) {
   if (count == Lanes<false>::kWidth) {
     f.apply(Lanes<false>{}, b, j);
   } else {

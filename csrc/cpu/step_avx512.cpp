@@ -142,6 +142,7 @@ struct Simd {
 
 #include "simd_rows.h"
 #include "fused_loop.h"
+#include "amx_loop.h"
 
 namespace rnnfused {
 namespace cpu {
@@ -158,6 +159,7 @@ RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx512, c10::Half);
 RNNFUSED_DEFINE_FUSED_LOOPS(run_fused_steps_avx512, run_fused_backward_avx512);
 RNNFUSED_INSTANTIATE_FUSED_LOOPS(run_fused_steps_avx512, run_fused_backward_avx512, c10::BFloat16);
 RNNFUSED_INSTANTIATE_FUSED_LOOPS(run_fused_steps_avx512, run_fused_backward_avx512, c10::Half);
+RNNFUSED_DEFINE_AMX_LOOP(run_fused_steps_amx);
 
 }  // namespace cpu
 }  // namespace rnnfused

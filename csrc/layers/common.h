@@ -171,7 +171,7 @@ at::Tensor matmul(const at::Tensor& a, const at::Tensor& w) {
 template <typename scalar_t, typename Launch>
 class ProjectedInput {
  public:
-  static constexpr int64_t kChunkRows = 512;
+  static constexpr int64_t kChunkRows = sizeof(scalar_t) == 2 ? 2048 : 512;
 
   ProjectedInput(const Schedule& sched, const at::Tensor& input, const at::Tensor& w_ih,
                  const at::Tensor& bias)

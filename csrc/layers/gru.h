@@ -17,19 +17,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
   const int64_t H = sz.hidden, B = sz.batch, N = sz.rows;
   ProjectedInput<scalar_t, Launch> x_proj(sched, input, w_ih, b_ih);  // [N, 3H]
   at::Tensor output = Launch::empty({N, H}, input.options());
-  // Saved for the backward, or one step's scratch.
-  at::Tensor workspace = Launch::empty({save ? N : B, 4 * H}, input.options());
+  // Saved for the backward (else not written).
+  at::Tensor workspace = save ? Launch::empty({N, 4 * H}, input.options()) : empty_grad(input);
   at::Tensor h_proj = at::empty({B, 3 * H}, input.options());
-  auto make_step = [&](int64_t s, const scalar_t* x, const scalar_t* h_in, scalar_t* product,
+  // product: scalar_t, or float (the AMX loop's sums).
+  auto make_step = [&](int64_t s, const scalar_t* x, const scalar_t* h_in, auto* product,
                        scalar_t* out) {
-    return GruForwardStep<scalar_t>{{}, x, product,
+    using product_t = std::remove_pointer_t<decltype(product)>;
+    return GruForwardStep<scalar_t, product_t>{{}, x, product,
         b_hh.defined() ? b_hh.data_ptr<scalar_t>() : nullptr, h_in,
-        workspace.data_ptr<scalar_t>() + (save ? sched.offset(s) : 0) * 4 * H, out, H};
+        save ? workspace.data_ptr<scalar_t>() + sched.offset(s) * 4 * H : nullptr, out, H};
   };
   at::Tensor h_n = forward_loop<scalar_t, Launch>(sz, sched, x_proj, h0, w_hh, at::Tensor(),
                                                   output, h_proj, at::Tensor(), /*fusable=*/true,
                                                   make_step, [](int64_t, const at::Tensor&) {});
-  if (!save) workspace = empty_grad(input);
   return {output, h_n, workspace};
 }
 

@@ -20,17 +20,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
   const bool proj = w_hr.defined();
   ProjectedInput<scalar_t, Launch> x_proj(sched, input, w_ih, bias.input);  // [N, 4H]
   at::Tensor output = Launch::empty({N, P}, input.options());
-  // Saved for the backward, or one step's scratch.
-  at::Tensor gates = Launch::empty({save ? N : B, 4 * H}, input.options());
-  at::Tensor cells = Launch::empty({save ? N : B, H}, input.options());
+  // Saved for the backward (else not written).
+  at::Tensor gates = save ? Launch::empty({N, 4 * H}, input.options()) : at::Tensor();
+  at::Tensor cells = save ? Launch::empty({N, H}, input.options()) : at::Tensor();
   at::Tensor c = c0.clone(at::MemoryFormat::Contiguous);  // running state [B, H]
   at::Tensor h_proj = at::empty({B, 4 * H}, input.options());
   at::Tensor hidden = proj ? at::empty({B, H}, input.options()) : at::Tensor();
-  auto make_step = [&](int64_t s, const scalar_t* x, const scalar_t* /*h_in*/, scalar_t* product,
+  // product: scalar_t, or float (the AMX loop's sums).
+  auto make_step = [&](int64_t s, const scalar_t* x, const scalar_t* /*h_in*/, auto* product,
                        scalar_t* out) {
     const int64_t saved = save ? sched.offset(s) : 0;
-    return LstmForwardStep<scalar_t>{{}, x, product, c.data_ptr<scalar_t>(),
-        gates.data_ptr<scalar_t>() + saved * 4 * H, cells.data_ptr<scalar_t>() + saved * H, out, H};
+    using product_t = std::remove_pointer_t<decltype(product)>;
+    return LstmForwardStep<scalar_t, product_t>{{}, x, product, c.data_ptr<scalar_t>(),
+        save ? gates.data_ptr<scalar_t>() + saved * 4 * H : nullptr,
+        save ? cells.data_ptr<scalar_t>() + saved * H : nullptr, out, H};
   };
   at::Tensor h_n = forward_loop<scalar_t, Launch>(
       sz, sched, x_proj, h0, w_hh, bias.recurrent, output, h_proj, hidden, /*fusable=*/!proj,

@@ -16,7 +16,8 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(const LayerSizes& sz, const Sched
   const int64_t H = sz.hidden, N = sz.rows;
   ProjectedInput<scalar_t, Launch> x_proj(sched, input, w_ih, bias.input);  // [N, H]
   at::Tensor output = Launch::empty({N, H}, input.options());
-  auto make_step = [&](int64_t, const scalar_t* x, const scalar_t*, scalar_t*, scalar_t* out) {
+  auto make_step = [&](int64_t, const scalar_t* x, const scalar_t*, auto* /*product*/,
+                       scalar_t* out) {
     return RnnForwardStep<scalar_t>{{}, x, out, H, relu};
   };
   // No product buffer: the recurrent product goes into the output rows, and the

@@ -1,0 +1,213 @@
+// The persistent forward loop of a bfloat16 layer with its recurrent products on
+// AMX tiles (simd.h's run_fused_steps_amx). Included by step_avx512.cpp after
+// fused_loop.h, whose StepBarrier, Simd traits and apply_units it shares: only the
+// product differs from fused_steps. Per step, each thread takes its 16-unit blocks
+// u and, for every 16 rows of the batch, forms the G gates' 16 x 16 float32 sums
+// of those rows and units in tiles 0 .. G-1 (TDPBF16PS: tile 4 holds 16 state rows
+// x 32 state units, tiles 5-7 the packed weights, PackedRecurrentAmx), stores them
+// to a scratch block, rounds them into the step's product rows and runs the step
+// functor on them; h' goes into the next step's operand. A barrier closes the step.
+// Tile state is per thread: each thread of the team loads the configuration and
+// releases the tiles when done.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace rnnfused {
+namespace cpu {
+namespace {
+
+#define RNNFUSED_AMX_TARGET \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,amx-tile,amx-bf16")))
+
+// The palette-1 configuration: all 8 tiles 16 rows of 64 bytes (16 float32 sums,
+// or 32 bfloat16 values, a row).
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t row_bytes[16] = {};
+  uint8_t rows[16] = {};
+  TileConfig() {
+    for (int t = 0; t < 8; ++t) {
+      row_bytes[t] = 64;
+      rows[t] = 16;
+    }
+  }
+};
+
+constexpr int64_t kAmxRows = 16;   // state rows per tile
+constexpr int64_t kAmxUnits = 16;  // hidden units per block (float32 sums a tile row)
+constexpr int64_t kAmxDepth = 32;  // state units per chunk (bfloat16 values a tile row)
+constexpr int64_t kAmxTileValues = kAmxRows * kAmxDepth;  // bfloat16 values a weight tile
+
+// A block of R x N sum tiles (R row tiles, R <= 2, by N gates, N <= 2): sum tile
+// 2r + n in tile register 2r + n, row tile r's operand in 4 + r, gate n's
+// weights in 6 + n, so that every load of a chunk feeds two products (where R
+// and N are 2) and no register is reused within a chunk.
+// sums[2r + n] (16 x 16 float32 each) -> the sum tiles, or zeros.
+template <int R, int N>
+RNNFUSED_AMX_TARGET __attribute__((always_inline)) inline void amx_load_sums(float* const* sums,
+                                                                          bool zero) {
+  if (zero) {
+    _tile_zero(0);
+    if constexpr (N > 1) _tile_zero(1);
+    if constexpr (R > 1) _tile_zero(2);
+    if constexpr (R > 1 && N > 1) _tile_zero(3);
+    return;
+  }
+  _tile_loadd(0, sums[0], 64);
+  if constexpr (N > 1) _tile_loadd(1, sums[1], 64);
+  if constexpr (R > 1) _tile_loadd(2, sums[2], 64);
+  if constexpr (R > 1 && N > 1) _tile_loadd(3, sums[3], 64);
+}
+
+template <int R, int N>
+RNNFUSED_AMX_TARGET __attribute__((always_inline)) inline void amx_store_sums(float* const* sums) {
+  _tile_stored(0, sums[0], 64);
+  if constexpr (N > 1) _tile_stored(1, sums[1], 64);
+  if constexpr (R > 1) _tile_stored(2, sums[2], 64);
+  if constexpr (R > 1 && N > 1) _tile_stored(3, sums[3], 64);
+}
+
+// The sum tiles += the chunk's products: a (row tile 0's 16 rows of 32 state units,
+// row stride a_bytes; row tile 1's 16 rows further), b (gate 0's weight tile,
+// gate 1's b_step values further).
+template <int R, int N>
+RNNFUSED_AMX_TARGET __attribute__((always_inline)) inline void amx_chunk(
+    const void* a, int64_t a_bytes, const uint16_t* b, int64_t b_step) {
+  _tile_loadd(4, a, a_bytes);
+  _tile_loadd(6, b, 64);
+  _tile_dpbf16ps(0, 4, 6);
+  if constexpr (N > 1) {
+    _tile_loadd(7, b + b_step, 64);
+    _tile_dpbf16ps(1, 4, 7);
+  }
+  if constexpr (R > 1) {
+    _tile_loadd(5, static_cast<const char*>(a) + 16 * a_bytes, a_bytes);
+    _tile_dpbf16ps(2, 5, 6);
+    if constexpr (N > 1) _tile_dpbf16ps(3, 5, 7);
+  }
+}
+
+// Sum tiles [tile, tile + R) x gates [gate, gate + N) over chunks [c0, c1).
+template <int R, int N>
+RNNFUSED_AMX_TARGET __attribute__((always_inline)) inline void amx_block(
+    float* const* sums, bool first_panel, const uint16_t* h_in, int64_t a_bytes,
+    const uint16_t* weights, int64_t chunk_values, int64_t c0, int64_t c1) {
+  amx_load_sums<R, N>(sums, first_panel);
+  for (int64_t c = c0; c < c1; ++c) {
+    amx_chunk<R, N>(h_in + c * kAmxDepth, a_bytes, weights + c * chunk_values, kAmxTileValues);
+  }
+  amx_store_sums<R, N>(sums);
+}
+
+// The weight tiles of one panel of chunks (a block's G tiles a chunk) take at most
+// this much, so that they stay in L1 while every row tile of the step runs over
+// them; the row tiles' sums wait in the thread's scratch between panels.
+constexpr int64_t kAmxPanelBytes = 32 * 1024;
+
+template <typename F>
+RNNFUSED_AMX_TARGET void fused_steps_amx(const F* steps,
+                                         const AmxStepRows<typename F::scalar_type>* rows,
+                                         int64_t count, const PackedRecurrentAmx& w, int threads) {
+  using T = typename F::scalar_type;
+  static_assert(sizeof(T) == 2, "the AMX loop runs bfloat16 layers");
+  constexpr int G = F::kGates;
+  const int64_t H = w.H, K_padded = w.chunks * kAmxDepth;
+  const int64_t a_bytes = K_padded * int64_t{sizeof(T)};
+  const int64_t panel_chunks =
+      std::max<int64_t>(1, kAmxPanelBytes / (G * kAmxTileValues * int64_t{sizeof(T)}));
+  StepBarrier barrier;
+#pragma omp parallel num_threads(threads)
+  {
+    const TileConfig config;
+    _tile_loadconfig(&config);
+    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t first = w.blocks * t / nt, last = w.blocks * (t + 1) / nt;
+    // Every row tile's G tiles of sums (16 rows x 16 units each) between panels.
+    int64_t most_rows = 0;  // the batch grows over the steps in reverse over packed input
+    for (int64_t s = 0; s < count; ++s) most_rows = std::max(most_rows, rows[s].rows);
+    const int64_t row_tiles = (most_rows + kAmxRows - 1) / kAmxRows;
+    std::vector<float> scratch(std::max<int64_t>(1, row_tiles) * G * 256 + 16);
+    float (*const sums_of)[G][256] = reinterpret_cast<float (*)[G][256]>(
+        (reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t{63});
+    for (int64_t s = 0; s < count; ++s) {
+      const AmxStepRows<T>& step = rows[s];
+      const F& f = steps[s];
+      const int64_t tiles_now = (step.rows + kAmxRows - 1) / kAmxRows;
+      for (int64_t u = first; u < last; ++u) {
+        const int64_t j = u * kAmxUnits;
+        const int units = static_cast<int>(std::min<int64_t>(kAmxUnits, H - j));
+        const typename Simd::Mask mask = Simd::first(units);
+        const uint16_t* block = w.w + u * w.chunks * G * kAmxTileValues;
+        for (int64_t c0 = 0; c0 < w.chunks; c0 += panel_chunks) {
+          const int64_t c1 = std::min(w.chunks, c0 + panel_chunks);
+          for (int gate = 0; gate < G; gate += 2) {
+            const uint16_t* weights = block + gate * kAmxTileValues;
+            for (int64_t tile = 0; tile < tiles_now; tile += 2) {
+              const uint16_t* a = reinterpret_cast<const uint16_t*>(step.h_in) +
+                                  tile * kAmxRows * K_padded;
+              const bool pair = tile + 1 < tiles_now;
+              float* const sums[4] = {sums_of[tile][gate], sums_of[tile][std::min(gate + 1, G - 1)],
+                                      sums_of[tile + pair][gate],
+                                      sums_of[tile + pair][std::min(gate + 1, G - 1)]};
+              const bool first_panel = c0 == 0;
+              const int64_t chunk_values = G * kAmxTileValues;
+              if (gate + 1 < G) {
+                if (pair) {
+                  amx_block<2, 2>(sums, first_panel, a, a_bytes, weights, chunk_values, c0, c1);
+                } else {
+                  amx_block<1, 2>(sums, first_panel, a, a_bytes, weights, chunk_values, c0, c1);
+                }
+              } else if (pair) {
+                amx_block<2, 1>(sums, first_panel, a, a_bytes, weights, chunk_values, c0, c1);
+              } else {
+                amx_block<1, 1>(sums, first_panel, a, a_bytes, weights, chunk_values, c0, c1);
+              }
+            }
+          }
+        }
+        for (int64_t b = 0; b < step.rows; ++b) {
+          const float (*sums)[256] = sums_of[b / kAmxRows];
+          const int64_t r = b % kAmxRows;
+          for (int g = 0; g < G; ++g) {
+            const typename Simd::V sum = Simd::load(mask, sums[g] + r * kAmxUnits);
+            if (step.sums != nullptr) {
+              Simd::store(mask, step.sums + b * G * H + g * H + j, sum);
+            } else {
+              Simd::store(mask, step.product + b * G * H + g * H + j, sum);
+            }
+          }
+          apply_units<Lanes>(f, b, j, units);
+          // h' as stored (bfloat16 bits, no conversion) into both next states.
+          const __m256i h = _mm256_maskz_loadu_epi16(mask, step.out + b * H + j);
+          _mm256_mask_storeu_epi16(step.h_out + b * K_padded + j, mask, h);
+          _mm256_mask_storeu_epi16(step.h_out_stored + b * H + j, mask, h);
+        }
+      }
+      barrier.wait();
+    }
+    _tile_release();
+  }
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace rnnfused
+
+// run_fused_steps_amx (simd.h) for the bfloat16 step functors. Used in namespace
+// rnnfused::cpu.
+#define RNNFUSED_DEFINE_AMX_LOOP(fn)                                                          \
+  template <typename F>                                                                       \
+  void fn(const F* steps, const AmxStepRows<typename F::scalar_type>* rows, int64_t count,   \
+          const PackedRecurrentAmx& w, int threads) {                                         \
+    fused_steps_amx(steps, rows, count, w, threads);                                          \
+  }                                                                                           \
+  template void fn(const ::rnnfused::RnnForwardStep<c10::BFloat16>*,                          \
+                   const AmxStepRows<c10::BFloat16>*, int64_t, const PackedRecurrentAmx&, int); \
+  template void fn(const ::rnnfused::LstmForwardStep<c10::BFloat16, float>*,                  \
+                   const AmxStepRows<c10::BFloat16>*, int64_t, const PackedRecurrentAmx&, int); \
+  template void fn(const ::rnnfused::GruForwardStep<c10::BFloat16, float>*,                   \
+                   const AmxStepRows<c10::BFloat16>*, int64_t, const PackedRecurrentAmx&, int)

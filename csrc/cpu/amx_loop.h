@@ -2,11 +2,13 @@
 // AMX tiles (simd.h's run_fused_steps_amx). Included by step_avx512.cpp after
 // fused_loop.h, whose StepBarrier, Simd traits and apply_units it shares: only the
 // product differs from fused_steps. Per step, each thread takes its 16-unit blocks
-// u and, for every 16 rows of the batch, forms the G gates' 16 x 16 float32 sums
-// of those rows and units in tiles 0 .. G-1 (TDPBF16PS: tile 4 holds 16 state rows
-// x 32 state units, tiles 5-7 the packed weights, PackedRecurrentAmx), stores them
-// to a scratch block, rounds them into the step's product rows and runs the step
-// functor on them; h' goes into the next step's operand. A barrier closes the step.
+// u and forms the G gates' 16 x 16 float32 sums of every 16 rows of the batch and
+// those units with TDPBF16PS (tiles 0-3 the sums of two row tiles by two gates,
+// 4-5 the row tiles' state, 16 rows x 32 state units each, 6-7 the two gates'
+// packed weights, PackedRecurrentAmx), a panel of 32-unit chunks at a time with
+// the sums kept in a per-thread scratch in between; then the step functor reads
+// the sums (float32; RNN's rounded into its output rows) and h' goes into the
+// next step's operand. A barrier closes the step.
 // Tile state is per thread: each thread of the team loads the configuration and
 // releases the tiles when done.
 #pragma once
@@ -92,16 +94,49 @@ RNNFUSED_AMX_TARGET __attribute__((always_inline)) inline void amx_chunk(
 }
 
 // Sum tiles [tile, tile + R) x gates [gate, gate + N) over chunks [c0, c1).
+// weights: the first weight tile of chunk 0, chunk c's chunk_values further, the
+// second of a pair b_step further than the first.
 template <int R, int N>
 RNNFUSED_AMX_TARGET __attribute__((always_inline)) inline void amx_block(
-    float* const* sums, bool first_panel, const uint16_t* h_in, int64_t a_bytes,
-    const uint16_t* weights, int64_t chunk_values, int64_t c0, int64_t c1) {
+    float* const* sums, bool first_panel, const uint16_t* a, int64_t a_bytes,
+    const uint16_t* weights, int64_t chunk_values, int64_t b_step, int64_t c0, int64_t c1) {
   amx_load_sums<R, N>(sums, first_panel);
   for (int64_t c = c0; c < c1; ++c) {
-    amx_chunk<R, N>(h_in + c * kAmxDepth, a_bytes, weights + c * chunk_values, kAmxTileValues);
+    amx_chunk<R, N>(a + c * kAmxDepth, a_bytes, weights + c * chunk_values, b_step);
   }
   amx_store_sums<R, N>(sums);
 }
+
+// amx_block for R row tiles by N weight tiles known at run time (1 or 2 each).
+RNNFUSED_AMX_TARGET __attribute__((always_inline)) inline void amx_block_of(
+    int rows, int columns, float* const* sums, bool first_panel, const uint16_t* a,
+    int64_t a_bytes, const uint16_t* weights, int64_t chunk_values, int64_t b_step, int64_t c0,
+    int64_t c1) {
+  if (columns == 2) {
+    if (rows == 2) {
+      amx_block<2, 2>(sums, first_panel, a, a_bytes, weights, chunk_values, b_step, c0, c1);
+    } else {
+      amx_block<1, 2>(sums, first_panel, a, a_bytes, weights, chunk_values, b_step, c0, c1);
+    }
+  } else if (rows == 2) {
+    amx_block<2, 1>(sums, first_panel, a, a_bytes, weights, chunk_values, b_step, c0, c1);
+  } else {
+    amx_block<1, 1>(sums, first_panel, a, a_bytes, weights, chunk_values, b_step, c0, c1);
+  }
+}
+
+// Per-thread scratch of float32 sum tiles, 64-byte aligned.
+class SumTiles {
+ public:
+  explicit SumTiles(int64_t tiles) : values_(tiles * 256 + 16) {}
+  float* tile(int64_t i) {
+    const uintptr_t base = (reinterpret_cast<uintptr_t>(values_.data()) + 63) & ~uintptr_t{63};
+    return reinterpret_cast<float*>(base) + i * 256;
+  }
+
+ private:
+  std::vector<float> values_;
+};
 
 // The weight tiles of one panel of chunks (a block's G tiles a chunk) take at most
 // this much, so that they stay in L1 while every row tile of the step runs over
@@ -129,10 +164,8 @@ RNNFUSED_AMX_TARGET void fused_steps_amx(const F* steps,
     // Every row tile's G tiles of sums (16 rows x 16 units each) between panels.
     int64_t most_rows = 0;  // the batch grows over the steps in reverse over packed input
     for (int64_t s = 0; s < count; ++s) most_rows = std::max(most_rows, rows[s].rows);
-    const int64_t row_tiles = (most_rows + kAmxRows - 1) / kAmxRows;
-    std::vector<float> scratch(std::max<int64_t>(1, row_tiles) * G * 256 + 16);
-    float (*const sums_of)[G][256] = reinterpret_cast<float (*)[G][256]>(
-        (reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t{63});
+    SumTiles scratch(std::max<int64_t>(1, (most_rows + kAmxRows - 1) / kAmxRows) * G);
+    auto sums_of = [&](int64_t tile, int gate) { return scratch.tile(tile * G + gate); };
     for (int64_t s = 0; s < count; ++s) {
       const AmxStepRows<T>& step = rows[s];
       const F& f = steps[s];
@@ -149,31 +182,20 @@ RNNFUSED_AMX_TARGET void fused_steps_amx(const F* steps,
             for (int64_t tile = 0; tile < tiles_now; tile += 2) {
               const uint16_t* a = reinterpret_cast<const uint16_t*>(step.h_in) +
                                   tile * kAmxRows * K_padded;
-              const bool pair = tile + 1 < tiles_now;
-              float* const sums[4] = {sums_of[tile][gate], sums_of[tile][std::min(gate + 1, G - 1)],
-                                      sums_of[tile + pair][gate],
-                                      sums_of[tile + pair][std::min(gate + 1, G - 1)]};
-              const bool first_panel = c0 == 0;
-              const int64_t chunk_values = G * kAmxTileValues;
-              if (gate + 1 < G) {
-                if (pair) {
-                  amx_block<2, 2>(sums, first_panel, a, a_bytes, weights, chunk_values, c0, c1);
-                } else {
-                  amx_block<1, 2>(sums, first_panel, a, a_bytes, weights, chunk_values, c0, c1);
-                }
-              } else if (pair) {
-                amx_block<2, 1>(sums, first_panel, a, a_bytes, weights, chunk_values, c0, c1);
-              } else {
-                amx_block<1, 1>(sums, first_panel, a, a_bytes, weights, chunk_values, c0, c1);
-              }
+              const int pair_rows = tile + 1 < tiles_now ? 2 : 1;
+              const int pair_gates = gate + 1 < G ? 2 : 1;
+              float* const sums[4] = {sums_of(tile, gate), sums_of(tile, gate + pair_gates - 1),
+                                      sums_of(tile + pair_rows - 1, gate),
+                                      sums_of(tile + pair_rows - 1, gate + pair_gates - 1)};
+              amx_block_of(pair_rows, pair_gates, sums, c0 == 0, a, a_bytes, weights,
+                           G * kAmxTileValues, kAmxTileValues, c0, c1);
             }
           }
         }
         for (int64_t b = 0; b < step.rows; ++b) {
-          const float (*sums)[256] = sums_of[b / kAmxRows];
           const int64_t r = b % kAmxRows;
           for (int g = 0; g < G; ++g) {
-            const typename Simd::V sum = Simd::load(mask, sums[g] + r * kAmxUnits);
+            const typename Simd::V sum = Simd::load(mask, sums_of(b / kAmxRows, g) + r * kAmxUnits);
             if (step.sums != nullptr) {
               Simd::store(mask, step.sums + b * G * H + g * H + j, sum);
             } else {

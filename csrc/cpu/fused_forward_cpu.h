@@ -10,6 +10,7 @@
 #include <ATen/Parallel.h>
 
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../layers/common.h"
@@ -108,6 +109,27 @@ inline bool fused_forward_applies(const LayerSizes& sz, bool low_precision) {
          sz.hidden > 0 && sz.rows >= kMinSteps * sz.batch;
 }
 
+// The forward steps a chunk of the input projection at a time (its pointers stay
+// valid together): make(s, x_proj_s) -> {functor, rows} of step s, then
+// run(functors, rows, count) over the chunk's steps.
+template <typename Step, typename Rows, typename XProj, typename Make, typename Run>
+void run_by_chunks(const Schedule& sched, XProj& x_proj, Make make, Run run) {
+  std::vector<Step> steps;
+  std::vector<Rows> rows;
+  for (int64_t s = 0; s < sched.steps();) {
+    x_proj.step(s);
+    const int64_t end = x_proj.chunk_end();
+    steps.clear();
+    rows.clear();
+    for (; s < end; ++s) {
+      auto [step, row] = make(s, x_proj.step(s));
+      steps.push_back(step);
+      rows.push_back(row);
+    }
+    run(steps.data(), rows.data(), static_cast<int64_t>(steps.size()));
+  }
+}
+
 // fused_forward's loop for a bfloat16 layer on AMX tiles (amx_tiles_enabled()).
 template <typename XProj, typename MakeStep>
 at::Tensor fused_forward_amx(const LayerSizes& sz, const Schedule& sched, XProj& x_proj,
@@ -139,25 +161,21 @@ at::Tensor fused_forward_amx(const LayerSizes& sz, const Schedule& sched, XProj&
 
   using Step = decltype(make_step(int64_t{0}, nullptr, nullptr, static_cast<float*>(nullptr),
                                   nullptr));
-  std::vector<Step> steps;
-  std::vector<AmxStepRows<scalar_t>> rows;
-  for (int64_t s = 0; s < sched.steps();) {
-    x_proj.step(s);
-    const int64_t end = x_proj.chunk_end();
-    steps.clear();
-    rows.clear();
-    for (; s < end; ++s) {
-      scalar_t* out = output.data_ptr<scalar_t>() + sched.offset(s) * H;
-      float* sums_out = sums.defined() ? sums.data_ptr<float>() : nullptr;
-      const scalar_t* h_prev = stored[s % 2].data_ptr<scalar_t>();
-      steps.push_back(make_step(s, x_proj.step(s), h_prev, sums_out, out));
-      rows.push_back({sched.rows(s), operands[s % 2].data_ptr<scalar_t>(), sums_out,
-                      sums_out != nullptr ? nullptr : out, out,
-                      operands[(s + 1) % 2].data_ptr<scalar_t>(),
-                      stored[(s + 1) % 2].data_ptr<scalar_t>()});
-    }
-    run_fused_steps_amx(steps.data(), rows.data(), static_cast<int64_t>(steps.size()), w, threads);
-  }
+  float* sums_out = sums.defined() ? sums.data_ptr<float>() : nullptr;
+  run_by_chunks<Step, AmxStepRows<scalar_t>>(
+      sched, x_proj,
+      [&](int64_t s, const scalar_t* x_proj_s) {
+        scalar_t* out = output.data_ptr<scalar_t>() + sched.offset(s) * H;
+        const AmxStepRows<scalar_t> row{sched.rows(s), operands[s % 2].data_ptr<scalar_t>(),
+                                        sums_out, sums_out != nullptr ? nullptr : out, out,
+                                        operands[(s + 1) % 2].data_ptr<scalar_t>(),
+                                        stored[(s + 1) % 2].data_ptr<scalar_t>()};
+        return std::make_pair(make_step(s, x_proj_s, stored[s % 2].data_ptr<scalar_t>(), sums_out, out),
+                              row);
+      },
+      [&](const Step* steps, const AmxStepRows<scalar_t>* rows, int64_t count) {
+        run_fused_steps_amx(steps, rows, count, w, threads);
+      });
   return sched.final_states(output);
 }
 
@@ -198,36 +216,31 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
 
   using Step = decltype(make_step(int64_t{0}, nullptr, nullptr, static_cast<scalar_t*>(nullptr),
                                   nullptr));
-  std::vector<Step> steps;
-  std::vector<FusedStepRows<scalar_t>> rows;
-  for (int64_t s = 0; s < sched.steps();) {
-    x_proj.step(s);
-    const int64_t end = x_proj.chunk_end();
-    steps.clear();
-    rows.clear();
-    for (; s < end; ++s) {
-      scalar_t* out = output.data_ptr<scalar_t>() + sched.offset(s) * H;
-      scalar_t* prod = product.defined() ? product.data_ptr<scalar_t>() : out;
-      float* sums = nullptr;
-      if constexpr (kFloat) {
-        sums = prod;
-      } else {
-        sums = partial.data_ptr<float>();
-      }
-      const scalar_t* x_proj_s = x_proj.step(s);
-      const scalar_t* h_in = stored[s % 2].data_ptr<scalar_t>();
-      steps.push_back(make_step(s, x_proj_s, h_in, prod, out));
-      rows.push_back({sched.rows(s), states[s % 2].data_ptr<float>(), sums, prod, out,
-                      states[(s + 1) % 2].data_ptr<float>(),
-                      kFloat ? nullptr : stored[(s + 1) % 2].data_ptr<scalar_t>(), x_proj_s});
-    }
-    const int64_t n = static_cast<int64_t>(steps.size());
-    if (avx512) {
-      run_fused_steps_avx512(steps.data(), rows.data(), n, w, threads);
-    } else if constexpr (kFloat) {
-      run_fused_steps_avx2(steps.data(), rows.data(), n, w, threads);
-    }
-  }
+  run_by_chunks<Step, FusedStepRows<scalar_t>>(
+      sched, x_proj,
+      [&](int64_t s, const scalar_t* x_proj_s) {
+        scalar_t* out = output.data_ptr<scalar_t>() + sched.offset(s) * H;
+        scalar_t* prod = product.defined() ? product.data_ptr<scalar_t>() : out;
+        float* sums = nullptr;
+        if constexpr (kFloat) {
+          sums = prod;
+        } else {
+          sums = partial.data_ptr<float>();
+        }
+        const FusedStepRows<scalar_t> row{
+            sched.rows(s), states[s % 2].data_ptr<float>(), sums, prod, out,
+            states[(s + 1) % 2].data_ptr<float>(),
+            kFloat ? nullptr : stored[(s + 1) % 2].data_ptr<scalar_t>(), x_proj_s};
+        return std::make_pair(make_step(s, x_proj_s, stored[s % 2].data_ptr<scalar_t>(), prod, out),
+                              row);
+      },
+      [&](const Step* steps, const FusedStepRows<scalar_t>* rows, int64_t count) {
+        if (avx512) {
+          run_fused_steps_avx512(steps, rows, count, w, threads);
+        } else if constexpr (kFloat) {
+          run_fused_steps_avx2(steps, rows, count, w, threads);
+        }
+      });
   return sched.final_states(output);
 }
 

@@ -176,6 +176,44 @@ def test_frozen_weights_and_input_without_grad(kind, device):
     assert not out.requires_grad
 
 
+@KIND
+@pytest.mark.parametrize("seq_len", [1, 6], ids=["one_step", "fused_loop"])
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_initial_state_given_without_grad(kind, seq_len, packed, device):
+    """An initial state that needs no gradient (given without requires_grad, or omitted):
+    the backward then skips the first step's recurrent product, which only feeds the
+    gradient on h0; every other gradient is torch.nn's, in the one-step path and the
+    fused loop, dense and packed (where the reverse direction's rows join later with
+    their h0, and their h0's gradient comes out of a later step's product)."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    ref, fused = make_kind_twins(kind, device=device, dtype=torch.float64, num_layers=2,
+                                 bidirectional=True)
+    batch = 5
+    x = torch.randn(seq_len, batch, INPUT_SIZE, device=device, dtype=torch.float64)
+    lengths = torch.tensor([seq_len] + [max(1, seq_len - 2)] * (batch - 1))
+    h_size = ref.proj_size if getattr(ref, "proj_size", 0) else HIDDEN_SIZE
+    states = [torch.randn(4, batch, h_size, device=device, dtype=torch.float64)]
+    if "lstm" in kind:
+        states.append(torch.randn(4, batch, HIDDEN_SIZE, device=device, dtype=torch.float64))
+    for given in (True, False):
+        grads = []
+        for m in (ref, fused):
+            m.zero_grad()
+            inp = x.clone().requires_grad_()
+            data = pack_padded_sequence(inp, lengths) if packed else inp
+            hx = None
+            if given:
+                hx = tuple(states) if len(states) == 2 else states[0]
+            out, _ = m(data, hx)
+            out_t = out.data if packed else out
+            (out_t * torch.linspace(-1, 1, out_t.numel(), device=device, dtype=torch.float64)
+             .view_as(out_t)).sum().backward()
+            grads.append([inp.grad] + [p.grad for p in m.parameters()])
+        for g_ref, g_fused in zip(*grads):
+            torch.testing.assert_close(g_fused, g_ref, **tolerances(torch.float64))
+
+
 # ---------------------------------------------------------------- module plumbing
 
 @KIND

@@ -248,12 +248,13 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
 // in reverse; d_h [B, H] holds grad_h_n on entry and the gradient on h0 on return.
 //   d_recurrent: [N, G*H], the matrix the step functors write the gradient on
 //     h_prev @ W_hh^T into; accumulate: the functor leaves the direct part of d_h
-//     in d_h (GRU);
+//     in d_h (GRU); initial_state_grad: else the first step's product is skipped
+//     (common.h's backward_loop);
 //   make_step(s) -> the step functor, reading and writing d_h's rows.
 template <typename scalar_t, typename MakeStep>
 void fused_backward(const LayerSizes& sz, const Schedule& sched, const at::Tensor& grad_output,
                     const at::Tensor& w_hh, at::Tensor& d_h, const at::Tensor& d_recurrent,
-                    bool accumulate, MakeStep make_step) {
+                    bool accumulate, bool initial_state_grad, MakeStep make_step) {
   const int64_t J = w_hh.size(0), K = sz.output, B = sz.batch;
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;
   const bool avx512 = active_isa() == Isa::kAvx512;
@@ -283,7 +284,8 @@ void fused_backward(const LayerSizes& sz, const Schedule& sched, const at::Tenso
     }
     steps.push_back(make_step(s));
     rows.push_back({sched.rows(s), grad_output.data_ptr<scalar_t>() + off * K,
-                    d_h.data_ptr<scalar_t>(), d_h_partial, d_rec, d_rec_float, accumulate});
+                    d_h.data_ptr<scalar_t>(), d_h_partial, d_rec, d_rec_float, accumulate,
+                    /*product=*/s > 0 || initial_state_grad});
   }
   const int64_t n = static_cast<int64_t>(steps.size());
   if (avx512) {

@@ -329,6 +329,7 @@ void fused_backward(const F* steps, const FusedBackwardRows<typename F::scalar_t
         }
       }
       barrier.wait();
+      if (!step.product) continue;
       const int64_t blocks = step.rows / kRows;
       for (int64_t q = first; q < last; ++q) {
         for (int64_t j0 = 0; j0 < w.J; j0 += depth) {

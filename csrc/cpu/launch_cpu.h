@@ -93,11 +93,11 @@ struct CpuLaunch {
   static void fused_backward(const LayerSizes& sz, const Schedule& sched,
                              const at::Tensor& grad_output, const at::Tensor& w_hh,
                              at::Tensor& d_h, const at::Tensor& d_recurrent, bool accumulate,
-                             MakeStep make_step) {
+                             bool initial_state_grad, MakeStep make_step) {
 #if defined(__x86_64__)
     if constexpr (std::is_same_v<scalar_t, float> || is_16bit<scalar_t>()) {
       cpu::fused_backward<scalar_t>(sz, sched, grad_output, w_hh, d_h, d_recurrent, accumulate,
-                                    make_step);
+                                    initial_state_grad, make_step);
       return;
     }
 #endif

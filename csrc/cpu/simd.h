@@ -132,6 +132,8 @@ struct FusedBackwardRows {
   float* d_recurrent_float;   // [rows, J]  out: the same widened, which the product reads
                               //   (float32: d_recurrent itself, not written)
   bool accumulate;            // d_h = the functor's direct part + product (GRU), else product
+  bool product;               // whether to form the product (the first step's only feeds the
+                              //   gradient on h0)
 };
 
 // Runs `count` backward steps in one parallel region. Each thread owns a range

@@ -332,14 +332,19 @@ at::Tensor forward_loop(const LayerSizes& sz, const Schedule& sched,
 //   d_h[:rows] += grad_output rows; before_step(s, d_h rows); the step functor;
 //   d_h[:rows] = (accumulate ? d_h[:rows] : 0) + d_recurrent rows @ w_hh.
 // d_recurrent: [N, G*H], where the functors leave the gradient on h_prev @ W_hh^T;
-// accumulate: the functor leaves the direct part of d_h in d_h (GRU).
+// accumulate: the functor leaves the direct part of d_h in d_h (GRU);
+// initial_state_grad: whether d_h must end as the gradient on h0. Without it the
+// first step's product, which only feeds that gradient (every active row's h_prev
+// there is h0), is skipped, and d_h ends holding no gradient (a quarter of a
+// one-step layer's backward GEMMs).
 template <typename scalar_t, typename Launch, typename MakeStep, typename BeforeStep>
 void backward_loop(const LayerSizes& sz, const Schedule& sched, const at::Tensor& grad_output,
                    const at::Tensor& w_hh, at::Tensor& d_h, const at::Tensor& d_recurrent,
-                   bool accumulate, bool fusable, MakeStep make_step, BeforeStep before_step) {
+                   bool accumulate, bool initial_state_grad, bool fusable, MakeStep make_step,
+                   BeforeStep before_step) {
   if (fusable && Launch::template fuses_backward<scalar_t>(sz)) {
     Launch::template fused_backward<scalar_t>(sz, sched, grad_output, w_hh, d_h, d_recurrent,
-                                              accumulate, make_step);
+                                              accumulate, initial_state_grad, make_step);
     return;
   }
   for (int64_t s = sched.steps() - 1; s >= 0; --s) {
@@ -349,6 +354,7 @@ void backward_loop(const LayerSizes& sz, const Schedule& sched, const at::Tensor
     d_h_rows.add_(grad_output.narrow(0, off, rows));
     before_step(s, d_h_rows);
     Launch::run(rows * sz.hidden, make_step(s));
+    if (s == 0 && !initial_state_grad) break;
     Launch::gemm_nn(d_h_rows, d_recurrent.narrow(0, off, rows), w_hh, accumulate);
   }
 }

@@ -55,7 +55,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         d_x.data_ptr<scalar_t>() + off * 3 * H, d_hh.data_ptr<scalar_t>() + off * 3 * H, H};
   };
   backward_loop<scalar_t, Launch>(sz, sched, grad_output, w_hh, d_h, d_hh, /*accumulate=*/true,
-                                  /*fusable=*/true, make_step, [](int64_t, const at::Tensor&) {});
+                                  mask.states, /*fusable=*/true, make_step,
+                                  [](int64_t, const at::Tensor&) {});
 
   at::Tensor grad_input = mask.input ? matmul<Launch>(d_x, w_ih) : empty_grad(input);
   const WeightGrads wg =

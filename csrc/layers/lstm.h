@@ -76,7 +76,8 @@ lstm_backward(const LayerSizes& sz, const Schedule& sched, const at::Tensor& gra
         proj ? hidden_all.data_ptr<scalar_t>() + off * H : nullptr, H};
   };
   backward_loop<scalar_t, Launch>(
-      sz, sched, grad_output, w_hh, d_h, d_pre, /*accumulate=*/false, /*fusable=*/!proj, make_step,
+      sz, sched, grad_output, w_hh, d_h, d_pre, /*accumulate=*/false, mask.states,
+      /*fusable=*/!proj, make_step,
       [&](int64_t s, const at::Tensor& d_h_rows) {
         if (!proj) return;
         d_h_all.narrow(0, sched.offset(s), d_h_rows.size(0)).copy_(d_h_rows);

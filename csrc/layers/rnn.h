@@ -45,7 +45,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         d_h.data_ptr<scalar_t>(), d_pre.data_ptr<scalar_t>() + off * H, H, relu};
   };
   backward_loop<scalar_t, Launch>(sz, sched, grad_output, w_hh, d_h, d_pre, /*accumulate=*/false,
-                                  /*fusable=*/true, make_step, [](int64_t, const at::Tensor&) {});
+                                  mask.states, /*fusable=*/true, make_step,
+                                  [](int64_t, const at::Tensor&) {});
 
   at::Tensor grad_input = mask.input ? matmul<Launch>(d_pre, w_ih) : empty_grad(input);
   const WeightGrads wg =

@@ -37,6 +37,38 @@ def test_bitwise_run_to_run(kind, form, device, deterministic):
                 assert torch.equal(again[key], value), key
 
 
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_bfloat16_bitwise_across_runs_threads_and_thread_counts(name):
+    """bfloat16 layers (on AMX tiles where the CPU has them: each OpenMP thread holds its own
+    tile configuration) give the same bits run to run, on one thread or two (each unit's sums
+    are formed by one thread in a fixed order), and from four Python threads at once."""
+    import threading
+
+    torch.manual_seed(0)
+    module = getattr(rnnfused, name)(40, 70, num_layers=2, bidirectional=True).bfloat16()
+    x = torch.randn(12, 37, 40).bfloat16()
+    threads_before = torch.get_num_threads()
+    with torch.no_grad():
+        first = module(x)[0]
+        assert torch.equal(module(x)[0], first)
+        try:
+            torch.set_num_threads(1)
+            assert torch.equal(module(x)[0], first)
+        finally:
+            torch.set_num_threads(threads_before)
+        results = [None] * 4
+
+        def run(k):
+            results[k] = module(x)[0]
+
+        workers = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    assert all(r is not None and torch.equal(r, first) for r in results)
+
+
 class _Model(torch.nn.Module):
     def __init__(self):
         super().__init__()

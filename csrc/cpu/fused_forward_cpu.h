@@ -63,6 +63,7 @@ inline at::Tensor pack_recurrent_t(const at::Tensor& w_hh, int64_t L) {
 // W_hh [G*H, K] bfloat16 -> the AMX tiles of PackedRecurrentAmx, [blocks, chunks, G, 16,
 // 32] (pairs of state units side by side), zero past H and K.
 inline at::Tensor pack_recurrent_amx(const at::Tensor& w_hh, int64_t G, int64_t H) {
+  TORCH_INTERNAL_ASSERT(w_hh.scalar_type() == at::kBFloat16, "rnnfused: AMX tiles take bfloat16");
   constexpr int64_t kUnits = 16, kDepth = 32;
   const int64_t K = w_hh.size(1);
   const int64_t blocks = (H + kUnits - 1) / kUnits, chunks = (K + kDepth - 1) / kDepth;
@@ -71,7 +72,9 @@ inline at::Tensor pack_recurrent_amx(const at::Tensor& w_hh, int64_t G, int64_t 
   const uint16_t* src = reinterpret_cast<const uint16_t*>(w.data_ptr());
   uint16_t* const base = reinterpret_cast<uint16_t*>(packed.data_ptr());
   // Blocks in parallel, as pack_recurrent's tiles.
-  const int64_t grain = std::max<int64_t>(1, (int64_t{32} << 10) / std::max<int64_t>(1, G * chunks * 1024));
+  const int64_t block_bytes = G * chunks * kDepth * kUnits * 2;
+  const int64_t grain =
+      std::max<int64_t>(1, (int64_t{32} << 10) / std::max<int64_t>(1, block_bytes));
   at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
     uint16_t* dst = base + begin * chunks * G * kDepth * kUnits;
     for (int64_t u = begin; u < end; ++u) {
@@ -170,8 +173,8 @@ at::Tensor fused_forward_amx(const LayerSizes& sz, const Schedule& sched, XProj&
                                         sums_out, sums_out != nullptr ? nullptr : out, out,
                                         operands[(s + 1) % 2].data_ptr<scalar_t>(),
                                         stored[(s + 1) % 2].data_ptr<scalar_t>()};
-        return std::make_pair(make_step(s, x_proj_s, stored[s % 2].data_ptr<scalar_t>(), sums_out, out),
-                              row);
+        const scalar_t* h_prev = stored[s % 2].data_ptr<scalar_t>();
+        return std::make_pair(make_step(s, x_proj_s, h_prev, sums_out, out), row);
       },
       [&](const Step* steps, const AmxStepRows<scalar_t>* rows, int64_t count) {
         run_fused_steps_amx(steps, rows, count, w, threads);
@@ -231,8 +234,8 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
             sched.rows(s), states[s % 2].data_ptr<float>(), sums, prod, out,
             states[(s + 1) % 2].data_ptr<float>(),
             kFloat ? nullptr : stored[(s + 1) % 2].data_ptr<scalar_t>(), x_proj_s};
-        return std::make_pair(make_step(s, x_proj_s, stored[s % 2].data_ptr<scalar_t>(), prod, out),
-                              row);
+        const scalar_t* h_prev = stored[s % 2].data_ptr<scalar_t>();
+        return std::make_pair(make_step(s, x_proj_s, h_prev, prod, out), row);
       },
       [&](const Step* steps, const FusedStepRows<scalar_t>* rows, int64_t count) {
         if (avx512) {

@@ -34,15 +34,10 @@ struct alignas(64) TileConfig {
   TileConfig() {
     for (int t = 0; t < 8; ++t) {
       row_bytes[t] = 64;
-      rows[t] = 16;
+      rows[t] = kAmxRows;
     }
   }
 };
-
-constexpr int64_t kAmxRows = 16;   // state rows per tile
-constexpr int64_t kAmxUnits = 16;  // hidden units per block (float32 sums a tile row)
-constexpr int64_t kAmxDepth = 32;  // state units per chunk (bfloat16 values a tile row)
-constexpr int64_t kAmxTileValues = kAmxRows * kAmxDepth;  // bfloat16 values a weight tile
 
 // A block of R x N sum tiles (R row tiles, R <= 2, by N gates, N <= 2): sum tile
 // 2r + n in tile register 2r + n, row tile r's operand in 4 + r, gate n's
@@ -87,7 +82,7 @@ RNNFUSED_AMX_TARGET __attribute__((always_inline)) inline void amx_chunk(
     _tile_dpbf16ps(1, 4, 7);
   }
   if constexpr (R > 1) {
-    _tile_loadd(5, static_cast<const char*>(a) + 16 * a_bytes, a_bytes);
+    _tile_loadd(5, static_cast<const char*>(a) + kAmxRows * a_bytes, a_bytes);
     _tile_dpbf16ps(2, 5, 6);
     if constexpr (N > 1) _tile_dpbf16ps(3, 5, 7);
   }
@@ -128,10 +123,10 @@ RNNFUSED_AMX_TARGET __attribute__((always_inline)) inline void amx_block_of(
 // Per-thread scratch of float32 sum tiles, 64-byte aligned.
 class SumTiles {
  public:
-  explicit SumTiles(int64_t tiles) : values_(tiles * 256 + 16) {}
+  explicit SumTiles(int64_t tiles) : values_(tiles * kAmxSumValues + 16) {}
   float* tile(int64_t i) {
     const uintptr_t base = (reinterpret_cast<uintptr_t>(values_.data()) + 63) & ~uintptr_t{63};
-    return reinterpret_cast<float*>(base) + i * 256;
+    return reinterpret_cast<float*>(base) + i * kAmxSumValues;
   }
 
  private:

@@ -64,27 +64,26 @@ inline at::Tensor pack_recurrent_t(const at::Tensor& w_hh, int64_t L) {
 // 32] (pairs of state units side by side), zero past H and K.
 inline at::Tensor pack_recurrent_amx(const at::Tensor& w_hh, int64_t G, int64_t H) {
   TORCH_INTERNAL_ASSERT(w_hh.scalar_type() == at::kBFloat16, "rnnfused: AMX tiles take bfloat16");
-  constexpr int64_t kUnits = 16, kDepth = 32;
   const int64_t K = w_hh.size(1);
-  const int64_t blocks = (H + kUnits - 1) / kUnits, chunks = (K + kDepth - 1) / kDepth;
+  const int64_t blocks = (H + kAmxUnits - 1) / kAmxUnits, chunks = (K + kAmxDepth - 1) / kAmxDepth;
   const at::Tensor w = w_hh.contiguous();
-  at::Tensor packed = at::empty({blocks, chunks, G, kDepth / 2, kUnits, 2}, w.options());
+  at::Tensor packed = at::empty({blocks, chunks, G, kAmxDepth / 2, kAmxUnits, 2}, w.options());
   const uint16_t* src = reinterpret_cast<const uint16_t*>(w.data_ptr());
   uint16_t* const base = reinterpret_cast<uint16_t*>(packed.data_ptr());
   // Blocks in parallel, as pack_recurrent's tiles.
-  const int64_t block_bytes = G * chunks * kDepth * kUnits * 2;
+  const int64_t block_bytes = G * chunks * kAmxTileValues * 2;
   const int64_t grain =
       std::max<int64_t>(1, (int64_t{32} << 10) / std::max<int64_t>(1, block_bytes));
   at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
-    uint16_t* dst = base + begin * chunks * G * kDepth * kUnits;
+    uint16_t* dst = base + begin * chunks * G * kAmxTileValues;
     for (int64_t u = begin; u < end; ++u) {
       for (int64_t c = 0; c < chunks; ++c) {
         for (int64_t g = 0; g < G; ++g) {
-          for (int64_t p = 0; p < kDepth / 2; ++p) {
-            for (int64_t n = 0; n < kUnits; ++n) {
-              const int64_t unit = u * kUnits + n;
+          for (int64_t p = 0; p < kAmxDepth / 2; ++p) {
+            for (int64_t n = 0; n < kAmxUnits; ++n) {
+              const int64_t unit = u * kAmxUnits + n;
               for (int64_t e = 0; e < 2; ++e) {
-                const int64_t k = c * kDepth + 2 * p + e;
+                const int64_t k = c * kAmxDepth + 2 * p + e;
                 *dst++ = unit < H && k < K ? src[(g * H + unit) * K + k] : uint16_t{0};
               }
             }
@@ -148,11 +147,11 @@ at::Tensor fused_forward_amx(const LayerSizes& sz, const Schedule& sched, XProj&
   // whole 32-unit chunks, zeros past B and K. Both start as h0 (rows that join in
   // reverse over packed input read it from either). Beside them the same unpadded,
   // the functors' h_prev (GRU).
-  const int64_t rows_padded = (B + 15) / 16 * 16;
+  const int64_t rows_padded = (B + kAmxRows - 1) / kAmxRows * kAmxRows;
   at::Tensor operands[2];
   at::Tensor stored[2];
   for (int i = 0; i < 2; ++i) {
-    operands[i] = at::zeros({rows_padded, w.chunks * 32}, h0.options());
+    operands[i] = at::zeros({rows_padded, w.chunks * kAmxDepth}, h0.options());
     operands[i].narrow(0, 0, B).narrow(1, 0, K).copy_(h0);
     stored[i] = h0.clone(at::MemoryFormat::Contiguous);
   }

@@ -81,6 +81,14 @@ template <typename F>
 void run_fused_steps_avx2(const F* steps, const FusedStepRows<typename F::scalar_type>* rows,
                           int64_t count, const PackedRecurrent& w, int threads);
 
+// The AMX loop's tile geometry, shared by the packing and buffers (fused_forward_cpu.h)
+// and the kernel (amx_loop.h): every tile is 16 rows of 64 bytes.
+constexpr int64_t kAmxRows = 16;   // state rows per tile
+constexpr int64_t kAmxUnits = 16;  // hidden units per block (float32 sums a tile row)
+constexpr int64_t kAmxDepth = 32;  // state units per chunk (bfloat16 values a tile row)
+constexpr int64_t kAmxTileValues = kAmxRows * kAmxDepth;  // bfloat16 values a weight tile
+constexpr int64_t kAmxSumValues = kAmxRows * kAmxUnits;   // float32 sums a sum tile
+
 // W_hh [G*H, K] in bfloat16 packed as AMX tiles (pack_recurrent_amx): for each
 // block u of 16 hidden units and chunk c of 32 state units, G tiles of 16 rows of
 // 64 bytes, gate g's w[u][c][g][p][n][e] = W_hh[g * H + 16 u + n][32 c + 2 p + e]

@@ -29,11 +29,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
   // product: scalar_t, or float (the AMX loop's sums).
   auto make_step = [&](int64_t s, const scalar_t* x, const scalar_t* /*h_in*/, auto* product,
                        scalar_t* out) {
-    const int64_t saved = save ? sched.offset(s) : 0;
     using product_t = std::remove_pointer_t<decltype(product)>;
     return LstmForwardStep<scalar_t, product_t>{{}, x, product, c.data_ptr<scalar_t>(),
-        save ? gates.data_ptr<scalar_t>() + saved * 4 * H : nullptr,
-        save ? cells.data_ptr<scalar_t>() + saved * H : nullptr, out, H};
+        save ? gates.data_ptr<scalar_t>() + sched.offset(s) * 4 * H : nullptr,
+        save ? cells.data_ptr<scalar_t>() + sched.offset(s) * H : nullptr, out, H};
   };
   at::Tensor h_n = forward_loop<scalar_t, Launch>(
       sz, sched, x_proj, h0, w_hh, bias.recurrent, output, h_proj, hidden, /*fusable=*/!proj,

@@ -10,6 +10,7 @@
 
 #include <string>
 
+#include "cpu/huge_pages.h"
 #include "cpu/simd.h"
 
 TORCH_LIBRARY(rnnfused, m) {
@@ -97,6 +98,10 @@ TORCH_LIBRARY(rnnfused, m) {
   // Which vectorised CPU step kernels run here: "avx512", "avx2" or "scalar".
   m.def("cpu_isa() -> str",
         [] { return std::string(rnnfused::cpu::isa_name(rnnfused::cpu::active_isa())); });
+  // The free blocks the CPU buffer cache holds (cpu/huge_pages.h), and their release.
+  m.def("cpu_cache_bytes() -> int",
+        [] { return static_cast<int64_t>(rnnfused::cpu::cached_bytes()); });
+  m.def("cpu_cache_clear() -> ()", [] { rnnfused::cpu::release_cached_blocks(); });
   // Whether bfloat16 layers run their persistent forward loop on AMX tiles here.
   m.def("cpu_amx() -> bool", [] {
 #if defined(__x86_64__)

@@ -5,11 +5,11 @@
 >>> model = rnnfused.convert(model)  # swap every nn recurrent module inside a model
 """
 
-from rnnfused.functional import backend_info, reference_mode
+from rnnfused.functional import backend_info, empty_cache, reference_mode
 from rnnfused.modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, convert
 
 __all__ = [
     "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert", "backend_info",
-    "reference_mode",
+    "empty_cache", "reference_mode",
 ]
 __version__ = "0.1.0"

@@ -64,6 +64,17 @@ def backend_info(device: torch.device | str | None = None, dtype: torch.dtype | 
     }
 
 
+def empty_cache() -> None:
+    """Frees the CPU buffers rnnfused keeps for reuse. The layers' large per-call
+    buffers (from 4 MB: outputs, saved workspaces, the backward's gradients) go to a
+    cache when their tensors are freed, up to RNNFUSED_CPU_CACHE_MB (default 1024,
+    0: no cache), so the next call of the same sizes skips the page faults and the
+    kernel's clearing of fresh memory; this hands them back to the system, as
+    torch.cuda.empty_cache() does for CUDA's cache. The buffers still in use stay."""
+    if ops.EXTENSION_LOADED:
+        torch.ops.rnnfused.cpu_cache_clear()
+
+
 def _use_fused(input: Tensor) -> bool:
     # backend_for's answer without building a torch.device (a cell step calls this)
     device_type = "cpu" if input.is_cpu else "cuda" if input.is_cuda else None

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gc
 import os
+import subprocess
+import sys
 import threading
 import weakref
 
@@ -405,9 +407,9 @@ def _vma_flags(address: int) -> list[str]:
 def test_large_layer_buffers_on_huge_pages():
     """The layer's buffers that grow with T (output, saved workspace, the backward's
     d_pre, grad_input) take 2 MB aligned memory advised MADV_HUGEPAGE (VmFlags 'hg')
-    from 32 MB on (glibc maps such buffers afresh every call); the results, forward
-    and backward, equal torch.nn's, and a huge output's storage can be resized like
-    any tensor's."""
+    from 4 MB on, or 32 MB with the buffer cache off (glibc maps such buffers afresh
+    every call); the results, forward and backward, equal torch.nn's, and a huge
+    output's storage can be resized like any tensor's."""
     big_t, big_b, big_h = 64, 64, 512  # gates [4096, 2048] float32: 32 MB
     nn_lstm, lstm = make_twins("LSTM", 8, big_h)
     x = torch.randn(big_t, big_b, 8)
@@ -429,6 +431,64 @@ def test_large_layer_buffers_on_huge_pages():
     want = torch.autograd.grad(nn_lstm(x)[0].square().sum(), [x, *nn_lstm.parameters()])
     for g, e in zip(got, want, strict=True):
         torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
+
+
+def test_buffer_cache_reuses_freed_buffers_whatever_they_hold():
+    """A freed large buffer goes to the CPU cache and serves the next request of its
+    size class: a training step whose workspace and d_pre take blocks that held NaN
+    (two freed 4 MB outputs of a 4x longer sequence: [4N, H] floats = [N, 4H]) gives
+    the bits of the same step on fresh memory; rnnfused.empty_cache() empties it."""
+    steps, batch, hidden = 16, 64, 256  # gates and d_pre [1024, 1024] float32: 4 MB
+    lstm = rnnfused.LSTM(8, hidden)
+    x = torch.randn(steps, batch, 8, requires_grad=True)
+    rnnfused.empty_cache()
+    fresh = run(lstm, x)
+    assert torch.ops.rnnfused.cpu_cache_bytes() >= 2 * (4 << 20), "the step freed no block"
+    rnnfused.empty_cache()
+    assert torch.ops.rnnfused.cpu_cache_bytes() == 0
+    with torch.no_grad():  # two outputs [4 * steps * batch, hidden]: the step's sizes
+        poisoned = [lstm(x.detach().repeat(4, 1, 1))[0].fill_(float("nan")) for _ in range(2)]
+    del poisoned
+    held = torch.ops.rnnfused.cpu_cache_bytes()
+    assert held >= 2 * (4 << 20)
+    out = lstm(x)[0]  # the saved workspace takes one of them
+    assert torch.ops.rnnfused.cpu_cache_bytes() < held, "the forward took no cached block"
+    del out
+    again = run(lstm, x)
+    for k, (g, w) in enumerate(zip(again, fresh, strict=True)):
+        assert g.equal(w), f"result {k} changed on reused memory"
+    rnnfused.empty_cache()
+    assert torch.ops.rnnfused.cpu_cache_bytes() == 0
+
+
+@pytest.mark.parametrize("limit_mb", [0, 6])
+def test_buffer_cache_limit(limit_mb):
+    """RNNFUSED_CPU_CACHE_MB bounds what the cache keeps (least recently freed out
+    first; 0 keeps nothing), here over training steps whose sizes vary (T 16 to 40,
+    4 to 10 MB buffers), and the results still equal torch.nn's."""
+    script = f"""
+import torch, rnnfused
+from helpers import make_twins
+torch.manual_seed(0)
+nn_lstm, lstm = make_twins("LSTM", 8, 256)
+for steps in range(16, 41, 8):
+    x = torch.randn(steps, 64, 8, requires_grad=True)
+    got = torch.autograd.grad(lstm(x)[0].sum(), [x, *lstm.parameters()])
+    want = torch.autograd.grad(nn_lstm(x)[0].sum(), [x, *nn_lstm.parameters()])
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+    held = torch.ops.rnnfused.cpu_cache_bytes()
+    assert held <= {limit_mb} << 20, held
+print("held", held)
+"""
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.pathsep.join(p for p in (here, os.path.dirname(here), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, RNNFUSED_CPU_CACHE_MB=str(limit_mb), PYTHONPATH=path)
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    held = int(proc.stdout.split("held")[-1])
+    assert held > 0 if limit_mb else held == 0, held
 
 
 # ---------------------------------------------------------------- 6. numerics

@@ -1,29 +1,44 @@
-// Large CPU buffers on transparent huge pages: the layers' per-call tensors that
-// grow with the sequence (outputs, the saved workspace, the backward's gradients
-// on the pre-activations, the input projection's chunk).
+// Large CPU buffers on transparent huge pages, kept for reuse: the layers' per-call
+// tensors that grow with the sequence (outputs, the saved workspace, the backward's
+// gradients on the pre-activations, the input projection's chunk).
 #pragma once
 
 #include <ATen/ATen.h>
 
+#include <cstddef>
+
 namespace rnnfused {
 namespace cpu {
 
-// Buffers from this size on take huge pages; below it, the default allocator.
-// glibc's largest dynamic mmap threshold (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit):
-// smaller buffers come back from its heap, already mapped, once one of their
-// size has been freed; on huge pages every call would map and clear them afresh
-// (a T100 B64 H512 LSTM forward, whose 4 MB projection chunk and 13 MB output
-// took huge pages from 4 MB: 85-97 -> 78-80 ms, training unchanged).
-constexpr size_t kHugePageMinBytes = size_t{32} << 20;
+// Buffers from this size on take huge pages (two of them; below it, at::empty)
+// while the cache below is on. Without it, only from glibc's largest dynamic mmap
+// threshold (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit): smaller buffers come back from
+// its heap, already mapped, once one of their size has been freed, where fresh huge
+// pages would be mapped and cleared every call (a T100 B64 H512 LSTM forward with
+// its 4 MB projection chunk and 13 MB output on them: 78-80 -> 85-97 ms).
+constexpr size_t kHugePageMinBytes = size_t{4} << 20;
+constexpr size_t kUncachedHugePageMinBytes = size_t{32} << 20;
+
+// What the cache keeps at most unless RNNFUSED_CPU_CACHE_MB says otherwise.
+constexpr size_t kDefaultCacheBytes = size_t{1} << 30;
 
 // at::empty(sizes, options) on the CPU. From kHugePageMinBytes on, the memory is
-// 2 MB aligned and advised MADV_HUGEPAGE (Linux; elsewhere the default allocator):
-// such buffers are mapped fresh every call (glibc mmaps them and unmaps them on
-// free), and their first touch then takes one fault per 2 MB instead of one per
-// 4 KB (a 52 MB workspace: 11.7 -> 4.8 ms to allocate and fill, two threads). This
-// is what torch's own allocator does under THP_MEM_ALLOC_ENABLE=1, for these
-// buffers only. The storage stays resizable and is freed with its tensor.
+// 2 MB aligned and advised MADV_HUGEPAGE (Linux; elsewhere the default allocator),
+// and a freed buffer goes to a cache (least recently freed out first, at most
+// RNNFUSED_CPU_CACHE_MB, default 1024, 0 turns it off) that serves the next request
+// it fits (up to a quarter larger). Fresh memory costs a page fault and the
+// kernel's clearing of every page at first touch, each call again, since glibc
+// maps buffers this large afresh and unmaps them on free: at T 100, B 64, H 512 in
+// training, 10% of an LSTM's or GRU's step (fp32) and 16% of a bfloat16 LSTM's, and
+// the other thread of a fused loop waits out each fault at the next step barrier.
+// The storage stays resizable and is freed (to the cache) with its tensor.
 at::Tensor empty_on_huge_pages(at::IntArrayRef sizes, const at::TensorOptions& options);
+
+// Bytes the cache holds now (free blocks, not the ones in use).
+size_t cached_bytes();
+
+// Frees every block the cache holds (rnnfused.empty_cache()).
+void release_cached_blocks();
 
 }  // namespace cpu
 }  // namespace rnnfused

@@ -13,6 +13,7 @@
 #include <vector>
 
 #if defined(__linux__)
+#include <pthread.h>
 #include <sys/mman.h>
 #endif
 
@@ -54,6 +55,12 @@ class BlockCache {
     static BlockCache* cache = new BlockCache();
     return *cache;
   }
+
+  // fork() while another thread holds the mutex (a tensor freed on an autograd
+  // or DataLoader thread) would leave it locked forever in the child: the forking
+  // thread takes it first and both sides release it.
+  void lock_for_fork() { mutex_.lock(); }
+  void unlock_after_fork() { mutex_.unlock(); }
 
   // The smallest free block of bytes to bytes * 5 / 4, or nullptr.
   Block* take(size_t bytes) {
@@ -116,6 +123,10 @@ class BlockCache {
     if (const char* env = std::getenv("RNNFUSED_CPU_CACHE_MB")) {
       limit_ = static_cast<size_t>(std::strtoull(env, nullptr, 10)) << 20;
     }
+#if defined(__linux__)
+    pthread_atfork([] { instance().lock_for_fork(); }, [] { instance().unlock_after_fork(); },
+                   [] { instance().unlock_after_fork(); });
+#endif
   }
 
   std::mutex mutex_;

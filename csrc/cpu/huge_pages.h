@@ -10,9 +10,9 @@
 namespace rnnfused {
 namespace cpu {
 
-// Buffers from this size on take huge pages (two of them; below it, at::empty)
-// while the cache below is on. Without it, only from glibc's largest dynamic mmap
-// threshold (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit): smaller buffers come back from
+// Buffers from this size on (two huge pages) take huge pages while the cache below
+// is on; smaller ones, at::empty. Without the cache, only from glibc's largest
+// dynamic mmap threshold (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit): smaller buffers come back from
 // its heap, already mapped, once one of their size has been freed, where fresh huge
 // pages would be mapped and cleared every call (a T100 B64 H512 LSTM forward with
 // its 4 MB projection chunk and 13 MB output on them: 78-80 -> 85-97 ms).
@@ -25,13 +25,14 @@ constexpr size_t kDefaultCacheBytes = size_t{1} << 30;
 // at::empty(sizes, options) on the CPU. From kHugePageMinBytes on, the memory is
 // 2 MB aligned and advised MADV_HUGEPAGE (Linux; elsewhere the default allocator),
 // and a freed buffer goes to a cache (least recently freed out first, at most
-// RNNFUSED_CPU_CACHE_MB, default 1024, 0 turns it off) that serves the next request
-// it fits (up to a quarter larger). Fresh memory costs a page fault and the
-// kernel's clearing of every page at first touch, each call again, since glibc
-// maps buffers this large afresh and unmaps them on free: at T 100, B 64, H 512 in
-// training, 10% of an LSTM's or GRU's step (fp32) and 16% of a bfloat16 LSTM's, and
-// the other thread of a fused loop waits out each fault at the next step barrier.
-// The storage stays resizable and is freed (to the cache) with its tensor.
+// RNNFUSED_CPU_CACHE_MB, read once: default 1024, 0 or not a number turns it off)
+// that serves the next request it fits (up to a quarter larger). Fresh memory
+// costs a page fault and the kernel's clearing of every page at first touch, each
+// call again, since glibc maps buffers this large afresh and unmaps them on free:
+// at T 100, B 64, H 512 in training, 10% of an LSTM's or GRU's step (fp32) and 16%
+// of a bfloat16 LSTM's, and the other thread of a fused loop waits out each fault
+// at the next step barrier. The storage stays resizable and is freed (to the
+// cache) with its tensor.
 at::Tensor empty_on_huge_pages(at::IntArrayRef sizes, const at::TensorOptions& options);
 
 // Bytes the cache holds now (free blocks, not the ones in use).

@@ -8,6 +8,7 @@ A "kind" names a module configuration:
 from __future__ import annotations
 
 import copy
+import os
 
 import torch
 import torch.utils._python_dispatch
@@ -17,6 +18,17 @@ import rnnfused
 
 MODULE_KINDS = ["rnn_tanh", "rnn_relu", "lstm", "lstm_proj", "gru"]
 CELL_KINDS = ["rnn_tanh_cell", "rnn_relu_cell", "lstm_cell", "gru_cell"]
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def subprocess_env(**variables: str) -> dict:
+    """os.environ with `variables` set, for a Python subprocess that imports rnnfused
+    (and these helpers): PYTHONPATH keeps the caller's entries first, since `make
+    sanitize` points it at the sanitized build, then the repository root and tests/."""
+    path = [p for p in (os.environ.get("PYTHONPATH"), os.path.dirname(TESTS_DIR), TESTS_DIR) if p]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(path), **variables)
+
 
 # Small sizes keep the suite fast on 2 CPU cores; they still exercise every code path.
 INPUT_SIZE = 4

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import subprocess_env
 
 import rnnfused
 
@@ -26,12 +27,9 @@ pytestmark = pytest.mark.skipif(
 # avx2 is the other vectorised kernel. "scalar" covers the loop CUDA's indexing shares.
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "scalar"])
 def test_fuzz_ops_and_modules(isa):
-    # PYTHONPATH first: `make sanitize` points it at the sanitized build.
-    path = [p for p in (os.environ.get("PYTHONPATH"), os.path.dirname(HERE)) if p]
     # MALLOC_PERTURB_: glibc fills every allocation with garbage, so a kernel that
     # reads memory it never wrote gets garbage, not a lucky earlier tensor's values
-    env = dict(os.environ, RNNFUSED_CPU_ISA=isa, OMP_NUM_THREADS="1", MALLOC_PERTURB_="165",
-               PYTHONPATH=os.pathsep.join(path))
+    env = subprocess_env(RNNFUSED_CPU_ISA=isa, OMP_NUM_THREADS="1", MALLOC_PERTURB_="165")
     examples = EXAMPLES if isa != "scalar" else EXAMPLES // 3
     proc = subprocess.run(
         [sys.executable, os.path.join(HERE, "fuzz_cases.py"), "--examples", str(examples)],

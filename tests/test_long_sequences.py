@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import subprocess_env
 
 import rnnfused
 
@@ -23,7 +24,6 @@ pytestmark = pytest.mark.skipif(
     not rnnfused.backend_info()["extension"], reason="the compiled extension is not loaded"
 )
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 I = H = 8
 
 # Prints {"base": RSS before the call, "peak": the peak RSS after, "out": output bytes}.
@@ -60,10 +60,9 @@ def _limit_stack():
 
 
 def measure(name: str, steps: int, train: bool) -> dict:
-    path = [p for p in (os.environ.get("PYTHONPATH"), os.path.dirname(HERE)) if p]
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, name, str(steps), "1" if train else "0"],
-        env=dict(os.environ, PYTHONPATH=os.pathsep.join(path), OMP_NUM_THREADS="1"),
+        env=subprocess_env(OMP_NUM_THREADS="1"),
         capture_output=True, text=True, timeout=240, preexec_fn=_limit_stack,
     )
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"

@@ -17,7 +17,7 @@ import weakref
 import pytest
 import torch
 import torch.utils._python_dispatch
-from helpers import BackwardSpy, flat_tensors, make_twins, weighted_sum
+from helpers import BackwardSpy, flat_tensors, make_twins, subprocess_env, weighted_sum
 
 import rnnfused
 
@@ -481,11 +481,8 @@ for steps in range(16, 41, 8):
     assert held <= {limit_mb} << 20, held
 print("held", held)
 """
-    here = os.path.dirname(os.path.abspath(__file__))
-    path = os.pathsep.join(p for p in (here, os.path.dirname(here), os.environ.get("PYTHONPATH")) if p)
-    env = dict(os.environ, RNNFUSED_CPU_CACHE_MB=str(limit_mb), PYTHONPATH=path)
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=subprocess_env(RNNFUSED_CPU_CACHE_MB=str(limit_mb)), timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     held = int(proc.stdout.split("held")[-1])
     assert held > 0 if limit_mb else held == 0, held

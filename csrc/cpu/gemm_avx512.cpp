@@ -9,15 +9,20 @@
 // rows, dot products along k. The panels of one or two products are split between
 // the threads in one parallel region. 16-bit (bfloat16, float16) weights widen as
 // they load; 16-bit rows, bias and out go through float32 copies.
+// The standard headers come before the target pragma: GCC 13 fails to inline
+// std::allocator's members into implicitly defined destructors declared after it
+// ("target specific option mismatch", fixed in GCC 14.2).
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #include <immintrin.h>
-#include <omp.h>
-
-#include <algorithm>
-#include <vector>
 
 #include "bf16_avx512.h"
 #include "simd.h"

@@ -6,7 +6,6 @@
 #include <c10/core/CPUAllocator.h>
 
 #include <algorithm>
-#include <bit>
 #include <cstdlib>
 #include <list>
 #include <mutex>
@@ -31,8 +30,11 @@ struct Block {
 
 // Requests are rounded up to 2 MB, and from 32 MB on to a sixteenth of their
 // leading power of two, so that sizes a few steps apart share blocks.
+// n > 0 (from kHugePageMinBytes on). No std::bit_floor: torch before 2.13 builds
+// extensions as C++17.
 size_t size_class(size_t n) {
-  const size_t step = std::max(kHugePage, std::bit_floor(n) >> 4);
+  const size_t leading_power = size_t{1} << (63 - __builtin_clzll(n));
+  const size_t step = std::max(kHugePage, leading_power >> 4);
   return (n + step - 1) / step * step;
 }
 

@@ -3,14 +3,18 @@
 // benchmark reports each case's GFLOP/s as a share of this figure. Beside it the
 // bfloat16 dot product's (AVX512-BF16 vdpbf16ps), the rate a bfloat16 kernel built
 // on it could reach: the figure behind the bfloat16 layers' float32 arithmetic.
+// The standard headers come before the target pragma: GCC 13 fails to inline
+// std::allocator's members into implicitly defined destructors declared after it
+// ("target specific option mismatch", fixed in GCC 14.2).
+#include <omp.h>
+
+#include <chrono>
+
 #pragma GCC target("avx512f,fma")
 // GCC 12 warns about the deliberately undefined vectors inside its own AVX-512 headers.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 
 #include <immintrin.h>
-#include <omp.h>
-
-#include <chrono>
 
 #include "simd.h"
 

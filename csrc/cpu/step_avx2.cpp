@@ -1,6 +1,16 @@
 // The step functors on 8 floats at a time with AVX2 and FMA, and the persistent
 // loops on them (fused_loop.h); see step_avx512.cpp for why everything here is
-// internal or unique to this file.
+// internal or unique to this file; and why the standard headers come first.
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
 #pragma GCC target("avx2,fma")
 
 #include <immintrin.h>

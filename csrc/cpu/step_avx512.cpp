@@ -6,9 +6,20 @@
 // compiled for AVX-512 can stand in for a generic copy elsewhere.
 // c10::BFloat16 and c10::Half come in before the target pragma: their inline
 // functions are compiled for the baseline ISA like everywhere else (this file only
-// needs their size).
+// needs their size). So do the standard headers: GCC 13 fails to inline
+// std::allocator's members into implicitly defined destructors declared after the
+// pragma ("target specific option mismatch", fixed in GCC 14.2).
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <thread>
+#include <type_traits>
+#include <vector>
 
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
 // GCC 12 warns about the deliberately undefined vectors inside its own AVX-512 headers.

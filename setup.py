@@ -31,6 +31,14 @@ def _extension():
         cpp_sources = [s for s in cpp_sources if "avx" not in os.path.basename(s)]
     cxx_flags = ["-O3", "-fopenmp", "-Wall", "-Wno-unused-function"]
     link_flags = ["-fopenmp"]
+    if platform.system() == "Linux":
+        # The shared libstdc++ that torch uses, by file name and before the compiler
+        # driver's own libraries: a toolchain that links libstdc++ statically
+        # (-static-libstdc++, or only libstdc++.a on its search path, as the g++ in
+        # /opt/gcc of one GPU image) otherwise puts a second copy into _C, whose
+        # streams mix locale state with torch's copy: an error message with sizes in
+        # it came out cut short ("got [") or crashed the process.
+        link_flags.append("-l:libstdc++.so.6")
     if _want_cuda():
         cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
         return cpp_extension.CUDAExtension(

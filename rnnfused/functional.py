@@ -170,12 +170,13 @@ def _check_packed_lstm_batch(batch_sizes: Tensor, hx: Tensor, gate_rows: int) ->
     """torch.nn leaves a packed LSTM's state batch unchecked; ATen's step then
     fails on adding the gates. The same errors, raised before any work."""
     if torch.compiler.is_compiling():
-        # batch_sizes[0] is data to the compiler: a runtime assert, not a guard
-        message = (
-            "The size of tensor a (hx.size(1)) must match the size of tensor b "
-            f"(batch_sizes[0]) at non-singleton dimension 0 (gates [batch, {gate_rows}])"
+        # batch_sizes[0] is data to the compiler: a runtime assert, not a guard. The
+        # message is a constant: dynamo before torch 2.13 can't trace a closure there.
+        torch._check(
+            hx.size(1) == batch_sizes[0].item(),
+            lambda: "The size of tensor a (hx.size(1)) must match the size of tensor b "
+            "(batch_sizes[0]) at non-singleton dimension 0",
         )
-        torch._check(hx.size(1) == batch_sizes[0].item(), lambda: message)
         return
     batch = int(batch_sizes[0]) if batch_sizes.numel() else 0
     if hx.size(1) == batch:

@@ -85,8 +85,12 @@ def _check_packed_args_traced(module: nn.RNNBase, input: Tensor, hx: Tensor, bat
     expected = module.get_expected_hidden_size(input, batch_sizes)
     if hx.dim() != 3 or hx.size(0) != expected[0] or hx.size(2) != expected[2]:
         raise RuntimeError(f"Expected hidden size {tuple(expected)}, got {list(hx.size())}")
-    message = f"Expected hidden size ({expected[0]}, batch_sizes[0], {expected[2]}), got another batch size"
-    torch._check(hx.size(1) == expected[1], lambda: message)
+    # A constant message: dynamo before torch 2.13 can't trace a closure there.
+    torch._check(
+        hx.size(1) == expected[1],
+        lambda: "Expected hidden size (layers * directions, batch_sizes[0], hidden size), "
+        "got another batch size",
+    )
 
 
 _ABSENT = object()

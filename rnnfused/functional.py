@@ -214,6 +214,17 @@ def _autocast_dtype(input: Tensor) -> torch.dtype | None:
     return torch.get_autocast_dtype(device_type)
 
 
+def _stack_autocast_dtype(input: Tensor) -> torch.dtype | None:
+    """_autocast_dtype for the layer stacks (RNN, LSTM, GRU; not the cells). On CUDA,
+    where cuDNN takes the input (float32, float16, float64, cuDNN enabled), torch.nn
+    runs cuDNN under autocast in float16 whatever the autocast dtype (ATen's
+    cudnn/AutocastRNN.cpp casts to kHalf): so does rnnfused, for the same dtypes."""
+    low = _autocast_dtype(input)
+    if low is not None and input.is_cuda and torch.backends.cudnn.is_acceptable(input):
+        return torch.float16
+    return low
+
+
 def _cast(tensors: Sequence[Tensor | None], dtype: torch.dtype) -> list[Any]:
     """autocast's cast of the arguments: eligible tensors to `dtype`, others as they are."""
     return [t.to(dtype) if t is not None and t.dtype in _AUTOCAST_ELIGIBLE else t for t in tensors]
@@ -374,8 +385,9 @@ def lstm(
     """LSTM stack. input [T, B, I] ([B, T, I] if batch_first) or packed data [N, I]
     with batch_sizes; hx = (h0 [L*D, B, P], c0 [L*D, B, H]).
     Returns (output, h_n [L*D, B, P], c_n [L*D, B, H]).
-    Under torch.autocast it runs in the autocast dtype and returns torch.nn's dtypes."""
-    low = _autocast_dtype(input)
+    Under torch.autocast it runs in torch.nn's dtype (_stack_autocast_dtype) and
+    returns torch.nn's dtypes."""
+    low = _stack_autocast_dtype(input)
     if low is not None:
         per_layer = len(flat_weights) // (num_layers * (2 if bidirectional else 1))
         projected = per_layer == (5 if has_biases else 3)
@@ -420,7 +432,7 @@ def gru(
 ) -> tuple[Tensor, Tensor]:
     """GRU stack; arguments as `lstm`, hx [L*D, B, H]. Returns (output, h_n);
     under torch.autocast, as `lstm`."""
-    low = _autocast_dtype(input)
+    low = _stack_autocast_dtype(input)
     if low is not None:
         h_dtype = _carried_dtype(low, hx)
         input, hx, *flat_weights = _cast((input, hx, *flat_weights), low)
@@ -462,7 +474,7 @@ def rnn(
 ) -> tuple[Tensor, Tensor]:
     """Elman RNN stack (tanh or relu); arguments as `gru`. Returns (output, h_n),
     in the autocast dtype under torch.autocast (h' = act(matmuls), as torch.nn's)."""
-    low = _autocast_dtype(input)
+    low = _stack_autocast_dtype(input)
     if low is not None:
         input, hx, *flat_weights = _cast((input, hx, *flat_weights), low)
     _check_stack_args(input, (hx,), flat_weights, _time_dim(batch_sizes, batch_first), has_biases)

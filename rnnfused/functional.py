@@ -497,9 +497,38 @@ def rnn(
 # ----------------------------------------------------------------- cells
 
 
+def _product_device_error(
+    input: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
+    b_hh: Tensor | None, bias_in_cuda_products: bool,
+) -> RuntimeError | None:
+    """ATen's error for the first of a cell's products, input @ w_ih^T then h @ w_hh^T,
+    whose arguments are on a CUDA device and another: through linear (addmm with a
+    bias, mm without), except that the LSTM and GRU cells take the biases out of the
+    products for a CUDA input (bias_in_cuda_products=False). Read from torch.nn on an
+    H200 for every mix of the module's, the input's and the state's devices."""
+    for x, w, b in ((input, w_ih, b_ih), (h, w_hh, b_hh)):
+        if b is not None and (bias_in_cuda_products or not input.is_cuda):
+            if x.device == b.device and w.device == b.device:
+                continue
+            name, other = ("mat1", x) if x.device != b.device else ("mat2", w)
+            common, op = b, "addmm"
+        elif x.device != w.device:
+            name, other, common, op = "mat2", w, x, "mm"
+        else:
+            continue
+        if "cuda" not in (other.device.type, common.device.type):
+            return None
+        return RuntimeError(
+            f"Expected all tensors to be on the same device, but got {name} is on {other.device}, "
+            f"different from other tensors on {common.device} (when checking argument in method "
+            f"wrapper_CUDA_{op})"
+        )
+    return None
+
+
 def _check_cell(
     input: Tensor, hiddens: Sequence[Tensor], w_ih: Tensor, w_hh: Tensor,
-    b_ih: Tensor | None, b_hh: Tensor | None,
+    b_ih: Tensor | None, b_hh: Tensor | None, bias_in_cuda_products: bool = True,
 ) -> None:
     """ATen's checks in _VF.*_cell, with its messages. (Shapes read once: a cell
     step in a Python loop pays for every attribute read here.)"""
@@ -536,6 +565,9 @@ def _check_cell(
     device = input.device
     for t in (*hiddens, w_ih, w_hh):
         if t.device != device:
+            error = _product_device_error(input, hiddens[0], w_ih, w_hh, b_ih, b_hh, bias_in_cuda_products)
+            if error is not None:
+                raise error
             raise RuntimeError(
                 "Expected all tensors to be on the same device, but found at least two devices, "
                 f"{input.device} and {t.device}!"
@@ -544,12 +576,12 @@ def _check_cell(
 
 def _cell_step(
     fused: Callable[..., Any], ref: Callable[..., Any],
-    checked: tuple[Tensor, Sequence[Tensor], Tensor, Tensor, Tensor | None, Tensor | None],
+    checked: tuple,
     *args: Any,
 ) -> Any:
     """A cell step: `fused` (ops.*_cell, the layer op on a one-step sequence) or, off
     the fused path, `ref` on `args`, with
-    torch.nn's argument checks on checked = (input, hiddens, w_ih, w_hh, b_ih, b_hh). The fused
+    torch.nn's argument checks on checked = _check_cell's arguments. The fused
     op checks every shape, dtype and device itself, so a step pays for _check_cell
     only when the op raises: it then raises torch.nn's error where torch.nn has one
     (else the op's error stands). The reference path is checked up front."""
@@ -599,7 +631,7 @@ def lstm_cell(
     if low is not None:
         dtype = _carried_dtype(low, hx[1])
         input, *hx, w_ih, w_hh, b_ih, b_hh = _cast((input, *hx, w_ih, w_hh, b_ih, b_hh), low)
-    h, c = _cell_step(ops.lstm_cell, _reference_lstm_cell, (input, hx, w_ih, w_hh, b_ih, b_hh),
+    h, c = _cell_step(ops.lstm_cell, _reference_lstm_cell, (input, hx, w_ih, w_hh, b_ih, b_hh, False),
                       input, hx[0], hx[1], w_ih, w_hh, b_ih, b_hh)
     if low is not None:
         return h.to(dtype), c.to(dtype)
@@ -615,7 +647,7 @@ def gru_cell(
     if low is not None:
         dtype = _carried_dtype(low, hx)
         input, hx, w_ih, w_hh, b_ih, b_hh = _cast((input, hx, w_ih, w_hh, b_ih, b_hh), low)
-    h = _cell_step(ops.gru_cell, _reference_gru_cell, (input, (hx,), w_ih, w_hh, b_ih, b_hh),
+    h = _cell_step(ops.gru_cell, _reference_gru_cell, (input, (hx,), w_ih, w_hh, b_ih, b_hh, False),
                    input, hx, w_ih, w_hh, b_ih, b_hh)
     return h if low is None else h.to(dtype)
 

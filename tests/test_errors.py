@@ -188,3 +188,46 @@ def test_error_inside_reference_mode(case):
     with rnnfused.reference_mode():
         actual = capture(lambda: cases[case](rnnfused))
     assert actual == expected
+
+
+# torch.nn's messages for a cell's arguments on a CUDA device and the CPU, as an H200
+# gave them (torch 2.11, 2026-12-04): (cell, bias, where the CUDA tensors are) ->
+# (which product argument, its device, the others' device, the ATen op).
+_CUDA_MIX = {
+    ("lstm", True, "input"): ("mat2", "cpu", "cuda:0", "mm"),
+    ("lstm", True, "module"): ("mat1", "cpu", "cuda:0", "addmm"),
+    ("lstm", True, "module+input"): ("mat2", "cuda:0", "cpu", "mm"),
+    ("lstm", True, "state"): ("mat1", "cuda:0", "cpu", "addmm"),
+    ("rnn", True, "input"): ("mat1", "cuda:0", "cpu", "addmm"),
+    ("rnn", True, "module"): ("mat1", "cpu", "cuda:0", "addmm"),
+    ("rnn", True, "module+input"): ("mat1", "cpu", "cuda:0", "addmm"),
+    ("rnn", True, "state"): ("mat1", "cuda:0", "cpu", "addmm"),
+    ("lstm", False, "input"): ("mat2", "cpu", "cuda:0", "mm"),
+    ("lstm", False, "module"): ("mat2", "cuda:0", "cpu", "mm"),
+    ("lstm", False, "module+input"): ("mat2", "cuda:0", "cpu", "mm"),
+    ("lstm", False, "state"): ("mat2", "cpu", "cuda:0", "mm"),
+}
+
+
+@pytest.mark.parametrize("cell, bias, on_cuda", list(_CUDA_MIX))
+def test_cell_device_mix_messages(cell, bias, on_cuda):
+    """The message a cell raises when its arguments mix CUDA and CPU, checked without
+    a GPU: stand-ins carry the devices (GRU as LSTM; a bias-free RNN cell as LSTM's)."""
+    from types import SimpleNamespace
+
+    from rnnfused.functional import _product_device_error
+
+    def arg(cuda):
+        device = torch.device("cuda:0" if cuda else "cpu")
+        return SimpleNamespace(device=device, is_cuda=cuda)
+
+    module_cuda = on_cuda.startswith("module")
+    x = arg(on_cuda in ("input", "module+input"))
+    h = arg(on_cuda in ("input", "state"))  # a state not given follows the input
+    w_ih, w_hh = arg(module_cuda), arg(module_cuda)
+    b_ih, b_hh = (arg(module_cuda), arg(module_cuda)) if bias else (None, None)
+    name, device, others, op = _CUDA_MIX[(cell, bias, on_cuda)]
+    error = _product_device_error(x, h, w_ih, w_hh, b_ih, b_hh, bias_in_cuda_products=cell == "rnn")
+    assert str(error) == (
+        f"Expected all tensors to be on the same device, but got {name} is on {device}, different "
+        f"from other tensors on {others} (when checking argument in method wrapper_CUDA_{op})")

@@ -12,6 +12,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 CUDA = torch.cuda.is_available()
 
+# torch.nn's float32 RNNs on CUDA run in cuDNN, which rounds its products' inputs to
+# TF32 (10-bit mantissa) by default: errors near 1e-3, where float32 gives 1e-6.
+# rnnfused's GEMMs follow torch.backends.cuda.matmul (full float32 by default), so
+# float32 results are compared with cuDNN's full-precision float32.
+torch.backends.cudnn.allow_tf32 = False
+
 DEVICES = [
     "cpu",
     pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="no CUDA device present")),

@@ -234,11 +234,36 @@ def assert_results_equal(actual: dict, expected: dict, dtype: torch.dtype, conte
             assert torch.equal(act, exp), f"{context}: {key}: {act} != {exp}"
 
 
+def assert_within_twice_torch_error(actual: dict, expected: dict, exact: dict, dtype: torch.dtype,
+                                    context: str = ""):
+    """Each float result of rnnfused (`actual`) is within the float32 tolerance of the
+    float64 result (`exact`), or no further from it than twice torch.nn's (`expected`)."""
+    tol = tolerances(dtype)
+    for key, exp in expected.items():
+        if not (isinstance(exp, torch.Tensor) and exp.is_floating_point()):
+            continue
+        ref = exact[key].double()
+        err = (actual[key].double() - ref).abs()
+        torch_err = (exp.double() - ref).abs().max() if exp.numel() else 0.0
+        allowed = torch.clamp(tol["atol"] + tol["rtol"] * ref.abs(), min=2 * torch_err)
+        assert (err <= allowed).all(), (
+            f"{context}: {key}: error {err.max():.3g} against float64, torch.nn's {torch_err:.3g}")
+
+
 def compare_modules(ref, fused, form: str, with_hx: bool, device, dtype, seed: int = 1234):
     leaves, build = make_inputs(ref, form, with_hx, device, dtype)
     expected = run_module(ref, leaves, build, seed)
     actual = run_module(fused, leaves, build, seed)
-    assert_results_equal(actual, expected, dtype, context=f"{type(fused).__name__} {form}")
+    context = f"{type(fused).__name__} {form}"
+    if dtype == torch.float32 and torch.device(device).type == "cuda":
+        # cuDNN sums in its own order (weight gradients most): on CUDA, float32 results
+        # are held to float64 ones, and to twice torch.nn's error against them.
+        exact = run_module(copy.deepcopy(ref).double(),
+                           [None if t is None else t.double() for t in leaves], build, seed)
+        assert list(actual) == list(expected), f"{context}: result keys differ"
+        assert_within_twice_torch_error(actual, expected, exact, dtype, context)
+    else:
+        assert_results_equal(actual, expected, dtype, context=context)
     return actual, expected
 
 

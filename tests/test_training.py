@@ -56,10 +56,13 @@ def test_training_loss_curve_matches(kind, device):
     assert ref_losses[-1] < 0.5 * ref_losses[0]
     # float32 end to end: the project's stated tolerance, at every step
     torch.testing.assert_close(fused_losses, ref_losses, atol=1e-5, rtol=1e-4)
-    # and the trained weights agree too
+    # and the trained weights agree too (on CUDA, where cuDNN sums the gradients in
+    # another order, Adam's normalised steps turn that into up to ~2e-4 on a weight
+    # whose gradient is near zero: seen on an H200)
+    atol = 1e-4 if device == "cpu" else 1e-3
     for (name, p_ref), (_, p_fused) in zip(ref_model.named_parameters(),
                                           fused_model.named_parameters(), strict=True):
-        torch.testing.assert_close(p_fused, p_ref, atol=1e-4, rtol=1e-3,
+        torch.testing.assert_close(p_fused, p_ref, atol=atol, rtol=1e-3,
                                    msg=lambda m, name=name: f"{name}: {m}")
 
 

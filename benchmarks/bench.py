@@ -354,8 +354,14 @@ def run_case(case: Case, mode: str, args: argparse.Namespace, rnnfused: Any,
                     return fused_step()
             steps["reference"] = reference_step
 
-    # Correctness (and warm-up): every contender against torch.nn.
-    want = steps["torch.nn"]()
+    # Correctness (and warm-up): every contender against torch.nn, in float32 on
+    # cuDNN too (its float32 RNNs round to TF32 by default, ~1e-3; it is timed so).
+    allow_tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        want = steps["torch.nn"]()
+    finally:
+        torch.backends.cudnn.allow_tf32 = allow_tf32
     n_out = len(want) if mode == "fwd" else len(want) - (1 + len(list(nn_mod.parameters())))
     for name in list(steps):
         if name == "torch.nn":

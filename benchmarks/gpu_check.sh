@@ -69,7 +69,7 @@ if [ "${statuses[0]}" = 0 ]; then
   if [ "${BENCH:-1}" != 0 ]; then
     # Short timings: the GPU's times settle within a few runs.
     quick=(--warmup 0.3 --min-time 0.3 --rounds 2 --min-runs 5)
-    step bench_fp32 90 $PY benchmarks/bench.py --device cuda --dtype float32 "${quick[@]}" \
+    step bench_fp32 120 $PY benchmarks/bench.py --device cuda --dtype float32 "${quick[@]}" \
       --out "$out/bench-fp32" --case 100,64,512,512,1,1 --case 100,16,256,256,1,1 \
       --case 100,16,256,256,2,2
     step bench_bf16 60 $PY benchmarks/bench.py --device cuda --dtype bfloat16 "${quick[@]}" \

@@ -146,9 +146,9 @@ def test_non_contiguous_input_and_hx(kind, device):
               .transpose(0, 1))
     assert not x.is_contiguous() and not h0.is_contiguous()
     # torch.nn on CUDA (cuDNN) refuses a non-contiguous state ("rnn: hx is not
-    # contiguous"); rnnfused takes it on every device, so it is compared with torch.nn
-    # given the same values, contiguous.
-    hx_ref = hx if device == "cpu" else tuple(t.contiguous() for t in hx) if isinstance(hx, tuple) else hx.contiguous()
+    # contiguous"); rnnfused takes it on every device, compared with torch.nn given
+    # the same values, contiguous.
+    hx_ref = tuple(t.contiguous() for t in hx) if isinstance(hx, tuple) else hx.contiguous()
     out_ref, _ = ref(x, hx_ref)
     out_fused, _ = fused(x, hx)
     torch.testing.assert_close(out_fused, out_ref, **tolerances(torch.float64))

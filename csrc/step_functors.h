@@ -60,6 +60,14 @@ struct StepFunctor {
   }
 };
 
+// l.load(p + i), plus l.load(q + i) where q is non-null (the backward's gradient
+// from the step's output, which the per-step loop leaves to the functor).
+template <typename Lanes, typename T>
+C10_ALWAYS_INLINE C10_HOST_DEVICE typename Lanes::value load_plus(const Lanes& l, const T* p,
+                                                                  const T* q, int64_t i) {
+  return q == nullptr ? l.load(p + i) : l.load(p + i) + l.load(q + i);
+}
+
 // ----------------------------------------------------------------- RNN
 template <typename scalar_t>
 struct RnnForwardStep : StepFunctor<RnnForwardStep<scalar_t>, scalar_t> {
@@ -80,15 +88,17 @@ template <typename scalar_t>
 struct RnnBackwardStep : StepFunctor<RnnBackwardStep<scalar_t>, scalar_t> {
   static constexpr int kGates = 1;
   const scalar_t* hidden;    // [rows, H]  h' of this step
-  const scalar_t* d_hidden;  // [rows, H]  total gradient on h'
-  scalar_t* d_pre;           // [rows, H]  out: gradient on the pre-activation
+  const scalar_t* d_hidden;     // [rows, H]  gradient on h' from the later steps
+  const scalar_t* grad_output;  // [rows, H]  gradient on h' from the output, or null (in d_hidden)
+  scalar_t* d_pre;              // [rows, H]  out: gradient on the pre-activation
   int64_t H;
   bool relu;
 
   template <typename Lanes>
   C10_ALWAYS_INLINE C10_HOST_DEVICE void apply(const Lanes& l, int64_t b, int64_t j) const {
     const int64_t i = b * H + j;
-    l.store(d_pre + i, rnn_backward(l.load(hidden + i), l.load(d_hidden + i), relu));
+    l.store(d_pre + i,
+            rnn_backward(l.load(hidden + i), load_plus(l, d_hidden, grad_output, i), relu));
   }
 };
 
@@ -137,7 +147,8 @@ struct LstmBackwardStep : StepFunctor<LstmBackwardStep<scalar_t>, scalar_t> {
   const scalar_t* cells_before;  // [rows_before, H] c' of the previous step (may be null)
   const scalar_t* c0;            // [>= rows, H]     initial cell state, for rows >= rows_before
   int64_t rows_before;
-  const scalar_t* d_hidden;      // [rows, H]  gradient on o * tanh(c')
+  const scalar_t* d_hidden;      // [rows, H]  gradient on o * tanh(c') from the later steps
+  const scalar_t* grad_output;   // [rows, H]  ... from the output, or null (in d_hidden)
   scalar_t* d_cell;              // [rows, H]  in: gradient on c', out: gradient on c_prev
   scalar_t* d_pre;               // [rows, 4H] out: gradient on the pre-activations
   scalar_t* hidden;              // [rows, H]  out: o * tanh(c') when non-null (projection grads)
@@ -152,7 +163,8 @@ struct LstmBackwardStep : StepFunctor<LstmBackwardStep<scalar_t>, scalar_t> {
                          l.load(gates + g + 3 * H)};
     const V c = l.load(cells + i);
     const V c_prev = l.load(b < rows_before ? cells_before + i : c0 + i);
-    const LstmGrads<V> d = lstm_backward(a, c, c_prev, l.load(d_hidden + i), l.load(d_cell + i));
+    const LstmGrads<V> d = lstm_backward(a, c, c_prev, load_plus(l, d_hidden, grad_output, i),
+                                         l.load(d_cell + i));
     l.store(d_pre + g, d.d_pre.i);
     l.store(d_pre + g + H, d.d_pre.f);
     l.store(d_pre + g + 2 * H, d.d_pre.g);
@@ -207,9 +219,11 @@ struct GruBackwardStep : StepFunctor<GruBackwardStep<scalar_t>, scalar_t> {
   const scalar_t* hidden_before;  // [rows_before, H] h' of the previous step (may be null)
   const scalar_t* h0;             // [>= rows, H] initial state, for rows >= rows_before
   int64_t rows_before;
-  scalar_t* d_hidden;  // [rows, H]   in: total gradient on h', out: z * d_h' (the direct part)
-  scalar_t* d_x;       // [rows, 3H]  out: gradient on the input-side pre-activations
-  scalar_t* d_h;       // [rows, 3H]  out: gradient on the hidden-side products
+  scalar_t* d_hidden;             // [rows, H]  in: gradient on h' from the later steps,
+                                  //   out: z * d_h' (the direct part of the gradient on h_prev)
+  const scalar_t* grad_output;    // [rows, H]  ... from the output, or null (in d_hidden)
+  scalar_t* d_x;                  // [rows, 3H] out: gradient on the input-side pre-activations
+  scalar_t* d_h;                  // [rows, 3H] out: gradient on the hidden-side products
   int64_t H;
 
   template <typename Lanes>
@@ -220,7 +234,7 @@ struct GruBackwardStep : StepFunctor<GruBackwardStep<scalar_t>, scalar_t> {
     const GruGates<V> a{l.load(workspace + w), l.load(workspace + w + H),
                         l.load(workspace + w + 2 * H), l.load(workspace + w + 3 * H)};
     const V h_prev = l.load(b < rows_before ? hidden_before + i : h0 + i);
-    const GruGrads<V> d = gru_backward(a, h_prev, l.load(d_hidden + i));
+    const GruGrads<V> d = gru_backward(a, h_prev, load_plus(l, d_hidden, grad_output, i));
     const int64_t g = b * 3 * H + j;
     l.store(d_x + g, d.d_x_r);
     l.store(d_x + g + H, d.d_x_z);

@@ -313,24 +313,37 @@ at::Tensor forward_loop(const LayerSizes& sz, const Schedule& sched,
     return Launch::template fused_forward<scalar_t>(sz, sched, x_proj, h0, w_hh, output, product,
                                                     make_step);
   }
-  at::Tensor h = h0.clone(at::MemoryFormat::Contiguous);  // running state [B, P]
+  // The running state [B, P]: h0, then each row's latest h'. While the active rows
+  // stay the same (every step of a dense batch) a step reads the last step's output
+  // rows instead, and h takes them only when the rows change and at the end: no
+  // copy per step (on CUDA a launch and most of a step's host time).
+  at::Tensor h = h0.clone(at::MemoryFormat::Contiguous);
+  at::Tensor last_out;  // the last step's output rows, not yet in h
   for (int64_t s = 0; s < sched.steps(); ++s) {
     const int64_t rows = sched.rows(s);
     if (rows == 0) continue;
+    if (last_out.defined() && last_out.size(0) != rows) {
+      h.narrow(0, 0, last_out.size(0)).copy_(last_out);
+      last_out = at::Tensor();
+    }
+    const at::Tensor& state = last_out.defined() ? last_out : h;
     at::Tensor out_rows = output.narrow(0, sched.offset(s), rows);
-    Launch::gemm_nt(recurrent(h, out_rows));
-    Launch::run(rows * sz.hidden, step_functor(s, x_proj.step(s), h, out_rows));
+    Launch::gemm_nt(recurrent(state, out_rows));
+    Launch::run(rows * sz.hidden, step_functor(s, x_proj.step(s), state, out_rows));
     after_step(s, out_rows);
-    h.narrow(0, 0, rows).copy_(out_rows);
+    last_out = out_rows;
   }
+  if (last_out.defined()) h.narrow(0, 0, last_out.size(0)).copy_(last_out);
   return h;
 }
 
 // The backward time loop, steps in reverse. Where the launcher has a persistent
 // fused loop for these sizes (and `fusable`), it runs there; else one functor
 // launch and one GEMM per step:
-//   d_h[:rows] += grad_output rows; before_step(s, d_h rows); the step functor;
-//   d_h[:rows] = (accumulate ? d_h[:rows] : 0) + d_recurrent rows @ w_hh.
+//   the step functor make_step(s, grad_output rows) adds those rows to d_h's as it
+//   reads them; where it takes null instead (before_step needs the sum: LSTM's
+//   projection) d_h[:rows] += grad_output rows and before_step(s, d_h rows) first;
+//   then d_h[:rows] = (accumulate ? d_h[:rows] : 0) + d_recurrent rows @ w_hh.
 // d_recurrent: [N, G*H], where the functors leave the gradient on h_prev @ W_hh^T;
 // accumulate: the functor leaves the direct part of d_h in d_h (GRU);
 // initial_state_grad: whether d_h must end as the gradient on h0. Without it the
@@ -351,9 +364,12 @@ void backward_loop(const LayerSizes& sz, const Schedule& sched, const at::Tensor
     const int64_t rows = sched.rows(s), off = sched.offset(s);
     if (rows == 0) continue;
     at::Tensor d_h_rows = d_h.narrow(0, 0, rows);
-    d_h_rows.add_(grad_output.narrow(0, off, rows));
-    before_step(s, d_h_rows);
-    Launch::run(rows * sz.hidden, make_step(s));
+    const auto step = make_step(s, grad_output.data_ptr<scalar_t>() + off * sz.output);
+    if (step.grad_output == nullptr) {
+      d_h_rows.add_(grad_output.narrow(0, off, rows));
+      before_step(s, d_h_rows);
+    }
+    Launch::run(rows * sz.hidden, step);
     if (s == 0 && !initial_state_grad) break;
     Launch::gemm_nn(d_h_rows, d_recurrent.narrow(0, off, rows), w_hh, accumulate);
   }

@@ -46,12 +46,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor d_x = Launch::empty({N, 3 * H}, input.options());
   at::Tensor d_hh = Launch::empty({N, 3 * H}, input.options());
 
-  auto make_step = [&](int64_t s) {
+  auto make_step = [&](int64_t s, const scalar_t* grad_output_rows) {
     const int64_t off = sched.offset(s), before = sched.rows_before(s);
     return GruBackwardStep<scalar_t>{{},
         workspace.data_ptr<scalar_t>() + off * 4 * H,
         before > 0 ? output.data_ptr<scalar_t>() + sched.offset_before(s) * H : nullptr,
-        h0.data_ptr<scalar_t>(), before, d_h.data_ptr<scalar_t>(),
+        h0.data_ptr<scalar_t>(), before, d_h.data_ptr<scalar_t>(), grad_output_rows,
         d_x.data_ptr<scalar_t>() + off * 3 * H, d_hh.data_ptr<scalar_t>() + off * 3 * H, H};
   };
   backward_loop<scalar_t, Launch>(sz, sched, grad_output, w_hh, d_h, d_hh, /*accumulate=*/true,

@@ -64,13 +64,15 @@ lstm_backward(const LayerSizes& sz, const Schedule& sched, const at::Tensor& gra
   at::Tensor hidden_all = proj ? Launch::empty({N, H}, input.options()) : at::Tensor();
   at::Tensor d_hidden = proj ? at::empty({B, H}, input.options()) : at::Tensor();
 
-  auto make_step = [&](int64_t s) {
+  // With a projection the loop adds grad_output (before_step needs the sum).
+  auto make_step = [&](int64_t s, const scalar_t* grad_output_rows) {
     const int64_t off = sched.offset(s), before = sched.rows_before(s);
     return LstmBackwardStep<scalar_t>{{},
         gates.data_ptr<scalar_t>() + off * 4 * H, cells.data_ptr<scalar_t>() + off * H,
         before > 0 ? cells.data_ptr<scalar_t>() + sched.offset_before(s) * H : nullptr,
         c0.data_ptr<scalar_t>(), before,
-        proj ? d_hidden.data_ptr<scalar_t>() : d_h.data_ptr<scalar_t>(), d_c.data_ptr<scalar_t>(),
+        proj ? d_hidden.data_ptr<scalar_t>() : d_h.data_ptr<scalar_t>(),
+        proj ? nullptr : grad_output_rows, d_c.data_ptr<scalar_t>(),
         d_pre.data_ptr<scalar_t>() + off * 4 * H,
         proj ? hidden_all.data_ptr<scalar_t>() + off * H : nullptr, H};
   };

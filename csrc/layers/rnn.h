@@ -39,10 +39,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor d_h = grad_h_n.clone(at::MemoryFormat::Contiguous);  // [B, H]
   at::Tensor d_pre = Launch::empty({N, H}, input.options());
 
-  auto make_step = [&](int64_t s) {
+  auto make_step = [&](int64_t s, const scalar_t* grad_output_rows) {
     const int64_t off = sched.offset(s);
     return RnnBackwardStep<scalar_t>{{}, output.data_ptr<scalar_t>() + off * H,
-        d_h.data_ptr<scalar_t>(), d_pre.data_ptr<scalar_t>() + off * H, H, relu};
+        d_h.data_ptr<scalar_t>(), grad_output_rows, d_pre.data_ptr<scalar_t>() + off * H, H,
+        relu};
   };
   backward_loop<scalar_t, Launch>(sz, sched, grad_output, w_hh, d_h, d_pre, /*accumulate=*/false,
                                   mask.states, /*fusable=*/true, make_step,

@@ -6,6 +6,7 @@ TORCH_CUDA_ARCH_LIST), RNNFUSED_CUDA=0 skips it.
 """
 
 import glob
+import importlib.util
 import os
 import platform
 
@@ -22,6 +23,37 @@ def _want_cuda() -> bool:
     import torch
 
     return cpp_extension.CUDA_HOME is not None and torch.version.cuda is not None
+
+
+# The headers that ATen/cuda/CUDAContext.h (cuBLAS's handle) includes.
+_CUDA_MATH_HEADERS = ("cublas_v2.h", "cublasLt.h", "cusparse.h", "cusolverDn.h")
+
+
+def _cublas_build_flags():
+    """Include folders and link arguments for calling cuBLAS directly: the CUDA
+    toolkit's headers and libcublas, else those of the nvidia wheels that torch's
+    CUDA build loads its libcublas from (a toolkit without the math libraries, as
+    on the CI image). None where either part is missing: the products then go
+    through ATen only."""
+    folders = [os.path.join(cpp_extension.CUDA_HOME, "include")]
+    libraries = [os.path.join(cpp_extension.CUDA_HOME, d, "libcublas.so") for d in ("lib64", "lib")]
+    spec = importlib.util.find_spec("nvidia")
+    for base in spec.submodule_search_locations if spec else []:
+        # nvidia/cu13/{include,lib} (CUDA 13), nvidia/cublas/{include,lib} ... (CUDA 12)
+        folders += sorted(glob.glob(os.path.join(base, "*", "include")))
+        libraries += sorted(glob.glob(os.path.join(base, "*", "lib", "libcublas.so*")))
+    includes = []
+    for header in _CUDA_MATH_HEADERS:
+        found = [f for f in folders if os.path.exists(os.path.join(f, header))]
+        if not found:
+            return None
+        includes += [found[0]] if found[0] not in includes else []
+    library = next((lib for lib in libraries if os.path.exists(lib)), None)
+    if library is None:
+        return None
+    toolkit_include = os.path.join(cpp_extension.CUDA_HOME, "include")
+    # A full path links the file's soname (libcublas.so.13): torch has it loaded.
+    return [f for f in includes if f != toolkit_include], [library]
 
 
 def _extension():
@@ -41,14 +73,23 @@ def _extension():
         link_flags.append("-l:libstdc++.so.6")
     if _want_cuda():
         cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
+        cuda_defines = ["-DRNNFUSED_WITH_CUDA"]
+        # cuBLAS called directly for the time loops' products (launch_cuda.cuh).
+        # The wheels' folders after the toolkit's (-isystem: searched after every -I),
+        # so that its CUDA runtime headers stay the ones nvcc came with.
+        cublas = _cublas_build_flags()
+        cublas_nvcc, cublas_link = [], []
+        if cublas:
+            cublas_nvcc = ["-DRNNFUSED_CUBLAS_DIRECT"] + [f"-isystem={d}" for d in cublas[0]]
+            cublas_link = cublas[1]
         return cpp_extension.CUDAExtension(
             "rnnfused._C",
             cpp_sources + cuda_sources,
             extra_compile_args={
-                "cxx": cxx_flags + ["-DRNNFUSED_WITH_CUDA"],
-                "nvcc": ["-O3", "-DRNNFUSED_WITH_CUDA", "--expt-relaxed-constexpr"],
+                "cxx": cxx_flags + cuda_defines,
+                "nvcc": ["-O3", "--expt-relaxed-constexpr"] + cuda_defines + cublas_nvcc,
             },
-            extra_link_args=link_flags,
+            extra_link_args=link_flags + cublas_link,
         )
     return cpp_extension.CppExtension(
         "rnnfused._C", cpp_sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags

@@ -1,5 +1,5 @@
-// CUDA kernels of every layer op: the shared drivers (cuBLAS GEMMs through ATen
-// on the current stream) with the CUDA step launcher. Every kernel launch goes
+// CUDA kernels of every layer op: the shared drivers (cuBLAS GEMMs on the current
+// stream) with the CUDA step launcher. Every kernel launch goes
 // through CudaLaunch::run (launch_cuda.cuh), which follows it with
 // C10_CUDA_KERNEL_LAUNCH_CHECK().
 #include <torch/library.h>

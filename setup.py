@@ -35,8 +35,10 @@ def _cublas_build_flags():
     CUDA build loads its libcublas from (a toolkit without the math libraries, as
     on the CI image). None where either part is missing: the products then go
     through ATen only."""
-    folders = [os.path.join(cpp_extension.CUDA_HOME, "include")]
-    libraries = [os.path.join(cpp_extension.CUDA_HOME, d, "libcublas.so") for d in ("lib64", "lib")]
+    toolkit = cpp_extension.CUDA_HOME
+    toolkit_include = os.path.join(toolkit, "include") if toolkit else None
+    folders = [toolkit_include] if toolkit else []
+    libraries = [os.path.join(toolkit, d, "libcublas.so") for d in ("lib64", "lib")] if toolkit else []
     spec = importlib.util.find_spec("nvidia")
     for base in spec.submodule_search_locations if spec else []:
         # nvidia/cu13/{include,lib} (CUDA 13), nvidia/cublas/{include,lib} ... (CUDA 12)
@@ -51,8 +53,8 @@ def _cublas_build_flags():
     library = next((lib for lib in libraries if os.path.exists(lib)), None)
     if library is None:
         return None
-    toolkit_include = os.path.join(cpp_extension.CUDA_HOME, "include")
     # A full path links the file's soname (libcublas.so.13): torch has it loaded.
+    # The toolkit's include folder is on nvcc's path already.
     return [f for f in includes if f != toolkit_include], [library]
 
 

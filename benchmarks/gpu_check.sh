@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # One command for a GPU machine: build against this machine's torch, run the CUDA
 # tests, compute-sanitizer (memcheck, racecheck) on a small forward + backward of
-# every kind, the GPU benchmark against torch.nn (cuDNN) and the reference path;
+# every kind, the GPU benchmark against torch.nn (cuDNN) and the reference path, a
+# profile of one small size (where a step's time goes);
 # writes report.md and report.json (plus every step's log and the benchmark tables)
-# into OUT_DIR. Sized for a short lease: about 5 minutes (at most 9) on one H100/H200 with 16
-# CPU cores; every step has a time limit (seconds, in the table below) so that the
+# into OUT_DIR. Sized for a short lease: about 6 minutes on one H100/H200 with 16
+# CPU cores; every step has a time limit (seconds, below; 590 in all) so that the
 # report is always written.
 #
 #   usage: benchmarks/gpu_check.sh OUT_DIR
 #   env:   PYTHON (python3), TESTS (pytest selection, default: the CUDA tests),
-#          BENCH=0 skips the benchmark, SANITIZE=0 skips compute-sanitizer
+#          BENCH=0 skips the benchmark, SANITIZE=0 skips compute-sanitizer,
+#          PROFILE=0 skips the profile (benchmarks/gpu_profile.py)
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu_check.sh OUT_DIR}
 cd "$(dirname "$0")/.."
@@ -43,7 +45,7 @@ step() {  # step NAME LIMIT_S COMMAND...: run with a time limit, log to OUT_DIR/
 }
 
 nvidia-smi >"$out/nvidia-smi.log" 2>&1
-step build 180 $PY setup.py -q build_ext --inplace
+step build 150 $PY setup.py -q build_ext --inplace
 if [ "${statuses[0]}" = 0 ]; then
   # A second, static libstdc++ inside _C crashes every error message that prints a
   # number (seen with one image's /opt/gcc g++; setup.py links the shared one first).
@@ -75,6 +77,8 @@ if [ "${statuses[0]}" = 0 ]; then
     step bench_bf16 60 $PY benchmarks/bench.py --device cuda --dtype bfloat16 "${quick[@]}" \
       --out "$out/bench-bf16" --case 100,16,256,256,1,1 --case 1024,16,768,768,1,1 --no-reference
   fi
+  # Kernel tables and wall time per step, rnnfused and cuDNN, T100 B16 H256 float32.
+  [ "${PROFILE:-1}" != 0 ] && step profile 40 $PY benchmarks/gpu_profile.py
 fi
 
 device=$($PY -c "import torch; print(torch.cuda.get_device_name())" 2>/dev/null || echo unknown)

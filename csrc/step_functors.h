@@ -87,7 +87,7 @@ struct RnnForwardStep : StepFunctor<RnnForwardStep<scalar_t>, scalar_t> {
 template <typename scalar_t>
 struct RnnBackwardStep : StepFunctor<RnnBackwardStep<scalar_t>, scalar_t> {
   static constexpr int kGates = 1;
-  const scalar_t* hidden;    // [rows, H]  h' of this step
+  const scalar_t* hidden;       // [rows, H]  h' of this step
   const scalar_t* d_hidden;     // [rows, H]  gradient on h' from the later steps
   const scalar_t* grad_output;  // [rows, H]  gradient on h' from the output, or null (in d_hidden)
   scalar_t* d_pre;              // [rows, H]  out: gradient on the pre-activation

@@ -22,29 +22,26 @@ namespace cpu {
 // The floats of the persistent loops' vectors on this CPU: their tiles' width.
 inline int64_t fused_lanes() { return active_isa() == Isa::kAvx512 ? 16 : 8; }
 
-// W_hh [G*H, K] (contiguous, float32 or bfloat16) -> float32 [tiles, K, G * L] (see
-// PackedRecurrent), zero past H. One pass over the packed tensor, its tiles split
-// over the threads (a large W_hh is memory-bound to pack: 16 MB at H = 1024 costs
-// about a step's time on one thread); each tile's rows are read as they are written.
+// W_hh [G*H, K] (float32 or bfloat16) -> float32 [tiles, K, G * L] (see
+// PackedRecurrent; L = fused_lanes()), zero past H. Tiles split over the threads
+// (a large W_hh is memory-bound to pack: 16 MB at H = 1024 costs about a step's
+// time on one thread); each tile's rows are read as they are written.
 inline at::Tensor pack_recurrent(const at::Tensor& w_hh, int64_t G, int64_t H, int64_t L) {
   const int64_t K = w_hh.size(1), tiles = (H + L - 1) / L;
-  const at::Tensor w_float = w_hh.to(at::kFloat);  // bfloat16 widens exactly
+  const at::Tensor w_float = w_hh.to(at::kFloat).contiguous();  // bfloat16 widens exactly
   at::Tensor packed = at::empty({tiles, K, G * L}, w_float.options());
   const float* src = w_float.data_ptr<float>();
   float* const base = packed.data_ptr<float>();
+  const bool avx512 = active_isa() == Isa::kAvx512;
+  TORCH_INTERNAL_ASSERT(L == (avx512 ? 16 : 8), "rnnfused: tiles of ", L, " units on this ISA");
   // Tiles in parallel from 64 KB of packed weights a thread (below it, one thread).
   const int64_t grain = std::max<int64_t>(1, (int64_t{16} << 10) / std::max<int64_t>(1, K * G * L));
   at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
     float* dst = base + begin * K * G * L;
-    for (int64_t u = begin; u < end; ++u) {
-      for (int64_t k = 0; k < K; ++k) {
-        for (int64_t g = 0; g < G; ++g) {
-          for (int64_t l = 0; l < L; ++l) {
-            const int64_t unit = u * L + l;
-            *dst++ = unit < H ? src[(g * H + unit) * K + k] : 0.0f;
-          }
-        }
-      }
+    if (avx512) {
+      pack_recurrent_tiles_avx512(src, G, H, K, begin, end, dst);
+    } else {
+      pack_recurrent_tiles_avx2(src, G, H, K, begin, end, dst);
     }
   });
   return packed;

@@ -355,14 +355,40 @@ void fused_backward(const F* steps, const FusedBackwardRows<typename F::scalar_t
   }
 }
 
+// Tiles [begin, end) of W [G*H, K] (float32, contiguous) in PackedRecurrent's
+// layout at dst (the first tile's start): at each k, each gate's L units of the
+// tile gathered from L rows of W, zero past H. Every row's line serves L steps of
+// k from L1 (G * L rows in flight: 64 lines for an LSTM), where a scalar loop
+// spent most of a small layer's forward on it.
+template <typename S>
+void pack_tiles(const float* w, int64_t G, int64_t H, int64_t K, int64_t begin, int64_t end,
+                float* dst) {
+  const typename S::Offsets offsets = S::lane_offsets(K);
+  const typename S::Mask all = S::first(S::kLanes);
+  for (int64_t u = begin; u < end; ++u) {
+    const int64_t j = u * S::kLanes;
+    const typename S::Mask units = S::first(static_cast<int>(std::min<int64_t>(S::kLanes, H - j)));
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t g = 0; g < G; ++g, dst += S::kLanes) {
+        S::store(all, dst, S::gather(units, w + (g * H + j) * K + k, offsets));
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace rnnfused
 
 // An ISA's run_fused_steps_<isa> and run_fused_backward_<isa> (simd.h) on its traits
 // `Simd`, instantiated for the float32 step functors (RNNFUSED_INSTANTIATE_FUSED_LOOPS
-// adds another storage type). Used in namespace rnnfused::cpu.
-#define RNNFUSED_DEFINE_FUSED_LOOPS(steps_fn, backward_fn)                                    \
+// adds another storage type), and its pack_recurrent_tiles_<isa>. Used in namespace
+// rnnfused::cpu.
+#define RNNFUSED_DEFINE_FUSED_LOOPS(steps_fn, backward_fn, pack_fn)                           \
+  void pack_fn(const float* w, int64_t G, int64_t H, int64_t K, int64_t begin, int64_t end,  \
+               float* dst) {                                                                  \
+    pack_tiles<Simd>(w, G, H, K, begin, end, dst);                                            \
+  }                                                                                           \
   template <typename F>                                                                       \
   void steps_fn(const F* steps, const FusedStepRows<typename F::scalar_type>* rows,          \
                 int64_t count, const PackedRecurrent& w, int threads) {                       \

@@ -53,6 +53,13 @@ struct PackedRecurrent {
   int64_t K, H, G, tiles;
 };
 
+// Tiles [begin, end) of W [G*H, K] (float32, contiguous) in PackedRecurrent's layout,
+// written from dst on (the tile `begin`'s place): L = 16 (AVX-512) or 8 (AVX2).
+void pack_recurrent_tiles_avx512(const float* w, int64_t G, int64_t H, int64_t K, int64_t begin,
+                                 int64_t end, float* dst);
+void pack_recurrent_tiles_avx2(const float* w, int64_t G, int64_t H, int64_t K, int64_t begin,
+                               int64_t end, float* dst);
+
 // One forward step of the persistent loop, for a layer stored in T (float or
 // c10::BFloat16, c10::Half). The state and the sums are float32 whatever T: 16-bit values
 // widen exactly, and the product of two is exact in a float's 24 bits.

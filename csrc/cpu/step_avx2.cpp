@@ -103,6 +103,15 @@ struct Simd {
   static Mask first(int n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
+  // As the AVX-512 traits' (stride < 2^31 / 8).
+  using Offsets = __m256i;
+  static Offsets lane_offsets(int64_t stride) {
+    return _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                              _mm256_set1_epi32(static_cast<int>(stride)));
+  }
+  static V gather(Mask m, const float* p, Offsets offsets) {
+    return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), p, offsets, _mm256_castsi256_ps(m), 4);
+  }
   // Of 16 registers: 8 accumulators for LSTM (2 rows) and RNN (8), 9 for GRU (3),
   // with the G weight vectors and a broadcast beside them.
   template <int G>
@@ -128,7 +137,7 @@ void run_rows_avx2(const F& f, int64_t row_begin, int64_t row_end) {
 
 RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx2, float);
 
-RNNFUSED_DEFINE_FUSED_LOOPS(run_fused_steps_avx2, run_fused_backward_avx2);
+RNNFUSED_DEFINE_FUSED_LOOPS(run_fused_steps_avx2, run_fused_backward_avx2, pack_recurrent_tiles_avx2);
 
 }  // namespace cpu
 }  // namespace rnnfused

@@ -140,6 +140,16 @@ struct Simd {
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static Mask first(int n) { return static_cast<Mask>((1u << n) - 1u); }
+  // Lane l's offset l * stride (stride < 2^31 / 16), and the lanes in m gathered
+  // from p at those offsets (the others 0, not read).
+  using Offsets = __m512i;
+  static Offsets lane_offsets(int64_t stride) {
+    return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                              _mm512_set1_epi32(static_cast<int>(stride)));
+  }
+  static V gather(Mask m, const float* p, Offsets offsets) {
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, offsets, p, 4);
+  }
   // 16 accumulators for LSTM, 12 for GRU, 8 for RNN (of 32 registers).
   template <int G>
   static constexpr int forward_rows() { return G == 1 ? 8 : 4; }
@@ -167,7 +177,7 @@ RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx512, float);
 RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx512, c10::BFloat16);
 RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx512, c10::Half);
 
-RNNFUSED_DEFINE_FUSED_LOOPS(run_fused_steps_avx512, run_fused_backward_avx512);
+RNNFUSED_DEFINE_FUSED_LOOPS(run_fused_steps_avx512, run_fused_backward_avx512, pack_recurrent_tiles_avx512);
 RNNFUSED_INSTANTIATE_FUSED_LOOPS(run_fused_steps_avx512, run_fused_backward_avx512, c10::BFloat16);
 RNNFUSED_INSTANTIATE_FUSED_LOOPS(run_fused_steps_avx512, run_fused_backward_avx512, c10::Half);
 RNNFUSED_DEFINE_AMX_LOOP(run_fused_steps_amx);

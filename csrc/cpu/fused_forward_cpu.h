@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -48,13 +49,27 @@ inline at::Tensor pack_recurrent(const at::Tensor& w_hh, int64_t G, int64_t H, i
 }
 
 // W_hh [J, K] (float32 or bfloat16) -> float32 [blocks, J, 2L] (see PackedRecurrentT),
-// zero-padded to whole blocks.
+// zero-padded to whole blocks: each block's rows are runs of 2L floats of W_hh's rows,
+// copied in one pass (blocks split over the threads as pack_recurrent's tiles).
 inline at::Tensor pack_recurrent_t(const at::Tensor& w_hh, int64_t L) {
   const int64_t J = w_hh.size(0), K = w_hh.size(1), width = 2 * L;
   const int64_t blocks = (K + width - 1) / width;
-  at::Tensor padded = at::zeros({J, blocks * width}, w_hh.options().dtype(at::kFloat));
-  padded.narrow(1, 0, K).copy_(w_hh);
-  return padded.view({J, blocks, width}).permute({1, 0, 2}).contiguous();
+  const at::Tensor w_float = w_hh.to(at::kFloat).contiguous();  // bfloat16 widens exactly
+  at::Tensor packed = at::empty({blocks, J, width}, w_float.options());
+  const float* src = w_float.data_ptr<float>();
+  float* const base = packed.data_ptr<float>();
+  const int64_t grain = std::max<int64_t>(1, (int64_t{16} << 10) / std::max<int64_t>(1, J * width));
+  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t q = begin; q < end; ++q) {
+      const int64_t first = q * width, count = std::min(width, K - first);
+      float* dst = base + q * J * width;
+      for (int64_t j = 0; j < J; ++j, dst += width) {
+        std::copy_n(src + j * K + first, count, dst);
+        std::fill(dst + count, dst + width, 0.0f);
+      }
+    }
+  });
+  return packed;
 }
 
 // W_hh [G*H, K] bfloat16 -> the AMX tiles of PackedRecurrentAmx, [blocks, chunks, G, 16,

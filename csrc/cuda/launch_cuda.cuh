@@ -58,23 +58,20 @@ inline bool gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& w
   const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
   const int ldw = static_cast<int>(w.stride(0)), lda = static_cast<int>(a.stride(0)),
             ldo = static_cast<int>(out.stride(0));
+  // cublasSgemm or cublasDgemm, whose arguments differ only in T.
+  auto real_gemm = [&](auto routine, auto zero) {
+    using T = decltype(zero);
+    const T one = 1, beta = accumulate ? 1 : 0;
+    TORCH_CUDABLAS_CHECK(routine(at::cuda::getCurrentCUDABlasHandle(), op_w, CUBLAS_OP_N, m, n, k,
+                                 &one, w.const_data_ptr<T>(), ldw, a.const_data_ptr<T>(), lda,
+                                 &beta, out.data_ptr<T>(), ldo));
+    return true;
+  };
   switch (dtype) {
-    case at::kFloat: {
-      const float one = 1, beta = accumulate ? 1 : 0;
-      TORCH_CUDABLAS_CHECK(cublasSgemm(at::cuda::getCurrentCUDABlasHandle(), op_w, CUBLAS_OP_N,
-                                       m, n, k, &one, w.const_data_ptr<float>(), ldw,
-                                       a.const_data_ptr<float>(), lda, &beta,
-                                       out.data_ptr<float>(), ldo));
-      return true;
-    }
-    case at::kDouble: {
-      const double one = 1, beta = accumulate ? 1 : 0;
-      TORCH_CUDABLAS_CHECK(cublasDgemm(at::cuda::getCurrentCUDABlasHandle(), op_w, CUBLAS_OP_N,
-                                       m, n, k, &one, w.const_data_ptr<double>(), ldw,
-                                       a.const_data_ptr<double>(), lda, &beta,
-                                       out.data_ptr<double>(), ldo));
-      return true;
-    }
+    case at::kFloat:
+      return real_gemm(cublasSgemm, 0.0f);
+    case at::kDouble:
+      return real_gemm(cublasDgemm, 0.0);
     case at::kHalf:
     case at::kBFloat16: {
       const bool half = dtype == at::kHalf;

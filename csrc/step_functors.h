@@ -61,7 +61,7 @@ struct StepFunctor {
 };
 
 // l.load(p + i), plus l.load(q + i) where q is non-null (the backward's gradient
-// from the step's output, which the per-step loop leaves to the functor).
+// from the step's output, which the time loops leave to the functor).
 template <typename Lanes, typename T>
 C10_ALWAYS_INLINE C10_HOST_DEVICE typename Lanes::value load_plus(const Lanes& l, const T* p,
                                                                   const T* q, int64_t i) {

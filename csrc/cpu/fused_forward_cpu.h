@@ -269,8 +269,8 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
 //     h_prev @ W_hh^T into; accumulate: the functor leaves the direct part of d_h
 //     in d_h (GRU); initial_state_grad: else the first step's product is skipped
 //     (common.h's backward_loop);
-//   make_step(s, nullptr) -> the step functor, reading and writing d_h's rows (the
-//     loop adds grad_output's rows to them itself).
+//   make_step(s, grad_output rows) -> the step functor, reading d_h's rows plus
+//     those (and writing d_h's where it leaves the direct part there: GRU).
 template <typename scalar_t, typename MakeStep>
 void fused_backward(const LayerSizes& sz, const Schedule& sched, const at::Tensor& grad_output,
                     const at::Tensor& w_hh, at::Tensor& d_h, const at::Tensor& d_recurrent,
@@ -287,7 +287,7 @@ void fused_backward(const LayerSizes& sz, const Schedule& sched, const at::Tenso
   const at::TensorOptions f32 = d_h.options().dtype(at::kFloat);
   const at::Tensor partial = kFloat ? at::Tensor() : at::empty({B, K}, f32);
   const at::Tensor widened = kFloat ? at::Tensor() : at::empty({2, B, J}, f32);
-  using Step = decltype(make_step(int64_t{0}, nullptr));
+  using Step = decltype(make_step(int64_t{0}, static_cast<const scalar_t*>(nullptr)));
   std::vector<Step> steps;
   std::vector<FusedBackwardRows<scalar_t>> rows;
   for (int64_t s = sched.steps() - 1; s >= 0; --s) {
@@ -302,9 +302,9 @@ void fused_backward(const LayerSizes& sz, const Schedule& sched, const at::Tenso
       d_h_partial = partial.data_ptr<float>();
       d_rec_float = widened.data_ptr<float>() + (s % 2) * B * J;
     }
-    steps.push_back(make_step(s, nullptr));
-    rows.push_back({sched.rows(s), grad_output.data_ptr<scalar_t>() + off * K,
-                    d_h.data_ptr<scalar_t>(), d_h_partial, d_rec, d_rec_float, accumulate,
+    steps.push_back(make_step(s, grad_output.data_ptr<scalar_t>() + off * K));
+    rows.push_back({sched.rows(s), d_h.data_ptr<scalar_t>(), d_h_partial, d_rec, d_rec_float,
+                    accumulate,
                     /*product=*/s > 0 || initial_state_grad});
   }
   const int64_t n = static_cast<int64_t>(steps.size());

@@ -325,9 +325,6 @@ void fused_backward(const F* steps, const FusedBackwardRows<typename F::scalar_t
         for (int64_t j = first * 2 * L; j < j_end; j += L) {
           const int n = static_cast<int>(std::min<int64_t>(L, H - j));
           const typename S::Mask mask = S::first(n);
-          T* d_h = step.d_h + b * H + j;
-          S::store(mask, d_h,
-                   S::add(S::load(mask, d_h), S::load(mask, step.grad_output + b * H + j)));
           apply_units<Lanes>(steps[s], b, j, n);
           if constexpr (!std::is_same_v<T, float>) {
             // The functor's gradient on this step's products, widened for the product.

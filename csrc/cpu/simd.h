@@ -138,7 +138,6 @@ struct PackedRecurrentT {
 template <typename T>
 struct FusedBackwardRows {
   int64_t rows;               // batch rows active at this step
-  const T* grad_output;       // [rows, K]  gradient arriving on this step's output
   T* d_h;                     // [>= rows, K] in: gradient on h' from later steps;
                               //   out: gradient on the state before this step
   float* d_h_partial;         // [>= rows, K] the product's partial sums between panels
@@ -152,9 +151,9 @@ struct FusedBackwardRows {
 };
 
 // Runs `count` backward steps in one parallel region. Each thread owns a range
-// of 32-unit blocks: per step it adds grad_output to its units of d_h, runs
-// steps[s] on them, and after a barrier forms its units of the next d_h from
-// every unit's d_recurrent. A thread only ever reads its own units of d_h, so
+// of 32-unit blocks: per step it runs steps[s] on its units (the functor adds the
+// step's grad_output to d_h as it reads it), and after a barrier forms its units
+// of the next d_h from every unit's d_recurrent. A thread only ever reads its own units of d_h, so
 // one barrier per step suffices.
 template <typename F>
 void run_fused_backward_avx512(const F* steps,

@@ -7,9 +7,11 @@
 //                           the masked two also on the storage type of every layer
 //                           instantiated (c10::BFloat16: widen, round to nearest even),
 //   broadcast(x), fma(a, b, c), add(a, b), first(n) (the mask of lanes 0 .. n-1)
-//   forward_rows<G>()       rows per register block of the forward: rows x G
+//   forward_columns<G, M>() a tile's G gate vectors are formed C at a time, in blocks of
+//                           M rows (C divides G)
+//   forward_rows<G>()       rows per register block of the forward: rows x C
 //                           accumulators, enough to cover the FMA latency, few
-//                           enough to leave registers for the G weight vectors
+//                           enough to leave registers for the C weight vectors
 //   kBackwardRows           rows per block of the backward (rows x 2 accumulators)
 // Tiles are kLanes hidden units wide (PackedRecurrent), the backward's blocks 2 x kLanes
 // (PackedRecurrentT).
@@ -33,15 +35,16 @@ namespace rnnfused {
 namespace cpu {
 namespace {
 
-// part[m][g] += rows[m][k] * w[k][g * L .. g * L + L - 1] for one k (L = kLanes).
-template <typename S, int M, int G>
+// part[m][c] += rows[m][k] * w[k][c * L .. c * L + L - 1] for one k (L = kLanes), where
+// w's rows are kStride vectors apart (the first C of them used).
+template <typename S, int M, int C, int kStride>
 __attribute__((always_inline)) inline void tile_step(const float* w, const float* const* rows,
-                                                     int64_t k, typename S::V (&part)[M][G]) {
-  typename S::V wk[G];
-  for (int g = 0; g < G; ++g) wk[g] = S::load(w + (k * G + g) * S::kLanes);
+                                                     int64_t k, typename S::V (&part)[M][C]) {
+  typename S::V wk[C];
+  for (int c = 0; c < C; ++c) wk[c] = S::load(w + (k * kStride + c) * S::kLanes);
   for (int m = 0; m < M; ++m) {
     const typename S::V a = S::broadcast(rows[m][k]);
-    for (int g = 0; g < G; ++g) part[m][g] = S::fma(a, wk[g], part[m][g]);
+    for (int c = 0; c < C; ++c) part[m][c] = S::fma(a, wk[c], part[m][c]);
   }
 }
 
@@ -60,42 +63,54 @@ struct PanelPrefetch {
   }
 };
 
-// acc[m][g] += sum_{k0 <= k < k1} rows[m][k] * w[k][g * L .. g * L + L - 1] for M
-// rows: M * G accumulators live in registers, the packed tile streams from L1.
-// Fewer than 8 accumulators cannot hide the FMA latency (4 cycles, 2 ports): a
-// few rows (a batch of 1, the rows left over) then split k over P partial sums.
-// `prefetch` runs along (whole blocks only: a few rows reuse a panel too little
-// for it to pay).
-template <typename S, int M, int G>
+// acc[m][c] += sum_{k0 <= k < k1} rows[m][k] * w[k][c * L .. c * L + L - 1] for M
+// rows, w's rows kStride vectors apart: M * C accumulators live in registers, the
+// packed tile streams from L1. Fewer than 8 accumulators cannot hide the FMA
+// latency (4-5 cycles, 2 ports): a few rows (a batch of 1, the rows left over) then
+// split k over P partial sums. `prefetch` runs along (whole blocks only: a few
+// rows reuse a panel too little for it to pay).
+template <typename S, int M, int C, int kStride = C>
 __attribute__((always_inline)) inline void tile_product(const float* w, const float* const* rows, int64_t k0, int64_t k1,
-                         typename S::V (&acc)[M][G], PanelPrefetch prefetch = {}) {
-  constexpr int P = M * G >= 8 ? 1 : M * G >= 4 ? 2 : M * G >= 2 ? 4 : 8;
-  static_assert(P == 1 || M == 1, "a whole block keeps its accumulators in one chain each");
+                         typename S::V (&acc)[M][C], PanelPrefetch prefetch = {}) {
+  constexpr int P = M * C >= 8 ? 1 : M * C >= 4 ? 2 : M * C >= 2 ? 4 : 8;
   if constexpr (P == 1) {
     for (int64_t k = k0; k < k1; ++k) {
       prefetch.one();
-      tile_step<S, M, G>(w, rows, k, acc);
+      tile_step<S, M, C, kStride>(w, rows, k, acc);
     }
   } else {
-    typename S::V part[P][M][G];
+    typename S::V part[P][M][C];
     for (int s = 0; s < P; ++s) {
       for (int m = 0; m < M; ++m) {
-        for (int g = 0; g < G; ++g) part[s][m][g] = s == 0 ? acc[m][g] : S::zero();
+        for (int c = 0; c < C; ++c) part[s][m][c] = s == 0 ? acc[m][c] : S::zero();
       }
     }
     // The k % P leading steps first: the loop after them is then the last use
     // of the partial sums before the reduction (GCC keeps them in registers).
     int64_t k = k0;
-    for (; (k1 - k) % P != 0; ++k) tile_step<S, M, G>(w, rows, k, part[0]);
+    for (; (k1 - k) % P != 0; ++k) tile_step<S, M, C, kStride>(w, rows, k, part[0]);
     for (; k < k1; k += P) {
-      for (int s = 0; s < P; ++s) tile_step<S, M, G>(w, rows, k + s, part[s]);
+      for (int s = 0; s < P; ++s) tile_step<S, M, C, kStride>(w, rows, k + s, part[s]);
     }
     for (int m = 0; m < M; ++m) {
-      for (int g = 0; g < G; ++g) {
-        typename S::V sum = part[0][m][g];
-        for (int s = 1; s < P; ++s) sum = S::add(sum, part[s][m][g]);
-        acc[m][g] = sum;
+      for (int c = 0; c < C; ++c) {
+        typename S::V sum = part[0][m][c];
+        for (int s = 1; s < P; ++s) sum = S::add(sum, part[s][m][c]);
+        acc[m][c] = sum;
       }
+    }
+  }
+}
+
+// fn(std::integral_constant<int, rows>{}) where 1 <= rows <= R (the rows left
+// after a loop's whole register blocks, formed as one smaller block), else nothing.
+template <int R, typename Fn>
+__attribute__((always_inline)) inline void with_row_count(int64_t rows, const Fn& fn) {
+  if constexpr (R > 0) {
+    if (rows == R) {
+      fn(std::integral_constant<int, R>{});
+    } else {
+      with_row_count<R - 1>(rows, fn);
     }
   }
 }
@@ -175,9 +190,10 @@ struct PanelWalk {
 };
 
 // Rows [row, row + M) of tile u over k in [k0, k1): the partial product, kept in
-// float32 between panels. After the last panel it goes to the product buffer
-// (rounded to the layer's type) where the functor reads it, the functor runs on
-// those units, and h' goes into the next state.
+// float32 between panels, C = forward_columns<G, M>() gate vectors at a time. After
+// the last panel it goes to the product buffer (rounded to the layer's type) where
+// the functor reads it, the functor runs on those units, and h' goes into the next
+// state.
 template <typename S, int M, int G, typename F>
 __attribute__((always_inline)) inline void fused_tile(const F& f, const FusedStepRows<typename F::scalar_type>& step,
                        const PackedRecurrent& w, int64_t u, int64_t row, int64_t k0, int64_t k1,
@@ -187,14 +203,7 @@ __attribute__((always_inline)) inline void fused_tile(const F& f, const FusedSte
   const int count = static_cast<int>(std::min<int64_t>(S::kLanes, H - j));
   const typename S::Mask mask = S::first(count);
   const float* h_rows[M];
-  typename S::V acc[M][G];
-  for (int m = 0; m < M; ++m) {
-    h_rows[m] = step.h_in + (row + m) * K;
-    const float* partial = step.partial + (row + m) * G * H + j;  // gate g at g * H
-    for (int g = 0; g < G; ++g) {
-      acc[m][g] = k0 == 0 ? S::zero() : S::load(mask, partial + g * H);
-    }
-  }
+  for (int m = 0; m < M; ++m) h_rows[m] = step.h_in + (row + m) * K;
   if (prefetch_state) {
     // The first tile of a step reads the state rows the other threads wrote:
     // the next block's rows of this panel asked for while this block runs.
@@ -215,14 +224,31 @@ __attribute__((always_inline)) inline void fused_tile(const F& f, const FusedSte
       }
     }
   }
-  tile_product<S, M, G>(w.w + u * K * G * S::kLanes, h_rows, k0, k1, acc, prefetch);
+  constexpr int C = S::template forward_columns<G, M>();
+  static_assert(G % C == 0, "a tile's gates in groups of C");
+  for (int g0 = 0; g0 < G; g0 += C) {
+    // Gates g0 .. g0 + C - 1 of the rows; gate g of row b at b * G * H + g * H + j.
+    typename S::V acc[M][C];
+    for (int m = 0; m < M; ++m) {
+      const float* partial = step.partial + (row + m) * G * H + g0 * H + j;
+      for (int c = 0; c < C; ++c) acc[m][c] = k0 == 0 ? S::zero() : S::load(mask, partial + c * H);
+    }
+    tile_product<S, M, C, G>(w.w + (u * K * G + g0) * S::kLanes, h_rows, k0, k1, acc,
+                             g0 == 0 ? prefetch : PanelPrefetch{});
+    for (int m = 0; m < M; ++m) {
+      const int64_t at = (row + m) * G * H + g0 * H + j;
+      for (int c = 0; c < C; ++c) {
+        if (k1 < K) {
+          S::store(mask, step.partial + at + c * H, acc[m][c]);
+        } else {
+          S::store(mask, step.product + at + c * H, acc[m][c]);
+        }
+      }
+    }
+  }
+  if (k1 < K) return;
   for (int m = 0; m < M; ++m) {
     const int64_t b = row + m;
-    if (k1 < K) {
-      for (int g = 0; g < G; ++g) S::store(mask, step.partial + b * G * H + g * H + j, acc[m][g]);
-      continue;
-    }
-    for (int g = 0; g < G; ++g) S::store(mask, step.product + b * G * H + g * H + j, acc[m][g]);
     apply_units<Lanes>(f, b, j, count);
     const typename S::V h = S::load(mask, step.out + b * H + j);
     S::store(mask, step.h_out + b * H + j, h);
@@ -253,7 +279,9 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
             fused_tile<S, kRows, G>(steps[s], step, w, u, row, k0, k1,
                                     walk.share(u, k1, block, blocks), u == first);
           }
-          for (; row < step.rows; ++row) fused_tile<S, 1, G>(steps[s], step, w, u, row, k0, k1);
+          with_row_count<kRows - 1>(step.rows - row, [&](auto rest) {
+            fused_tile<S, decltype(rest)::value, G>(steps[s], step, w, u, row, k0, k1);
+          });
         }
       }
       barrier.wait();
@@ -345,7 +373,9 @@ void fused_backward(const F* steps, const FusedBackwardRows<typename F::scalar_t
           for (int64_t block = 0; block < blocks; ++block, row += kRows) {
             backward_block<S, kRows>(step, w, q, row, j0, j1, walk.share(q, j1, block, blocks));
           }
-          for (; row < step.rows; ++row) backward_block<S, 1>(step, w, q, row, j0, j1);
+          with_row_count<kRows - 1>(step.rows - row, [&](auto rest) {
+            backward_block<S, decltype(rest)::value>(step, w, q, row, j0, j1);
+          });
         }
       }
     }

@@ -153,6 +153,8 @@ struct Simd {
   // 16 accumulators for LSTM, 12 for GRU, 8 for RNN (of 32 registers).
   template <int G>
   static constexpr int forward_rows() { return G == 1 ? 8 : 4; }
+  template <int G, int M>
+  static constexpr int forward_columns() { return G; }
   // 8 rows x 2 column vectors: 16 accumulators, 10 loads per 16 FMAs.
   static constexpr int kBackwardRows = 8;
 };

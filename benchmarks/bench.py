@@ -447,7 +447,7 @@ def check_cell(row: Row) -> str:
 
 def markdown(meta: dict[str, Any], rows: list[Row]) -> str:
     lines = [f"# rnnfused benchmark ({meta['device']}, {meta['dtype']})", ""]
-    for key in ("date", "cpu", "device_name", "torch", "threads", "fma_peak_gflops",
+    for key in ("date", "cpu", "device_name", "torch", "threads", "cpu_isa", "fma_peak_gflops",
                 "bf16_dot_peak_gflops", "cpu_amx", "load_avg",
                 "rnnfused", "backend_info", "path", "timing"):
         if key in meta:
@@ -456,7 +456,7 @@ def markdown(meta: dict[str, Any], rows: list[Row]) -> str:
         "- ratio = torch.nn time / rnnfused time (>1: rnnfused faster); GFLOP/s count "
         "2*T*B*(I+H)*G*H per layer-direction forward, fwdbwd = 3x forward; (%) = share of "
         "fma_peak_gflops, the float32 FMA ceiling measured at the start of this run with a "
-        "register-only AVX-512 loop on the same threads",
+        "register-only FMA loop on the same threads, on cpu_isa's vectors",
         *(["- bf16_dot_peak_gflops = the same loop on AVX512-BF16's dot product (vdpbf16ps, 64 "
             "FLOP an instruction): the ceiling of a kernel built on it (rnnfused's bfloat16 "
             "layers compute in float32 where this is below fma_peak_gflops)"]
@@ -611,6 +611,9 @@ def collect_meta(args: argparse.Namespace, rnnfused: Any) -> dict[str, Any]:
         return meta
     meta["rnnfused"] = f"{getattr(rnnfused, '__version__', '?')} from {rnnfused.__file__}"
     if args.device == "cpu":
+        isa = getattr(torch.ops.rnnfused, "cpu_isa", None)
+        if isa is not None:
+            meta["cpu_isa"] = isa()  # the vectors rnnfused's CPU kernels (and the peak) run
         peak = measure_fma_peak(args.threads, 0.2 if args.quick else 1.0)
         if peak is not None:
             meta["fma_peak_gflops"] = round(peak, 1)

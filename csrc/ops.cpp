@@ -73,12 +73,18 @@ TORCH_LIBRARY(rnnfused, m) {
   // backward ops form d_pre @ W_hh, grad_input and the weight gradients (gemm_nn).
   m.def("_gemm_nn(Tensor a, Tensor w, Tensor? c) -> Tensor");
   // For the benchmark: the float32 FMA ceiling of `threads` threads in GFLOP/s
-  // (a register-only AVX-512 loop run for `seconds`); 0 where AVX-512 does not run.
+  // (a register-only loop on the active ISA's widest vectors, AVX-512 or AVX2, run
+  // for `seconds`); 0 on other CPUs.
   m.def("_cpu_fma_peak_gflops(float seconds, int threads) -> float",
         [](double seconds, int64_t threads) {
 #if defined(__x86_64__)
-          if (rnnfused::cpu::active_isa() == rnnfused::cpu::Isa::kAvx512) {
-            return rnnfused::cpu::fma_peak_gflops_avx512(seconds, static_cast<int>(threads));
+          switch (rnnfused::cpu::active_isa()) {
+            case rnnfused::cpu::Isa::kAvx512:
+              return rnnfused::cpu::fma_peak_gflops_avx512(seconds, static_cast<int>(threads));
+            case rnnfused::cpu::Isa::kAvx2:
+              return rnnfused::cpu::fma_peak_gflops_avx2(seconds, static_cast<int>(threads));
+            default:
+              break;
           }
 #endif
           return 0.0;

@@ -5,6 +5,9 @@ gradient mask, and garbage arguments raising Python errors."""
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -574,10 +577,6 @@ def test_gemm_nt_bad_arguments_raise(device):
 def test_other_cpu_kernels(isa):
     """The AVX2 and the one-unit-at-a-time CPU kernels pass the float32 and
     module-level op tests too (RNNFUSED_CPU_ISA caps the choice per process)."""
-    import os
-    import subprocess
-    import sys
-
     env = dict(os.environ, RNNFUSED_CPU_ISA=isa)
     probe = subprocess.run([sys.executable, "-c", "import rnnfused, torch; print(torch.ops.rnnfused.cpu_isa())"],
                            env=env, capture_output=True, text=True)
@@ -630,15 +629,29 @@ def test_tanh_accuracy(device):
 
 
 def test_cpu_fma_peak_gflops():
-    """The benchmark's FMA ceiling: a plausible positive rate with AVX-512, 0 where
-    the AVX-512 loop does not run. One thread: at least one 16-lane FMA per ns at
-    any clock of this century, at most two a cycle (64 FLOP) at a few GHz. The loop
-    is assembly, so this holds in the sanitizer build (-O1) too."""
-    peak = torch.ops.rnnfused._cpu_fma_peak_gflops(0.05, 1)
-    if torch.ops.rnnfused.cpu_isa() == "avx512":
-        assert 32.0 < peak < 1_000.0
-    else:
-        assert peak == 0.0
+    """The benchmark's FMA ceiling: a plausible positive rate on the active ISA's
+    vectors (AVX-512: 16 lanes, AVX2: 8), 0 on other CPUs. One thread: at least one
+    FMA per ns at any clock of this century, at most two a cycle (64 or 32 FLOP)
+    at a few GHz. The loop is assembly, so this holds in the sanitizer build (-O1)
+    too. On an AVX-512 CPU the AVX2 loop is measured as well, in a process capped at
+    AVX2 (RNNFUSED_CPU_ISA=avx2)."""
+    def plausible(isa: str, peak: float) -> None:
+        lanes = {"avx512": 16, "avx2": 8}.get(isa)
+        if lanes is not None:
+            assert 2.0 * lanes < peak < 1_000.0 * lanes / 16, (isa, peak)
+        else:
+            assert peak == 0.0, (isa, peak)
+
+    isa = torch.ops.rnnfused.cpu_isa()
+    plausible(isa, torch.ops.rnnfused._cpu_fma_peak_gflops(0.05, 1))
+    if isa == "avx512":
+        code = ("import rnnfused, torch; print(torch.ops.rnnfused.cpu_isa(), "
+                "torch.ops.rnnfused._cpu_fma_peak_gflops(0.05, 1))")
+        env = {**os.environ, "RNNFUSED_CPU_ISA": "avx2"}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True).stdout.split()
+        assert out[0] == "avx2"
+        plausible("avx2", float(out[1]))
 
 
 def test_cpu_bf16_dot_peak_gflops():
@@ -646,8 +659,6 @@ def test_cpu_bf16_dot_peak_gflops():
     beside the FMA peak in bfloat16 benchmarks: plausible where the CPU has AVX512-BF16
     and AVX-512 runs (one thread: at least one instruction per 4 ns, at most two a
     cycle at a few GHz), else 0."""
-    import os
-
     if not os.path.exists("/proc/cpuinfo"):
         pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
     with open("/proc/cpuinfo") as f:

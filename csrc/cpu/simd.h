@@ -1,6 +1,6 @@
 // Which vectorised step kernels this CPU runs, and their entry points. The
 // kernels live in step_avx512.cpp and step_avx2.cpp (the persistent loops of both
-// from fused_loop.h), gemm_avx512.cpp and peak_avx512.cpp, compiled for those
+// from fused_loop.h), gemm_avx512.cpp and peak_avx512.cpp / peak_avx2.cpp, compiled for those
 // instruction sets; everything else runs on any x86-64 (or other) CPU.
 // No ATen here: the ISA translation units include this header.
 #pragma once
@@ -194,8 +194,9 @@ constexpr int kMaxNtGemms = 2;
 void gemm_nt_small_avx512(const NtGemm* products, int count);
 
 // The float32 FMA ceiling in GFLOP/s: `threads` threads running independent
-// AVX-512 FMA chains from registers for `seconds` (peak_avx512.cpp).
+// AVX-512 (AVX2) FMA chains from registers for `seconds` (peak_loop.h).
 double fma_peak_gflops_avx512(double seconds, int threads);
+double fma_peak_gflops_avx2(double seconds, int threads);
 // The same for AVX512-BF16's dot product vdpbf16ps (64 FLOP an instruction); the
 // caller checks that the CPU has it.
 double bf16_dot_peak_gflops_avx512(double seconds, int threads);

@@ -13,6 +13,8 @@
 //                           accumulators, enough to cover the FMA latency, few
 //                           enough to leave registers for the C weight vectors
 //   kBackwardRows           rows per block of the backward (rows x 2 accumulators)
+//   kPackByGathers          W_hh packed by gather(mask, p, lane_offsets(stride)), else
+//                           by transpose(V (&)[kLanes]) of kLanes x kLanes blocks
 // Tiles are kLanes hidden units wide (PackedRecurrent), the backward's blocks 2 x kLanes
 // (PackedRecurrentT).
 // The hot functions below are forced inline (as gates.h's math is): the
@@ -383,21 +385,43 @@ void fused_backward(const F* steps, const FusedBackwardRows<typename F::scalar_t
 }
 
 // Tiles [begin, end) of W [G*H, K] (float32, contiguous) in PackedRecurrent's
-// layout at dst (the first tile's start): at each k, each gate's L units of the
-// tile gathered from L rows of W, zero past H. Every row's line serves L steps of
-// k from L1 (G * L rows in flight: 64 lines for an LSTM), where a scalar loop
-// spent most of a small layer's forward on it.
+// layout at dst (the first tile's start), zero past H. With S::kPackByGathers, at
+// each k each gate's L units of the tile are gathered from L rows of W: every
+// row's line serves L steps of k from L1 (G * L rows in flight: 64 lines for an
+// LSTM), where a scalar loop spent most of a small layer's forward on it. Else
+// (CPUs whose gathers are slow) L x L blocks of the L rows are loaded, transposed
+// in registers (S::transpose) and stored as L steps of k.
 template <typename S>
 void pack_tiles(const float* w, int64_t G, int64_t H, int64_t K, int64_t begin, int64_t end,
                 float* dst) {
-  const typename S::Offsets offsets = S::lane_offsets(K);
-  const typename S::Mask all = S::first(S::kLanes);
-  for (int64_t u = begin; u < end; ++u) {
-    const int64_t j = u * S::kLanes;
-    const typename S::Mask units = S::first(static_cast<int>(std::min<int64_t>(S::kLanes, H - j)));
-    for (int64_t k = 0; k < K; ++k) {
-      for (int64_t g = 0; g < G; ++g, dst += S::kLanes) {
-        S::store(all, dst, S::gather(units, w + (g * H + j) * K + k, offsets));
+  constexpr int64_t L = S::kLanes;
+  const typename S::Mask all = S::first(L);
+  for (int64_t u = begin; u < end; ++u, dst += K * G * L) {
+    const int64_t j = u * L;
+    const int64_t units = std::min<int64_t>(L, H - j);
+    if constexpr (S::kPackByGathers) {
+      const typename S::Offsets offsets = S::lane_offsets(K);
+      const typename S::Mask mask = S::first(static_cast<int>(units));
+      for (int64_t k = 0; k < K; ++k) {
+        for (int64_t g = 0; g < G; ++g) {
+          S::store(all, dst + (k * G + g) * L, S::gather(mask, w + (g * H + j) * K + k, offsets));
+        }
+      }
+    } else {
+      for (int64_t g = 0; g < G; ++g) {
+        const float* rows = w + (g * H + j) * K;  // the tile's units of gate g
+        for (int64_t k0 = 0; k0 < K; k0 += L) {
+          const int64_t depth = std::min<int64_t>(L, K - k0);
+          const typename S::Mask columns = S::first(static_cast<int>(depth));
+          typename S::V block[L];
+          for (int64_t l = 0; l < L; ++l) {
+            block[l] = l < units ? S::load(columns, rows + l * K + k0) : S::zero();
+          }
+          S::transpose(block);  // block[kk]: unit l's W[.][k0 + kk] in lane l
+          for (int64_t kk = 0; kk < depth; ++kk) {
+            S::store(all, dst + ((k0 + kk) * G + g) * L, block[kk]);
+          }
+        }
       }
     }
   }

@@ -96,21 +96,42 @@ struct Simd {
   static V zero() { return _mm256_setzero_ps(); }
   static V load(const float* p) { return _mm256_loadu_ps(p); }
   static V load(Mask m, const float* p) { return _mm256_maskload_ps(p, m); }
-  static void store(Mask m, float* p, V v) { _mm256_maskstore_ps(p, m, v); }
+  // A whole vector's store unmasked: Zen 2 runs vmaskmovps stores in microcode
+  // (~12 cycles each), and the loops' tiles are whole but for H's last.
+  static void store(Mask m, float* p, V v) {
+    if (_mm256_movemask_ps(_mm256_castsi256_ps(m)) == 0xff) {
+      _mm256_storeu_ps(p, v);
+    } else {
+      _mm256_maskstore_ps(p, m, v);
+    }
+  }
   static V broadcast(float x) { return _mm256_set1_ps(x); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
   static Mask first(int n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
-  // As the AVX-512 traits' (stride < 2^31 / 8).
-  using Offsets = __m256i;
-  static Offsets lane_offsets(int64_t stride) {
-    return _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                              _mm256_set1_epi32(static_cast<int>(stride)));
-  }
-  static V gather(Mask m, const float* p, Offsets offsets) {
-    return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), p, offsets, _mm256_castsi256_ps(m), 4);
+  // W_hh is packed by 8 x 8 transposes in registers (pack_tiles): Zen 2 runs
+  // AVX2's gathers in microcode (~20 cycles for 8 floats), which made packing a
+  // small layer's W_hh a third of its forward (LSTM 50, 1, 64, 64: ~14 us a call).
+  static constexpr bool kPackByGathers = false;
+  // r[i][c] -> r[c][i].
+  static void transpose(V (&r)[kLanes]) {
+    V t[8], s[8];
+    for (int i = 0; i < 4; ++i) {  // rows 2i, 2i + 1 interleaved
+      t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+      t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; ++i) {  // s[4i + j], 128-bit lane L: column 4L + j of rows 4i .. 4i + 3
+      s[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+      s[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xee);
+      s[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+      s[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xee);
+    }
+    for (int j = 0; j < 4; ++j) {
+      r[j] = _mm256_permute2f128_ps(s[j], s[4 + j], 0x20);
+      r[4 + j] = _mm256_permute2f128_ps(s[j], s[4 + j], 0x31);
+    }
   }
   // Of 16 registers, with the C weight vectors and a broadcast beside them: 12
   // accumulators for LSTM (6 rows x 2 of its 4 gates a pass) and GRU (4 x 3), 8 for

@@ -140,8 +140,10 @@ struct Simd {
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static Mask first(int n) { return static_cast<Mask>((1u << n) - 1u); }
-  // Lane l's offset l * stride (stride < 2^31 / 16), and the lanes in m gathered
-  // from p at those offsets (the others 0, not read).
+  // W_hh is packed by gathers (pack_tiles): lane l's offset l * stride (stride <
+  // 2^31 / 16), and the lanes in m gathered from p at those offsets (the others 0,
+  // not read).
+  static constexpr bool kPackByGathers = true;
   using Offsets = __m512i;
   static Offsets lane_offsets(int64_t stride) {
     return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),

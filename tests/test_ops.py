@@ -455,9 +455,10 @@ def test_gemm_nt(rows, bias, device):
     """The product a @ w^T (+ bias) that the layer ops form their input projections
     and per-step products with (on the CPU with AVX-512, few rows or small products
     take the library's own kernels: dot products below 4 rows, w transposed a 32-row
-    panel of 128 columns at a time from 4 rows, two threads from 2^17 multiply-adds):
-    against float64 at widths with partial panels, blocks and vectors, depths past
-    one buffered panel, and K = 0."""
+    panel of 128 columns at a time from 4 rows, two threads from 2^18 multiply-adds;
+    on AVX2 CPUs other than Intel's, from 4 rows, a 16-row panel of 256 columns at a
+    time, 6-row blocks): against float64 at widths with partial panels, blocks and
+    vectors, depths past one buffered panel, and K = 0."""
     torch.manual_seed(rows)
     shapes = list(itertools.product([1, 15, 16, 17, 33, 70], [0, 1, 15, 17, 128, 130, 300]))
     shapes.append((530, 130))  # wide: 64-column slices (1-3 rows) split over two threads
@@ -478,8 +479,9 @@ def test_gemm_nn(rows, layout, device):
     grad_input and the weight gradients (on the CPU with AVX-512, float32 products
     of 2 rows or more up to 2^23 multiply-adds take the library's kernel, a's rows
     or columns contiguous: `columns` is the weight gradients' d_pre^T; `strided`,
-    neither, goes to ATen): against float64, with and without c, at widths with
-    partial panels and depths past one buffered panel."""
+    neither, goes to ATen; on AVX2 CPUs other than Intel's, 4 rows or more by rows):
+    against float64, with and without c, at widths with partial panels and depths
+    past one buffered panel."""
     torch.manual_seed(rows)
     for n, k in itertools.product([1, 17, 33, 70], [0, 1, 17, 130, 300]):
         if layout == "rows":
@@ -505,9 +507,10 @@ def test_gemm_nn(rows, layout, device):
 
 def test_gemm_large_products(device):
     """Products past 2^23 multiply-adds, as the layers' input projections and
-    weight gradients are (on AMD's AVX-512 CPUs the library's kernel takes them,
-    in row blocks of ~128+ rows, several to a thread; elsewhere ATen): NT, NN and
-    TN (a by columns), with partial row blocks, panels and depths."""
+    weight gradients are (on AMD's CPUs the library's kernel takes them, AVX-512 or
+    AVX2 (TN there excepted), in row blocks of ~100+ rows, several to a thread;
+    elsewhere ATen): NT, NN and TN (a by columns), with partial row blocks, panels
+    and depths."""
     torch.manual_seed(0)
     M, K, N = 1031, 263, 113
     a = torch.randn(M, K, device=device)

@@ -25,6 +25,7 @@
 #include <immintrin.h>
 
 #include "bf16_avx512.h"
+#include "gemm_split.h"
 #include "simd.h"
 
 namespace rnnfused {
@@ -264,10 +265,7 @@ void dot_rows(int64_t r0, int64_t r1, int64_t N, int64_t K, const float* a, int6
 }
 
 
-// How a product of 4+ rows splits into units (split_of, below).
-struct Split {
-  int64_t rows, blocks, group, groups, panels;  // rows a block, blocks; panels a group, groups
-};
+using Split = GemmSplit;  // of a product of 4+ rows (split_of)
 
 // One product as the kernels take it: rows, bias and out in float32, the weights
 // float32 or 16-bit (`W` of the kernels).
@@ -294,31 +292,9 @@ constexpr int64_t kDotColumns = 64;
 // Dot products for 1-3 rows of w stored [N, K]; w stored [K, N] needs no transpose.
 bool takes_dots(const Product& g) { return g.M < 4 && !g.w_kn; }
 
-// How a product of 4+ rows splits into units: row blocks of `rows` rows, each
-// with its panels in groups of `group`. A unit walks K a depth at a time and, per
-// depth, forms each panel of its group and runs its block's rows over it: the
-// block's slice of `a` for that depth (<= 128 x 128 floats) stays in L1/L2 while
-// the group's panels reuse it, and the unit's out tile (<= 128 x 256) in L2
-// between depths. (Each panel over all of M streamed `a` again per panel:
-// 6400 x 2048 x 512 NN 234 GFLOP/s; one panel per unit over 128+-row blocks
-// streamed the block's whole K per panel: 2048 x 6400 x 512 TN 238; now ~390 and
-// ~300-350.) Blocks of `a` by columns (TN: its rows 8 KB apart, 32 bytes of a
-// line per row block) are taller: 512 rows (TN 2048 x 6400 x 512: 241 / 311 / 335
-// / 353 GFLOP/s at 64 / 128 / 256 / 512). Groups shrink until every thread has
-// two units or more.
+// How a product of 4+ rows splits into units (gemm_split.h).
 Split split_of(const Product& g) {
-  constexpr int64_t kMostGroup = 8;
-  const int64_t most_rows = (g.lda_k != 1 ? 64 : 16) * kRowBlock;
-  Split s{};
-  if (g.M == 0 || g.N == 0) return s;  // no units
-  s.panels = (g.N + kPanel - 1) / kPanel;
-  s.blocks = (g.M + most_rows - 1) / most_rows;
-  s.rows = ((g.M + s.blocks - 1) / s.blocks + kRowBlock - 1) / kRowBlock * kRowBlock;
-  s.group = std::min(kMostGroup, s.panels);
-  const int64_t wanted = 2 * omp_get_max_threads();
-  while (s.group > 1 && s.blocks * ((s.panels + s.group - 1) / s.group) < wanted) s.group /= 2;
-  s.groups = (s.panels + s.group - 1) / s.group;
-  return s;
+  return split_gemm(g.M, g.N, g.K, g.lda_k != 1, kPanel, kRowBlock);
 }
 
 int64_t units_of(const Product& g) {
@@ -454,13 +430,7 @@ void gemm_nt_small_avx512(const NtGemm* gemms, int count) {
     work += products[j].M * products[j].N * products[j].K;
   }
   const int64_t units = first[count];
-  // Two threads (the units split between them) once the products are worth a fork:
-  // from 2^18 multiply-adds (alternated in one process on two Intel vCPUs: an
-  // RNNCell's 8 x 128 x 128 backward products, 2^17, 5% faster over a B 8, H 128
-  // training loop on one thread; a GRUCell's 8 x 384 x 128 still faster split).
-  const int threads = work >= (int64_t{1} << 18) && !omp_in_parallel()
-                          ? static_cast<int>(std::min<int64_t>(omp_get_max_threads(), units))
-                          : 1;
+  const int threads = gemm_threads(work, units);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t u = 0; u < units; ++u) {
     int j = 0;

@@ -114,15 +114,21 @@ struct CpuLaunch {
   // (AMD) the library's kernel takes every size (cpu::blas_runs_avx512; two Zen 5
   // cores, 512 x 512 x 2048 NT: 440 vs 200 GFLOP/s, 6400 x 2048 x 512 NN: 396 vs
   // 191, 2048 x 6400 x 512 TN: 300-350 vs 193).
+  // On AVX2 CPUs other than Intel's (cpu::own_gemm_avx2) gemm_avx2 takes the float32
+  // products of 4 rows or more, every size (two Zen 2 cores against MKL's generic
+  // path: 512 x 2048 x 512 NT with bias 171 vs 149 GFLOP/s, 6400 x 512 x 2048 NN
+  // 178 vs 154, 50 x 2048 x 512 159 vs 109, 50 x 256 x 64 21 vs 29 us, 4 x 2048 x 512
+  // 157 vs 292 us); fewer rows stay on MKL.
   static constexpr int64_t kSmallGemmRows = 16;
   static constexpr int64_t kSmallGemmWork = int64_t{1} << 23;
+  static constexpr int64_t kAvx2GemmRows = 4;
   static bool within_own_gemm(int64_t work) {
     return work <= kSmallGemmWork || !cpu::blas_runs_avx512();
   }
 
-  // Each product out = a @ w^T (+ bias) (common.h's NtProduct), those with few
-  // rows (takes_small_gemm) together in one call of the AVX-512 kernel, large
-  // bfloat16 ones widened (widens_bf16), the others on ATen.
+  // Each product out = a @ w^T (+ bias) (common.h's NtProduct), those the library's
+  // GEMM takes (takes_small_gemm) together in one call of it, large bfloat16 ones
+  // widened (widens_bf16), the others on ATen.
   template <typename... Products>
   static void gemm_nt(const Products&... each) {
     constexpr size_t n = sizeof...(Products);
@@ -143,7 +149,7 @@ struct CpuLaunch {
         gemm_nt_aten(p);
       }
     }
-    if (count > 0) cpu::gemm_nt_small_avx512(small.data(), count);
+    if (count > 0) own_gemm(small.data(), count);
 #else
     for (const NtProduct& p : products) gemm_nt_aten(p);
 #endif
@@ -163,7 +169,12 @@ struct CpuLaunch {
     const bool by_columns = f32 && !(a.size(1) <= 1 || a.stride(1) == 1) &&
                             (a.size(0) <= 1 || a.stride(0) == 1);
     // float32 from 2 rows: MKL's one-row product is ahead (1 x 256 x 64: 2.1 vs 3.4 us).
-    const bool small = f32 ? a.size(0) >= 2 && within_own_gemm(a.size(0) * a.size(1) * w.size(1))
+    // gemm_avx2 from 4 rows, and not by columns (the weight gradients' d_pre^T:
+    // 2048 x 6400 x 512 at 104 GFLOP/s against MKL's 142 on two Zen 2 cores, its
+    // 6-row blocks reading 24 bytes of each line of a).
+    const bool avx2 = cpu::own_gemm_avx2();
+    const bool small = f32 ? a.size(0) >= (avx2 ? kAvx2GemmRows : 2) && !(avx2 && by_columns) &&
+                                 within_own_gemm(a.size(0) * a.size(1) * w.size(1))
                            : a.size(0) <= kSmallGemmRows;
     if (small &&
         small_gemm_layout(out, a, w, at::Tensor(), /*a_by_columns=*/by_columns)) {
@@ -171,7 +182,7 @@ struct CpuLaunch {
                           by_columns ? 1 : a.stride(0), w.data_ptr(), nullptr, out.data_ptr(),
                           out.stride(0), storage_of(out), /*w_kn=*/true, accumulate,
                           by_columns ? a.stride(1) : 1};
-      cpu::gemm_nt_small_avx512(&g, 1);
+      own_gemm(&g, 1);
       return;
     }
     if (widens_bf16(a) && out.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16) {
@@ -191,14 +202,25 @@ struct CpuLaunch {
   }
 
 #if defined(__x86_64__)
-  // What gemm_nt_small_avx512 takes, sizes aside: AVX-512; out, a, w (and bias)
-  // all float32, all bfloat16 or all float16; rows of out, and of a unless
-  // a_by_columns (its columns then contiguous: the caller checks), with unit
-  // stride; w and bias contiguous.
+  // The library's GEMM of this CPU: gemm_nt_small_avx512, or gemm_avx2 where
+  // cpu::own_gemm_avx2 (small_gemm_layout says which products either takes).
+  static void own_gemm(const cpu::NtGemm* products, int count) {
+    if (cpu::active_isa() == cpu::Isa::kAvx512) {
+      cpu::gemm_nt_small_avx512(products, count);
+    } else {
+      cpu::gemm_avx2(products, count);
+    }
+  }
+
+  // What own_gemm takes, sizes aside: AVX-512 with out, a, w (and bias) all
+  // float32, all bfloat16 or all float16, or cpu::own_gemm_avx2 with all float32;
+  // rows of out, and of a unless a_by_columns (its columns then contiguous: the
+  // caller checks), with unit stride; w and bias contiguous.
   static bool small_gemm_layout(const at::Tensor& out, const at::Tensor& a, const at::Tensor& w,
                                 const at::Tensor& bias, bool a_by_columns = false) {
     const at::ScalarType type = out.scalar_type();
-    return cpu::active_isa() == cpu::Isa::kAvx512 &&
+    const bool avx512 = cpu::active_isa() == cpu::Isa::kAvx512;
+    return (avx512 || (cpu::own_gemm_avx2() && type == at::kFloat)) &&
            (type == at::kFloat || type == at::kBFloat16 || type == at::kHalf) &&
            a.scalar_type() == type &&
            w.scalar_type() == type && (!bias.defined() || bias.scalar_type() == type) &&
@@ -265,6 +287,9 @@ struct CpuLaunch {
 
   static bool takes_small_gemm(const NtProduct& p) {
     const int64_t M = p.a.size(0);
+    if (cpu::own_gemm_avx2()) {
+      return M >= kAvx2GemmRows && small_gemm_layout(p.out, p.a, p.w, p.bias);
+    }
     return small_gemm_layout(p.out, p.a, p.w, p.bias) &&
            (M <= kSmallGemmRows || (p.out.scalar_type() == at::kFloat &&
                                     within_own_gemm(M * p.a.size(1) * p.w.size(0))));

@@ -105,6 +105,8 @@ bool blas_runs_avx512() {
 #endif
 }
 
+bool own_gemm_avx2() { return active_isa() == Isa::kAvx2 && !blas_runs_avx512(); }
+
 const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::kAvx512:

@@ -193,6 +193,13 @@ constexpr int kMaxNtGemms = 2;
 // registers (dot products below 4 rows).
 void gemm_nt_small_avx512(const NtGemm* products, int count);
 
+// The same products in float32 on AVX2 (gemm_avx2.cpp), 4 rows of `a` or more:
+// where the CPU lacks AVX-512 and its BLAS is slow (not Intel's: own_gemm_avx2).
+void gemm_avx2(const NtGemm* products, int count);
+// Whether gemm_avx2 takes the float32 products of 4+ rows: the AVX2 kernels
+// active and the CPU not Intel's (blas_runs_avx512 false: MKL's generic path).
+bool own_gemm_avx2();
+
 // The float32 FMA ceiling in GFLOP/s: `threads` threads running independent
 // AVX-512 (AVX2) FMA chains from registers for `seconds` (peak_loop.h).
 double fma_peak_gflops_avx512(double seconds, int threads);

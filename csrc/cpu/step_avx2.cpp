@@ -16,6 +16,7 @@
 #include <immintrin.h>
 
 #include "../step_functors.h"
+#include "avx2_transpose.h"
 #include "simd.h"
 
 namespace rnnfused {
@@ -115,24 +116,7 @@ struct Simd {
   // AVX2's gathers in microcode (~20 cycles for 8 floats), which made packing a
   // small layer's W_hh a third of its forward (LSTM 50, 1, 64, 64: ~14 us a call).
   static constexpr bool kPackByGathers = false;
-  // r[i][c] -> r[c][i].
-  static void transpose(V (&r)[kLanes]) {
-    V t[8], s[8];
-    for (int i = 0; i < 4; ++i) {  // rows 2i, 2i + 1 interleaved
-      t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-      t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 2; ++i) {  // s[4i + j], 128-bit lane L: column 4L + j of rows 4i .. 4i + 3
-      s[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-      s[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xee);
-      s[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-      s[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xee);
-    }
-    for (int j = 0; j < 4; ++j) {
-      r[j] = _mm256_permute2f128_ps(s[j], s[4 + j], 0x20);
-      r[4 + j] = _mm256_permute2f128_ps(s[j], s[4 + j], 0x31);
-    }
-  }
+  static void transpose(V (&r)[kLanes]) { transpose8(r); }
   // Of 16 registers, with the C weight vectors and a broadcast beside them: 12
   // accumulators for LSTM (6 rows x 2 of its 4 gates a pass) and GRU (4 x 3), 8 for
   // RNN (8 x 1). Ten or more cover the FMA latency of Zen 2 (5 cycles, 2 ports):

@@ -1,0 +1,66 @@
+// How the library's GEMMs (gemm_avx512.cpp, gemm_avx2.cpp) split a product into
+// units of work for their threads, and how many threads they fork: written once
+// for both, each passing its panel width and register block of rows.
+#pragma once
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace rnnfused {
+namespace cpu {
+namespace {
+
+// A product of M rows split into row blocks of `rows` rows, each with its panels
+// (of `panel` columns) in groups of `group`. A unit walks K a depth at a time and,
+// per depth, forms each panel of its group and runs its block's rows over it: the
+// block's slice of `a` for that depth stays in L1/L2 while the group's panels
+// reuse it, and the unit's out tile in L2 between depths. (Each panel over all of
+// M streamed `a` again per panel: 6400 x 2048 x 512 NN 234 GFLOP/s on two Zen 5
+// cores; one panel per unit over 128+-row blocks streamed the block's whole K per
+// panel: 2048 x 6400 x 512 TN 238; now ~390 and ~300-350.) Blocks of `a` by
+// columns (TN: its rows 8 KB apart, 32 bytes of a line per row block) are taller:
+// 64 register blocks (TN 2048 x 6400 x 512: 241 / 311 / 335 / 353 GFLOP/s at 64 /
+// 128 / 256 / 512 rows), else 16. Groups shrink until every thread has two units
+// or more.
+struct GemmSplit {
+  int64_t rows = 0, blocks = 0, group = 0, groups = 0, panels = 0;  // as above
+  bool empty = true;     // M or N is 0: nothing to do
+  bool no_depth = false;  // K is 0: out = bias (or 0), one unit
+
+  int64_t units() const { return empty ? 0 : no_depth ? 1 : blocks * groups; }
+};
+
+inline GemmSplit split_gemm(int64_t M, int64_t N, int64_t K, bool a_by_columns, int64_t panel,
+                            int64_t row_block) {
+  constexpr int64_t kMostGroup = 8;
+  GemmSplit s{};
+  if (M == 0 || N == 0) return s;
+  s.empty = false;
+  s.no_depth = K == 0;
+  const int64_t most_rows = (a_by_columns ? 64 : 16) * row_block;
+  s.panels = (N + panel - 1) / panel;
+  s.blocks = (M + most_rows - 1) / most_rows;
+  s.rows = ((M + s.blocks - 1) / s.blocks + row_block - 1) / row_block * row_block;
+  s.group = std::min(kMostGroup, s.panels);
+  const int64_t wanted = 2 * omp_get_max_threads();
+  while (s.group > 1 && s.blocks * ((s.panels + s.group - 1) / s.group) < wanted) s.group /= 2;
+  s.groups = (s.panels + s.group - 1) / s.group;
+  return s;
+}
+
+// Threads for products of `work` multiply-adds in `units` units: two or more (up
+// to the units) once they are worth a fork, from 2^18 multiply-adds (alternated in
+// one process on two Intel vCPUs: an RNNCell's 8 x 128 x 128 backward products,
+// 2^17, 5% faster over a B 8, H 128 training loop on one thread; a GRUCell's
+// 8 x 384 x 128 still faster split); one inside a parallel region.
+inline int gemm_threads(int64_t work, int64_t units) {
+  return work >= (int64_t{1} << 18) && !omp_in_parallel()
+             ? static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), units)))
+             : 1;
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace rnnfused

@@ -326,32 +326,27 @@ void run_dot_slice(const Product& g, int64_t u) {
 template <typename W>
 void run_panel(const Product& g, int64_t u) {
   alignas(64) float panel[kDepth * kPanel];
-  const Split& s = g.split;
-  const int64_t p_begin = u % s.groups * s.group, p_end = std::min(s.panels, p_begin + s.group);
-  const int64_t m_begin = u / s.groups * s.rows, m_end = std::min(g.M, m_begin + s.rows);
   const bool columns = g.lda_k != 1;  // then lda is 1 (Product)
   const RowBlockFn* blocks = columns ? kRowBlocks<true> : kRowBlocks<false>;
   const int64_t stride = columns ? g.lda_k : g.lda;
-  for (int64_t k0 = 0; k0 < g.K; k0 += kDepth) {
-    const int64_t kc = std::min(kDepth, g.K - k0);
-    const bool last = k0 + kc == g.K;
-    for (int64_t p = p_begin; p < p_end; ++p) {
-      const int64_t n0 = p * kPanel;
-      const __mmask16 m0 = first_lanes(g.N - n0);
-      const __mmask16 m1 = g.N - n0 > 16 ? first_lanes(g.N - n0 - 16) : __mmask16(0);
-      if (g.w_kn) {
-        copy_panel(static_cast<const W*>(g.w), g.N, n0, k0, kc, panel);
-      } else {
-        transpose_panel(static_cast<const W*>(g.w), g.N, g.K, n0, k0, kc, panel);
-      }
-      for (int64_t r0 = m_begin; r0 < m_end; r0 += kRowBlock) {
-        const int block = static_cast<int>(std::min<int64_t>(kRowBlock, m_end - r0));
-        blocks[block - 1](g.a + r0 * g.lda + k0 * g.lda_k, stride, panel, kc,
-                          g.out + r0 * g.ldo + n0, g.ldo, m0, m1,
-                          last && g.bias ? g.bias + n0 : nullptr, k0 > 0 || g.accumulate);
-      }
-    }
-  }
+  walk_unit(
+      g.split, u, g.M, g.K, kDepth, kRowBlock,
+      [&](int64_t p, int64_t k0, int64_t kc) {
+        if (g.w_kn) {
+          copy_panel(static_cast<const W*>(g.w), g.N, p * kPanel, k0, kc, panel);
+        } else {
+          transpose_panel(static_cast<const W*>(g.w), g.N, g.K, p * kPanel, k0, kc, panel);
+        }
+      },
+      [&](int64_t r0, int64_t rows, int64_t p, int64_t k0, int64_t kc) {
+        const int64_t n0 = p * kPanel;
+        const __mmask16 m0 = first_lanes(g.N - n0);
+        const __mmask16 m1 = g.N - n0 > 16 ? first_lanes(g.N - n0 - 16) : __mmask16(0);
+        const bool last = k0 + kc == g.K;
+        blocks[rows - 1](g.a + r0 * g.lda + k0 * g.lda_k, stride, panel, kc,
+                         g.out + r0 * g.ldo + n0, g.ldo, m0, m1,
+                         last && g.bias ? g.bias + n0 : nullptr, k0 > 0 || g.accumulate);
+      });
 }
 
 void run_unit(const Product& g, int64_t u) {

@@ -50,6 +50,26 @@ inline GemmSplit split_gemm(int64_t M, int64_t N, int64_t K, bool a_by_columns, 
   return s;
 }
 
+// Unit u's walk (of split s, a product of M rows and depth K): a depth of K at a
+// time ([k0, k0 + kc), kc <= depth), each panel p of its group formed by
+// form_panel(p, k0, kc), then every register block of its rows run over it by
+// run_block(r0, rows, p, k0, kc) (rows <= row_block: the last block's the rest).
+template <typename FormPanel, typename RunBlock>
+void walk_unit(const GemmSplit& s, int64_t u, int64_t M, int64_t K, int64_t depth,
+               int64_t row_block, const FormPanel& form_panel, const RunBlock& run_block) {
+  const int64_t p_begin = u % s.groups * s.group, p_end = std::min(s.panels, p_begin + s.group);
+  const int64_t m_begin = u / s.groups * s.rows, m_end = std::min(M, m_begin + s.rows);
+  for (int64_t k0 = 0; k0 < K; k0 += depth) {
+    const int64_t kc = std::min(depth, K - k0);
+    for (int64_t p = p_begin; p < p_end; ++p) {
+      form_panel(p, k0, kc);
+      for (int64_t r0 = m_begin; r0 < m_end; r0 += row_block) {
+        run_block(r0, std::min(row_block, m_end - r0), p, k0, kc);
+      }
+    }
+  }
+}
+
 // Threads for products of `work` multiply-adds in `units` units: two or more (up
 // to the units) once they are worth a fork, from 2^18 multiply-adds (alternated in
 // one process on two Intel vCPUs: an RNNCell's 8 x 128 x 128 backward products,

@@ -127,14 +127,7 @@ void run_unit(const NtGemm& g, const GemmSplit& s, int64_t u) {
   const float* w = static_cast<const float*>(g.w);
   const float* bias = static_cast<const float*>(g.bias);
   float* out = static_cast<float*>(g.out);
-  if (g.K == 0) {  // out = bias (or 0), or out += 0
-    if (!g.accumulate) {
-      for (int64_t r = 0; r < g.M; ++r) {
-        for (int64_t c = 0; c < g.N; ++c) out[r * g.ldo + c] = bias ? bias[c] : 0.0f;
-      }
-    }
-    return;
-  }
+  if (g.K == 0) return fill_without_depth(g.M, g.N, bias, out, g.ldo, g.accumulate);
   alignas(32) float panel[kDepth * kPanel];
   const bool columns = g.lda_k != 1;  // then lda is 1 (NtGemm)
   const RowBlockFn* blocks = columns ? kRowBlocks<true> : kRowBlocks<false>;

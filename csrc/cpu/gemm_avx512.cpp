@@ -298,17 +298,10 @@ Split split_of(const Product& g) {
 }
 
 int64_t units_of(const Product& g) {
-  if (g.M == 0 || g.N == 0) return 0;
-  if (g.K == 0) return 1;
-  if (takes_dots(g)) return (g.N + kDotColumns - 1) / kDotColumns;
-  return g.split.blocks * g.split.groups;
-}
-
-void run_without_products(const Product& g) {  // K = 0: out = bias (or 0), or out += 0
-  if (g.accumulate) return;
-  for (int64_t r = 0; r < g.M; ++r) {
-    for (int64_t c = 0; c < g.N; ++c) g.out[r * g.ldo + c] = g.bias ? g.bias[c] : 0.0f;
+  if (!g.split.empty && !g.split.no_depth && takes_dots(g)) {
+    return (g.N + kDotColumns - 1) / kDotColumns;
   }
+  return g.split.units();  // the panels' units, 1 at K = 0, none without rows or columns
 }
 
 // Columns [u * kDotColumns, ...) of a product of 1-3 rows: 2 x 8 or 1 x 16 outputs at a time.
@@ -351,7 +344,7 @@ void run_panel(const Product& g, int64_t u) {
 
 void run_unit(const Product& g, int64_t u) {
   if (g.K == 0) {
-    run_without_products(g);
+    fill_without_depth(g.M, g.N, g.bias, g.out, g.ldo, g.accumulate);
   } else if (takes_dots(g)) {
     switch (g.w_type) {
       case Storage::kBFloat16: return run_dot_slice<Bf16>(g, u);

@@ -50,6 +50,16 @@ inline GemmSplit split_gemm(int64_t M, int64_t N, int64_t K, bool a_by_columns, 
   return s;
 }
 
+// A product of depth K = 0 (its one unit): out = bias (or 0), or out += 0 when
+// `accumulate`. out [M, N] with row stride ldo, bias [N] or null.
+inline void fill_without_depth(int64_t M, int64_t N, const float* bias, float* out, int64_t ldo,
+                               bool accumulate) {
+  if (accumulate) return;
+  for (int64_t r = 0; r < M; ++r) {
+    for (int64_t c = 0; c < N; ++c) out[r * ldo + c] = bias ? bias[c] : 0.0f;
+  }
+}
+
 // Unit u's walk (of split s, a product of M rows and depth K): a depth of K at a
 // time ([k0, k0 + kc), kc <= depth), each panel p of its group formed by
 // form_panel(p, k0, kc), then every register block of its rows run over it by

@@ -10,8 +10,11 @@
 #include <torch/csrc/Exceptions.h>
 #include <torch/extension.h>
 
+#include <array>
 #include <functional>
 #include <initializer_list>
+#include <utility>
+#include <vector>
 
 #include "op_handle.h"
 
@@ -88,6 +91,187 @@ Tensor rnn_cell(const Tensor& input, const Tensor& hx, const Tensor& w_ih, const
                                /*reverse=*/false));
 }
 
+// ------------------------------------------------------------------ layer stacks
+// functional._run_stack for an eager fused call, in one call from Python: a small
+// layer's forward paid ~80 us of Python around its ~120 us op (T 50, B 1, H 64 on
+// two Zen 2 vCPUs): frames, per-layer views and lists, the finals' stacking. The
+// same steps, in the same order, with the same ops: the layers over time, both
+// directions of a layer on the same input (together when `together`, which
+// functional._directions_together decides), outputs concatenated (reverse last),
+// dropout between layers in training (torch.dropout), the output the stack's own
+// (a copy of one direction's op output where autograd records it; batch_first
+// transposed in place) and every final state stacked [L*D, B, *].
+// functional._run_stack stays the path of the reference backend and of traced,
+// compiled and __torch_function__ calls; keep the two in step.
+
+// One layer-direction's weights, as functional._split_weights.
+struct LayerWeights {
+  Tensor w_ih, w_hh;
+  OptTensor b_ih, b_hh, w_hr;
+};
+
+LayerWeights split_weights(at::ArrayRef<Tensor> w, bool has_biases) {
+  const size_t plain = has_biases ? 4 : 2;
+  LayerWeights split{w[0], w[1], std::nullopt, std::nullopt, std::nullopt};
+  if (has_biases) {
+    split.b_ih = w[2];
+    split.b_hh = w[3];
+  }
+  if (w.size() > plain) split.w_hr = w[plain];
+  return split;
+}
+
+// A layer-direction's (output, final states).
+using LayerResult = std::pair<Tensor, std::vector<Tensor>>;
+
+// run_layer(input, batch_sizes, states, weights, reverse) -> LayerResult;
+// run_pair(input, batch_sizes, states per direction, weights per direction) -> two.
+// Returns output, then each state's finals [L*D, B, *].
+template <typename RunLayer, typename RunPair>
+std::vector<Tensor> run_stack(const Tensor& input, const OptTensor& batch_sizes,
+                              at::TensorList states, at::TensorList flat_weights,
+                              int64_t num_layers, double dropout, bool train, bool bidirectional,
+                              bool batch_first, bool together, const RunLayer& run_layer,
+                              const RunPair& run_pair) {
+  const bool dense = !(batch_sizes.has_value() && batch_sizes->defined());
+  const int64_t directions = bidirectional ? 2 : 1;
+  TORCH_CHECK(num_layers > 0 && flat_weights.size() % (num_layers * directions) == 0,
+              "rnnfused: expected the flat weights of ", num_layers * directions,
+              " layer-directions, got ", flat_weights.size(), " tensors");
+  const size_t per_layer = flat_weights.size() / (num_layers * directions);
+  std::vector<std::vector<Tensor>> finals(states.size());
+  Tensor layer_input = batch_first && dense ? input.transpose(0, 1) : input;
+  for (int64_t layer = 0; layer < num_layers; ++layer) {
+    std::array<std::vector<Tensor>, 2> layer_states;
+    std::array<at::ArrayRef<Tensor>, 2> layer_weights;
+    for (int64_t d = 0; d < directions; ++d) {
+      const int64_t slot = layer * directions + d;
+      for (const Tensor& s : states) layer_states[d].push_back(s.select(0, slot));
+      layer_weights[d] = flat_weights.slice(slot * per_layer, per_layer);
+    }
+    std::vector<LayerResult> results;
+    if (directions == 2 && together) {
+      results = run_pair(layer_input, batch_sizes, layer_states, layer_weights);
+    } else {
+      for (int64_t d = 0; d < directions; ++d) {
+        results.push_back(run_layer(layer_input, batch_sizes, layer_states[d], layer_weights[d],
+                                    d == 1));
+      }
+    }
+    for (const LayerResult& r : results) {
+      for (size_t k = 0; k < finals.size(); ++k) finals[k].push_back(r.second[k]);
+    }
+    layer_input = directions == 1 ? results[0].first
+                                  : at::cat({results[0].first, results[1].first}, -1);
+    if (dropout != 0 && train && layer < num_layers - 1) {
+      layer_input = at::dropout(layer_input, dropout, /*train=*/true);
+    }
+  }
+  Tensor output = layer_input;
+  if (directions == 1 && output.requires_grad()) output = output.clone();  // the op saved it
+  if (batch_first && dense) output.transpose_(0, 1);  // no view: output.detach_() works on it
+  std::vector<Tensor> result{output};
+  for (const std::vector<Tensor>& f : finals) result.push_back(at::stack(f, 0));
+  return result;
+}
+
+// A two-direction op (directions.cpp) on each direction's states and weights,
+// forward first (kWeights of each: LSTM's five, GRU's four): (output, final
+// states) per direction.
+template <size_t kWeights>
+std::vector<LayerResult> run_pair_op(const c10::TypedOperatorHandle<signature::LayerPair>& op,
+                                     const Tensor& input, const OptTensor& batch_sizes,
+                                     const std::array<std::vector<Tensor>, 2>& states,
+                                     const std::array<at::ArrayRef<Tensor>, 2>& weights,
+                                     bool has_biases) {
+  std::vector<Tensor> flat_states;
+  c10::List<OptTensor> flat_weights;
+  bool any_requires_grad = input.requires_grad();
+  for (int d = 0; d < 2; ++d) {
+    for (const Tensor& s : states[d]) {
+      flat_states.push_back(s);
+      any_requires_grad = any_requires_grad || s.requires_grad();
+    }
+    const LayerWeights w = split_weights(weights[d], has_biases);
+    const OptTensor ordered[5] = {w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr};
+    for (size_t k = 0; k < kWeights; ++k) {
+      flat_weights.push_back(ordered[k]);
+      any_requires_grad = any_requires_grad || (ordered[k].has_value() && ordered[k]->requires_grad());
+    }
+  }
+  const bool need_workspace = at::GradMode::is_enabled() && any_requires_grad;
+  const std::vector<Tensor> r = op.call(input, batch_sizes, flat_states, flat_weights, need_workspace);
+  const size_t per_direction = r.size() / 2;  // output and one final state per state argument
+  std::vector<LayerResult> results;
+  for (size_t k : {size_t{0}, per_direction}) {
+    results.push_back({r[k], std::vector<Tensor>(r.begin() + k + 1, r.begin() + k + per_direction)});
+  }
+  return results;
+}
+
+// Returns (output, h_n, c_n).
+std::vector<Tensor> lstm_stack(const Tensor& input, const OptTensor& batch_sizes, const Tensor& hx,
+                               const Tensor& cx, std::vector<Tensor> flat_weights, bool has_biases,
+                               int64_t num_layers, double dropout, bool train, bool bidirectional,
+                               bool batch_first, bool together) {
+  return run_stack(
+      input, batch_sizes, {hx, cx}, flat_weights, num_layers, dropout, train, bidirectional,
+      batch_first, together,
+      [&](const Tensor& x, const OptTensor& bs, const std::vector<Tensor>& s,
+          at::ArrayRef<Tensor> weights, bool reverse) -> LayerResult {
+        const LayerWeights w = split_weights(weights, has_biases);
+        auto [output, h_n, c_n] =
+            lstm_layer(x, bs, s[0], s[1], w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr, reverse);
+        return {output, {h_n, c_n}};
+      },
+      [&](const Tensor& x, const OptTensor& bs, const std::array<std::vector<Tensor>, 2>& s,
+          const std::array<at::ArrayRef<Tensor>, 2>& w) {
+        static const auto pair = op_handle<signature::LayerPair>("rnnfused::_lstm_layer_pair");
+        return run_pair_op<5>(pair, x, bs, s, w, has_biases);
+      });
+}
+
+// Returns (output, h_n).
+std::vector<Tensor> gru_stack(const Tensor& input, const OptTensor& batch_sizes, const Tensor& hx,
+                              std::vector<Tensor> flat_weights, bool has_biases, int64_t num_layers,
+                              double dropout, bool train, bool bidirectional, bool batch_first,
+                              bool together) {
+  return run_stack(
+      input, batch_sizes, {hx}, flat_weights, num_layers, dropout, train, bidirectional,
+      batch_first, together,
+      [&](const Tensor& x, const OptTensor& bs, const std::vector<Tensor>& s,
+          at::ArrayRef<Tensor> weights, bool reverse) -> LayerResult {
+        const LayerWeights w = split_weights(weights, has_biases);
+        auto [output, h_n] = gru_layer(x, bs, s[0], w.w_ih, w.w_hh, w.b_ih, w.b_hh, reverse);
+        return {output, {h_n}};
+      },
+      [&](const Tensor& x, const OptTensor& bs, const std::array<std::vector<Tensor>, 2>& s,
+          const std::array<at::ArrayRef<Tensor>, 2>& w) {
+        static const auto pair = op_handle<signature::LayerPair>("rnnfused::_gru_layer_pair");
+        return run_pair_op<4>(pair, x, bs, s, w, has_biases);
+      });
+}
+
+// Returns (output, h_n). (RNN layers have no two-direction op.)
+std::vector<Tensor> rnn_stack(const Tensor& input, const OptTensor& batch_sizes, const Tensor& hx,
+                              std::vector<Tensor> flat_weights, bool has_biases, int64_t num_layers,
+                              double dropout, bool train, bool bidirectional, bool batch_first,
+                              bool relu) {
+  return run_stack(
+      input, batch_sizes, {hx}, flat_weights, num_layers, dropout, train, bidirectional,
+      batch_first, /*together=*/false,
+      [&](const Tensor& x, const OptTensor& bs, const std::vector<Tensor>& s,
+          at::ArrayRef<Tensor> weights, bool reverse) -> LayerResult {
+        const LayerWeights w = split_weights(weights, has_biases);
+        auto [output, h_n] = rnn_layer(x, bs, s[0], w.w_ih, w.w_hh, w.b_ih, w.b_hh, relu, reverse);
+        return {output, {h_n}};
+      },
+      [](const Tensor&, const OptTensor&, const std::array<std::vector<Tensor>, 2>&,
+         const std::array<at::ArrayRef<Tensor>, 2>&) -> std::vector<LayerResult> {
+        TORCH_INTERNAL_ASSERT(false, "rnnfused: RNN layers run one direction at a time");
+      });
+}
+
 }  // namespace
 }  // namespace rnnfused
 
@@ -115,4 +299,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("lstm_cell", python_call(&rnnfused::lstm_cell));
   m.def("gru_cell", python_call(&rnnfused::gru_cell));
   m.def("rnn_cell", python_call(&rnnfused::rnn_cell));
+  m.def("lstm_stack", python_call(&rnnfused::lstm_stack));
+  m.def("gru_stack", python_call(&rnnfused::gru_stack));
+  m.def("rnn_stack", python_call(&rnnfused::rnn_stack));
 }

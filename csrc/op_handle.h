@@ -61,6 +61,11 @@ using RnnLayerGraph = std::vector<Tensor>(const Tensor&, const Tensor&, const Te
                                           const Tensor&, const OptTensor&, const OptTensor&, bool,
                                           bool, c10::List<bool>);
 
+// Both directions of a layer (directions.cpp): input, batch_sizes, states, weights,
+// need_workspace.
+using LayerPair = std::vector<Tensor>(const Tensor&, const OptTensor&, at::TensorList,
+                                      const c10::List<OptTensor>&, bool);
+
 }  // namespace signature
 
 // An optional argument as a possibly undefined tensor (for save_for_backward), and back.

@@ -399,6 +399,15 @@ def lstm(
     if batch_sizes is not None:
         _check_packed_lstm_batch(batch_sizes, hx[0], flat_weights[0].size(0))
     fused = _use_fused(input)
+    if fused and ops.stack_in_one_call(input, hx, flat_weights):
+        together = bidirectional and _directions_together(input, flat_weights[1])
+        output, h_n, c_n = ops.lstm_stack(
+            input, batch_sizes, hx, flat_weights, has_biases, num_layers, dropout, train,
+            bidirectional, batch_first, together,
+        )
+        if low is not None:
+            return output.to(h_dtype), h_n.to(h_dtype), c_n.to(c_dtype)
+        return output, h_n, c_n
 
     def layer(x, batch_sizes, states, weights, reverse):
         w_ih, w_hh, b_ih, b_hh, w_hr = _split_weights(weights, has_biases)
@@ -438,6 +447,15 @@ def gru(
         input, hx, *flat_weights = _cast((input, hx, *flat_weights), low)
     _check_stack_args(input, (hx,), flat_weights, _time_dim(batch_sizes, batch_first), has_biases)
     fused = _use_fused(input)
+    if fused and ops.stack_in_one_call(input, (hx,), flat_weights):
+        together = bidirectional and _directions_together(input, flat_weights[1])
+        output, h_n = ops.gru_stack(
+            input, batch_sizes, hx, flat_weights, has_biases, num_layers, dropout, train,
+            bidirectional, batch_first, together,
+        )
+        if low is not None:
+            return output.to(h_dtype), h_n.to(h_dtype)
+        return output, h_n
 
     def layer(x, batch_sizes, states, weights, reverse):
         w_ih, w_hh, b_ih, b_hh, _ = _split_weights(weights, has_biases)
@@ -480,6 +498,11 @@ def rnn(
     _check_stack_args(input, (hx,), flat_weights, _time_dim(batch_sizes, batch_first), has_biases)
     fused = _use_fused(input)
     relu = nonlinearity == "relu"
+    if fused and ops.stack_in_one_call(input, (hx,), flat_weights):
+        return ops.rnn_stack(
+            input, batch_sizes, hx, flat_weights, has_biases, num_layers, dropout, train,
+            bidirectional, batch_first, relu,
+        )
 
     def layer(x, batch_sizes, states, weights, reverse):
         w_ih, w_hh, b_ih, b_hh, _ = _split_weights(weights, has_biases)

@@ -142,6 +142,54 @@ def rnn_cell(
     return rnn_layer(input.unsqueeze(0), None, hx, w_ih, w_hh, b_ih, b_hh, relu, False)[1]
 
 
+def stack_in_one_call(input: Tensor, states: Sequence[Tensor], flat_weights: Sequence[Tensor]) -> bool:
+    """Whether a fused layer stack runs as one call of _C.*_stack (csrc/bindings.cpp:
+    the layers, the concatenation of directions, dropout and the finals' stacking in
+    C++) instead of functional._run_stack: where the layer ops' typed bindings
+    apply (_typed_call) and the input is a plain tensor."""
+    return type(input) is Tensor and _typed_call((input, *states, *flat_weights))
+
+
+def lstm_stack(
+    input: Tensor, batch_sizes: Tensor | None, hx: Sequence[Tensor], flat_weights: Sequence[Tensor],
+    has_biases: bool, num_layers: int, dropout: float, train: bool, bidirectional: bool,
+    batch_first: bool, together: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """functional._run_stack of LSTM layers in one call (where stack_in_one_call);
+    together: both directions of each layer at once. Returns (output, h_n, c_n)."""
+    output, h_n, c_n = _C.lstm_stack(
+        input, batch_sizes, hx[0], hx[1], list(flat_weights), has_biases, num_layers,
+        float(dropout), train, bidirectional, batch_first, together,
+    )
+    return output, h_n, c_n
+
+
+def gru_stack(
+    input: Tensor, batch_sizes: Tensor | None, hx: Tensor, flat_weights: Sequence[Tensor],
+    has_biases: bool, num_layers: int, dropout: float, train: bool, bidirectional: bool,
+    batch_first: bool, together: bool,
+) -> tuple[Tensor, Tensor]:
+    """As lstm_stack, for GRU layers. Returns (output, h_n)."""
+    output, h_n = _C.gru_stack(
+        input, batch_sizes, hx, list(flat_weights), has_biases, num_layers, float(dropout), train,
+        bidirectional, batch_first, together,
+    )
+    return output, h_n
+
+
+def rnn_stack(
+    input: Tensor, batch_sizes: Tensor | None, hx: Tensor, flat_weights: Sequence[Tensor],
+    has_biases: bool, num_layers: int, dropout: float, train: bool, bidirectional: bool,
+    batch_first: bool, relu: bool,
+) -> tuple[Tensor, Tensor]:
+    """As lstm_stack, for RNN layers (whose directions run in turn). Returns (output, h_n)."""
+    output, h_n = _C.rnn_stack(
+        input, batch_sizes, hx, list(flat_weights), has_biases, num_layers, float(dropout), train,
+        bidirectional, batch_first, relu,
+    )
+    return output, h_n
+
+
 def _pair_call(
     op: Any, input: Tensor, batch_sizes: Tensor | None, states: Sequence[Sequence[Tensor]],
     weights: Sequence[Sequence[Tensor | None]],

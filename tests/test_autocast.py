@@ -117,13 +117,13 @@ def test_fused_kernel_runs_in_the_low_dtype(device, monkeypatch):
     if functional.backend_for(device, torch.bfloat16) != "fused":
         pytest.skip("no fused kernel for bfloat16 here")
     seen = []
-    original = ops.gru_layer
+    original = ops.gru_stack  # the eager fused stack's one call: (input, batch_sizes, hx, weights, ...)
 
-    def spy(input, *args):
-        seen.append((input.dtype, args[1].dtype, args[2].dtype))
-        return original(input, *args)
+    def spy(input, batch_sizes, hx, flat_weights, *args):
+        seen.append((input.dtype, hx.dtype, flat_weights[0].dtype))
+        return original(input, batch_sizes, hx, flat_weights, *args)
 
-    monkeypatch.setattr(ops, "gru_layer", spy)
+    monkeypatch.setattr(ops, "gru_stack", spy)
     with torch.autocast(device, dtype=torch.bfloat16):
         fused(torch.randn(4, 2, INPUT_SIZE, device=device))
     # on CUDA torch.nn's layers run cuDNN in float16 under any autocast dtype, and so

@@ -8,6 +8,7 @@ import pickle
 
 import pytest
 import torch
+from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 import rnnfused
@@ -384,6 +385,38 @@ def test_dropout_train_is_random(kind, device):
     assert not torch.allclose(out_a, out_b), "two training calls gave the same output"
 
 
+@pytest.mark.parametrize("form", ["batched", "packed_unsorted"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time_first", "batch_first"])
+@BIDIR
+@KIND
+def test_stack_in_one_call_equals_python_stack(kind, bidirectional, batch_first, form, monkeypatch):
+    """An eager fused call runs its layers, dropout and the finals' stacking in one C++
+    call (ops.*_stack); functional._run_stack does the same in Python for traced and
+    compiled calls. Both give the same outputs and gradients, dropout included (the
+    same random draws in the same order), with both directions together (2 threads)."""
+    from rnnfused import ops
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _, fused = make_kind_twins(kind, num_layers=3, dropout=0.5, bidirectional=bidirectional,
+                                   batch_first=batch_first)
+        leaves, build = make_inputs(fused, form, True, "cpu", torch.float32)
+        torch.manual_seed(7)
+        one_call = run_module(fused, leaves, build)
+        monkeypatch.setattr(ops, "stack_in_one_call", lambda *args: False)
+        torch.manual_seed(7)
+        in_python = run_module(fused, leaves, build)
+    finally:
+        torch.set_num_threads(threads)
+    assert one_call.keys() == in_python.keys()
+    for key, value in one_call.items():
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(value, in_python[key], rtol=0, atol=0, msg=key)
+        else:
+            assert value == in_python[key], key
+
+
 @KIND
 def test_dropout_single_layer_warns_and_is_inert(kind, device):
     """dropout applies between layers only: num_layers=1 warns like torch.nn, and training
@@ -450,20 +483,28 @@ def test_functional_call_and_reassigned_weights_are_seen(name):
     torch.testing.assert_close(fused(x)[0], ref(x)[0])
 
 
+def _pair_nodes(tensor: torch.Tensor) -> int:
+    """The autograd nodes of the two-direction ops (csrc/directions.cpp) in tensor's graph."""
+    seen, pending, count = set(), [tensor.grad_fn], 0
+    while pending:
+        node = pending.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        count += "LayerPair" in node.name()
+        pending.extend(parent for parent, _ in node.next_functions)
+    return count
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16],
                          ids=["f32", "bf16", "f16"])
 @pytest.mark.parametrize("form", ["batched", "packed_unsorted"])
 @pytest.mark.parametrize("name", ["LSTM", "GRU"])
-def test_bidirectional_directions_run_together(name, form, dtype, monkeypatch):
+def test_bidirectional_directions_run_together(name, form, dtype):
     """Eager CPU float32, bfloat16 and float16 bidirectional layers run both directions
-    at once, a thread each (csrc/directions.cpp, through ops.*_layer_pair): outputs,
-    states and every gradient equal torch.nn's (16-bit: the low-precision rule), and the
-    pair op ran once per layer."""
-    from rnnfused import ops
-
-    wrapper = f"{name.lower()}_layer_pair"
-    pair, calls = getattr(ops, wrapper), []
-    monkeypatch.setattr(ops, wrapper, lambda *args: calls.append(1) or pair(*args))
+    at once, a thread each (csrc/directions.cpp, the pair ops): outputs, states and
+    every gradient equal torch.nn's (16-bit: the low-precision rule), and the pair op
+    ran once per layer (one autograd node each)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # the pair runs on 2 threads
     try:
@@ -472,9 +513,13 @@ def test_bidirectional_directions_run_together(name, form, dtype, monkeypatch):
             compare_modules(ref, fused, form, True, "cpu", dtype)
         else:  # within twice torch.nn's error against float64 (test_low_precision.py's rule)
             compare_low_precision(ref, fused, form, True, "cpu", dtype)
+        x = torch.randn(7, 3, 5, dtype=dtype)
+        if form == "packed_unsorted":
+            x = nn.utils.rnn.pack_padded_sequence(x, [5, 7, 2], enforce_sorted=False)
+        output = fused(x)[0]
+        assert _pair_nodes(output.data if form == "packed_unsorted" else output) == 2  # two layers
     finally:
         torch.set_num_threads(threads)
-    assert calls and len(calls) % 2 == 0, calls  # two layers per forward
 
 
 @pytest.mark.parametrize("name", ["LSTM", "GRU"])

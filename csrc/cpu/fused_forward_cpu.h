@@ -233,6 +233,7 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
   // layer, a float32 buffer beside a bfloat16 one.
   const at::Tensor partial = kFloat ? at::Tensor() : at::empty({B, G * H}, f32);
   const int threads = loop_threads(sz.batch * G * H * K, w.tiles);
+  const GemmsOnCallingThread projection_here(threads == 1);  // the chunks' projections
 
   using Step = decltype(make_step(int64_t{0}, nullptr, nullptr, static_cast<scalar_t*>(nullptr),
                                   nullptr));

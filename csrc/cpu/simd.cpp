@@ -107,6 +107,18 @@ bool blas_runs_avx512() {
 
 bool own_gemm_avx2() { return active_isa() == Isa::kAvx2 && !blas_runs_avx512(); }
 
+namespace {
+thread_local bool gemms_stay = false;
+}  // namespace
+
+bool gemms_on_calling_thread() { return gemms_stay; }
+
+GemmsOnCallingThread::GemmsOnCallingThread(bool on) : previous_(gemms_stay) {
+  gemms_stay = gemms_stay || on;
+}
+
+GemmsOnCallingThread::~GemmsOnCallingThread() { gemms_stay = previous_; }
+
 const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::kAvx512:

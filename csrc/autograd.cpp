@@ -131,6 +131,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_autograd(
     const Tensor& input, const OptTensor& batch_sizes, const Tensor& hx, const Tensor& cx,
     const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
     const OptTensor& w_hr, bool reverse, bool need_workspace) {
+  if (!autograd_records(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)) {
+    static const auto op = op_handle<signature::LstmLayer>("rnnfused::lstm_layer");
+    const at::AutoDispatchBelowADInplaceOrView below;
+    return op.call(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                   need_workspace);
+  }
   const variable_list r = LstmLayer::apply(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh,
                                            w_hr, reverse, need_workspace);
   return {r[0], r[1], r[2], r[3], r[4]};
@@ -185,6 +191,11 @@ std::tuple<Tensor, Tensor, Tensor> gru_layer_autograd(const Tensor& input,
                                                       const Tensor& w_hh, const OptTensor& b_ih,
                                                       const OptTensor& b_hh, bool reverse,
                                                       bool need_workspace) {
+  if (!autograd_records(input, hx, w_ih, w_hh, b_ih, b_hh)) {
+    static const auto op = op_handle<signature::GruLayer>("rnnfused::gru_layer");
+    const at::AutoDispatchBelowADInplaceOrView below;
+    return op.call(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, need_workspace);
+  }
   const variable_list r =
       GruLayer::apply(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, need_workspace);
   return {r[0], r[1], r[2]};
@@ -234,6 +245,11 @@ std::tuple<Tensor, Tensor> rnn_layer_autograd(const Tensor& input, const OptTens
                                               const Tensor& hx, const Tensor& w_ih,
                                               const Tensor& w_hh, const OptTensor& b_ih,
                                               const OptTensor& b_hh, bool relu, bool reverse) {
+  if (!autograd_records(input, hx, w_ih, w_hh, b_ih, b_hh)) {
+    static const auto op = op_handle<signature::RnnLayer>("rnnfused::rnn_layer");
+    const at::AutoDispatchBelowADInplaceOrView below;
+    return op.call(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse);
+  }
   const variable_list r =
       RnnLayer::apply(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse);
   return {r[0], r[1]};

@@ -231,6 +231,11 @@ std::vector<Tensor> lstm_layer_pair_autograd(const Tensor& input, const OptTenso
                                              at::TensorList states,
                                              const c10::List<OptTensor>& weights,
                                              bool need_workspace) {
+  if (!autograd_records(input, states, weights)) {
+    static const auto op = op_handle<signature::LayerPair>(kLstmPair);
+    const at::AutoDispatchBelowADInplaceOrView below;
+    return op.call(input, batch_sizes, states, weights, need_workspace);
+  }
   const auto h = fixed<4>(kLstmPair, "states", states);
   const auto w = fixed<10>(kLstmPair, "weights", weights);
   return LstmLayerPair::apply(input, batch_sizes, h[0], h[1], h[2], h[3], w[0], w[1], w[2], w[3],
@@ -326,6 +331,11 @@ std::vector<Tensor> gru_layer_pair_autograd(const Tensor& input, const OptTensor
                                             at::TensorList states,
                                             const c10::List<OptTensor>& weights,
                                             bool need_workspace) {
+  if (!autograd_records(input, states, weights)) {
+    static const auto op = op_handle<signature::LayerPair>(kGruPair);
+    const at::AutoDispatchBelowADInplaceOrView below;
+    return op.call(input, batch_sizes, states, weights, need_workspace);
+  }
   const auto h = fixed<2>(kGruPair, "states", states);
   const auto w = fixed<8>(kGruPair, "weights", weights);
   return GruLayerPair::apply(input, batch_sizes, h[0], h[1], w[0], w[1], w[2], w[3], w[4], w[5],

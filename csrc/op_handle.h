@@ -76,6 +76,36 @@ inline std::optional<at::Tensor> optional_of(const at::Tensor& t) {
   return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
 }
 
+// Whether autograd has anything to record for a call on these tensors: a node
+// (grad mode on and one requiring a gradient: Function::apply's is_executable) or
+// a forward-mode tangent on one (which the Functions refuse, as torch's C++ custom
+// Functions do). Where it has none, the Autograd kernels run the op straight below
+// autograd: under no_grad a Function's context, saved variables and wrapped
+// outputs are most of a small layer's host time outside its loop.
+inline bool autograd_records(const at::Tensor& t) {
+  return t.defined() && ((at::GradMode::is_enabled() && t.requires_grad()) ||
+                         t._fw_grad(/*level=*/0).defined());
+}
+inline bool autograd_records(const std::optional<at::Tensor>& t) {
+  return t.has_value() && autograd_records(*t);
+}
+inline bool autograd_records(at::TensorList list) {
+  for (const at::Tensor& t : list) {
+    if (autograd_records(t)) return true;
+  }
+  return false;
+}
+inline bool autograd_records(const c10::List<std::optional<at::Tensor>>& list) {
+  for (size_t i = 0; i < list.size(); ++i) {
+    if (autograd_records(static_cast<std::optional<at::Tensor>>(list[i]))) return true;
+  }
+  return false;
+}
+template <typename First, typename Second, typename... Rest>
+bool autograd_records(const First& first, const Second& second, const Rest&... rest) {
+  return autograd_records(first) || autograd_records(second, rest...);
+}
+
 // Autograd leaves the gradient of an unused output undefined (the Functions turn
 // off materialize_grads: materialising would also zero-fill the non-differentiable
 // workspace outputs, [N, 4H] per backward). The backward ops take zeros there.

@@ -146,6 +146,26 @@ def _check_stack_args(
             f"mat1 and mat2 shapes cannot be multiplied ({rows}x{input.size(-1)} and "
             f"{weights[0].size(1)}x{weights[0].size(0)})"
         )
+    if not (input.is_cpu and _all_cpu(hiddens) and _all_cpu(weights)):
+        _check_same_device(input, hiddens, weights)
+    for hidden in hiddens:
+        _check_same_dtype(hidden, weights[0], has_biases)
+    # reached by packed LSTM input (torch.nn checks the others); ATen's step multiplies
+    # the state before the input, so a state's mismatch is the one reported
+    _check_same_dtype(input, weights[0], has_biases)
+
+
+def _all_cpu(tensors: Sequence[Tensor]) -> bool:
+    """Whether every tensor is on the CPU, without building a torch.device per tensor
+    (a small layer's call pays for every attribute read of its checks)."""
+    for t in tensors:
+        if not t.is_cpu:
+            return False
+    return True
+
+
+def _check_same_device(input: Tensor, hiddens: Sequence[Tensor], weights: Sequence[Tensor]) -> None:
+    """ATen's errors for a state or a parameter on another device than the input."""
     device = input.device
     for hidden in hiddens:
         if hidden.device != device:
@@ -159,11 +179,6 @@ def _check_stack_args(
                 "Input and parameter tensors are not at the same device, found input tensor at "
                 f"{input.device} and parameter tensor at {weight.device}"
             )
-    for hidden in hiddens:
-        _check_same_dtype(hidden, weights[0], has_biases)
-    # reached by packed LSTM input (torch.nn checks the others); ATen's step multiplies
-    # the state before the input, so a state's mismatch is the one reported
-    _check_same_dtype(input, weights[0], has_biases)
 
 
 def _check_packed_lstm_batch(batch_sizes: Tensor, hx: Tensor, gate_rows: int) -> None:
@@ -578,13 +593,8 @@ def _check_cell(
     _check_same_dtype(input, w_ih, b_ih is not None)
     for hidden in hiddens:
         _check_same_dtype(hidden, w_hh, b_hh is not None)
-    if input.is_cpu:  # the common case, without building a torch.device per tensor
-        for t in hiddens:
-            if not t.is_cpu:
-                break
-        else:
-            if w_ih.is_cpu and w_hh.is_cpu:
-                return
+    if input.is_cpu and _all_cpu(hiddens) and w_ih.is_cpu and w_hh.is_cpu:
+        return
     device = input.device
     for t in (*hiddens, w_ih, w_hh):
         if t.device != device:

@@ -212,8 +212,12 @@ class ProjectedInput {
       lo = l;
       hi = h;
     }
-    Launch::gemm_nt(
-        NtProduct{buffer_.narrow(0, 0, hi - lo), input_.narrow(0, lo, hi - lo), w_ih_, bias_});
+    // The whole tensors where the chunk is all of them: a view costs ~1 us of a
+    // small layer's call.
+    const int64_t rows = hi - lo;
+    Launch::gemm_nt(NtProduct{rows == buffer_.size(0) ? buffer_ : buffer_.narrow(0, 0, rows),
+                              rows == input_.size(0) ? input_ : input_.narrow(0, lo, rows), w_ih_,
+                              bias_});
     first_row_ = lo;
     chunk_end_ = end;
   }

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd import forward_ad
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
@@ -45,12 +46,17 @@ def _torch_nn_runs(weights: Any) -> bool:
     (Expanded Weights, for per-sample gradients), which torch.nn's _VF calls handle
     by decomposition. Under torch.onnx.export too, which has ONNX's LSTM/GRU/RNN for
     torch.nn's ops and nothing for rnnfused's (its exporters trace, or compile, the
-    call). Never otherwise while torch.compile traces (its tensors are neither)."""
+    call). Inside a forward-mode AD level (torch.autograd.forward_ad.dual_level) too:
+    the ops' C++ autograd has no forward derivatives, torch.nn's ops do. Never
+    otherwise while torch.compile traces (its tensors are neither)."""
     if torch.compiler.is_compiling():
         return _onnx_exporting()
     if torch._C._is_tracing() and _onnx_exporting():
         return True
-    return torch._C._are_functorch_transforms_active() or torch._C._has_torch_function(weights)
+    return (
+        torch._C._are_functorch_transforms_active() or torch._C._has_torch_function(weights)
+        or forward_ad._current_level >= 0
+    )
 
 
 def _fx_leaf(module: nn.Module, input: Any, hx: Any) -> Any:

@@ -46,6 +46,30 @@ def test_func_grad_over_functional_call(kind):
         torch.testing.assert_close(grads[name], want, atol=1e-6, rtol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("kind", MODULE_KINDS + CELL_KINDS)
+def test_forward_mode_ad_as_torch_nn(kind):
+    """Inside torch.autograd.forward_ad.dual_level torch.nn's forward runs (the ops'
+    C++ autograd has no forward derivatives): the same primal and tangent, or the
+    same error where torch.nn has none (its CPU LSTM on oneDNN)."""
+    from torch.autograd import forward_ad
+
+    ref, fused = make_kind_twins(kind)
+    x, tangent = _input(kind), _input(kind)
+    results = []
+    for module in (ref, fused):
+        try:
+            with forward_ad.dual_level():
+                out = _first(module(forward_ad.make_dual(x, tangent)))
+                results.append(tuple(forward_ad.unpack_dual(out)))
+        except (NotImplementedError, RuntimeError) as error:
+            results.append((type(error), str(error)))
+    if isinstance(results[0][0], type):
+        assert results[1] == results[0]
+    else:
+        for got, want in zip(results[1], results[0], strict=True):
+            torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("kind", ["rnn_tanh", "lstm", "gru"])
 def test_per_sample_gradients_with_expanded_weights(kind):
     """call_for_per_sample_grads: each parameter's grad_sample[i] is the gradient of

@@ -11,8 +11,6 @@
 #include <torch/extension.h>
 
 #include <array>
-#include <functional>
-#include <initializer_list>
 #include <utility>
 #include <vector>
 
@@ -24,15 +22,6 @@ namespace {
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 
-// Whether autograd will need the op's saved workspace (ops.py's _backward_follows).
-bool backward_follows(std::initializer_list<std::reference_wrapper<const OptTensor>> tensors) {
-  if (!at::GradMode::is_enabled()) return false;
-  for (const OptTensor& t : tensors) {
-    if (t.has_value() && t->defined() && t->requires_grad()) return true;
-  }
-  return false;
-}
-
 // Returns (output, h_n, c_n): the workspaces, saved when a backward follows, stay
 // with autograd.
 std::tuple<Tensor, Tensor, Tensor> lstm_layer(const Tensor& input, const OptTensor& batch_sizes,
@@ -41,8 +30,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_layer(const Tensor& input, const OptTens
                                               const OptTensor& b_ih, const OptTensor& b_hh,
                                               const OptTensor& w_hr, bool reverse) {
   static const auto op = op_handle<signature::LstmLayer>("rnnfused::lstm_layer");
-  const OptTensor x = input, h = hx, c = cx, wi = w_ih, wh = w_hh;
-  const bool need_workspace = backward_follows({x, h, c, wi, wh, b_ih, b_hh, w_hr});
+  const bool need_workspace = backward_follows(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr);
   auto [output, h_n, c_n, gates, cells] =
       op.call(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, need_workspace);
   return {output, h_n, c_n};
@@ -53,8 +41,7 @@ std::tuple<Tensor, Tensor> gru_layer(const Tensor& input, const OptTensor& batch
                                      const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
                                      const OptTensor& b_ih, const OptTensor& b_hh, bool reverse) {
   static const auto op = op_handle<signature::GruLayer>("rnnfused::gru_layer");
-  const OptTensor x = input, h = hx, wi = w_ih, wh = w_hh;
-  const bool need_workspace = backward_follows({x, h, wi, wh, b_ih, b_hh});
+  const bool need_workspace = backward_follows(input, hx, w_ih, w_hh, b_ih, b_hh);
   auto [output, h_n, workspace] =
       op.call(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, need_workspace);
   return {output, h_n};
@@ -186,20 +173,13 @@ std::vector<LayerResult> run_pair_op(const c10::TypedOperatorHandle<signature::L
                                      bool has_biases) {
   std::vector<Tensor> flat_states;
   c10::List<OptTensor> flat_weights;
-  bool any_requires_grad = input.requires_grad();
   for (int d = 0; d < 2; ++d) {
-    for (const Tensor& s : states[d]) {
-      flat_states.push_back(s);
-      any_requires_grad = any_requires_grad || s.requires_grad();
-    }
+    flat_states.insert(flat_states.end(), states[d].begin(), states[d].end());
     const LayerWeights w = split_weights(weights[d], has_biases);
     const OptTensor ordered[5] = {w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr};
-    for (size_t k = 0; k < kWeights; ++k) {
-      flat_weights.push_back(ordered[k]);
-      any_requires_grad = any_requires_grad || (ordered[k].has_value() && ordered[k]->requires_grad());
-    }
+    for (size_t k = 0; k < kWeights; ++k) flat_weights.push_back(ordered[k]);
   }
-  const bool need_workspace = at::GradMode::is_enabled() && any_requires_grad;
+  const bool need_workspace = backward_follows(input, at::TensorList(flat_states), flat_weights);
   const std::vector<Tensor> r = op.call(input, batch_sizes, flat_states, flat_weights, need_workspace);
   const size_t per_direction = r.size() / 2;  // output and one final state per state argument
   std::vector<LayerResult> results;

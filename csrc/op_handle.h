@@ -76,34 +76,54 @@ inline std::optional<at::Tensor> optional_of(const at::Tensor& t) {
   return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
 }
 
-// Whether autograd has anything to record for a call on these tensors: a node
-// (grad mode on and one requiring a gradient: Function::apply's is_executable) or
-// a forward-mode tangent on one (which the Functions refuse, as torch's C++ custom
-// Functions do). Where it has none, the Autograd kernels run the op straight below
-// autograd: under no_grad a Function's context, saved variables and wrapped
-// outputs are most of a small layer's host time outside its loop.
-inline bool autograd_records(const at::Tensor& t) {
-  return t.defined() && ((at::GradMode::is_enabled() && t.requires_grad()) ||
-                         t._fw_grad(/*level=*/0).defined());
+// Whether `pred` holds for any defined tensor among the arguments: tensors,
+// optional tensors, tensor lists and lists of optional tensors, as the ops take them.
+template <typename Pred>
+bool any_tensor(const Pred& pred, const at::Tensor& t) {
+  return t.defined() && pred(t);
 }
-inline bool autograd_records(const std::optional<at::Tensor>& t) {
-  return t.has_value() && autograd_records(*t);
+template <typename Pred>
+bool any_tensor(const Pred& pred, const std::optional<at::Tensor>& t) {
+  return t.has_value() && any_tensor(pred, *t);
 }
-inline bool autograd_records(at::TensorList list) {
+template <typename Pred>
+bool any_tensor(const Pred& pred, at::TensorList list) {
   for (const at::Tensor& t : list) {
-    if (autograd_records(t)) return true;
+    if (any_tensor(pred, t)) return true;
   }
   return false;
 }
-inline bool autograd_records(const c10::List<std::optional<at::Tensor>>& list) {
+template <typename Pred>
+bool any_tensor(const Pred& pred, const c10::List<std::optional<at::Tensor>>& list) {
   for (size_t i = 0; i < list.size(); ++i) {
-    if (autograd_records(static_cast<std::optional<at::Tensor>>(list[i]))) return true;
+    if (any_tensor(pred, static_cast<std::optional<at::Tensor>>(list[i]))) return true;
   }
   return false;
 }
-template <typename First, typename Second, typename... Rest>
-bool autograd_records(const First& first, const Second& second, const Rest&... rest) {
-  return autograd_records(first) || autograd_records(second, rest...);
+template <typename Pred, typename First, typename Second, typename... Rest>
+bool any_tensor(const Pred& pred, const First& first, const Second& second, const Rest&... rest) {
+  return any_tensor(pred, first) || any_tensor(pred, second, rest...);
+}
+
+// Whether autograd will need a layer op's saved workspace (ops.py's
+// _backward_follows): grad mode on and an argument requiring a gradient.
+template <typename... Args>
+bool backward_follows(const Args&... args) {
+  return at::GradMode::is_enabled() &&
+         any_tensor([](const at::Tensor& t) { return t.requires_grad(); }, args...);
+}
+
+// Whether autograd has anything to record for a call on these arguments: a node
+// (backward_follows: Function::apply's is_executable) or a forward-mode tangent on
+// one (which the Functions refuse, as torch's C++ custom Functions do). Where it
+// has none, the Autograd kernels run the op straight below autograd: under no_grad
+// a Function's context, saved variables and wrapped outputs are most of a small
+// layer's host time outside its loop.
+template <typename... Args>
+bool autograd_records(const Args&... args) {
+  return backward_follows(args...) ||
+         any_tensor([](const at::Tensor& t) { return t._fw_grad(/*level=*/0).defined(); },
+                    args...);
 }
 
 // Autograd leaves the gradient of an unused output undefined (the Functions turn

@@ -420,23 +420,22 @@ def lstm(
             input, batch_sizes, hx, flat_weights, has_biases, num_layers, dropout, train,
             bidirectional, batch_first, together,
         )
-        if low is not None:
-            return output.to(h_dtype), h_n.to(h_dtype), c_n.to(c_dtype)
-        return output, h_n, c_n
+    else:
+        def layer(x, batch_sizes, states, weights, reverse):
+            w_ih, w_hh, b_ih, b_hh, w_hr = _split_weights(weights, has_biases)
+            fn = ops.lstm_layer if fused else reference.lstm_layer
+            output, h_n, c_n = fn(x, batch_sizes, states[0], states[1], w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+            return output, (h_n, c_n)
 
-    def layer(x, batch_sizes, states, weights, reverse):
-        w_ih, w_hh, b_ih, b_hh, w_hr = _split_weights(weights, has_biases)
-        fn = ops.lstm_layer if fused else reference.lstm_layer
-        output, h_n, c_n = fn(x, batch_sizes, states[0], states[1], w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
-        return output, (h_n, c_n)
+        def pair(x, batch_sizes, states, weights):
+            return ops.lstm_layer_pair(
+                x, batch_sizes, states, [_split_weights(w, has_biases) for w in weights]
+            )
 
-    def pair(x, batch_sizes, states, weights):
-        return ops.lstm_layer_pair(x, batch_sizes, states, [_split_weights(w, has_biases) for w in weights])
-
-    output, (h_n, c_n) = _run_stack(
-        layer, input, batch_sizes, tuple(hx), flat_weights, num_layers, dropout, train,
-        bidirectional, batch_first, pair if fused else None, own_output=fused,
-    )
+        output, (h_n, c_n) = _run_stack(
+            layer, input, batch_sizes, tuple(hx), flat_weights, num_layers, dropout, train,
+            bidirectional, batch_first, pair if fused else None, own_output=fused,
+        )
     if low is not None:
         return output.to(h_dtype), h_n.to(h_dtype), c_n.to(c_dtype)
     return output, h_n, c_n
@@ -468,25 +467,22 @@ def gru(
             input, batch_sizes, hx, flat_weights, has_biases, num_layers, dropout, train,
             bidirectional, batch_first, together,
         )
-        if low is not None:
-            return output.to(h_dtype), h_n.to(h_dtype)
-        return output, h_n
+    else:
+        def layer(x, batch_sizes, states, weights, reverse):
+            w_ih, w_hh, b_ih, b_hh, _ = _split_weights(weights, has_biases)
+            fn = ops.gru_layer if fused else reference.gru_layer
+            output, h_n = fn(x, batch_sizes, states[0], w_ih, w_hh, b_ih, b_hh, reverse)
+            return output, (h_n,)
 
-    def layer(x, batch_sizes, states, weights, reverse):
-        w_ih, w_hh, b_ih, b_hh, _ = _split_weights(weights, has_biases)
-        fn = ops.gru_layer if fused else reference.gru_layer
-        output, h_n = fn(x, batch_sizes, states[0], w_ih, w_hh, b_ih, b_hh, reverse)
-        return output, (h_n,)
+        def pair(x, batch_sizes, states, weights):
+            return ops.gru_layer_pair(
+                x, batch_sizes, states, [_split_weights(w, has_biases)[:4] for w in weights]
+            )
 
-    def pair(x, batch_sizes, states, weights):
-        return ops.gru_layer_pair(
-            x, batch_sizes, states, [_split_weights(w, has_biases)[:4] for w in weights]
+        output, (h_n,) = _run_stack(
+            layer, input, batch_sizes, (hx,), flat_weights, num_layers, dropout, train,
+            bidirectional, batch_first, pair if fused else None, own_output=fused,
         )
-
-    output, (h_n,) = _run_stack(
-        layer, input, batch_sizes, (hx,), flat_weights, num_layers, dropout, train,
-        bidirectional, batch_first, pair if fused else None, own_output=fused,
-    )
     if low is not None:
         return output.to(h_dtype), h_n.to(h_dtype)
     return output, h_n

@@ -528,6 +528,28 @@ def test_gemm_large_products(device):
                                a_t.double().t() @ w_kn.double(), **tol)
 
 
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_projection_over_chunks_matches_reference(kind, device):
+    """A layer whose input projection spans several chunks of ~512 rows (here 1100
+    rows: three) forms each chunk's product with W_ih packed once for all of them
+    (on AVX2 CPUs other than Intel's: gemm_avx2's panels, NtProduct::w_panels),
+    with partial panels (4 x 19 columns) and depths (37): torch.nn's outputs and
+    gradients with the same weights."""
+    torch.manual_seed(0)
+    theirs = getattr(torch.nn, kind)(37, 19).to(device)
+    ours = getattr(rnnfused, kind)(37, 19).to(device)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(100, 11, 37, device=device)
+    xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+    for model, inp in zip((theirs, ours), xs):
+        out, _ = model(inp)
+        out.square().sum().backward()
+    torch.testing.assert_close(ours(x)[0], theirs(x)[0], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(xs[1].grad, xs[0].grad, atol=1e-4, rtol=1e-4)
+    for (name, theirs_p), ours_p in zip(theirs.named_parameters(), ours.parameters()):
+        torch.testing.assert_close(ours_p.grad, theirs_p.grad, atol=1e-3, rtol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 16, 17])
 def test_gemm_nt_16bit(rows, dtype, device):

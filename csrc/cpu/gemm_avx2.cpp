@@ -4,15 +4,20 @@
 // cores, 6400 x 2048 x 512 at ~145 GFLOP/s of the 214 the FMA loop reaches, and
 // ~15 us of fixed cost a call (a 4 x 64 x 256 product). The layout is
 // gemm_avx512.cpp's on 8-lane vectors: each 16-column panel of w is transposed in
-// registers (8 x 8 blocks) into an L1 buffer [kc, 16] and the rows of `a` are
-// broadcast against it, 6 rows x 16 columns of accumulators at a time (12: Zen 2's
-// FMA latency of 5 cycles on 2 ports needs 10), the units of work split as there
-// (gemm_split.h).
+// registers (8 x 8 blocks) into [kc, 16] (once for the whole product where several
+// row blocks read it, else a depth at a time in an L1 buffer), each 6-row register
+// block of `a` packed to [kc, 6] as it is first read, and the block's rows
+// broadcast against the panel, 6 rows x 16 columns of accumulators at a time (12:
+// Zen 2's FMA latency of 5 cycles on 2 ports needs 10), the units of work split
+// as there (gemm_split.h).
 // The standard headers come before the target pragma (see gemm_avx512.cpp).
 #include <omp.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <new>
 
 #pragma GCC target("avx2,fma")
 
@@ -76,17 +81,44 @@ inline void store_lanes(float* p, __m256i m, bool whole, __m256 v) {
   }
 }
 
-// out[r][c] (+)= sum_k a[r][k] panel[k][c] for r < ROWS, c < 16 (lanes in m0, m1), as
-// gemm_avx512.cpp's row_block: from 0 on the first panel depth, from out on the
-// later ones; `bias` (last depth only) added after the products. a[r][k] at
-// a + r * lda + k * ldk, one of the two strides 1 (kColumns: lda). The loops over
-// r are unrolled by pragma: else GCC kept the accumulators in registers and
-// stored each to the stack every k as well (90 GFLOP/s against 171).
-template <int ROWS, bool kColumns>
-void row_block(const float* a, int64_t stride, const float* panel, int64_t kc, float* out,
-               int64_t ldo, __m256i m0, __m256i m1, bool whole, const float* bias,
-               bool from_out) {
-  const int64_t lda = kColumns ? 1 : stride, ldk = kColumns ? stride : 1;
+// Rows [r0, r0 + rows) of `a` (rows <= 6) over depths [k0, k0 + kc) at
+// packed[k * 6 + r], the layout row_block reads: its 6 broadcasts a step from one
+// line, the block's whole slice streaming in order. (Read in place from L2, six
+// rows' lines at once, the kernel ran at 62-82% of a Zen 2 core's FMA peak against
+// 94-100% packed, whatever a's row stride.) Lanes past `rows` are zeros; each
+// 8-float store spills 2 of them into the next depth's place, which the next store
+// overwrites: `packed` holds kc * 6 + 2 floats.
+void pack_rows(const NtGemm& g, int64_t r0, int64_t rows, int64_t k0, int64_t kc, float* packed) {
+  const float* a = static_cast<const float*>(g.a);
+  if (g.lda_k == 1) {
+    for (int64_t kb = 0; kb < kc; kb += 8) {
+      const __m256i cols = first_lanes(kc - kb);
+      __m256 r[8];
+      for (int64_t i = 0; i < 8; ++i) {
+        r[i] = i < rows ? _mm256_maskload_ps(a + (r0 + i) * g.lda + k0 + kb, cols)
+                        : _mm256_setzero_ps();
+      }
+      transpose8(r);
+      const int64_t depth = std::min<int64_t>(8, kc - kb);
+      for (int64_t k = 0; k < depth; ++k) _mm256_storeu_ps(packed + (kb + k) * kRowBlock, r[k]);
+    }
+  } else {  // a by columns (lda 1): a step's rows side by side
+    const __m256i lanes = first_lanes(rows);
+    for (int64_t k = 0; k < kc; ++k) {
+      _mm256_storeu_ps(packed + k * kRowBlock,
+                       _mm256_maskload_ps(a + r0 + (k0 + k) * g.lda_k, lanes));
+    }
+  }
+}
+
+// out[r][c] (+)= sum_k a[k][r] panel[k][c] for r < ROWS, c < 16 (lanes in m0, m1),
+// `a` a register block packed by pack_rows: from 0 on the first panel depth, from
+// out on the later ones; `bias` (last depth only) added after the products. The
+// loops over r are unrolled by pragma: else GCC kept the accumulators in registers
+// and stored each to the stack every k as well (90 GFLOP/s against 171).
+template <int ROWS>
+void row_block(const float* a, const float* panel, int64_t kc, float* out, int64_t ldo, __m256i m0,
+               __m256i m1, bool whole, const float* bias, bool from_out) {
   __m256 acc0[ROWS], acc1[ROWS];
   _Pragma("GCC unroll 8") for (int r = 0; r < ROWS; ++r) {
     acc0[r] = from_out ? _mm256_maskload_ps(out + r * ldo, m0) : _mm256_setzero_ps();
@@ -96,7 +128,7 @@ void row_block(const float* a, int64_t stride, const float* panel, int64_t kc, f
     const __m256 p0 = _mm256_load_ps(panel + k * kPanel);
     const __m256 p1 = _mm256_load_ps(panel + k * kPanel + 8);
     _Pragma("GCC unroll 8") for (int r = 0; r < ROWS; ++r) {
-      const __m256 x = _mm256_broadcast_ss(a + r * lda + k * ldk);
+      const __m256 x = _mm256_broadcast_ss(a + k * kRowBlock + r);
       acc0[r] = _mm256_fmadd_ps(x, p0, acc0[r]);
       acc1[r] = _mm256_fmadd_ps(x, p1, acc1[r]);
     }
@@ -114,41 +146,92 @@ void row_block(const float* a, int64_t stride, const float* panel, int64_t kc, f
   }
 }
 
-using RowBlockFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t,
-                            __m256i, __m256i, bool, const float*, bool);
-template <bool kColumns>
-constexpr RowBlockFn kRowBlocks[kRowBlock] = {
-    row_block<1, kColumns>, row_block<2, kColumns>, row_block<3, kColumns>,
-    row_block<4, kColumns>, row_block<5, kColumns>, row_block<6, kColumns>};
+using RowBlockFn = void (*)(const float*, const float*, int64_t, float*, int64_t, __m256i, __m256i,
+                            bool, const float*, bool);
+constexpr RowBlockFn kRowBlocks[kRowBlock] = {row_block<1>, row_block<2>, row_block<3>,
+                                              row_block<4>, row_block<5>, row_block<6>};
 
-// Unit u of product g (gemm_split.h): its panel group over its row block.
-void run_unit(const NtGemm& g, const GemmSplit& s, int64_t u) {
-  const float* a = static_cast<const float*>(g.a);
+// Floats of one register block's packed slice of `a` (pack_rows), padded to whole lines.
+constexpr int64_t kPackedBlockFloats = (kDepth * kRowBlock + 2 + 15) / 16 * 16;
+
+// Panels [begin, end) of w, each over all of K, at packed (panel p's depth k at
+// packed + (p * K + k) * 16): the layout form_panel writes a depth at a time.
+void pack_panels(const NtGemm& g, int64_t begin, int64_t end, float* packed) {
+  const float* w = static_cast<const float*>(g.w);
+  for (int64_t p = begin; p < end; ++p) {
+    float* panel = packed + p * g.K * kPanel;
+    if (g.w_kn) {
+      copy_panel(w, g.N, p * kPanel, 0, g.K, panel);
+    } else {
+      transpose_panel(w, g.N, g.K, p * kPanel, 0, g.K, panel);
+    }
+  }
+}
+
+// Unit u of product g (gemm_split.h): its panel group over its row block, the
+// panels read from `packed` (pack_panels, all of w) when not null, else formed
+// a depth at a time in an L1 buffer; its rows' slice of `a` packed a depth at a
+// time into `a_packed` (kPackedBlockFloats a register block) as the group's
+// first panel reaches them.
+void run_unit(const NtGemm& g, const GemmSplit& s, int64_t u, const float* packed,
+              float* a_packed) {
   const float* w = static_cast<const float*>(g.w);
   const float* bias = static_cast<const float*>(g.bias);
   float* out = static_cast<float*>(g.out);
   if (g.K == 0) return fill_without_depth(g.M, g.N, bias, out, g.ldo, g.accumulate);
-  alignas(32) float panel[kDepth * kPanel];
-  const bool columns = g.lda_k != 1;  // then lda is 1 (NtGemm)
-  const RowBlockFn* blocks = columns ? kRowBlocks<true> : kRowBlocks<false>;
-  const int64_t stride = columns ? g.lda_k : g.lda;
+  alignas(32) float buffer[kDepth * kPanel];
+  const float* panel = buffer;
+  const int64_t first_panel = s.first_panel(u), first_row = s.first_row(u);
+  const int64_t last_row = std::min(g.M, first_row + s.rows);
   walk_unit(
       s, u, g.M, g.K, kDepth, kRowBlock,
       [&](int64_t p, int64_t k0, int64_t kc) {
-        if (g.w_kn) {
-          copy_panel(w, g.N, p * kPanel, k0, kc, panel);
+        if (packed != nullptr) {
+          panel = packed + (p * g.K + k0) * kPanel;
+        } else if (g.w_kn) {
+          copy_panel(w, g.N, p * kPanel, k0, kc, buffer);
         } else {
-          transpose_panel(w, g.N, g.K, p * kPanel, k0, kc, panel);
+          transpose_panel(w, g.N, g.K, p * kPanel, k0, kc, buffer);
         }
       },
       [&](int64_t r0, int64_t rows, int64_t p, int64_t k0, int64_t kc) {
+        float* a = a_packed + (r0 - first_row) / kRowBlock * kPackedBlockFloats;
+        if (p == first_panel) pack_rows(g, r0, rows, k0, kc, a);
+        // The next block's out tile asked for now: its lines, a row stride apart
+        // (8 KB for a 2048-column projection), otherwise miss when it starts.
+        for (int64_t r = r0 + kRowBlock; r < std::min(last_row, r0 + 2 * kRowBlock); ++r) {
+          _mm_prefetch(reinterpret_cast<const char*>(out + r * g.ldo + p * kPanel), _MM_HINT_T0);
+        }
         const int64_t n0 = p * kPanel;
         const bool last = k0 + kc == g.K;
-        blocks[rows - 1](a + r0 * g.lda + k0 * g.lda_k, stride, panel, kc, out + r0 * g.ldo + n0,
-                         g.ldo, first_lanes(g.N - n0), first_lanes(g.N - n0 - 8),
-                         g.N - n0 >= kPanel, last && bias ? bias + n0 : nullptr,
-                         k0 > 0 || g.accumulate);
+        kRowBlocks[rows - 1](a, panel, kc, out + r0 * g.ldo + n0, g.ldo, first_lanes(g.N - n0),
+                             first_lanes(g.N - n0 - 8), g.N - n0 >= kPanel,
+                             last && bias ? bias + n0 : nullptr, k0 > 0 || g.accumulate);
       });
+}
+
+struct FreeDeleter {
+  void operator()(float* p) const { std::free(p); }
+};
+
+// `floats` floats, 64-byte aligned, or null when the memory is not there.
+std::unique_ptr<float[], FreeDeleter> aligned_floats(int64_t floats) {
+  const size_t bytes = (static_cast<size_t>(floats) * sizeof(float) + 63) / 64 * 64;
+  return std::unique_ptr<float[], FreeDeleter>(static_cast<float*>(std::aligned_alloc(64, bytes)));
+}
+
+// The calling thread's scratch of at least `floats` floats, kept between calls
+// (a cell's products take microseconds: no allocation a call). Throws
+// std::bad_alloc outside any parallel region when the memory is not there.
+float* calling_thread_scratch(int64_t floats) {
+  thread_local std::unique_ptr<float[], FreeDeleter> scratch;
+  thread_local int64_t size = 0;
+  if (size < floats) {
+    scratch = aligned_floats(floats);
+    size = scratch != nullptr ? floats : 0;
+    if (scratch == nullptr) throw std::bad_alloc();
+  }
+  return scratch.get();
 }
 
 }  // namespace
@@ -156,22 +239,63 @@ void run_unit(const NtGemm& g, const GemmSplit& s, int64_t u) {
 void gemm_avx2(const NtGemm* gemms, int count) {
   GemmSplit splits[kMaxNtGemms];
   int64_t first[kMaxNtGemms + 1] = {0};  // product j's units: [first[j], first[j + 1])
-  int64_t work = 0;
+  // Product j's panels packed once for all its units where more than one row
+  // block reads each and the caller has not (NtGemm::w_packed); without the
+  // memory, each unit forms its panels. (Two Zen 2 cores, 6400 x 2048 x 512 NT:
+  // 131 -> 151 GFLOP/s, best of four.)
+  std::unique_ptr<float[], FreeDeleter> packed[kMaxNtGemms];
+  bool any_packed = false;
+  int64_t work = 0, most_rows = 0;
   for (int j = 0; j < count; ++j) {
     const NtGemm& g = gemms[j];
     // Here, not in the threads: split_gemm reads omp_get_max_threads(), which a
     // parallel region may answer differently.
-    splits[j] = split_gemm(g.M, g.N, g.K, g.lda_k != 1, kPanel, kRowBlock);
+    // a packed by register blocks (pack_rows): its columns read whole lines either way.
+    splits[j] = split_gemm(g.M, g.N, g.K, /*a_by_columns=*/false, kPanel, kRowBlock);
+    most_rows = std::max(most_rows, splits[j].rows);
     first[j + 1] = first[j] + splits[j].units();
     work += g.M * g.N * g.K;
+    if (g.w_packed == nullptr && splits[j].blocks > 1 && !splits[j].no_depth && !splits[j].empty) {
+      packed[j] = aligned_floats(gemm_avx2_panel_floats(g.N, g.K));
+      any_packed = any_packed || packed[j] != nullptr;
+    }
   }
   const int64_t units = first[count];
   const int threads = gemm_threads(work, units);
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-  for (int64_t u = 0; u < units; ++u) {
-    int j = 0;
-    while (u >= first[j + 1]) ++j;
-    run_unit(gemms[j], splits[j], u - first[j]);
+  // Each thread's packed slices of `a`: a unit's rows, a register block at a time.
+  const int64_t slice_floats = kPackedBlockFloats * std::max<int64_t>(1, most_rows / kRowBlock);
+  float* const slices = calling_thread_scratch(slice_floats * threads);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    float* const a_packed = slices + slice_floats * omp_get_thread_num();
+    if (any_packed) {
+      const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+      for (int j = 0; j < count; ++j) {
+        if (packed[j] == nullptr) continue;
+        const int64_t panels = splits[j].panels;
+        pack_panels(gemms[j], panels * t / nt, panels * (t + 1) / nt, packed[j].get());
+      }
+#pragma omp barrier
+    }
+#pragma omp for schedule(static)
+    for (int64_t u = 0; u < units; ++u) {
+      int j = 0;
+      while (u >= first[j + 1]) ++j;
+      run_unit(gemms[j], splits[j], u - first[j],
+               gemms[j].w_packed != nullptr ? gemms[j].w_packed : packed[j].get(), a_packed);
+    }
+  }
+}
+
+int64_t gemm_avx2_panel_floats(int64_t N, int64_t K) { return (N + kPanel - 1) / kPanel * K * kPanel; }
+
+void pack_gemm_avx2_panels(const NtGemm& g, float* dst) {
+  const int64_t panels = (g.N + kPanel - 1) / kPanel;
+  const int threads = gemm_threads(g.N * g.K * 8, panels);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    pack_panels(g, panels * t / nt, panels * (t + 1) / nt, dst);
   }
 }
 

@@ -32,6 +32,9 @@ struct GemmSplit {
   bool no_depth = false;  // K is 0: out = bias (or 0), one unit
 
   int64_t units() const { return empty ? 0 : no_depth ? 1 : blocks * groups; }
+  // Unit u's first panel and first row.
+  int64_t first_panel(int64_t u) const { return u % groups * group; }
+  int64_t first_row(int64_t u) const { return u / groups * rows; }
 };
 
 inline GemmSplit split_gemm(int64_t M, int64_t N, int64_t K, bool a_by_columns, int64_t panel,
@@ -69,8 +72,8 @@ inline void fill_without_depth(int64_t M, int64_t N, const float* bias, float* o
 template <typename FormPanel, typename RunBlock>
 void walk_unit(const GemmSplit& s, int64_t u, int64_t M, int64_t K, int64_t depth,
                int64_t row_block, const FormPanel& form_panel, const RunBlock& run_block) {
-  const int64_t p_begin = u % s.groups * s.group, p_end = std::min(s.panels, p_begin + s.group);
-  const int64_t m_begin = u / s.groups * s.rows, m_end = std::min(M, m_begin + s.rows);
+  const int64_t p_begin = s.first_panel(u), p_end = std::min(s.panels, p_begin + s.group);
+  const int64_t m_begin = s.first_row(u), m_end = std::min(M, m_begin + s.rows);
   for (int64_t k0 = 0; k0 < K; k0 += depth) {
     const int64_t kc = std::min(depth, K - k0);
     for (int64_t p = p_begin; p < p_end; ++p) {

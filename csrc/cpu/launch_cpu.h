@@ -139,10 +139,12 @@ struct CpuLaunch {
     int count = 0;
     for (const NtProduct& p : products) {
       if (takes_small_gemm(p)) {
-        small[count++] = {p.a.size(0), p.w.size(0), p.a.size(1), p.a.data_ptr(),
-                          p.a.stride(0), p.w.data_ptr(),
-                          p.bias.defined() ? p.bias.data_ptr() : nullptr,
-                          p.out.data_ptr(), p.out.stride(0), storage_of(p.out)};
+        small[count] = {p.a.size(0), p.w.size(0), p.a.size(1), p.a.data_ptr(),
+                        p.a.stride(0), p.w.data_ptr(),
+                        p.bias.defined() ? p.bias.data_ptr() : nullptr,
+                        p.out.data_ptr(), p.out.stride(0), storage_of(p.out)};
+        if (p.w_panels.defined()) small[count].w_packed = p.w_panels.data_ptr<float>();
+        ++count;
       } else if (widens_bf16(p.a)) {
         gemm_nt_widened(p);
       } else {
@@ -153,6 +155,27 @@ struct CpuLaunch {
 #else
     for (const NtProduct& p : products) gemm_nt_aten(p);
 #endif
+  }
+
+  // w [N, K] (a product's NtProduct::w) in gemm_avx2's panels, for products that
+  // share it (the input projection's chunks: without, each chunk's product packs
+  // it again, 13 times for an LSTM of T 100, B 64, H 512), where gemm_avx2 takes
+  // them (cpu::own_gemm_avx2, float32); else undefined.
+  static at::Tensor pack_gemm_weights(const at::Tensor& w) {
+#if defined(__x86_64__)
+    if (cpu::own_gemm_avx2() && w.scalar_type() == at::kFloat && w.dim() == 2 &&
+        w.is_contiguous() && w.numel() > 0) {
+      const int64_t N = w.size(0), K = w.size(1);
+      at::Tensor panels = cpu::empty_on_huge_pages({cpu::gemm_avx2_panel_floats(N, K)}, w.options());
+      cpu::NtGemm g{};
+      g.N = N;
+      g.K = K;
+      g.w = w.data_ptr();
+      cpu::pack_gemm_avx2_panels(g, panels.data_ptr<float>());
+      return panels;
+    }
+#endif
+    return at::Tensor();
   }
 
   // out (+)= a @ w, w [K, N] as stored (the backward's d_pre @ W_hh and its
@@ -171,7 +194,8 @@ struct CpuLaunch {
     // float32 from 2 rows: MKL's one-row product is ahead (1 x 256 x 64: 2.1 vs 3.4 us).
     // gemm_avx2 from 4 rows, and not by columns (the weight gradients' d_pre^T:
     // 2048 x 6400 x 512 at 104 GFLOP/s against MKL's 142 on two Zen 2 cores, its
-    // 6-row blocks reading 24 bytes of each line of a).
+    // 6-row blocks reading 24 bytes of each line of a; with a's register blocks
+    // packed, 103 against 133: the packing's strided reads, a page apart each k).
     const bool avx2 = cpu::own_gemm_avx2();
     const bool small = f32 ? a.size(0) >= (avx2 ? kAvx2GemmRows : 2) && !(avx2 && by_columns) &&
                                  within_own_gemm(a.size(0) * a.size(1) * w.size(1))

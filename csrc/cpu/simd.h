@@ -184,6 +184,8 @@ struct NtGemm {
   bool w_kn = false;
   bool accumulate = false;
   int64_t lda_k = 1;
+  // w already in gemm_avx2's panel layout (pack_gemm_avx2_panels), or null.
+  const float* w_packed = nullptr;
 };
 constexpr int kMaxNtGemms = 2;
 
@@ -196,6 +198,13 @@ void gemm_nt_small_avx512(const NtGemm* products, int count);
 // The same products in float32 on AVX2 (gemm_avx2.cpp), 4 rows of `a` or more:
 // where the CPU lacks AVX-512 and its BLAS is slow (not Intel's: own_gemm_avx2).
 void gemm_avx2(const NtGemm* products, int count);
+// gemm_avx2's panels of a float32 product's w (NtGemm's N, K, w, w_kn; the rest
+// unread): ceil(N / 16) panels of K x 16 floats, gemm_avx2_panel_floats(N, K) in
+// all, written at dst on the threads of one parallel region. A w read by many
+// products (the input projection's chunks) packed once for all of them
+// (NtGemm::w_packed): else each product packs it anew.
+int64_t gemm_avx2_panel_floats(int64_t N, int64_t K);
+void pack_gemm_avx2_panels(const NtGemm& g, float* dst);
 // Whether gemm_avx2 takes the float32 products of 4+ rows: the AVX2 kernels
 // active and the CPU not Intel's (blas_runs_avx512 false: MKL's generic path).
 bool own_gemm_avx2();

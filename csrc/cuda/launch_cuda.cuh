@@ -144,6 +144,9 @@ struct CudaLaunch {
     (gemm_nt_one(each), ...);
   }
 
+  // cuBLAS takes w as stored: nothing to pack (NtProduct::w_panels).
+  static at::Tensor pack_gemm_weights(const at::Tensor&) { return at::Tensor(); }
+
   static void gemm_nn(const at::Tensor& out, const at::Tensor& a, const at::Tensor& w,
                       bool accumulate) {
     if (!cublas_direct::gemm(out, a, w, /*transpose_w=*/false, accumulate)) {

@@ -131,8 +131,10 @@ class Schedule {
 // out = a @ w^T (+ bias), into an existing buffer. a: [m, k], w: [n, k],
 // bias: [n] or undefined, out: [m, n]. Each launcher's gemm_nt(products) forms
 // one or more of them, on ATen's GEMM (gemm_nt_aten) or a kernel of its own.
+// w_panels: w in the launcher's own GEMM layout (Launch::pack_gemm_weights), or
+// undefined.
 struct NtProduct {
-  at::Tensor out, a, w, bias;
+  at::Tensor out, a, w, bias, w_panels;
 };
 
 // On ATen's GEMM: cuBLAS, the CPU BLAS.
@@ -180,6 +182,8 @@ class ProjectedInput {
     for (int64_t s = 0; s < sched.steps(); ++s) widest = std::max(widest, sched.rows(s));
     buffer_ = Launch::empty({std::max(widest, std::min(kChunkRows, input.size(0))), w_ih.size(0)},
                         input.options());
+    // Packed once for every chunk's product where there are several.
+    if (input.size(0) > buffer_.size(0)) w_panels_ = Launch::pack_gemm_weights(w_ih);
   }
 
   // [rows(s), G*H]: the projection of step s's rows. Steps are visited in order;
@@ -217,7 +221,7 @@ class ProjectedInput {
     const int64_t rows = hi - lo;
     Launch::gemm_nt(NtProduct{rows == buffer_.size(0) ? buffer_ : buffer_.narrow(0, 0, rows),
                               rows == input_.size(0) ? input_ : input_.narrow(0, lo, rows), w_ih_,
-                              bias_});
+                              bias_, w_panels_});
     first_row_ = lo;
     chunk_end_ = end;
   }
@@ -227,6 +231,7 @@ class ProjectedInput {
   const at::Tensor& w_ih_;
   const at::Tensor& bias_;
   at::Tensor buffer_;
+  at::Tensor w_panels_;
   int64_t first_row_ = 0;
   int64_t chunk_end_ = 0;
 };

@@ -327,15 +327,16 @@ def test_long_packed_sequence_spans_projection_chunks(kind, reverse, device):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("hidden,batch", [(16, 1), (40, 5), (64, 9), (21, 11)])
+@pytest.mark.parametrize("hidden,batch", [(16, 1), (40, 5), (64, 9), (21, 11), (29, 7)])
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
 def test_float32_tiles(kind, hidden, batch, packed, device):
     """float32 forward and backward at sizes with whole and partial tiles (16 units
     with AVX-512, 8 with AVX2; 32- and 16-unit blocks in the backward; 21: a partial
-    tile, and a reduction that ends inside an 8 x 8 block of the AVX2 packing), row
-    blocks with remainders of every size the ISAs' blocks leave at these batches, and
-    (at 64 x 9) two threads: the CPU's persistent fused loops, against the float64
-    reference."""
+    tile, and a reduction that ends inside an 8 x 8 block of the AVX2 packing; with
+    AVX2 an RNN's tiles go two at a time, 29 ending a pair with a partial tile and 40
+    leaving one alone), row blocks with remainders of every size the ISAs' blocks
+    leave at these batches, and (at 64 x 9) two threads: the CPU's persistent fused
+    loops, against the float64 reference."""
     torch.manual_seed(hidden * 100 + batch)
     gates = GATES[kind]
     out = hidden if kind != "lstm_proj" else hidden // 2

@@ -13,6 +13,8 @@
 //                           accumulators, enough to cover the FMA latency, few
 //                           enough to leave registers for the C weight vectors
 //   kBackwardRows           rows per block of the backward (rows x 2 accumulators)
+//   kPairTiles, kPairRows   whether a single-gate layer's (RNN's) tiles are formed two
+//                           at a time (one vector of each), in blocks of kPairRows rows
 //   kPackByGathers          W_hh packed by gather(mask, p, lane_offsets(stride)), else
 //                           by transpose(V (&)[kLanes]) of kLanes x kLanes blocks
 // Tiles are kLanes hidden units wide (PackedRecurrent), the backward's blocks 2 x kLanes
@@ -37,13 +39,15 @@ namespace rnnfused {
 namespace cpu {
 namespace {
 
-// part[m][c] += rows[m][k] * w[k][c * L .. c * L + L - 1] for one k (L = kLanes), where
-// w's rows are kStride vectors apart (the first C of them used).
+// part[m][c] += rows[m][k] * w[k * kStride * L + c * column .. + L - 1] for one k (L =
+// kLanes): w's rows are kStride vectors apart, column c's vector `column` floats
+// after column 0's (L: the C vectors side by side, or another tile's).
 template <typename S, int M, int C, int kStride>
 __attribute__((always_inline)) inline void tile_step(const float* w, const float* const* rows,
-                                                     int64_t k, typename S::V (&part)[M][C]) {
+                                                     int64_t k, int64_t column,
+                                                     typename S::V (&part)[M][C]) {
   typename S::V wk[C];
-  for (int c = 0; c < C; ++c) wk[c] = S::load(w + (k * kStride + c) * S::kLanes);
+  for (int c = 0; c < C; ++c) wk[c] = S::load(w + k * kStride * S::kLanes + c * column);
   for (int m = 0; m < M; ++m) {
     const typename S::V a = S::broadcast(rows[m][k]);
     for (int c = 0; c < C; ++c) part[m][c] = S::fma(a, wk[c], part[m][c]);
@@ -66,19 +70,21 @@ struct PanelPrefetch {
 };
 
 // acc[m][c] += sum_{k0 <= k < k1} rows[m][k] * w[k][c * L .. c * L + L - 1] for M
-// rows, w's rows kStride vectors apart: M * C accumulators live in registers, the
+// rows, w's rows kStride vectors apart (column c `column` floats from column 0:
+// tile_step): M * C accumulators live in registers, the
 // packed tile streams from L1. Fewer than 8 accumulators cannot hide the FMA
 // latency (4-5 cycles, 2 ports): a few rows (a batch of 1, the rows left over) then
 // split k over P partial sums. `prefetch` runs along (whole blocks only: a few
 // rows reuse a panel too little for it to pay).
 template <typename S, int M, int C, int kStride = C>
 __attribute__((always_inline)) inline void tile_product(const float* w, const float* const* rows, int64_t k0, int64_t k1,
-                         typename S::V (&acc)[M][C], PanelPrefetch prefetch = {}) {
+                         typename S::V (&acc)[M][C], PanelPrefetch prefetch = {},
+                         int64_t column = S::kLanes) {
   constexpr int P = M * C >= 8 ? 1 : M * C >= 4 ? 2 : M * C >= 2 ? 4 : 8;
   if constexpr (P == 1) {
     for (int64_t k = k0; k < k1; ++k) {
       prefetch.one();
-      tile_step<S, M, C, kStride>(w, rows, k, acc);
+      tile_step<S, M, C, kStride>(w, rows, k, column, acc);
     }
   } else {
     typename S::V part[P][M][C];
@@ -90,9 +96,9 @@ __attribute__((always_inline)) inline void tile_product(const float* w, const fl
     // The k % P leading steps first: the loop after them is then the last use
     // of the partial sums before the reduction (GCC keeps them in registers).
     int64_t k = k0;
-    for (; (k1 - k) % P != 0; ++k) tile_step<S, M, C, kStride>(w, rows, k, part[0]);
+    for (; (k1 - k) % P != 0; ++k) tile_step<S, M, C, kStride>(w, rows, k, column, part[0]);
     for (; k < k1; k += P) {
-      for (int s = 0; s < P; ++s) tile_step<S, M, C, kStride>(w, rows, k + s, part[s]);
+      for (int s = 0; s < P; ++s) tile_step<S, M, C, kStride>(w, rows, k + s, column, part[s]);
     }
     for (int m = 0; m < M; ++m) {
       for (int c = 0; c < C; ++c) {
@@ -174,13 +180,20 @@ struct PanelWalk {
   const float* packed;
   int64_t K, floats_per_k, depth, first, last;
 
-  // Block `block` of `blocks`' share of the panel after the one ending at k1 of tile u.
-  PanelPrefetch share(int64_t u, int64_t k1, int64_t block, int64_t blocks) const {
-    const char* next = bytes_at(u * K + k1);
+  // Block `block` of `blocks`' share of the panel after the one ending at k1 of tile u,
+  // walked with the `tiles` - 1 after it (tile pairs: fused_steps): after the last
+  // panel, the next walk's first, all of its tiles' where a panel is a whole tile
+  // (they lie side by side), else its first tile's.
+  PanelPrefetch share(int64_t u, int64_t k1, int64_t block, int64_t blocks,
+                      int64_t tiles = 1) const {
+    const char* next = k1 < K ? bytes_at(u * K + k1) : bytes_at((u + tiles) * K);
     if (next >= bytes_at(last * K)) next = bytes_at(first * K);
     const int64_t start = k1 < K ? k1 : 0;
-    const int64_t lines =
-        lines_of((std::min(K, start + depth) - start) * floats_per_k * int64_t{sizeof(float)});
+    const int64_t panels = k1 >= K && depth >= K ? tiles : 1;
+    const int64_t lines = std::min<int64_t>(
+        (bytes_at(last * K) - next) / 64,
+        lines_of(panels * (std::min(K, start + depth) - start) * floats_per_k *
+                 int64_t{sizeof(float)}));
     const int64_t begin = lines * block / blocks, end = lines * (block + 1) / blocks;
     return {next + begin * 64, end - begin};
   }
@@ -191,19 +204,27 @@ struct PanelWalk {
   }
 };
 
-// Rows [row, row + M) of tile u over k in [k0, k1): the partial product, kept in
-// float32 between panels, C = forward_columns<G, M>() gate vectors at a time. After
-// the last panel it goes to the product buffer (rounded to the layer's type) where
-// the functor reads it, the functor runs on those units, and h' goes into the next
-// state.
-template <typename S, int M, int G, typename F>
+// Rows [row, row + M) of tile u over k in [k0, k1) (kPair: tiles u and u + 1, a
+// single-gate layer's, one vector of each a pass): the partial product, kept in
+// float32 between panels, C = forward_columns<G, M>() gate vectors at a time (kPair:
+// one of each tile). After the last panel it goes to the product buffer (rounded to
+// the layer's type) where the functor reads it, the functor runs on those units,
+// and h' goes into the next state.
+template <typename S, int M, int G, typename F, bool kPair = false>
 __attribute__((always_inline)) inline void fused_tile(const F& f, const FusedStepRows<typename F::scalar_type>& step,
                        const PackedRecurrent& w, int64_t u, int64_t row, int64_t k0, int64_t k1,
                        PanelPrefetch prefetch = {}, bool prefetch_state = false) {
+  static_assert(!kPair || G == 1, "tile pairs: single-gate layers");
+  constexpr int kTiles = kPair ? 2 : 1;
+  constexpr int64_t L = S::kLanes;
   const int64_t H = w.H, K = w.K;
-  const int64_t j = u * S::kLanes;
-  const int count = static_cast<int>(std::min<int64_t>(S::kLanes, H - j));
-  const typename S::Mask mask = S::first(count);
+  int count[kTiles];
+  typename S::Mask mask[kTiles];
+  for (int t = 0; t < kTiles; ++t) {
+    count[t] = static_cast<int>(std::min<int64_t>(L, H - (u + t) * L));
+    mask[t] = S::first(count[t]);
+  }
+  const int64_t j = u * L;
   const float* h_rows[M];
   for (int m = 0; m < M; ++m) h_rows[m] = step.h_in + (row + m) * K;
   if (prefetch_state) {
@@ -221,29 +242,41 @@ __attribute__((always_inline)) inline void fused_tile(const F& f, const FusedSte
     // (one line per gate: a bfloat16 layer's 16 units are half of one).
     for (int m = 0; m < M; ++m) {
       for (int g = 0; g < G; ++g) {
-        _mm_prefetch(reinterpret_cast<const char*>(step.x_proj + (row + m) * G * H + g * H + j),
-                     _MM_HINT_T0);
+        for (int t = 0; t < kTiles; ++t) {
+          _mm_prefetch(reinterpret_cast<const char*>(step.x_proj + (row + m) * G * H + g * H +
+                                                     j + t * L),
+                       _MM_HINT_T0);
+        }
       }
     }
   }
-  constexpr int C = S::template forward_columns<G, M>();
-  static_assert(G % C == 0, "a tile's gates in groups of C");
-  for (int g0 = 0; g0 < G; g0 += C) {
+  constexpr int C = kPair ? 2 : S::template forward_columns<G, M>();
+  constexpr int kGatesAPass = kPair ? 1 : C;
+  static_assert(G % kGatesAPass == 0, "a tile's gates in groups of C");
+  // Column c of a pass: gate g0 + c of the tile (H apart in a row of the product
+  // buffers, the next vector of its packed row), or (kPair) tile u + c's gate 0 (L
+  // apart, its own packed tile K rows later).
+  const int64_t column_at = kPair ? L : H;
+  const int64_t column_weights = kPair ? K * G * L : L;
+  for (int g0 = 0; g0 < G; g0 += kGatesAPass) {
     // Gates g0 .. g0 + C - 1 of the rows; gate g of row b at b * G * H + g * H + j.
     typename S::V acc[M][C];
     for (int m = 0; m < M; ++m) {
       const float* partial = step.partial + (row + m) * G * H + g0 * H + j;
-      for (int c = 0; c < C; ++c) acc[m][c] = k0 == 0 ? S::zero() : S::load(mask, partial + c * H);
+      for (int c = 0; c < C; ++c) {
+        acc[m][c] = k0 == 0 ? S::zero() : S::load(mask[kPair ? c : 0], partial + c * column_at);
+      }
     }
-    tile_product<S, M, C, G>(w.w + (u * K * G + g0) * S::kLanes, h_rows, k0, k1, acc,
-                             g0 == 0 ? prefetch : PanelPrefetch{});
+    tile_product<S, M, C, G>(w.w + (u * K * G + g0) * L, h_rows, k0, k1, acc,
+                             g0 == 0 ? prefetch : PanelPrefetch{}, column_weights);
     for (int m = 0; m < M; ++m) {
       const int64_t at = (row + m) * G * H + g0 * H + j;
       for (int c = 0; c < C; ++c) {
+        const typename S::Mask& lanes = mask[kPair ? c : 0];
         if (k1 < K) {
-          S::store(mask, step.partial + at + c * H, acc[m][c]);
+          S::store(lanes, step.partial + at + c * column_at, acc[m][c]);
         } else {
-          S::store(mask, step.product + at + c * H, acc[m][c]);
+          S::store(lanes, step.product + at + c * column_at, acc[m][c]);
         }
       }
     }
@@ -251,17 +284,21 @@ __attribute__((always_inline)) inline void fused_tile(const F& f, const FusedSte
   if (k1 < K) return;
   for (int m = 0; m < M; ++m) {
     const int64_t b = row + m;
-    apply_units<Lanes>(f, b, j, count);
-    const typename S::V h = S::load(mask, step.out + b * H + j);
-    S::store(mask, step.h_out + b * H + j, h);
-    if (step.h_out_stored != nullptr) S::store(mask, step.h_out_stored + b * H + j, h);
+    for (int t = 0; t < kTiles; ++t) {
+      const int64_t units = j + t * L;
+      apply_units<Lanes>(f, b, units, count[t]);
+      const typename S::V h = S::load(mask[t], step.out + b * H + units);
+      S::store(mask[t], step.h_out + b * H + units, h);
+      if (step.h_out_stored != nullptr) S::store(mask[t], step.h_out_stored + b * H + units, h);
+    }
   }
 }
 
 template <typename S, int G, typename F>
 void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* rows, int64_t count,
                  const PackedRecurrent& w, int threads) {
-  constexpr int kRows = S::template forward_rows<G>();
+  // A single-gate layer's tiles two at a time where S::kPairTiles (fused_tile's kPair).
+  constexpr bool kPairs = S::kPairTiles && G == 1;
   constexpr int64_t kBytesPerK = G * S::kLanes * sizeof(float);
   StepBarrier barrier;
 #pragma omp parallel num_threads(threads)
@@ -272,19 +309,35 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
     const PanelWalk walk{w.w, w.K, G * S::kLanes, depth, first, last};
     for (int64_t s = 0; s < count; ++s) {
       const FusedStepRows<typename F::scalar_type>& step = rows[s];
-      const int64_t blocks = step.rows / kRows;
-      for (int64_t u = first; u < last; ++u) {
+      // Tile u (and u + 1 when kPair) over [k0, k1), the rows R at a time.
+      auto panel = [&](auto rows_at_once, auto pair, int64_t u, int64_t k0, int64_t k1) {
+        constexpr int R = decltype(rows_at_once)::value;
+        constexpr bool kPair = decltype(pair)::value;
+        const int64_t blocks = step.rows / R;
+        int64_t row = 0;
+        for (int64_t block = 0; block < blocks; ++block, row += R) {
+          fused_tile<S, R, G, F, kPair>(steps[s], step, w, u, row, k0, k1,
+                                        walk.share(u, k1, block, blocks, kPair ? 2 : 1),
+                                        u == first);
+        }
+        with_row_count<R - 1>(step.rows - row, [&](auto rest) {
+          fused_tile<S, decltype(rest)::value, G, F, kPair>(steps[s], step, w, u, row, k0, k1);
+        });
+      };
+      for (int64_t u = first; u < last;) {
+        const bool two = kPairs && u + 1 < last;
         for (int64_t k0 = 0; k0 < w.K; k0 += depth) {
           const int64_t k1 = std::min(w.K, k0 + depth);
-          int64_t row = 0;
-          for (int64_t block = 0; block < blocks; ++block, row += kRows) {
-            fused_tile<S, kRows, G>(steps[s], step, w, u, row, k0, k1,
-                                    walk.share(u, k1, block, blocks), u == first);
+          if constexpr (kPairs) {
+            if (two) {
+              panel(std::integral_constant<int, S::kPairRows>{}, std::true_type{}, u, k0, k1);
+              continue;
+            }
           }
-          with_row_count<kRows - 1>(step.rows - row, [&](auto rest) {
-            fused_tile<S, decltype(rest)::value, G>(steps[s], step, w, u, row, k0, k1);
-          });
+          panel(std::integral_constant<int, S::template forward_rows<G>()>{}, std::false_type{},
+                u, k0, k1);
         }
+        u += two ? 2 : 1;
       }
       barrier.wait();
     }

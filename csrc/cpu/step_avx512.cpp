@@ -159,6 +159,9 @@ struct Simd {
   static constexpr int forward_columns() { return G; }
   // 8 rows x 2 column vectors: 16 accumulators, 10 loads per 16 FMAs.
   static constexpr int kBackwardRows = 8;
+  // Single-gate tiles one at a time (fused_steps' tile pairs: measured on AVX2 only).
+  static constexpr bool kPairTiles = false;
+  static constexpr int kPairRows = 0;
 };
 
 }  // namespace

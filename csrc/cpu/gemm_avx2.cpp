@@ -6,7 +6,8 @@
 // gemm_avx512.cpp's on 8-lane vectors: each 16-column panel of w is transposed in
 // registers (8 x 8 blocks) into [kc, 16] (once for the whole product where several
 // row blocks read it, else a depth at a time in an L1 buffer), each 6-row register
-// block of `a` packed to [kc, 6] as it is first read, and the block's rows
+// block of `a` packed to [kc, 6] as it is first read (unless a unit's slice
+// fits L1: packs_a), and the block's rows
 // broadcast against the panel, 6 rows x 16 columns of accumulators at a time (12:
 // Zen 2's FMA latency of 5 cycles on 2 ports needs 10), the units of work split
 // as there (gemm_split.h).
@@ -111,14 +112,18 @@ void pack_rows(const NtGemm& g, int64_t r0, int64_t rows, int64_t k0, int64_t kc
   }
 }
 
-// out[r][c] (+)= sum_k a[k][r] panel[k][c] for r < ROWS, c < 16 (lanes in m0, m1),
-// `a` a register block packed by pack_rows: from 0 on the first panel depth, from
-// out on the later ones; `bias` (last depth only) added after the products. The
-// loops over r are unrolled by pragma: else GCC kept the accumulators in registers
-// and stored each to the stack every k as well (90 GFLOP/s against 171).
-template <int ROWS>
-void row_block(const float* a, const float* panel, int64_t kc, float* out, int64_t ldo, __m256i m0,
-               __m256i m1, bool whole, const float* bias, bool from_out) {
+// out[r][c] (+)= sum_k a[r][k] panel[k][c] for r < ROWS, c < 16 (lanes in m0, m1):
+// from 0 on the first panel depth, from out on the later ones; `bias` (last depth
+// only) added after the products. a[r][k] at a + r * lda + k * ldk, one of the two
+// strides 1 (kPacked: lda, the block packed by pack_rows, ldk 6; else ldk, `a`
+// read in place). The loops over r are unrolled by pragma: else GCC kept the
+// accumulators in registers and stored each to the stack every k as well (90
+// GFLOP/s against 171).
+template <int ROWS, bool kPacked>
+void row_block(const float* a, int64_t stride, const float* panel, int64_t kc, float* out,
+               int64_t ldo, __m256i m0, __m256i m1, bool whole, const float* bias,
+               bool from_out) {
+  const int64_t lda = kPacked ? 1 : stride, ldk = kPacked ? stride : 1;
   __m256 acc0[ROWS], acc1[ROWS];
   _Pragma("GCC unroll 8") for (int r = 0; r < ROWS; ++r) {
     acc0[r] = from_out ? _mm256_maskload_ps(out + r * ldo, m0) : _mm256_setzero_ps();
@@ -128,7 +133,7 @@ void row_block(const float* a, const float* panel, int64_t kc, float* out, int64
     const __m256 p0 = _mm256_load_ps(panel + k * kPanel);
     const __m256 p1 = _mm256_load_ps(panel + k * kPanel + 8);
     _Pragma("GCC unroll 8") for (int r = 0; r < ROWS; ++r) {
-      const __m256 x = _mm256_broadcast_ss(a + k * kRowBlock + r);
+      const __m256 x = _mm256_broadcast_ss(a + r * lda + k * ldk);
       acc0[r] = _mm256_fmadd_ps(x, p0, acc0[r]);
       acc1[r] = _mm256_fmadd_ps(x, p1, acc1[r]);
     }
@@ -146,10 +151,20 @@ void row_block(const float* a, const float* panel, int64_t kc, float* out, int64
   }
 }
 
-using RowBlockFn = void (*)(const float*, const float*, int64_t, float*, int64_t, __m256i, __m256i,
-                            bool, const float*, bool);
-constexpr RowBlockFn kRowBlocks[kRowBlock] = {row_block<1>, row_block<2>, row_block<3>,
-                                              row_block<4>, row_block<5>, row_block<6>};
+using RowBlockFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t,
+                            __m256i, __m256i, bool, const float*, bool);
+template <bool kPacked>
+constexpr RowBlockFn kRowBlocks[kRowBlock] = {
+    row_block<1, kPacked>, row_block<2, kPacked>, row_block<3, kPacked>,
+    row_block<4, kPacked>, row_block<5, kPacked>, row_block<6, kPacked>};
+
+// Whether product g's units pack their slices of `a` (pack_rows): always for `a`
+// by columns; by rows once a unit's slice of a depth outgrows L1 (a cell's 8 x 128
+// is read in place: packed, its step ran 2-4% slower on two Zen 2 vCPUs).
+inline bool packs_a(const NtGemm& g, const GemmSplit& s) {
+  constexpr int64_t kL1Floats = 32 * 1024 / sizeof(float);
+  return g.lda_k != 1 || s.rows * std::min(g.K, kDepth) > kL1Floats;
+}
 
 // Floats of one register block's packed slice of `a` (pack_rows), padded to whole lines.
 constexpr int64_t kPackedBlockFloats = (kDepth * kRowBlock + 2 + 15) / 16 * 16;
@@ -172,7 +187,7 @@ void pack_panels(const NtGemm& g, int64_t begin, int64_t end, float* packed) {
 // panels read from `packed` (pack_panels, all of w) when not null, else formed
 // a depth at a time in an L1 buffer; its rows' slice of `a` packed a depth at a
 // time into `a_packed` (kPackedBlockFloats a register block) as the group's
-// first panel reaches them.
+// first panel reaches them where packs_a, else read in place.
 void run_unit(const NtGemm& g, const GemmSplit& s, int64_t u, const float* packed,
               float* a_packed) {
   const float* w = static_cast<const float*>(g.w);
@@ -183,6 +198,8 @@ void run_unit(const NtGemm& g, const GemmSplit& s, int64_t u, const float* packe
   const float* panel = buffer;
   const int64_t first_panel = s.first_panel(u), first_row = s.first_row(u);
   const int64_t last_row = std::min(g.M, first_row + s.rows);
+  const bool pack_a = packs_a(g, s);
+  const float* a_in_place = static_cast<const float*>(g.a);
   walk_unit(
       s, u, g.M, g.K, kDepth, kRowBlock,
       [&](int64_t p, int64_t k0, int64_t kc) {
@@ -195,18 +212,23 @@ void run_unit(const NtGemm& g, const GemmSplit& s, int64_t u, const float* packe
         }
       },
       [&](int64_t r0, int64_t rows, int64_t p, int64_t k0, int64_t kc) {
-        float* a = a_packed + (r0 - first_row) / kRowBlock * kPackedBlockFloats;
-        if (p == first_panel) pack_rows(g, r0, rows, k0, kc, a);
+        const int64_t n0 = p * kPanel;
+        const bool last = k0 + kc == g.K;
+        const float* a = a_in_place + r0 * g.lda + k0;
+        if (pack_a) {
+          float* block = a_packed + (r0 - first_row) / kRowBlock * kPackedBlockFloats;
+          if (p == first_panel) pack_rows(g, r0, rows, k0, kc, block);
+          a = block;
+        }
         // The next block's out tile asked for now: its lines, a row stride apart
         // (8 KB for a 2048-column projection), otherwise miss when it starts.
         for (int64_t r = r0 + kRowBlock; r < std::min(last_row, r0 + 2 * kRowBlock); ++r) {
           _mm_prefetch(reinterpret_cast<const char*>(out + r * g.ldo + p * kPanel), _MM_HINT_T0);
         }
-        const int64_t n0 = p * kPanel;
-        const bool last = k0 + kc == g.K;
-        kRowBlocks[rows - 1](a, panel, kc, out + r0 * g.ldo + n0, g.ldo, first_lanes(g.N - n0),
-                             first_lanes(g.N - n0 - 8), g.N - n0 >= kPanel,
-                             last && bias ? bias + n0 : nullptr, k0 > 0 || g.accumulate);
+        (pack_a ? kRowBlocks<true> : kRowBlocks<false>)[rows - 1](
+            a, pack_a ? kRowBlock : g.lda, panel, kc, out + r0 * g.ldo + n0, g.ldo,
+            first_lanes(g.N - n0), first_lanes(g.N - n0 - 8), g.N - n0 >= kPanel,
+            last && bias ? bias + n0 : nullptr, k0 > 0 || g.accumulate);
       });
 }
 

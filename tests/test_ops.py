@@ -480,7 +480,8 @@ def test_gemm_nn(rows, layout, device):
     grad_input and the weight gradients (on the CPU with AVX-512, float32 products
     of 2 rows or more up to 2^23 multiply-adds take the library's kernel, a's rows
     or columns contiguous: `columns` is the weight gradients' d_pre^T; `strided`,
-    neither, goes to ATen; on AVX2 CPUs other than Intel's, 4 rows or more by rows):
+    neither, goes to ATen; on AVX2 CPUs other than Intel's, 4 rows or more by rows or
+    columns):
     against float64, with and without c, at widths with partial panels and depths
     past one buffered panel."""
     torch.manual_seed(rows)
@@ -509,9 +510,9 @@ def test_gemm_nn(rows, layout, device):
 def test_gemm_large_products(device):
     """Products past 2^23 multiply-adds, as the layers' input projections and
     weight gradients are (on AMD's CPUs the library's kernel takes them, AVX-512 or
-    AVX2 (TN there excepted), in row blocks of ~100+ rows, several to a thread;
-    elsewhere ATen): NT, NN and TN (a by columns), with partial row blocks, panels
-    and depths."""
+    AVX2, in row blocks of ~100+ rows, several to a thread, taller for TN from 1024
+    rows; elsewhere ATen): NT, NN and TN (a by columns), with partial row blocks,
+    panels and depths."""
     torch.manual_seed(0)
     M, K, N = 1031, 263, 113
     a = torch.randn(M, K, device=device)

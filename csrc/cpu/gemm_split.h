@@ -24,8 +24,8 @@ namespace {
 // panel: 2048 x 6400 x 512 TN 238; now ~390 and ~300-350.) Blocks of `a` by
 // columns (TN: its rows 8 KB apart, 32 bytes of a line per row block) are taller:
 // 64 register blocks (TN 2048 x 6400 x 512: 241 / 311 / 335 / 353 GFLOP/s at 64 /
-// 128 / 256 / 512 rows), else 16. Groups shrink until every thread has two units
-// or more.
+// 128 / 256 / 512 rows), else 16. Groups of up to most_group panels (8: the
+// caller may take more), shrinking until every thread has two units or more.
 struct GemmSplit {
   int64_t rows = 0, blocks = 0, group = 0, groups = 0, panels = 0;  // as above
   bool empty = true;     // M or N is 0: nothing to do
@@ -38,8 +38,7 @@ struct GemmSplit {
 };
 
 inline GemmSplit split_gemm(int64_t M, int64_t N, int64_t K, bool a_by_columns, int64_t panel,
-                            int64_t row_block) {
-  constexpr int64_t kMostGroup = 8;
+                            int64_t row_block, int64_t most_group = 8) {
   GemmSplit s{};
   if (M == 0 || N == 0) return s;
   s.empty = false;
@@ -48,7 +47,7 @@ inline GemmSplit split_gemm(int64_t M, int64_t N, int64_t K, bool a_by_columns, 
   s.panels = (N + panel - 1) / panel;
   s.blocks = (M + most_rows - 1) / most_rows;
   s.rows = ((M + s.blocks - 1) / s.blocks + row_block - 1) / row_block * row_block;
-  s.group = std::min(kMostGroup, s.panels);
+  s.group = std::min(most_group, s.panels);
   const int64_t wanted = 2 * omp_get_max_threads();
   while (s.group > 1 && s.blocks * ((s.panels + s.group - 1) / s.group) < wanted) s.group /= 2;
   s.groups = (s.panels + s.group - 1) / s.group;

@@ -183,6 +183,14 @@ void pack_panels(const NtGemm& g, int64_t begin, int64_t end, float* packed) {
   }
 }
 
+// This thread's share of pack_panels over all of g's panels, in a parallel region
+// (or alone).
+void pack_thread_share(const NtGemm& g, float* packed) {
+  const int64_t panels = (g.N + kPanel - 1) / kPanel;
+  const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+  pack_panels(g, panels * t / nt, panels * (t + 1) / nt, packed);
+}
+
 // Unit u of product g (gemm_split.h): its panel group over its row block, the
 // panels read from `packed` (pack_panels, all of w) when not null, else formed
 // a depth at a time in an L1 buffer; its rows' slice of `a` packed a depth at a
@@ -223,7 +231,7 @@ void run_unit(const NtGemm& g, const GemmSplit& s, int64_t u, const float* packe
         // The next block's out tile asked for now: its lines, a row stride apart
         // (8 KB for a 2048-column projection), otherwise miss when it starts.
         for (int64_t r = r0 + kRowBlock; r < std::min(last_row, r0 + 2 * kRowBlock); ++r) {
-          _mm_prefetch(reinterpret_cast<const char*>(out + r * g.ldo + p * kPanel), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(out + r * g.ldo + n0), _MM_HINT_T0);
         }
         (pack_a ? kRowBlocks<true> : kRowBlocks<false>)[rows - 1](
             a, pack_a ? kRowBlock : g.lda, panel, kc, out + r0 * g.ldo + n0, g.ldo,
@@ -300,11 +308,8 @@ void gemm_avx2(const NtGemm* gemms, int count) {
   {
     float* const a_packed = slices + slice_floats * omp_get_thread_num();
     if (any_packed) {
-      const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
       for (int j = 0; j < count; ++j) {
-        if (packed[j] == nullptr) continue;
-        const int64_t panels = splits[j].panels;
-        pack_panels(gemms[j], panels * t / nt, panels * (t + 1) / nt, packed[j].get());
+        if (packed[j] != nullptr) pack_thread_share(gemms[j], packed[j].get());
       }
 #pragma omp barrier
     }
@@ -321,13 +326,12 @@ void gemm_avx2(const NtGemm* gemms, int count) {
 int64_t gemm_avx2_panel_floats(int64_t N, int64_t K) { return (N + kPanel - 1) / kPanel * K * kPanel; }
 
 void pack_gemm_avx2_panels(const NtGemm& g, float* dst) {
-  const int64_t panels = (g.N + kPanel - 1) / kPanel;
-  const int threads = gemm_threads(g.N * g.K * 8, panels);
+  // Forked as gemm_threads forks a product: w's N x K values counted as 8
+  // multiply-adds each (a chosen weight, not measured: the fork from 32K values).
+  constexpr int64_t kWorkPerValue = 8;
+  const int threads = gemm_threads(g.N * g.K * kWorkPerValue, (g.N + kPanel - 1) / kPanel);
 #pragma omp parallel num_threads(threads) if (threads > 1)
-  {
-    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-    pack_panels(g, panels * t / nt, panels * (t + 1) / nt, dst);
-  }
+  pack_thread_share(g, dst);
 }
 
 }  // namespace cpu

@@ -205,7 +205,7 @@ void run_unit(const NtGemm& g, const GemmSplit& s, int64_t u, const float* packe
   alignas(32) float buffer[kDepth * kPanel];
   const float* panel = buffer;
   const int64_t first_panel = s.first_panel(u), first_row = s.first_row(u);
-  const int64_t last_row = std::min(g.M, first_row + s.rows);
+  const int64_t last_row = s.end_row(u, g.M);
   const bool pack_a = packs_a(g, s);
   const float* a_in_place = static_cast<const float*>(g.a);
   walk_unit(
@@ -280,17 +280,21 @@ void gemm_avx2(const NtGemm* gemms, int count) {
     const NtGemm& g = gemms[j];
     // Here, not in the threads: split_gemm reads omp_get_max_threads(), which a
     // parallel region may answer differently.
-    // `a` by columns (the weight gradients' d_pre^T): each unit over up to 32 panels
-    // (all of N up to 512), so that a row block's slice is packed once a depth, not
-    // once per group of 8 (its reads a line a page apart per step of k), and from M
-    // 1024 on, units of 64 register blocks (split_gemm's a_by_columns). Two Zen 2
-    // cores, LSTM 100, 64, 512, 512's 2048 x 6400 x 512: 103 -> 143 -> 161 GFLOP/s
-    // (MKL 139); 512 x 1600 x 128 (a bidirectional layer's): 144, against 117 in
-    // the taller units.
+    // Each unit over up to 32 panels (all of N up to 512), so that a row block's
+    // slice of `a` is packed once a depth for 32 panels, not 8. `a` by columns (the
+    // weight gradients' d_pre^T, its reads a line a page apart per step of k): two
+    // Zen 2 cores, LSTM 100, 64, 512, 512's 2048 x 6400 x 512 103 -> 143 GFLOP/s
+    // (MKL 139); by rows, with split_gemm's row blocks even: the input projection's
+    // 512-row chunks, 512 x 2048 x 512, 150 -> 181 (173 in groups of 8; 64 and 128
+    // panels the same as 32), 6400 x 2048 x 512 164 -> 179, the other shapes of the
+    // layers the same or up to 8% faster. From M 1024, `a` by columns takes units of
+    // 64 register blocks (split_gemm's a_by_columns): 2048 x 6400 x 512 -> 161;
+    // 512 x 1600 x 128 (a bidirectional layer's): 144, against 117 in the taller units.
     constexpr int64_t kTallColumnsRows = 1024;
+    constexpr int64_t kMostGroup = 32;
     const bool columns = g.lda_k != 1;
     splits[j] = split_gemm(g.M, g.N, g.K, /*a_by_columns=*/columns && g.M >= kTallColumnsRows,
-                           kPanel, kRowBlock, /*most_group=*/columns ? 32 : 8);
+                           kPanel, kRowBlock, kMostGroup);
     most_rows = std::max(most_rows, splits[j].rows);
     first[j + 1] = first[j] + splits[j].units();
     work += g.M * g.N * g.K;

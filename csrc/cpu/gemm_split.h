@@ -14,7 +14,9 @@ namespace rnnfused {
 namespace cpu {
 namespace {
 
-// A product of M rows split into row blocks of `rows` rows, each with its panels
+// A product of M rows split into row blocks of up to `rows` rows (whole register
+// blocks dealt evenly: 512 rows in 90-row blocks left the last 62 and one of two
+// threads idle a tenth of the product), each with its panels
 // (of `panel` columns) in groups of `group`. A unit walks K a depth at a time and,
 // per depth, forms each panel of its group and runs its block's rows over it: the
 // block's slice of `a` for that depth stays in L1/L2 while the group's panels
@@ -28,13 +30,21 @@ namespace {
 // caller may take more), shrinking until every thread has two units or more.
 struct GemmSplit {
   int64_t rows = 0, blocks = 0, group = 0, groups = 0, panels = 0;  // as above
+  // M's register blocks (of row_block rows, the last one the rest), dealt to the
+  // `blocks` row blocks as evenly as whole register blocks go: `rows` is the most
+  // one holds.
+  int64_t register_blocks = 0, row_block = 0;
   bool empty = true;     // M or N is 0: nothing to do
   bool no_depth = false;  // K is 0: out = bias (or 0), one unit
 
   int64_t units() const { return empty ? 0 : no_depth ? 1 : blocks * groups; }
-  // Unit u's first panel and first row.
+  // Unit u's first panel, and its rows [first_row(u), end_row(u, M)).
   int64_t first_panel(int64_t u) const { return u % groups * group; }
-  int64_t first_row(int64_t u) const { return u / groups * rows; }
+  int64_t first_row(int64_t u) const { return block_start(u / groups); }
+  int64_t end_row(int64_t u, int64_t M) const { return std::min(M, block_start(u / groups + 1)); }
+
+ private:
+  int64_t block_start(int64_t block) const { return block * register_blocks / blocks * row_block; }
 };
 
 inline GemmSplit split_gemm(int64_t M, int64_t N, int64_t K, bool a_by_columns, int64_t panel,
@@ -46,7 +56,9 @@ inline GemmSplit split_gemm(int64_t M, int64_t N, int64_t K, bool a_by_columns, 
   const int64_t most_rows = (a_by_columns ? 64 : 16) * row_block;
   s.panels = (N + panel - 1) / panel;
   s.blocks = (M + most_rows - 1) / most_rows;
-  s.rows = ((M + s.blocks - 1) / s.blocks + row_block - 1) / row_block * row_block;
+  s.row_block = row_block;
+  s.register_blocks = (M + row_block - 1) / row_block;
+  s.rows = (s.register_blocks + s.blocks - 1) / s.blocks * row_block;
   s.group = std::min(most_group, s.panels);
   const int64_t wanted = 2 * omp_get_max_threads();
   while (s.group > 1 && s.blocks * ((s.panels + s.group - 1) / s.group) < wanted) s.group /= 2;
@@ -72,7 +84,7 @@ template <typename FormPanel, typename RunBlock>
 void walk_unit(const GemmSplit& s, int64_t u, int64_t M, int64_t K, int64_t depth,
                int64_t row_block, const FormPanel& form_panel, const RunBlock& run_block) {
   const int64_t p_begin = s.first_panel(u), p_end = std::min(s.panels, p_begin + s.group);
-  const int64_t m_begin = s.first_row(u), m_end = std::min(M, m_begin + s.rows);
+  const int64_t m_begin = s.first_row(u), m_end = s.end_row(u, M);
   for (int64_t k0 = 0; k0 < K; k0 += depth) {
     const int64_t kc = std::min(depth, K - k0);
     for (int64_t p = p_begin; p < p_end; ++p) {

@@ -209,11 +209,13 @@ struct PanelWalk {
 // float32 between panels, C = forward_columns<G, M>() gate vectors at a time (kPair:
 // one of each tile). After the last panel it goes to the product buffer (rounded to
 // the layer's type) where the functor reads it, the functor runs on those units,
-// and h' goes into the next state.
+// and h' goes into the next state. prefetch_writes: has_prefetchw(), read once per
+// loop.
 template <typename S, int M, int G, typename F, bool kPair = false>
 __attribute__((always_inline)) inline void fused_tile(const F& f, const FusedStepRows<typename F::scalar_type>& step,
                        const PackedRecurrent& w, int64_t u, int64_t row, int64_t k0, int64_t k1,
-                       PanelPrefetch prefetch = {}, bool prefetch_state = false) {
+                       bool prefetch_writes, PanelPrefetch prefetch = {},
+                       bool prefetch_state = false) {
   static_assert(!kPair || G == 1, "tile pairs: single-gate layers");
   constexpr int kTiles = kPair ? 2 : 1;
   constexpr int64_t L = S::kLanes;
@@ -246,6 +248,22 @@ __attribute__((always_inline)) inline void fused_tile(const F& f, const FusedSte
           _mm_prefetch(reinterpret_cast<const char*>(step.x_proj + (row + m) * G * H + g * H +
                                                      j + t * L),
                        _MM_HINT_T0);
+        }
+      }
+    }
+    // The rows this tile writes at the end, claimed for writing now (PREFETCHW,
+    // with the ISA files' target "prfchw"): the next state's, which every thread
+    // read a step ago (each store otherwise waits to take its line from the other
+    // cores), and the output rows, fresh memory (RNN's product goes there). Two Zen 2
+    // cores, in-process A/B: RNN 100, 64, 512, 512 forward 5% faster (steps alone 17%),
+    // the 2-layer bidirectional RNN 11%, GRU 2-4%, LSTM within 1%; AVX-512 not measured.
+    if (prefetch_writes) {
+      for (int m = 0; m < M; ++m) {
+        for (int t = 0; t < kTiles; ++t) {
+          const int64_t at = (row + m) * H + j + t * L;
+          __builtin_prefetch(step.h_out + at, /*rw=*/1, /*locality=*/3);
+          __builtin_prefetch(step.out + at, 1, 3);
+          if (step.h_out_stored != nullptr) __builtin_prefetch(step.h_out_stored + at, 1, 3);
         }
       }
     }
@@ -300,6 +318,7 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
   // A single-gate layer's tiles two at a time where S::kPairTiles (fused_tile's kPair).
   constexpr bool kPairs = S::kPairTiles && G == 1;
   constexpr int64_t kBytesPerK = G * S::kLanes * sizeof(float);
+  const bool prefetch_writes = has_prefetchw();
   StepBarrier barrier;
 #pragma omp parallel num_threads(threads)
   {
@@ -316,12 +335,13 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
         const int64_t blocks = step.rows / R;
         int64_t row = 0;
         for (int64_t block = 0; block < blocks; ++block, row += R) {
-          fused_tile<S, R, G, F, kPair>(steps[s], step, w, u, row, k0, k1,
+          fused_tile<S, R, G, F, kPair>(steps[s], step, w, u, row, k0, k1, prefetch_writes,
                                         walk.share(u, k1, block, blocks, kPair ? 2 : 1),
                                         u == first);
         }
         with_row_count<R - 1>(step.rows - row, [&](auto rest) {
-          fused_tile<S, decltype(rest)::value, G, F, kPair>(steps[s], step, w, u, row, k0, k1);
+          fused_tile<S, decltype(rest)::value, G, F, kPair>(steps[s], step, w, u, row, k0, k1,
+                                                            prefetch_writes);
         });
       };
       for (int64_t u = first; u < last;) {

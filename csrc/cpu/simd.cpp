@@ -9,6 +9,10 @@
 #include <unistd.h>
 #endif
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
 namespace rnnfused {
 namespace cpu {
 
@@ -69,6 +73,18 @@ const Bf16Features& bf16_features() {
 }  // namespace
 
 bool has_amx_bf16() { return bf16_features().amx; }
+
+bool has_prefetchw() {
+  static const bool has = [] {
+#if defined(__x86_64__) || defined(__i386__)
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    return __get_cpuid(0x80000001, &eax, &ebx, &ecx, &edx) != 0 && (ecx & (1u << 8)) != 0;
+#else
+    return false;
+#endif
+  }();
+  return has;
+}
 
 bool amx_tiles_enabled() {
   static const bool enabled = [] {

@@ -11,7 +11,7 @@
 #include <type_traits>
 #include <vector>
 
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,prfchw")
 
 #include <immintrin.h>
 

@@ -21,7 +21,7 @@
 #include <type_traits>
 #include <vector>
 
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,prfchw")
 // GCC 12 warns about the deliberately undefined vectors inside its own AVX-512 headers.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"

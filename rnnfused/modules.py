@@ -32,6 +32,15 @@ def _zeros(module: nn.RNNBase, batch: Any, size: int, like: Tensor) -> Tensor:
     )
 
 
+def _lstm_zeros(module: nn.LSTM, batch: Any, like: Tensor) -> tuple[Tensor, Tensor]:
+    """An LSTM's (h0, c0) of zeros; one tensor for both without a projection (the ops
+    only read them: a second torch.zeros was ~3 us of a small layer's ~160 us call)."""
+    c0 = _zeros(module, batch, module.hidden_size, like)
+    if module.proj_size == 0:
+        return c0, c0
+    return _zeros(module, batch, module.proj_size, like), c0
+
+
 def _onnx_exporting() -> bool:
     """Whether torch.onnx.export is running (either exporter); torch.onnx is imported
     by then, and is not looked up otherwise."""
@@ -221,14 +230,10 @@ class LSTM(_FlatWeights, _ScriptsAsTorchNN, nn.LSTM):
             return super().forward(input, hx)
         orig_input = input
         batch_sizes = None
-        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         if isinstance(orig_input, PackedSequence):
             input, batch_sizes, sorted_indices, unsorted_indices = input
             if hx is None:
-                hx = (
-                    _zeros(self, batch_sizes[0], real_hidden_size, input),
-                    _zeros(self, batch_sizes[0], self.hidden_size, input),
-                )
+                hx = _lstm_zeros(self, batch_sizes[0], input)
             else:
                 hx = self.permute_hidden(hx, sorted_indices)
             # torch.nn makes no module-level checks here: the op's checks apply.
@@ -241,11 +246,7 @@ class LSTM(_FlatWeights, _ScriptsAsTorchNN, nn.LSTM):
                 input = input.unsqueeze(batch_dim)
             sorted_indices = unsorted_indices = None
             if hx is None:
-                batch = input.size(0) if self.batch_first else input.size(1)
-                hx = (
-                    _zeros(self, batch, real_hidden_size, input),
-                    _zeros(self, batch, self.hidden_size, input),
-                )
+                hx = _lstm_zeros(self, input.size(0) if self.batch_first else input.size(1), input)
             elif is_batched:
                 if hx[0].dim() != 3 or hx[1].dim() != 3:
                     raise RuntimeError(

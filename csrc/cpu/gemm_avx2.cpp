@@ -20,7 +20,7 @@
 #include <memory>
 #include <new>
 
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,prfchw")
 
 #include <immintrin.h>
 
@@ -207,6 +207,7 @@ void run_unit(const NtGemm& g, const GemmSplit& s, int64_t u, const float* packe
   const int64_t first_panel = s.first_panel(u), first_row = s.first_row(u);
   const int64_t last_row = s.end_row(u, g.M);
   const bool pack_a = packs_a(g, s);
+  const bool claim_out = has_prefetchw();
   const float* a_in_place = static_cast<const float*>(g.a);
   walk_unit(
       s, u, g.M, g.K, kDepth, kRowBlock,
@@ -229,9 +230,18 @@ void run_unit(const NtGemm& g, const GemmSplit& s, int64_t u, const float* packe
           a = block;
         }
         // The next block's out tile asked for now: its lines, a row stride apart
-        // (8 KB for a 2048-column projection), otherwise miss when it starts.
+        // (8 KB for a 2048-column projection), otherwise miss when it starts. For
+        // writing where the CPU has PREFETCHW: the loops' threads read the input
+        // projection's buffer a chunk before (two Zen 2 cores, in-process A/B: LSTM
+        // 100, 64, 512, 512 forward 1-3% faster, RNN 2-3%, training unchanged).
         for (int64_t r = r0 + kRowBlock; r < std::min(last_row, r0 + 2 * kRowBlock); ++r) {
-          _mm_prefetch(reinterpret_cast<const char*>(out + r * g.ldo + n0), _MM_HINT_T0);
+          const float* line = out + r * g.ldo + n0;
+          if (claim_out) {
+            __builtin_prefetch(line, /*rw=*/1, /*locality=*/3);
+            __builtin_prefetch(line + kPanel - 1, 1, 3);  // the tile's second line, if any
+          } else {
+            _mm_prefetch(reinterpret_cast<const char*>(line), _MM_HINT_T0);
+          }
         }
         (pack_a ? kRowBlocks<true> : kRowBlocks<false>)[rows - 1](
             a, pack_a ? kRowBlock : g.lda, panel, kc, out + r0 * g.ldo + n0, g.ldo,

@@ -210,7 +210,7 @@ void run_unit(const NtGemm& g, const GemmSplit& s, int64_t u, const float* packe
   const bool claim_out = has_prefetchw();
   const float* a_in_place = static_cast<const float*>(g.a);
   walk_unit(
-      s, u, g.M, g.K, kDepth, kRowBlock,
+      s, u, g.M, g.K, kDepth,
       [&](int64_t p, int64_t k0, int64_t kc) {
         if (packed != nullptr) {
           panel = packed + (p * g.K + k0) * kPanel;

@@ -323,7 +323,7 @@ void run_panel(const Product& g, int64_t u) {
   const RowBlockFn* blocks = columns ? kRowBlocks<true> : kRowBlocks<false>;
   const int64_t stride = columns ? g.lda_k : g.lda;
   walk_unit(
-      g.split, u, g.M, g.K, kDepth, kRowBlock,
+      g.split, u, g.M, g.K, kDepth,
       [&](int64_t p, int64_t k0, int64_t kc) {
         if (g.w_kn) {
           copy_panel(static_cast<const W*>(g.w), g.N, p * kPanel, k0, kc, panel);

@@ -79,10 +79,11 @@ inline void fill_without_depth(int64_t M, int64_t N, const float* bias, float* o
 // Unit u's walk (of split s, a product of M rows and depth K): a depth of K at a
 // time ([k0, k0 + kc), kc <= depth), each panel p of its group formed by
 // form_panel(p, k0, kc), then every register block of its rows run over it by
-// run_block(r0, rows, p, k0, kc) (rows <= row_block: the last block's the rest).
+// run_block(r0, rows, p, k0, kc) (rows <= s.row_block: the last block's the rest).
 template <typename FormPanel, typename RunBlock>
 void walk_unit(const GemmSplit& s, int64_t u, int64_t M, int64_t K, int64_t depth,
-               int64_t row_block, const FormPanel& form_panel, const RunBlock& run_block) {
+               const FormPanel& form_panel, const RunBlock& run_block) {
+  const int64_t row_block = s.row_block;
   const int64_t p_begin = s.first_panel(u), p_end = std::min(s.panels, p_begin + s.group);
   const int64_t m_begin = s.first_row(u), m_end = s.end_row(u, M);
   for (int64_t k0 = 0; k0 < K; k0 += depth) {

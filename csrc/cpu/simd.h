@@ -21,8 +21,8 @@ const char* isa_name(Isa isa);
 // Whether the CPU has AMX's bfloat16 tile products. Decided once per process.
 bool has_amx_bf16();
 // Whether the CPU has PREFETCHW (CPUID 0x80000001 ECX bit 8: AMD's CPUs, Intel's from
-// Broadwell on), which the persistent forward loops issue for the rows they are about to
-// write (fused_loop.h). Decided once per process.
+// Broadwell on), which the persistent forward loops (fused_loop.h) and gemm_avx2 issue
+// for the rows they are about to write. Decided once per process.
 bool has_prefetchw();
 // Whether the bfloat16 persistent forward loop runs its products on AMX tiles
 // (run_fused_steps_amx): AMX-BF16, the AVX-512 kernels active, the kernel's

@@ -223,7 +223,12 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
   // one while it writes the other, so one barrier per step is all the threads need.
   // Both start as h0: in reverse over packed input the batch grows, and a row that
   // joins reads its h0 from whichever buffer the step reads. A bfloat16 layer's
-  // functors read their h_prev (GRU) from a bfloat16 pair beside them.
+  // functors read their h_prev (GRU) from a bfloat16 pair beside them. A float32
+  // step whose batch the step before covers reads that step's output rows instead
+  // (h' is there already: the copy into the buffer cost 7% of an LSTM 100, 64, 512,
+  // 512 layer's steps; in-process A/B, two Zen 2 cores: forward 3% faster, GRU 2%,
+  // RNN 5%); the buffers then serve the first step and those where the batch
+  // grows, filled by the step before.
   const at::TensorOptions f32 = h0.options().dtype(at::kFloat);
   const at::Tensor states[2] = {at::empty({B, K}, f32).copy_(h0), at::empty({B, K}, f32).copy_(h0)};
   const at::Tensor stored[2] = {
@@ -243,16 +248,21 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
         scalar_t* out = output.data_ptr<scalar_t>() + sched.offset(s) * H;
         scalar_t* prod = product.defined() ? product.data_ptr<scalar_t>() : out;
         float* sums = nullptr;
+        const float* h_in = states[s % 2].data_ptr<float>();
+        float* h_out = states[(s + 1) % 2].data_ptr<float>();
+        const scalar_t* h_prev = stored[s % 2].data_ptr<scalar_t>();
         if constexpr (kFloat) {
           sums = prod;
+          if (s > 0 && sched.rows(s) <= sched.rows(s - 1)) {
+            h_in = h_prev = output.data_ptr<float>() + sched.offset(s - 1) * H;
+          }
+          if (s + 1 == sched.steps() || sched.rows(s + 1) <= sched.rows(s)) h_out = nullptr;
         } else {
           sums = partial.data_ptr<float>();
         }
         const FusedStepRows<scalar_t> row{
-            sched.rows(s), states[s % 2].data_ptr<float>(), sums, prod, out,
-            states[(s + 1) % 2].data_ptr<float>(),
+            sched.rows(s), h_in, sums, prod, out, h_out,
             kFloat ? nullptr : stored[(s + 1) % 2].data_ptr<scalar_t>(), x_proj_s};
-        const scalar_t* h_prev = stored[s % 2].data_ptr<scalar_t>();
         return std::make_pair(make_step(s, x_proj_s, h_prev, prod, out), row);
       },
       [&](const Step* steps, const FusedStepRows<scalar_t>* rows, int64_t count) {

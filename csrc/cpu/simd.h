@@ -75,7 +75,8 @@ struct FusedStepRows {
   T* product;           // [rows, G * H] out: h_in @ W_hh^T (rounded to T), read by the
                         //   step functor; float32: the same buffer as `partial`
   const T* out;         // [rows, H]     the functor's h'
-  float* h_out;         // [>= rows, H]  out: h' (as float) copied here, the next step's h_in
+  float* h_out;         // [>= rows, H]  out: h' (as float) copied here, the next step's h_in,
+                        //   or null (the next step reads `out`: float32)
   T* h_out_stored;      // [>= rows, H]  out: h' copied here too, the next step's h_prev for
                         //   the functor (GRU), or null (float32: h_out is that buffer)
   const T* x_proj;      // [rows, G * H] the input projection the functor reads (prefetched)

@@ -7,22 +7,25 @@
 //                                              underflows / overflows, NaN kept
 //   Vec abs_of(Vec x), Vec with_sign_of(Vec magnitude, Vec sign)
 //   Vec where_less(Vec a, Vec b, Vec if_less, Vec otherwise)   (ordered compare)
-// and the clamp bounds kExpLow, kExpHigh of its range reduction.
+// and the clamp bounds kExpLow, kExpHigh of its range reduction. Written over any
+// type W with those operations: exp_of / tanh_of for Vec here, for two vectors at a
+// time in simd_pair.h.
 
 // exp: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-5 polynomial, scaled by 2^n.
 // The clamp keeps n where the ISA can form 2^n; min/max return their second
 // operand on NaN, so NaN passes through.
-__attribute__((always_inline)) inline Vec exp_of(Vec x) {
-  const Vec v = max_of(Vec(kExpLow), min_of(Vec(kExpHigh), x));
-  const Vec n = round_of(v * Vec(1.44269504088896341f));
-  Vec r = fma(n, Vec(-0.693359375f), v);  // ln2 in two parts, for an exact product
-  r = fma(n, Vec(2.12194440e-4f), r);
-  Vec y = fma(Vec(1.9875691500e-4f), r, Vec(1.3981999507e-3f));
-  y = fma(y, r, Vec(8.3334519073e-3f));
-  y = fma(y, r, Vec(4.1665795894e-2f));
-  y = fma(y, r, Vec(1.6666665459e-1f));
-  y = fma(y, r, Vec(5.0000001201e-1f));
-  y = fma(y, r * r, r + Vec(1.0f));
+template <typename W>
+__attribute__((always_inline)) inline W exp_vector(W x) {
+  const W v = max_of(W(kExpLow), min_of(W(kExpHigh), x));
+  const W n = round_of(v * W(1.44269504088896341f));
+  W r = fma(n, W(-0.693359375f), v);  // ln2 in two parts, for an exact product
+  r = fma(n, W(2.12194440e-4f), r);
+  W y = fma(W(1.9875691500e-4f), r, W(1.3981999507e-3f));
+  y = fma(y, r, W(8.3334519073e-3f));
+  y = fma(y, r, W(4.1665795894e-2f));
+  y = fma(y, r, W(1.6666665459e-1f));
+  y = fma(y, r, W(5.0000001201e-1f));
+  y = fma(y, r * r, r + W(1.0f));
   return scale_exp(y, n, x);
 }
 
@@ -33,18 +36,22 @@ __attribute__((always_inline)) inline Vec exp_of(Vec x) {
 // 1 - 2 / (exp(2|x|) + 1) above, both computed for every lane) was within 1.03
 // epsilon, in about half the instructions: the gate math of an LSTM step takes
 // two. The clamps' min/max return x on NaN, which passes through.
-__attribute__((always_inline)) inline Vec tanh_of(Vec x) {
-  const Vec v = max_of(Vec(-9.0f), min_of(Vec(9.0f), x));
-  const Vec z = v * v;
-  Vec p = fma(z, Vec(-2.76076847742355e-16f), Vec(2.00018790482477e-13f));
-  p = fma(p, z, Vec(-8.60467152213735e-11f));
-  p = fma(p, z, Vec(5.12229709037114e-08f));
-  p = fma(p, z, Vec(1.48572235717979e-05f));
-  p = fma(p, z, Vec(6.37261928875436e-04f));
-  p = fma(p, z, Vec(4.89352455891786e-03f));
-  Vec q = fma(z, Vec(1.19825839466702e-06f), Vec(1.18534705686654e-04f));
-  q = fma(q, z, Vec(2.26843463243900e-03f));
-  q = fma(q, z, Vec(4.89352518554385e-03f));
+template <typename W>
+__attribute__((always_inline)) inline W tanh_vector(W x) {
+  const W v = max_of(W(-9.0f), min_of(W(9.0f), x));
+  const W z = v * v;
+  W p = fma(z, W(-2.76076847742355e-16f), W(2.00018790482477e-13f));
+  p = fma(p, z, W(-8.60467152213735e-11f));
+  p = fma(p, z, W(5.12229709037114e-08f));
+  p = fma(p, z, W(1.48572235717979e-05f));
+  p = fma(p, z, W(6.37261928875436e-04f));
+  p = fma(p, z, W(4.89352455891786e-03f));
+  W q = fma(z, W(1.19825839466702e-06f), W(1.18534705686654e-04f));
+  q = fma(q, z, W(2.26843463243900e-03f));
+  q = fma(q, z, W(4.89352518554385e-03f));
   // The interpolant overshoots 1 by up to 2 ulp near the clamp: the result is clamped too.
-  return max_of(Vec(-1.0f), min_of(Vec(1.0f), v * p / q));
+  return max_of(W(-1.0f), min_of(W(1.0f), v * p / q));
 }
+
+__attribute__((always_inline)) inline Vec exp_of(Vec x) { return exp_vector(x); }
+__attribute__((always_inline)) inline Vec tanh_of(Vec x) { return tanh_vector(x); }

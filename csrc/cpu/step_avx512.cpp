@@ -123,6 +123,8 @@ struct Lanes {
   }
 };
 
+#include "simd_pair.h"
+
 // The persistent loops' vector operations (fused_loop.h).
 struct Simd {
   using V = __m512;
@@ -177,7 +179,7 @@ namespace cpu {
 
 template <typename F>
 void run_rows_avx512(const F& f, int64_t row_begin, int64_t row_end) {
-  run_rows<Lanes>(f, row_begin, row_end);
+  run_rows<Lanes, PairLanes>(f, row_begin, row_end);
 }
 
 RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx512, float);

@@ -78,7 +78,8 @@ struct FusedStepRows {
   float* h_out;         // [>= rows, H]  out: h' (as float) copied here, the next step's h_in,
                         //   or null (the next step reads `out`: float32)
   T* h_out_stored;      // [>= rows, H]  out: h' copied here too, the next step's h_prev for
-                        //   the functor (GRU), or null (float32: h_out is that buffer)
+                        //   the functor (GRU), or null (float32: the functor's h_prev is
+                        //   the next step's h_in)
   const T* x_proj;      // [rows, G * H] the input projection the functor reads (prefetched)
 };
 

@@ -240,6 +240,12 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
   const int threads = loop_threads(sz.batch * G * H * K, w.tiles);
   const GemmsOnCallingThread projection_here(threads == 1);  // the chunks' projections
 
+  // Whether float32 step t reads step t - 1's output rows as its state (else the
+  // state buffer that step t - 1 fills).
+  auto reads_previous_output = [&](int64_t t) {
+    return kFloat && t > 0 && sched.rows(t) <= sched.rows(t - 1);
+  };
+
   using Step = decltype(make_step(int64_t{0}, nullptr, nullptr, static_cast<scalar_t*>(nullptr),
                                   nullptr));
   run_by_chunks<Step, FusedStepRows<scalar_t>>(
@@ -253,10 +259,10 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
         const scalar_t* h_prev = stored[s % 2].data_ptr<scalar_t>();
         if constexpr (kFloat) {
           sums = prod;
-          if (s > 0 && sched.rows(s) <= sched.rows(s - 1)) {
+          if (reads_previous_output(s)) {
             h_in = h_prev = output.data_ptr<float>() + sched.offset(s - 1) * H;
           }
-          if (s + 1 == sched.steps() || sched.rows(s + 1) <= sched.rows(s)) h_out = nullptr;
+          if (s + 1 == sched.steps() || reads_previous_output(s + 1)) h_out = nullptr;
         } else {
           sums = partial.data_ptr<float>();
         }

@@ -245,10 +245,13 @@ void run_unit(const NtGemm& g, const GemmSplit& s, int64_t u, const float* packe
         const float* a = a_in_place + r0 * g.lda + k0;
         if (pack_a) {
           float* block = a_packed + (r0 - first_row) / kRowBlock * kPackedBlockFloats;
-          if (p == first_panel && g.lda_k == 1) {
-            pack_rows(g, r0, rows, k0, kc, block);
-          } else if (p == first_panel && r0 == first_row) {
-            pack_columns(g, first_row, last_row, k0, kc, a_packed);
+          if (p == first_panel) {
+            // By rows a block at a time; by columns all the unit's rows at its first block.
+            if (g.lda_k == 1) {
+              pack_rows(g, r0, rows, k0, kc, block);
+            } else if (r0 == first_row) {
+              pack_columns(g, first_row, last_row, k0, kc, a_packed);
+            }
           }
           a = block;
         }

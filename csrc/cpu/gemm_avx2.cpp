@@ -10,7 +10,8 @@
 // fits L1: packs_a), and the block's rows
 // broadcast against the panel, 6 rows x 16 columns of accumulators at a time (12:
 // Zen 2's FMA latency of 5 cycles on 2 ports needs 10), the units of work split
-// as there (gemm_split.h).
+// as there (gemm_split.h). Products of up to 8 rows by w [N, K] (a cell's) run
+// transposed instead, w's rows read in place (few_rows).
 // The standard headers come before the target pragma (see gemm_avx512.cpp).
 #include <omp.h>
 
@@ -41,24 +42,29 @@ inline __m256i first_lanes(int64_t n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
+// dst[k * dst_stride + i] = src[i * ld + k] for k < kc, i < 8 (0 for rows i >=
+// rows): 8 rows at a time transposed in registers. 8-float stores: where dst_stride
+// is below 8 they spill into the next depth's place, which its store overwrites.
+void transpose_rows(const float* src, int64_t ld, int64_t rows, int64_t kc, float* dst,
+                    int64_t dst_stride) {
+  for (int64_t kb = 0; kb < kc; kb += 8) {
+    const __m256i cols = first_lanes(kc - kb);
+    __m256 r[8];
+    for (int64_t i = 0; i < 8; ++i) {
+      r[i] = i < rows ? _mm256_maskload_ps(src + i * ld + kb, cols) : _mm256_setzero_ps();
+    }
+    transpose8(r);
+    const int64_t depth = std::min<int64_t>(8, kc - kb);
+    for (int64_t k = 0; k < depth; ++k) _mm256_storeu_ps(dst + (kb + k) * dst_stride, r[k]);
+  }
+}
+
 // panel[k][c] = w[n0 + c][k0 + k] for k < kc, c < 16; 0 for rows n0 + c >= N.
 void transpose_panel(const float* w, int64_t N, int64_t K, int64_t n0, int64_t k0, int64_t kc,
                      float* panel) {
   for (int64_t half = 0; half < 2; ++half) {
     const int64_t row0 = n0 + 8 * half;
-    for (int64_t kb = 0; kb < kc; kb += 8) {
-      const __m256i cols = first_lanes(kc - kb);
-      __m256 r[8];
-      for (int64_t i = 0; i < 8; ++i) {
-        r[i] = row0 + i < N ? _mm256_maskload_ps(w + (row0 + i) * K + k0 + kb, cols)
-                            : _mm256_setzero_ps();
-      }
-      transpose8(r);
-      const int64_t depth = std::min<int64_t>(8, kc - kb);
-      for (int64_t k = 0; k < depth; ++k) {
-        _mm256_store_ps(panel + (kb + k) * kPanel + 8 * half, r[k]);
-      }
-    }
+    transpose_rows(w + std::min(row0, N) * K + k0, K, N - row0, kc, panel + 8 * half, kPanel);
   }
 }
 
@@ -90,18 +96,8 @@ inline void store_lanes(float* p, __m256i m, bool whole, __m256 v) {
 // zeros; each 8-float store spills 2 of them into the next depth's place, which the
 // next store overwrites: `packed` holds kc * 6 + 2 floats.
 void pack_rows(const NtGemm& g, int64_t r0, int64_t rows, int64_t k0, int64_t kc, float* packed) {
-  const float* a = static_cast<const float*>(g.a);
-  for (int64_t kb = 0; kb < kc; kb += 8) {
-    const __m256i cols = first_lanes(kc - kb);
-    __m256 r[8];
-    for (int64_t i = 0; i < 8; ++i) {
-      r[i] = i < rows ? _mm256_maskload_ps(a + (r0 + i) * g.lda + k0 + kb, cols)
-                      : _mm256_setzero_ps();
-    }
-    transpose8(r);
-    const int64_t depth = std::min<int64_t>(8, kc - kb);
-    for (int64_t k = 0; k < depth; ++k) _mm256_storeu_ps(packed + (kb + k) * kRowBlock, r[k]);
-  }
+  transpose_rows(static_cast<const float*>(g.a) + r0 * g.lda + k0, g.lda, rows, kc, packed,
+                 kRowBlock);
 }
 
 // Floats of one register block's packed slice of `a` (pack_rows), padded to whole lines.
@@ -179,6 +175,130 @@ template <bool kPacked>
 constexpr RowBlockFn kRowBlocks[kRowBlock] = {
     row_block<1, kPacked>, row_block<2, kPacked>, row_block<3, kPacked>,
     row_block<4, kPacked>, row_block<5, kPacked>, row_block<6, kPacked>};
+
+// Products of few rows (kFewRows or fewer, `a` by rows, w [N, K]: a cell's, a
+// step's of a small batch) run transposed, out^T = w @ a^T, against `a` packed
+// once (few_rows_panel): the panel layout would transpose all of w a call, for M
+// rows' use (an RNNCell's 8 x 128 x 128: ~3 of ~7 us on a Zen 2 core). A vector
+// holds 4 rows of `a` at 2 depths each, so that one 64-bit broadcast of 2 depths
+// of a row of w feeds two FMAs (rows 0-3 and 4-7): Zen 2 issues one broadcast from
+// memory a cycle, and with 8 rows a vector at one depth (a broadcast an FMA) the
+// kernel ran at half its FMA rate. 6 columns of out at a time: 12 accumulators,
+// 8 loads for 12 FMAs, as row_block. Stand-alone, one Zen 2 core, 8 x 128 x 128:
+// 38 -> 63 GFLOP/s; in-process A/B over 100 steps of B 8, H 128 (with one thread
+// for an RNNCell's products, gemm_avx2): RNNCell 11% faster, GRUCell 10%, LSTMCell
+// 12%; training 1-3%.
+constexpr int64_t kFewRows = 8;
+constexpr int64_t kFewBlock = 6;                // columns of out per register block
+constexpr int64_t kFewColumns = 2 * kFewBlock;  // per unit
+constexpr int64_t kFewForkWork = kForkWork + 1;  // see gemm_avx2
+
+inline bool few_rows(const NtGemm& g) { return g.M <= kFewRows && g.lda_k == 1 && !g.w_kn; }
+
+// Floats of a few-row product's panel of `a`: 16 per pair of depths.
+inline int64_t few_rows_panel_floats(const NtGemm& g) { return (g.K + 1) / 2 * 16; }
+
+// panel[d * 16 + 8h + 2r + j] = a[4h + r][2d + j] (0 past M rows or K depths):
+// each group of 4 rows a 4 x 4 transpose of depth pairs (64-bit lanes).
+void few_rows_panel(const NtGemm& g, float* panel) {
+  const float* a = static_cast<const float*>(g.a);
+  const int64_t pairs = (g.K + 1) / 2;
+  for (int64_t h = 0; h < 2; ++h) {
+    for (int64_t kb = 0; kb < g.K; kb += 8) {
+      const __m256i depths = first_lanes(g.K - kb);
+      __m256d r[4];
+      for (int64_t i = 0; i < 4; ++i) {
+        const int64_t row = 4 * h + i;
+        r[i] = _mm256_castps_pd(row < g.M ? _mm256_maskload_ps(a + row * g.lda + kb, depths)
+                                          : _mm256_setzero_ps());
+      }
+      const __m256d t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
+      const __m256d t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
+      const __m256d pair[4] = {  // pair[i]: depth pair kb / 2 + i of the 4 rows
+          _mm256_permute2f128_pd(t0, t2, 0x20), _mm256_permute2f128_pd(t1, t3, 0x20),
+          _mm256_permute2f128_pd(t0, t2, 0x31), _mm256_permute2f128_pd(t1, t3, 0x31)};
+      const int64_t count = std::min<int64_t>(4, pairs - kb / 2);
+      for (int64_t i = 0; i < count; ++i) {
+        _mm256_store_pd(reinterpret_cast<double*>(panel + (kb / 2 + i) * 16 + 8 * h), pair[i]);
+      }
+    }
+  }
+}
+
+// The products of depth pair d (kOneDepth: its first depth alone, the panel's
+// second being 0 where w's next float may be past its end).
+template <int COLS, bool kOneDepth>
+inline void few_rows_step(const float* w, int64_t K, const float* panel, int64_t d,
+                          __m256 (&acc0)[COLS], __m256 (&acc1)[COLS]) {
+  const __m256 p0 = _mm256_load_ps(panel + d * 16), p1 = _mm256_load_ps(panel + d * 16 + 8);
+  _Pragma("GCC unroll 6") for (int c = 0; c < COLS; ++c) {
+    const float* depths = w + c * K + 2 * d;
+    const __m256 x = kOneDepth ? _mm256_broadcast_ss(depths)
+                               : _mm256_castpd_ps(_mm256_broadcast_sd(
+                                     reinterpret_cast<const double*>(depths)));
+    acc0[c] = _mm256_fmadd_ps(x, p0, acc0[c]);
+    acc1[c] = _mm256_fmadd_ps(x, p1, acc1[c]);
+  }
+}
+
+// sums[c][r] = sum_k w[c][k] a[r][k] for COLS (<= 6) rows c of w (row stride K)
+// and every row r < 8 of the panel.
+template <int COLS>
+void few_rows_block(const float* w, int64_t K, const float* panel, float (*sums)[kFewRows]) {
+  __m256 acc0[COLS], acc1[COLS];
+  _Pragma("GCC unroll 6") for (int c = 0; c < COLS; ++c) {
+    acc0[c] = _mm256_setzero_ps();
+    acc1[c] = _mm256_setzero_ps();
+  }
+  const int64_t pairs = K / 2;
+  for (int64_t d = 0; d < pairs; ++d) few_rows_step<COLS, false>(w, K, panel, d, acc0, acc1);
+  if (pairs * 2 < K) few_rows_step<COLS, true>(w, K, panel, pairs, acc0, acc1);
+  // Lanes 2i, 2i + 1 summed: [r0, r1, r4, r5 | r2, r3, r6, r7], then in row order.
+  const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+  _Pragma("GCC unroll 6") for (int c = 0; c < COLS; ++c) {
+    _mm256_store_ps(sums[c],
+                    _mm256_permutevar8x32_ps(_mm256_hadd_ps(acc0[c], acc1[c]), order));
+  }
+}
+
+using FewRowsFn = void (*)(const float*, int64_t, const float*, float (*)[kFewRows]);
+constexpr FewRowsFn kFewRowsBlocks[kFewBlock] = {
+    few_rows_block<1>, few_rows_block<2>, few_rows_block<3>,
+    few_rows_block<4>, few_rows_block<5>, few_rows_block<6>};
+
+// Unit u of a few-row product: out's columns [12u, 12u + 12), its panel at
+// `panel`. Stored as row_block stores: out (if accumulating) plus the products,
+// plus the bias.
+void run_few_rows_unit(const NtGemm& g, int64_t u, const float* panel) {
+  const int64_t n0 = u * kFewColumns, cols = std::min(kFewColumns, g.N - n0);
+  alignas(32) float sums[kFewColumns][kFewRows] = {};
+  const float* w = static_cast<const float*>(g.w) + n0 * g.K;
+  for (int64_t c = 0; c < cols; c += kFewBlock) {
+    kFewRowsBlocks[std::min(kFewBlock, cols - c) - 1](w + c * g.K, g.K, panel, sums + c);
+  }
+  const float* bias = static_cast<const float*>(g.bias);
+  float* out = static_cast<float*>(g.out) + n0;
+  for (int64_t c0 = 0; c0 < cols; c0 += 8) {
+    __m256 rows[8];
+    for (int64_t i = 0; i < 8; ++i) {
+      rows[i] = c0 + i < kFewColumns ? _mm256_load_ps(sums[c0 + i]) : _mm256_setzero_ps();
+    }
+    transpose8(rows);  // rows[r][i] = sums[c0 + i][r]
+    const int64_t width = std::min<int64_t>(8, cols - c0);
+    const __m256i mask = first_lanes(width);
+    const __m256 b = bias != nullptr ? _mm256_maskload_ps(bias + n0 + c0, mask) : _mm256_setzero_ps();
+    for (int64_t r = 0; r < g.M; ++r) {
+      float* dst = out + r * g.ldo + c0;
+      const __m256 v =
+          g.accumulate ? _mm256_add_ps(_mm256_maskload_ps(dst, mask), rows[r]) : rows[r];
+      store_lanes(dst, mask, width == 8, _mm256_add_ps(v, b));
+    }
+  }
+}
+
+inline int64_t few_rows_units(const NtGemm& g) {
+  return g.M == 0 ? 0 : (g.N + kFewColumns - 1) / kFewColumns;
+}
 
 // Whether product g's units pack their slices of `a` (pack_rows): always for `a`
 // by columns; by rows once a unit's slice of a depth outgrows L1 (a cell's 8 x 128
@@ -311,9 +431,17 @@ void gemm_avx2(const NtGemm* gemms, int count) {
   // 131 -> 151 GFLOP/s, best of four.)
   std::unique_ptr<float[], FreeDeleter> packed[kMaxNtGemms];
   bool any_packed = false;
-  int64_t work = 0, most_rows = 0;
+  int64_t work = 0, most_rows = 0, most_few_floats = 0;
+  bool all_few = true;
   for (int j = 0; j < count; ++j) {
     const NtGemm& g = gemms[j];
+    work += g.M * g.N * g.K;
+    all_few = all_few && few_rows(g);
+    if (few_rows(g)) {
+      first[j + 1] = first[j] + few_rows_units(g);
+      most_few_floats = std::max(most_few_floats, few_rows_panel_floats(g));
+      continue;
+    }
     // Here, not in the threads: split_gemm reads omp_get_max_threads(), which a
     // parallel region may answer differently.
     // Each unit over up to 32 panels (all of N up to 512), so that a row block's
@@ -333,16 +461,21 @@ void gemm_avx2(const NtGemm* gemms, int count) {
                            kPanel, kRowBlock, kMostGroup);
     most_rows = std::max(most_rows, splits[j].rows);
     first[j + 1] = first[j] + splits[j].units();
-    work += g.M * g.N * g.K;
     if (g.w_packed == nullptr && splits[j].blocks > 1 && !splits[j].no_depth && !splits[j].empty) {
       packed[j] = aligned_floats(gemm_avx2_panel_floats(g.N, g.K));
       any_packed = any_packed || packed[j] != nullptr;
     }
   }
   const int64_t units = first[count];
-  const int threads = gemm_threads(work, units);
+  // Few-row products fork above 2^18 multiply-adds: an RNNCell's two 8 x 128 x 128
+  // (2^18 together) ran 6.6% faster on one thread over B 8, H 128 steps (two Zen 2
+  // vCPUs); a GRUCell's pair (3 x 2^18) is faster split.
+  const int threads = gemm_threads(work, units, all_few ? kFewForkWork : kForkWork);
   // Each thread's packed slices of `a`: a unit's rows, a register block at a time.
-  const int64_t slice_floats = kPackedBlockFloats * std::max<int64_t>(1, most_rows / kRowBlock);
+  // Or, for few rows, the panel of `a` (few_rows_panel: each thread packs it for
+  // its units of each product, all of which read all of it).
+  const int64_t slice_floats = std::max(
+      kPackedBlockFloats * std::max<int64_t>(1, most_rows / kRowBlock), most_few_floats);
   float* const slices = calling_thread_scratch(slice_floats * threads);
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
@@ -353,10 +486,17 @@ void gemm_avx2(const NtGemm* gemms, int count) {
       }
 #pragma omp barrier
     }
+    int paneled = -1;  // the product whose few-row panel a_packed holds
 #pragma omp for schedule(static)
     for (int64_t u = 0; u < units; ++u) {
       int j = 0;
       while (u >= first[j + 1]) ++j;
+      if (few_rows(gemms[j])) {
+        if (paneled != j) few_rows_panel(gemms[j], a_packed);
+        paneled = j;
+        run_few_rows_unit(gemms[j], u - first[j], a_packed);
+        continue;
+      }
       run_unit(gemms[j], splits[j], u - first[j],
                gemms[j].w_packed != nullptr ? gemms[j].w_packed : packed[j].get(), a_packed);
     }

@@ -115,13 +115,16 @@ struct CpuLaunch {
   // cores, 512 x 512 x 2048 NT: 440 vs 200 GFLOP/s, 6400 x 2048 x 512 NN: 396 vs
   // 191, 2048 x 6400 x 512 TN: 300-350 vs 193).
   // On AVX2 CPUs other than Intel's (cpu::own_gemm_avx2) gemm_avx2 takes the float32
-  // products of 4 rows or more, every size (two Zen 2 cores against MKL's generic
+  // products of 2 rows or more, every size (two Zen 2 cores against MKL's generic
   // path: 512 x 2048 x 512 NT with bias 171 vs 149 GFLOP/s, 6400 x 512 x 2048 NN
   // 178 vs 154, 50 x 2048 x 512 159 vs 109, 50 x 256 x 64 21 vs 29 us, 4 x 2048 x 512
-  // 157 vs 292 us); fewer rows stay on MKL.
+  // 157 vs 292 us), and from 2 rows up to 8 its few-row kernel (in-process A/B
+  // against MKL over 100 cell steps: LSTMCell B 2, H 128 15% faster, GRUCell B 3 30%,
+  // GRUCell B 2 training 10%); one row stays on MKL (its product of one row is ahead:
+  // LSTMCell B 1, H 128 13% slower on the kernel).
   static constexpr int64_t kSmallGemmRows = 16;
   static constexpr int64_t kSmallGemmWork = int64_t{1} << 23;
-  static constexpr int64_t kAvx2GemmRows = 4;
+  static constexpr int64_t kAvx2GemmRows = 2;
   static bool within_own_gemm(int64_t work) {
     return work <= kSmallGemmWork || !cpu::blas_runs_avx512();
   }
@@ -191,14 +194,14 @@ struct CpuLaunch {
     const bool f32 = out.scalar_type() == at::kFloat;
     const bool by_columns = f32 && !(a.size(1) <= 1 || a.stride(1) == 1) &&
                             (a.size(0) <= 1 || a.stride(0) == 1);
-    // float32 from 2 rows: MKL's one-row product is ahead (1 x 256 x 64: 2.1 vs 3.4 us).
-    // gemm_avx2 from 4 rows, by rows or by columns (the weight gradients' d_pre^T,
-    // its units over all of N: gemm_avx2.cpp; in-process A/B against MKL on two Zen 2
+    // float32 from 2 rows (kAvx2GemmRows, both kernels): MKL's one-row product is
+    // ahead (1 x 256 x 64: 2.1 vs 3.4 us). gemm_avx2 by rows or by columns (the
+    // weight gradients' d_pre^T, its units over all of N: gemm_avx2.cpp; in-process
+    // A/B against MKL on two Zen 2
     // vCPUs, training: LSTM 100, 64, 512, 512 586 -> 543 ms, GRU 412 -> 397, the
     // 2-layer bidirectional LSTM 100, 16, 128, 128 53.0 -> 50.4, LSTM 50, 1, 64, 64
     // 0.574 -> 0.558, LSTMCell B 8, H 128 x 100 steps 28.8 -> 27.3; RNN 144 -> 146).
-    const bool avx2 = cpu::own_gemm_avx2();
-    const bool small = f32 ? a.size(0) >= (avx2 ? kAvx2GemmRows : 2) &&
+    const bool small = f32 ? a.size(0) >= kAvx2GemmRows &&
                                  within_own_gemm(a.size(0) * a.size(1) * w.size(1))
                            : a.size(0) <= kSmallGemmRows;
     if (small &&

@@ -201,7 +201,7 @@ constexpr int kMaxNtGemms = 2;
 // registers (dot products below 4 rows).
 void gemm_nt_small_avx512(const NtGemm* products, int count);
 
-// The same products in float32 on AVX2 (gemm_avx2.cpp), 4 rows of `a` or more:
+// The same products in float32 on AVX2 (gemm_avx2.cpp), 2 rows of `a` or more:
 // where the CPU lacks AVX-512 and its BLAS is slow (not Intel's: own_gemm_avx2).
 void gemm_avx2(const NtGemm* products, int count);
 // gemm_avx2's panels of a float32 product's w (NtGemm's N, K, w, w_kn; the rest
@@ -211,7 +211,7 @@ void gemm_avx2(const NtGemm* products, int count);
 // (NtGemm::w_packed): else each product packs it anew.
 int64_t gemm_avx2_panel_floats(int64_t N, int64_t K);
 void pack_gemm_avx2_panels(const NtGemm& g, float* dst);
-// Whether gemm_avx2 takes the float32 products of 4+ rows: the AVX2 kernels
+// Whether gemm_avx2 takes the float32 products of 2+ rows: the AVX2 kernels
 // active and the CPU not Intel's (blas_runs_avx512 false: MKL's generic path).
 bool own_gemm_avx2();
 

@@ -38,7 +38,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
       sz, sched, x_proj, h0, w_hh, bias.recurrent, output, h_proj, hidden, /*fusable=*/!proj,
       make_step, [&](int64_t, const at::Tensor& out_rows) {
         if (!proj) return;
-        Launch::gemm_nt(NtProduct{out_rows, hidden.narrow(0, 0, out_rows.size(0)), w_hr, {}});
+        Launch::gemm_nt(NtProduct{out_rows, row_range(hidden, 0, out_rows.size(0)), w_hr, {}});
       });
   if (!save) return {output, h_n, c, empty_grad(input), empty_grad(input)};
   return {output, h_n, c, gates, cells};
@@ -82,7 +82,7 @@ lstm_backward(const LayerSizes& sz, const Schedule& sched, const at::Tensor& gra
       [&](int64_t s, const at::Tensor& d_h_rows) {
         if (!proj) return;
         d_h_all.narrow(0, sched.offset(s), d_h_rows.size(0)).copy_(d_h_rows);
-        at::Tensor d_hidden_rows = d_hidden.narrow(0, 0, d_h_rows.size(0));
+        at::Tensor d_hidden_rows = row_range(d_hidden, 0, d_h_rows.size(0));
         at::mm_out(d_hidden_rows, d_h_rows, w_hr);  // [rows, P] @ [P, H]
       });
 

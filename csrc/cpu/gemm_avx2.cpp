@@ -286,7 +286,8 @@ void run_few_rows_unit(const NtGemm& g, int64_t u, const float* panel) {
     transpose8(rows);  // rows[r][i] = sums[c0 + i][r]
     const int64_t width = std::min<int64_t>(8, cols - c0);
     const __m256i mask = first_lanes(width);
-    const __m256 b = bias != nullptr ? _mm256_maskload_ps(bias + n0 + c0, mask) : _mm256_setzero_ps();
+    const __m256 b =
+        bias != nullptr ? _mm256_maskload_ps(bias + n0 + c0, mask) : _mm256_setzero_ps();
     for (int64_t r = 0; r < g.M; ++r) {
       float* dst = out + r * g.ldo + c0;
       const __m256 v =

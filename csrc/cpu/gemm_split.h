@@ -98,11 +98,11 @@ void walk_unit(const GemmSplit& s, int64_t u, int64_t M, int64_t K, int64_t dept
 }
 
 // Threads for products of `work` multiply-adds in `units` units: two or more (up
-// to the units) once they are worth a fork, from fork_work (2^18) multiply-adds (alternated in
-// one process on two Intel vCPUs: an RNNCell's 8 x 128 x 128 backward products,
-// 2^17, 5% faster over a B 8, H 128 training loop on one thread; a GRUCell's
-// 8 x 384 x 128 still faster split); one inside a parallel region or under a
-// GemmsOnCallingThread (simd.h).
+// to the units) once they are worth a fork, from fork_work multiply-adds (2^18:
+// alternated in one process on two Intel vCPUs, an RNNCell's 8 x 128 x 128
+// backward products, 2^17, 5% faster over a B 8, H 128 training loop on one
+// thread; a GRUCell's 8 x 384 x 128 still faster split); one inside a parallel
+// region or under a GemmsOnCallingThread (simd.h).
 constexpr int64_t kForkWork = int64_t{1} << 18;
 inline int gemm_threads(int64_t work, int64_t units, int64_t fork_work = kForkWork) {
   return work >= fork_work && !omp_in_parallel() && !gemms_on_calling_thread()

@@ -197,10 +197,10 @@ struct CpuLaunch {
     // float32 from 2 rows (kAvx2GemmRows, both kernels): MKL's one-row product is
     // ahead (1 x 256 x 64: 2.1 vs 3.4 us). gemm_avx2 by rows or by columns (the
     // weight gradients' d_pre^T, its units over all of N: gemm_avx2.cpp; in-process
-    // A/B against MKL on two Zen 2
-    // vCPUs, training: LSTM 100, 64, 512, 512 586 -> 543 ms, GRU 412 -> 397, the
-    // 2-layer bidirectional LSTM 100, 16, 128, 128 53.0 -> 50.4, LSTM 50, 1, 64, 64
-    // 0.574 -> 0.558, LSTMCell B 8, H 128 x 100 steps 28.8 -> 27.3; RNN 144 -> 146).
+    // A/B against MKL on two Zen 2 vCPUs, training: LSTM 100, 64, 512, 512 586 ->
+    // 543 ms, GRU 412 -> 397, the 2-layer bidirectional LSTM 100, 16, 128, 128
+    // 53.0 -> 50.4, LSTM 50, 1, 64, 64 0.574 -> 0.558, LSTMCell B 8, H 128 x 100
+    // steps 28.8 -> 27.3; RNN 144 -> 146).
     const bool small = f32 ? a.size(0) >= kAvx2GemmRows &&
                                  within_own_gemm(a.size(0) * a.size(1) * w.size(1))
                            : a.size(0) <= kSmallGemmRows;

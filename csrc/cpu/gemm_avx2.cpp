@@ -10,7 +10,7 @@
 // fits L1: packs_a), and the block's rows
 // broadcast against the panel, 6 rows x 16 columns of accumulators at a time (12:
 // Zen 2's FMA latency of 5 cycles on 2 ports needs 10), the units of work split
-// as there (gemm_split.h). Products of up to 8 rows by w [N, K] (a cell's) run
+// as there (gemm_split.h). Products of up to 16 rows by w [N, K] (a cell's) run
 // transposed instead, w's rows read in place (few_rows).
 // The standard headers come before the target pragma (see gemm_avx512.cpp).
 #include <omp.h>
@@ -181,34 +181,44 @@ constexpr RowBlockFn kRowBlocks[kRowBlock] = {
 // once (few_rows_panel): the panel layout would transpose all of w a call, for M
 // rows' use (an RNNCell's 8 x 128 x 128: ~3 of ~7 us on a Zen 2 core). A vector
 // holds 4 rows of `a` at 2 depths each, so that one 64-bit broadcast of 2 depths
-// of a row of w feeds two FMAs (rows 0-3 and 4-7): Zen 2 issues one broadcast from
-// memory a cycle, and with 8 rows a vector at one depth (a broadcast an FMA) the
-// kernel ran at half its FMA rate. 6 columns of out at a time: 12 accumulators,
-// 8 loads for 12 FMAs, as row_block. Stand-alone, one Zen 2 core, 8 x 128 x 128:
-// 38 -> 63 GFLOP/s; in-process A/B over 100 steps of B 8, H 128 (with one thread
-// for an RNNCell's products, gemm_avx2): RNNCell 11% faster, GRUCell 10%, LSTMCell
-// 12%; training 1-3%.
-constexpr int64_t kFewRows = 8;
-constexpr int64_t kFewBlock = 6;                // columns of out per register block
-constexpr int64_t kFewColumns = 2 * kFewBlock;  // per unit
+// of a row of w feeds an FMA per vector of rows, 2 (up to 8 rows) or 4: Zen 2
+// issues one broadcast from memory a cycle, and with 8 rows a vector at one depth
+// (a broadcast an FMA) the kernel ran at half its FMA rate. 12 accumulators, 6
+// columns of out at a time (3 for 4 vectors): 8 (7) loads for 12 FMAs, as
+// row_block. Stand-alone, one Zen 2 core: 8 x 128 x 128 38 -> 72 GFLOP/s, 16 x 512 x
+// 128 61 -> 88. In-process A/B over 100 cell steps, H 128 (with one thread for an
+// RNNCell's products, gemm_avx2), two Zen 2 vCPUs: B 8 GRUCell 15% faster, LSTMCell
+// 17%, RNNCell 1-11% (runs differ); B 16 LSTMCell and GRUCell 13%, RNNCell 5%; B 12
+// LSTMCell 6%; training 1-4%.
+constexpr int64_t kFewRows = 16;
+// Columns of out per unit: whole vectors of them, stored unmasked (Zen 2 runs
+// masked stores in microcode: in units of 12, each unit's last 4 columns' masked
+// stores took ~15% of a 16 x 512 x 128 product).
+constexpr int64_t kFewColumns = 24;
 constexpr int64_t kFewForkWork = kForkWork + 1;  // see gemm_avx2
 
 inline bool few_rows(const NtGemm& g) { return g.M <= kFewRows && g.lda_k == 1 && !g.w_kn; }
 
-// Floats of a few-row product's panel of `a`: 16 per pair of depths.
-inline int64_t few_rows_panel_floats(const NtGemm& g) { return (g.K + 1) / 2 * 16; }
+// Vectors of rows of a few-row product (4 rows each, at 2 depths).
+inline int few_rows_vectors(const NtGemm& g) { return g.M <= 8 ? 2 : 4; }
 
-// panel[d * 16 + 8h + 2r + j] = a[4h + r][2d + j] (0 past M rows or K depths):
-// each group of 4 rows a 4 x 4 transpose of depth pairs (64-bit lanes).
+// Floats of a few-row product's panel of `a`: a vector per 4 rows per pair of depths.
+inline int64_t few_rows_panel_floats(const NtGemm& g) {
+  return (g.K + 1) / 2 * 8 * few_rows_vectors(g);
+}
+
+// panel[(d * V + v) * 8 + 2r + j] = a[4v + r][2d + j] for V = few_rows_vectors
+// (0 past M rows or K depths): each 4 rows a 4 x 4 transpose of depth pairs
+// (64-bit lanes).
 void few_rows_panel(const NtGemm& g, float* panel) {
   const float* a = static_cast<const float*>(g.a);
-  const int64_t pairs = (g.K + 1) / 2;
-  for (int64_t h = 0; h < 2; ++h) {
+  const int64_t pairs = (g.K + 1) / 2, vectors = few_rows_vectors(g);
+  for (int64_t v = 0; v < vectors; ++v) {
     for (int64_t kb = 0; kb < g.K; kb += 8) {
       const __m256i depths = first_lanes(g.K - kb);
       __m256d r[4];
       for (int64_t i = 0; i < 4; ++i) {
-        const int64_t row = 4 * h + i;
+        const int64_t row = 4 * v + i;
         r[i] = _mm256_castps_pd(row < g.M ? _mm256_maskload_ps(a + row * g.lda + kb, depths)
                                           : _mm256_setzero_ps());
       }
@@ -219,7 +229,8 @@ void few_rows_panel(const NtGemm& g, float* panel) {
           _mm256_permute2f128_pd(t0, t2, 0x31), _mm256_permute2f128_pd(t1, t3, 0x31)};
       const int64_t count = std::min<int64_t>(4, pairs - kb / 2);
       for (int64_t i = 0; i < count; ++i) {
-        _mm256_store_pd(reinterpret_cast<double*>(panel + (kb / 2 + i) * 16 + 8 * h), pair[i]);
+        _mm256_store_pd(reinterpret_cast<double*>(panel + ((kb / 2 + i) * vectors + v) * 8),
+                        pair[i]);
       }
     }
   }
@@ -227,72 +238,81 @@ void few_rows_panel(const NtGemm& g, float* panel) {
 
 // The products of depth pair d (kOneDepth: its first depth alone, the panel's
 // second being 0 where w's next float may be past its end).
-template <int COLS, bool kOneDepth>
+template <int COLS, int V, bool kOneDepth>
 inline void few_rows_step(const float* w, int64_t K, const float* panel, int64_t d,
-                          __m256 (&acc0)[COLS], __m256 (&acc1)[COLS]) {
-  const __m256 p0 = _mm256_load_ps(panel + d * 16), p1 = _mm256_load_ps(panel + d * 16 + 8);
+                          __m256 (&acc)[COLS][V]) {
+  __m256 rows[V];
+  _Pragma("GCC unroll 4") for (int v = 0; v < V; ++v) rows[v] = _mm256_load_ps(panel + (d * V + v) * 8);
   _Pragma("GCC unroll 6") for (int c = 0; c < COLS; ++c) {
     const float* depths = w + c * K + 2 * d;
     const __m256 x = kOneDepth ? _mm256_broadcast_ss(depths)
                                : _mm256_castpd_ps(_mm256_broadcast_sd(
                                      reinterpret_cast<const double*>(depths)));
-    acc0[c] = _mm256_fmadd_ps(x, p0, acc0[c]);
-    acc1[c] = _mm256_fmadd_ps(x, p1, acc1[c]);
+    _Pragma("GCC unroll 4") for (int v = 0; v < V; ++v) acc[c][v] = _mm256_fmadd_ps(x, rows[v], acc[c][v]);
   }
 }
 
-// sums[c][r] = sum_k w[c][k] a[r][k] for COLS (<= 6) rows c of w (row stride K)
-// and every row r < 8 of the panel.
-template <int COLS>
+// sums[c][r] = sum_k w[c][k] a[r][k] for COLS rows c of w (row stride K) and
+// every row r < 4V of the panel.
+template <int COLS, int V>
 void few_rows_block(const float* w, int64_t K, const float* panel, float (*sums)[kFewRows]) {
-  __m256 acc0[COLS], acc1[COLS];
+  __m256 acc[COLS][V];
   _Pragma("GCC unroll 6") for (int c = 0; c < COLS; ++c) {
-    acc0[c] = _mm256_setzero_ps();
-    acc1[c] = _mm256_setzero_ps();
+    _Pragma("GCC unroll 4") for (int v = 0; v < V; ++v) acc[c][v] = _mm256_setzero_ps();
   }
   const int64_t pairs = K / 2;
-  for (int64_t d = 0; d < pairs; ++d) few_rows_step<COLS, false>(w, K, panel, d, acc0, acc1);
-  if (pairs * 2 < K) few_rows_step<COLS, true>(w, K, panel, pairs, acc0, acc1);
-  // Lanes 2i, 2i + 1 summed: [r0, r1, r4, r5 | r2, r3, r6, r7], then in row order.
+  for (int64_t d = 0; d < pairs; ++d) few_rows_step<COLS, V, false>(w, K, panel, d, acc);
+  if (pairs * 2 < K) few_rows_step<COLS, V, true>(w, K, panel, pairs, acc);
+  // Vectors 2i and 2i + 1's lanes summed in pairs: rows [0, 1, 4, 5 | 2, 3, 6, 7]
+  // of the 8 they hold, then in row order.
   const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
   _Pragma("GCC unroll 6") for (int c = 0; c < COLS; ++c) {
-    _mm256_store_ps(sums[c],
-                    _mm256_permutevar8x32_ps(_mm256_hadd_ps(acc0[c], acc1[c]), order));
+    _Pragma("GCC unroll 2") for (int v = 0; v < V; v += 2) {
+      _mm256_store_ps(sums[c] + 4 * v, _mm256_permutevar8x32_ps(
+                                           _mm256_hadd_ps(acc[c][v], acc[c][v + 1]), order));
+    }
   }
 }
 
 using FewRowsFn = void (*)(const float*, int64_t, const float*, float (*)[kFewRows]);
-constexpr FewRowsFn kFewRowsBlocks[kFewBlock] = {
-    few_rows_block<1>, few_rows_block<2>, few_rows_block<3>,
-    few_rows_block<4>, few_rows_block<5>, few_rows_block<6>};
+// [vectors / 4][columns - 1]: 6 columns a block with 2 vectors, 3 with 4.
+constexpr FewRowsFn kFewRowsBlocks[2][6] = {
+    {few_rows_block<1, 2>, few_rows_block<2, 2>, few_rows_block<3, 2>, few_rows_block<4, 2>,
+     few_rows_block<5, 2>, few_rows_block<6, 2>},
+    {few_rows_block<1, 4>, few_rows_block<2, 4>, few_rows_block<3, 4>, nullptr, nullptr,
+     nullptr}};
 
-// Unit u of a few-row product: out's columns [12u, 12u + 12), its panel at
+// Unit u of a few-row product: out's columns [24u, 24u + 24), its panel at
 // `panel`. Stored as row_block stores: out (if accumulating) plus the products,
 // plus the bias.
 void run_few_rows_unit(const NtGemm& g, int64_t u, const float* panel) {
   const int64_t n0 = u * kFewColumns, cols = std::min(kFewColumns, g.N - n0);
-  alignas(32) float sums[kFewColumns][kFewRows] = {};
+  const int vectors = few_rows_vectors(g);
+  const int64_t block = 12 / vectors;  // columns a register block: 12 accumulators
+  alignas(32) float sums[kFewColumns][kFewRows];  // rows 4 * vectors on unread
   const float* w = static_cast<const float*>(g.w) + n0 * g.K;
-  for (int64_t c = 0; c < cols; c += kFewBlock) {
-    kFewRowsBlocks[std::min(kFewBlock, cols - c) - 1](w + c * g.K, g.K, panel, sums + c);
+  for (int64_t c = 0; c < cols; c += block) {
+    kFewRowsBlocks[vectors / 4][std::min(block, cols - c) - 1](w + c * g.K, g.K, panel, sums + c);
   }
   const float* bias = static_cast<const float*>(g.bias);
   float* out = static_cast<float*>(g.out) + n0;
-  for (int64_t c0 = 0; c0 < cols; c0 += 8) {
-    __m256 rows[8];
-    for (int64_t i = 0; i < 8; ++i) {
-      rows[i] = c0 + i < kFewColumns ? _mm256_load_ps(sums[c0 + i]) : _mm256_setzero_ps();
-    }
-    transpose8(rows);  // rows[r][i] = sums[c0 + i][r]
-    const int64_t width = std::min<int64_t>(8, cols - c0);
-    const __m256i mask = first_lanes(width);
-    const __m256 b =
-        bias != nullptr ? _mm256_maskload_ps(bias + n0 + c0, mask) : _mm256_setzero_ps();
-    for (int64_t r = 0; r < g.M; ++r) {
-      float* dst = out + r * g.ldo + c0;
-      const __m256 v =
-          g.accumulate ? _mm256_add_ps(_mm256_maskload_ps(dst, mask), rows[r]) : rows[r];
-      store_lanes(dst, mask, width == 8, _mm256_add_ps(v, b));
+  for (int64_t r0 = 0; r0 < g.M; r0 += 8) {
+    for (int64_t c0 = 0; c0 < cols; c0 += 8) {
+      __m256 rows[8];
+      for (int64_t i = 0; i < 8; ++i) {
+        rows[i] = c0 + i < cols ? _mm256_load_ps(sums[c0 + i] + r0) : _mm256_setzero_ps();
+      }
+      transpose8(rows);  // rows[r][i] = sums[c0 + i][r0 + r]
+      const int64_t width = std::min<int64_t>(8, cols - c0);
+      const __m256i mask = first_lanes(width);
+      const __m256 b =
+          bias != nullptr ? _mm256_maskload_ps(bias + n0 + c0, mask) : _mm256_setzero_ps();
+      for (int64_t r = 0; r < std::min<int64_t>(8, g.M - r0); ++r) {
+        float* dst = out + (r0 + r) * g.ldo + c0;
+        const __m256 v =
+            g.accumulate ? _mm256_add_ps(_mm256_maskload_ps(dst, mask), rows[r]) : rows[r];
+        store_lanes(dst, mask, width == 8, _mm256_add_ps(v, b));
+      }
     }
   }
 }

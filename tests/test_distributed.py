@@ -4,7 +4,6 @@ averages the gradients of the two halves, and equal (float32 summation order) to
 process on the whole batch."""
 
 import os
-import socket
 
 import pytest
 import torch
@@ -34,9 +33,12 @@ def _grads(model, x):
     return {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def _worker(rank, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+def _worker(rank, out_dir):
+    # A file rendezvous: a free TCP port probed beforehand can be taken by another
+    # process before the workers bind it (a rare failure, seen once).
+    rendezvous = os.path.join(out_dir, "rendezvous")
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank,
+                            world_size=WORLD)
     shard = _batch().chunk(WORLD)[rank]
     results = {}
     ddp = torch.nn.parallel.DistributedDataParallel(_model())
@@ -57,10 +59,7 @@ def _worker(rank, port, out_dir):
 
 
 def test_ddp_and_fsdp2_gradients_match_one_process(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_worker, args=(port, str(tmp_path)), nprocs=WORLD, start_method="spawn")
+    mp.start_processes(_worker, args=(str(tmp_path),), nprocs=WORLD, start_method="spawn")
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
     model = _model()

@@ -594,6 +594,26 @@ def test_gemm_nt_spreads_nan_by_row(device):
             assert out[: rows - 1].isfinite().all()
 
 
+def test_gemm_nt_keeps_infinities(device):
+    """An infinite weight gives an infinite output where the BLAS does, not inf * 0 =
+    NaN from a kernel's zero padding: at an odd last depth too (the few-row kernel's
+    pairs of depths end with one depth alone there), and a NaN weight makes only its
+    column NaN."""
+    for rows in (2, 3, 5, 8, 13, 16, 17):
+        for k in (7, 8, 33):
+            a = torch.rand(rows, k, device=device) + 0.5  # positive: no inf - inf
+            w = torch.rand(37, k, device=device) + 0.5
+            w[3, k - 1] = float("inf")
+            w[5, 0] = float("-inf")
+            w[36, k // 2] = float("nan")
+            got = torch.ops.rnnfused._gemm_nt(a, w, None)
+            want = (a.double() @ w.double().t()).float()
+            torch.testing.assert_close(got, want, equal_nan=True,
+                                       msg=lambda m: f"{rows} x {k}: {m}")
+            assert got[:, 3].isposinf().all() and got[:, 5].isneginf().all()
+            assert got[:, 36].isnan().all() and got[:, :36].isnan().sum() == 0
+
+
 def test_gemm_nt_bad_arguments_raise(device):
     gemm = torch.ops.rnnfused._gemm_nt
     with pytest.raises(RuntimeError, match=r"expected a \[M, K\] and w \[N, K\]"):

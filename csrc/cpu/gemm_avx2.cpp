@@ -236,8 +236,9 @@ void few_rows_panel(const NtGemm& g, float* panel) {
   }
 }
 
-// The products of depth pair d (kOneDepth: its first depth alone, the panel's
-// second being 0 where w's next float may be past its end).
+// The products of depth pair d (kOneDepth: its first depth alone, w's next float
+// being past its row, maybe past its end: the broadcast's second lanes are 0, as
+// the panel's are, so that an infinite w gives inf there, not inf * 0 = NaN).
 template <int COLS, int V, bool kOneDepth>
 inline void few_rows_step(const float* w, int64_t K, const float* panel, int64_t d,
                           __m256 (&acc)[COLS][V]) {
@@ -245,9 +246,10 @@ inline void few_rows_step(const float* w, int64_t K, const float* panel, int64_t
   _Pragma("GCC unroll 4") for (int v = 0; v < V; ++v) rows[v] = _mm256_load_ps(panel + (d * V + v) * 8);
   _Pragma("GCC unroll 6") for (int c = 0; c < COLS; ++c) {
     const float* depths = w + c * K + 2 * d;
-    const __m256 x = kOneDepth ? _mm256_broadcast_ss(depths)
-                               : _mm256_castpd_ps(_mm256_broadcast_sd(
-                                     reinterpret_cast<const double*>(depths)));
+    const __m256 x =
+        kOneDepth ? _mm256_castpd_ps(_mm256_broadcastsd_pd(_mm_castps_pd(_mm_load_ss(depths))))
+                  : _mm256_castpd_ps(
+                        _mm256_broadcast_sd(reinterpret_cast<const double*>(depths)));
     _Pragma("GCC unroll 4") for (int v = 0; v < V; ++v) acc[c][v] = _mm256_fmadd_ps(x, rows[v], acc[c][v]);
   }
 }

@@ -451,16 +451,16 @@ def test_cell_binding_or_torch_ops(name, device, monkeypatch):
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
-@pytest.mark.parametrize("rows", [0, 1, 2, 3, 4, 5, 7, 8, 9, 12, 16, 17, 64, 300])
+@pytest.mark.parametrize("rows", [0, 1, 2, 3, 4, 5, 7, 8, 9, 12, 16, 17, 32, 64, 300])
 def test_gemm_nt(rows, bias, device):
     """The product a @ w^T (+ bias) that the layer ops form their input projections
     and per-step products with (on the CPU with AVX-512, few rows or small products
     take the library's own kernels: dot products below 4 rows, w transposed a 32-row
     panel of 128 columns at a time from 4 rows, two threads from 2^18 multiply-adds;
-    on AVX2 CPUs other than Intel's, from 2 rows: up to 16 the transposed kernel,
-    4 rows at 2 depths a vector (2 or 4 vectors) against 6 or 3 of w's rows, 24
-    columns a unit, an odd last depth alone; from 17 a 16-row panel of 256 columns
-    at a time, 6-row blocks):
+    on AVX2 CPUs other than Intel's, from 2 rows: up to 16 (and 32, in two groups)
+    the transposed kernel, 4 rows at 2 depths a vector (2 or 4 vectors) against 6 or
+    3 of w's rows, 24 columns a unit, an odd last depth alone; otherwise a 16-row
+    panel of 256 columns at a time, 6-row blocks):
     against float64 at widths with partial panels, blocks and vectors, odd depths,
     depths past one buffered panel, and K = 0."""
     torch.manual_seed(rows)
@@ -599,7 +599,7 @@ def test_gemm_nt_keeps_infinities(device):
     NaN from a kernel's zero padding: at an odd last depth too (the few-row kernel's
     pairs of depths end with one depth alone there), and a NaN weight makes only its
     column NaN."""
-    for rows in (2, 3, 5, 8, 13, 16, 17):
+    for rows in (2, 3, 5, 8, 13, 16, 17, 32):
         for k in (7, 8, 33):
             a = torch.rand(rows, k, device=device) + 0.5  # positive: no inf - inf
             w = torch.rand(37, k, device=device) + 0.5

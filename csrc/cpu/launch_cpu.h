@@ -118,9 +118,9 @@ struct CpuLaunch {
   // products of 2 rows or more, every size (two Zen 2 cores against MKL's generic
   // path: 512 x 2048 x 512 NT with bias 171 vs 149 GFLOP/s, 6400 x 512 x 2048 NN
   // 178 vs 154, 50 x 2048 x 512 159 vs 109, 50 x 256 x 64 21 vs 29 us, 4 x 2048 x 512
-  // 157 vs 292 us), and from 2 rows up to 16 its few-row kernel (in-process A/B
-  // against MKL over 100 cell steps: LSTMCell B 2, H 128 15% faster, GRUCell B 3 30%,
-  // GRUCell B 2 training 10%); one row stays on MKL (its product of one row is ahead:
+  // 157 vs 292 us), and from 2 rows up to 16 (and 32) its few-row kernel (in-process
+  // A/B against MKL over 100 cell steps: LSTMCell B 2, H 128 15% faster, GRUCell B 3
+  // 30%, GRUCell B 2 training 10%); one row stays on MKL (its product of one row is ahead:
   // LSTMCell B 1, H 128 13% slower on the kernel).
   static constexpr int64_t kSmallGemmRows = 16;
   static constexpr int64_t kSmallGemmWork = int64_t{1} << 23;

@@ -176,10 +176,10 @@ constexpr RowBlockFn kRowBlocks[kRowBlock] = {
     row_block<1, kPacked>, row_block<2, kPacked>, row_block<3, kPacked>,
     row_block<4, kPacked>, row_block<5, kPacked>, row_block<6, kPacked>};
 
-// Products of few rows (16 or fewer, or 32 in two groups: few_rows; `a` by rows, w
-// [N, K]: a cell's, a step's of a small batch) run transposed, out^T = w @ a^T, against `a` packed
-// once (few_rows_panel): the panel layout would transpose all of w a call, for M
-// rows' use (an RNNCell's 8 x 128 x 128: ~3 of ~7 us on a Zen 2 core). A vector
+// Products of few rows (16 or fewer, or 32 in two groups: few_rows; `a` by rows,
+// w [N, K]: a cell's, a step's of a small batch) run transposed, out^T = w @ a^T,
+// against `a` packed once (few_rows_panel): the panel layout would transpose all of
+// w a call, for M rows' use (an RNNCell's 8 x 128 x 128: ~3 of ~7 us on a Zen 2 core). A vector
 // holds 4 rows of `a` at 2 depths each, so that one 64-bit broadcast of 2 depths
 // of a row of w feeds an FMA per vector of rows, 2 (up to 8 rows) or 4: Zen 2
 // issues one broadcast from memory a cycle, and with 8 rows a vector at one depth
@@ -234,7 +234,6 @@ inline NtGemm few_rows_group(const NtGemm& g, int64_t group) {
   part.out = static_cast<float*>(g.out) + r0 * g.ldo;
   return part;
 }
-
 
 // panel[(d * V + v) * 8 + 2r + j] = a[4v + r][2d + j] for V = few_rows_vectors
 // (0 past M rows or K depths): each 4 rows a 4 x 4 transpose of depth pairs
@@ -324,7 +323,7 @@ void run_few_rows_unit(const NtGemm& g, int64_t u, const float* panel) {
   const int64_t n0 = u * kFewColumns, cols = std::min(kFewColumns, g.N - n0);
   const int vectors = few_rows_vectors(g);
   const int64_t block = 12 / vectors;  // columns a register block: 12 accumulators
-  alignas(32) float sums[kFewColumns][kFewRows];  // rows 4 * vectors on unread
+  alignas(32) float sums[kFewColumns][kFewRows];  // rows from 4 * vectors on: unused
   const float* w = static_cast<const float*>(g.w) + n0 * g.K;
   for (int64_t c = 0; c < cols; c += block) {
     kFewRowsBlocks[vectors / 4][std::min(block, cols - c) - 1](w + c * g.K, g.K, panel, sums + c);
@@ -492,10 +491,12 @@ void gemm_avx2(const NtGemm* gemms, int count) {
   for (int j = 0; j < count; ++j) {
     const NtGemm& g = gemms[j];
     work += g.M * g.N * g.K;
-    all_few = all_few && few_rows(g);
-    if (few_rows(g)) {
+    const bool few = few_rows(g);
+    all_few = all_few && few;
+    if (few) {
       first[j + 1] = first[j] + few_rows_units(g);
-      most_few_floats = std::max(most_few_floats, few_rows_groups(g) * few_rows_panel_floats(g));
+      most_few_floats =
+          std::max(most_few_floats, few_rows_groups(g) * few_rows_panel_floats(g));
       continue;
     }
     // Here, not in the threads: split_gemm reads omp_get_max_threads(), which a
@@ -528,8 +529,8 @@ void gemm_avx2(const NtGemm* gemms, int count) {
   // vCPUs); a GRUCell's pair (3 x 2^18) is faster split.
   const int threads = gemm_threads(work, units, all_few ? kFewForkWork : kForkWork);
   // Each thread's packed slices of `a`: a unit's rows, a register block at a time.
-  // Or, for few rows, the panel of `a` (few_rows_panel: each thread packs it for
-  // its units of each product, all of which read all of it).
+  // Or, for few rows, the panels of `a`, one a group (few_rows_panel: each thread
+  // packs all of a product's for its units of it, which read all of them).
   const int64_t slice_floats = std::max(
       kPackedBlockFloats * std::max<int64_t>(1, most_rows / kRowBlock), most_few_floats);
   float* const slices = calling_thread_scratch(slice_floats * threads);

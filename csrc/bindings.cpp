@@ -108,6 +108,25 @@ LayerWeights split_weights(at::ArrayRef<Tensor> w, bool has_biases) {
   return split;
 }
 
+// torch.nn's initial state where the caller gives none: zeros [L*D, B, size] in
+// the input's dtype, B the batch of the dense input or batch_sizes[0]. Made here
+// rather than by torch.zeros in Python, which cost ~7 us of a small layer's ~150
+// us call (T 50, B 1, H 64, two Zen 2 vCPUs): a Python op between two large C++
+// calls runs cold.
+Tensor initial_state(const Tensor& input, const OptTensor& batch_sizes, bool batch_first,
+                     int64_t slots, int64_t size) {
+  const bool dense = !(batch_sizes.has_value() && batch_sizes->defined());
+  int64_t batch = 0;
+  if (dense) {
+    TORCH_CHECK(input.dim() == 3, "rnnfused: expected a 3-D input with no initial state, got ",
+                input.dim(), "-D");
+    batch = input.size(batch_first ? 0 : 1);
+  } else if (batch_sizes->numel() > 0) {
+    batch = (*batch_sizes)[0].item<int64_t>();  // the first step's rows
+  }
+  return at::zeros({slots, batch, size}, input.options());
+}
+
 // A layer-direction's (output, final states).
 using LayerResult = std::pair<Tensor, std::vector<Tensor>>;
 
@@ -189,13 +208,29 @@ std::vector<LayerResult> run_pair_op(const c10::TypedOperatorHandle<signature::L
   return results;
 }
 
-// Returns (output, h_n, c_n).
-std::vector<Tensor> lstm_stack(const Tensor& input, const OptTensor& batch_sizes, const Tensor& hx,
-                               const Tensor& cx, std::vector<Tensor> flat_weights, bool has_biases,
+// Returns (output, h_n, c_n). hx and cx: both or neither (zeros: initial_state).
+std::vector<Tensor> lstm_stack(const Tensor& input, const OptTensor& batch_sizes,
+                               const OptTensor& hx, const OptTensor& cx,
+                               std::vector<Tensor> flat_weights, bool has_biases,
                                int64_t num_layers, double dropout, bool train, bool bidirectional,
                                bool batch_first, bool together) {
+  Tensor h0, c0;
+  if (hx.has_value() && hx->defined()) {
+    TORCH_CHECK(cx.has_value() && cx->defined(), "rnnfused: lstm_stack got hx without cx");
+    h0 = *hx;
+    c0 = *cx;
+  } else {
+    TORCH_CHECK(!flat_weights.empty(), "rnnfused: lstm_stack got no weights");
+    // w_hh [4H, P]: P the output's size (H without a projection, whose h0 and c0 can
+    // be one tensor: the ops only read them).
+    const Tensor& w_hh = flat_weights[1];
+    const int64_t slots = num_layers * (bidirectional ? 2 : 1);
+    const int64_t hidden = w_hh.size(0) / 4, output_size = w_hh.size(1);
+    c0 = initial_state(input, batch_sizes, batch_first, slots, hidden);
+    h0 = output_size == hidden ? c0 : initial_state(input, batch_sizes, batch_first, slots, output_size);
+  }
   return run_stack(
-      input, batch_sizes, {hx, cx}, flat_weights, num_layers, dropout, train, bidirectional,
+      input, batch_sizes, {h0, c0}, flat_weights, num_layers, dropout, train, bidirectional,
       batch_first, together,
       [&](const Tensor& x, const OptTensor& bs, const std::vector<Tensor>& s,
           at::ArrayRef<Tensor> weights, bool reverse) -> LayerResult {
@@ -211,13 +246,25 @@ std::vector<Tensor> lstm_stack(const Tensor& input, const OptTensor& batch_sizes
       });
 }
 
-// Returns (output, h_n).
-std::vector<Tensor> gru_stack(const Tensor& input, const OptTensor& batch_sizes, const Tensor& hx,
-                              std::vector<Tensor> flat_weights, bool has_biases, int64_t num_layers,
-                              double dropout, bool train, bool bidirectional, bool batch_first,
-                              bool together) {
+// The initial state of a GRU or RNN stack: hx, else zeros (initial_state).
+Tensor single_state(const Tensor& input, const OptTensor& batch_sizes, const OptTensor& hx,
+                    at::TensorList flat_weights, int64_t num_layers, bool bidirectional,
+                    bool batch_first) {
+  if (hx.has_value() && hx->defined()) return *hx;
+  TORCH_CHECK(flat_weights.size() > 1, "rnnfused: a layer stack got no weights");
+  return initial_state(input, batch_sizes, batch_first, num_layers * (bidirectional ? 2 : 1),
+                       flat_weights[1].size(1));  // w_hh [G*H, H]
+}
+
+// Returns (output, h_n). hx: none for zeros.
+std::vector<Tensor> gru_stack(const Tensor& input, const OptTensor& batch_sizes,
+                              const OptTensor& hx, std::vector<Tensor> flat_weights,
+                              bool has_biases, int64_t num_layers, double dropout, bool train,
+                              bool bidirectional, bool batch_first, bool together) {
+  const Tensor h0 =
+      single_state(input, batch_sizes, hx, flat_weights, num_layers, bidirectional, batch_first);
   return run_stack(
-      input, batch_sizes, {hx}, flat_weights, num_layers, dropout, train, bidirectional,
+      input, batch_sizes, {h0}, flat_weights, num_layers, dropout, train, bidirectional,
       batch_first, together,
       [&](const Tensor& x, const OptTensor& bs, const std::vector<Tensor>& s,
           at::ArrayRef<Tensor> weights, bool reverse) -> LayerResult {
@@ -232,13 +279,15 @@ std::vector<Tensor> gru_stack(const Tensor& input, const OptTensor& batch_sizes,
       });
 }
 
-// Returns (output, h_n). (RNN layers have no two-direction op.)
-std::vector<Tensor> rnn_stack(const Tensor& input, const OptTensor& batch_sizes, const Tensor& hx,
-                              std::vector<Tensor> flat_weights, bool has_biases, int64_t num_layers,
-                              double dropout, bool train, bool bidirectional, bool batch_first,
-                              bool relu) {
+// Returns (output, h_n); hx as gru_stack's. (RNN layers have no two-direction op.)
+std::vector<Tensor> rnn_stack(const Tensor& input, const OptTensor& batch_sizes,
+                              const OptTensor& hx, std::vector<Tensor> flat_weights,
+                              bool has_biases, int64_t num_layers, double dropout, bool train,
+                              bool bidirectional, bool batch_first, bool relu) {
+  const Tensor h0 =
+      single_state(input, batch_sizes, hx, flat_weights, num_layers, bidirectional, batch_first);
   return run_stack(
-      input, batch_sizes, {hx}, flat_weights, num_layers, dropout, train, bidirectional,
+      input, batch_sizes, {h0}, flat_weights, num_layers, dropout, train, bidirectional,
       batch_first, /*together=*/false,
       [&](const Tensor& x, const OptTensor& bs, const std::vector<Tensor>& s,
           at::ArrayRef<Tensor> weights, bool reverse) -> LayerResult {

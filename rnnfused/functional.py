@@ -212,6 +212,39 @@ def _time_dim(batch_sizes: Tensor | None, batch_first: bool) -> int | None:
     return 1 if batch_first else 0
 
 
+def _initial_state(
+    input: Tensor, batch_sizes: Tensor | None, batch_first: bool, slots: int, size: int,
+) -> Tensor:
+    """torch.nn's initial state where none is given: zeros [slots, B, size] in the
+    input's dtype, B the dense input's batch or batch_sizes[0]. (The one-call path
+    makes them in C++ instead: _C.*_stack's initial_state.)"""
+    batch = batch_sizes[0] if batch_sizes is not None else input.size(0 if batch_first else 1)
+    return torch.zeros(slots, batch, size, dtype=input.dtype, device=input.device)
+
+
+def _lstm_initial_states(
+    input: Tensor, batch_sizes: Tensor | None, flat_weights: Sequence[Tensor], num_layers: int,
+    bidirectional: bool, batch_first: bool,
+) -> tuple[Tensor, Tensor]:
+    """(h0, c0) of zeros: [L*D, B, P] and [L*D, B, H] (w_hh [4H, P]); one tensor for
+    both without a projection (the ops only read them)."""
+    slots = num_layers * (2 if bidirectional else 1)
+    hidden, output = flat_weights[1].size(0) // 4, flat_weights[1].size(1)
+    c0 = _initial_state(input, batch_sizes, batch_first, slots, hidden)
+    if output == hidden:
+        return c0, c0
+    return _initial_state(input, batch_sizes, batch_first, slots, output), c0
+
+
+def _single_initial_state(
+    input: Tensor, batch_sizes: Tensor | None, flat_weights: Sequence[Tensor], num_layers: int,
+    bidirectional: bool, batch_first: bool,
+) -> Tensor:
+    """A GRU or RNN stack's h0 of zeros, [L*D, B, H] (w_hh [G*H, H])."""
+    slots = num_layers * (2 if bidirectional else 1)
+    return _initial_state(input, batch_sizes, batch_first, slots, flat_weights[1].size(1))
+
+
 # ----------------------------------------------------------------- autocast
 
 # The dtypes torch.autocast casts (float64 and the rest it leaves alone).
@@ -387,7 +420,7 @@ def _split_weights(weights: Sequence[Tensor], has_biases: bool) -> tuple[Tensor,
 
 def lstm(
     input: Tensor,
-    hx: Sequence[Tensor],
+    hx: Sequence[Tensor] | None,
     flat_weights: Sequence[Tensor],
     has_biases: bool,
     num_layers: int,
@@ -398,29 +431,35 @@ def lstm(
     batch_sizes: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """LSTM stack. input [T, B, I] ([B, T, I] if batch_first) or packed data [N, I]
-    with batch_sizes; hx = (h0 [L*D, B, P], c0 [L*D, B, H]).
+    with batch_sizes; hx = (h0 [L*D, B, P], c0 [L*D, B, H]), or None for zeros.
     Returns (output, h_n [L*D, B, P], c_n [L*D, B, H]).
     Under torch.autocast it runs in torch.nn's dtype (_stack_autocast_dtype) and
     returns torch.nn's dtypes."""
     low = _stack_autocast_dtype(input)
     if low is not None:
+        if hx is None:  # torch.nn's zeros, in the input's dtype, set the carried dtype
+            hx = _lstm_initial_states(input, batch_sizes, flat_weights, num_layers, bidirectional, batch_first)
         per_layer = len(flat_weights) // (num_layers * (2 if bidirectional else 1))
         projected = per_layer == (5 if has_biases else 3)
         c_dtype = low if _onednn_lstm(input, batch_sizes, projected) else _carried_dtype(low, hx[1])
         h_dtype = low if projected else c_dtype
         input, *hx = _cast((input, *hx), low)
         flat_weights = _cast(flat_weights, low)
-    _check_stack_args(input, hx, flat_weights, _time_dim(batch_sizes, batch_first), has_biases)
-    if batch_sizes is not None:
+    states = () if hx is None else hx
+    _check_stack_args(input, states, flat_weights, _time_dim(batch_sizes, batch_first), has_biases)
+    if batch_sizes is not None and hx is not None:
         _check_packed_lstm_batch(batch_sizes, hx[0], flat_weights[0].size(0))
     fused = _use_fused(input)
-    if fused and ops.stack_in_one_call(input, hx, flat_weights):
+    if fused and ops.stack_in_one_call(input, states, flat_weights):
         together = bidirectional and _directions_together(input, flat_weights[1])
         output, h_n, c_n = ops.lstm_stack(
             input, batch_sizes, hx, flat_weights, has_biases, num_layers, dropout, train,
             bidirectional, batch_first, together,
         )
     else:
+        if hx is None:
+            hx = _lstm_initial_states(input, batch_sizes, flat_weights, num_layers, bidirectional, batch_first)
+
         def layer(x, batch_sizes, states, weights, reverse):
             w_ih, w_hh, b_ih, b_hh, w_hr = _split_weights(weights, has_biases)
             fn = ops.lstm_layer if fused else reference.lstm_layer
@@ -443,7 +482,7 @@ def lstm(
 
 def gru(
     input: Tensor,
-    hx: Tensor,
+    hx: Tensor | None,
     flat_weights: Sequence[Tensor],
     has_biases: bool,
     num_layers: int,
@@ -453,21 +492,27 @@ def gru(
     batch_first: bool,
     batch_sizes: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """GRU stack; arguments as `lstm`, hx [L*D, B, H]. Returns (output, h_n);
-    under torch.autocast, as `lstm`."""
+    """GRU stack; arguments as `lstm`, hx [L*D, B, H] or None for zeros. Returns
+    (output, h_n); under torch.autocast, as `lstm`."""
     low = _stack_autocast_dtype(input)
     if low is not None:
+        if hx is None:
+            hx = _single_initial_state(input, batch_sizes, flat_weights, num_layers, bidirectional, batch_first)
         h_dtype = _carried_dtype(low, hx)
         input, hx, *flat_weights = _cast((input, hx, *flat_weights), low)
-    _check_stack_args(input, (hx,), flat_weights, _time_dim(batch_sizes, batch_first), has_biases)
+    states = () if hx is None else (hx,)
+    _check_stack_args(input, states, flat_weights, _time_dim(batch_sizes, batch_first), has_biases)
     fused = _use_fused(input)
-    if fused and ops.stack_in_one_call(input, (hx,), flat_weights):
+    if fused and ops.stack_in_one_call(input, states, flat_weights):
         together = bidirectional and _directions_together(input, flat_weights[1])
         output, h_n = ops.gru_stack(
             input, batch_sizes, hx, flat_weights, has_biases, num_layers, dropout, train,
             bidirectional, batch_first, together,
         )
     else:
+        if hx is None:
+            hx = _single_initial_state(input, batch_sizes, flat_weights, num_layers, bidirectional, batch_first)
+
         def layer(x, batch_sizes, states, weights, reverse):
             w_ih, w_hh, b_ih, b_hh, _ = _split_weights(weights, has_biases)
             fn = ops.gru_layer if fused else reference.gru_layer
@@ -490,7 +535,7 @@ def gru(
 
 def rnn(
     input: Tensor,
-    hx: Tensor,
+    hx: Tensor | None,
     flat_weights: Sequence[Tensor],
     has_biases: bool,
     num_layers: int,
@@ -505,15 +550,20 @@ def rnn(
     in the autocast dtype under torch.autocast (h' = act(matmuls), as torch.nn's)."""
     low = _stack_autocast_dtype(input)
     if low is not None:
+        if hx is None:
+            hx = _single_initial_state(input, batch_sizes, flat_weights, num_layers, bidirectional, batch_first)
         input, hx, *flat_weights = _cast((input, hx, *flat_weights), low)
-    _check_stack_args(input, (hx,), flat_weights, _time_dim(batch_sizes, batch_first), has_biases)
+    states = () if hx is None else (hx,)
+    _check_stack_args(input, states, flat_weights, _time_dim(batch_sizes, batch_first), has_biases)
     fused = _use_fused(input)
     relu = nonlinearity == "relu"
-    if fused and ops.stack_in_one_call(input, (hx,), flat_weights):
+    if fused and ops.stack_in_one_call(input, states, flat_weights):
         return ops.rnn_stack(
             input, batch_sizes, hx, flat_weights, has_biases, num_layers, dropout, train,
             bidirectional, batch_first, relu,
         )
+    if hx is None:
+        hx = _single_initial_state(input, batch_sizes, flat_weights, num_layers, bidirectional, batch_first)
 
     def layer(x, batch_sizes, states, weights, reverse):
         w_ih, w_hh, b_ih, b_hh, _ = _split_weights(weights, has_biases)

@@ -151,21 +151,23 @@ def stack_in_one_call(input: Tensor, states: Sequence[Tensor], flat_weights: Seq
 
 
 def lstm_stack(
-    input: Tensor, batch_sizes: Tensor | None, hx: Sequence[Tensor], flat_weights: Sequence[Tensor],
+    input: Tensor, batch_sizes: Tensor | None, hx: Sequence[Tensor] | None, flat_weights: Sequence[Tensor],
     has_biases: bool, num_layers: int, dropout: float, train: bool, bidirectional: bool,
     batch_first: bool, together: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """functional._run_stack of LSTM layers in one call (where stack_in_one_call);
-    together: both directions of each layer at once. Returns (output, h_n, c_n)."""
+    together: both directions of each layer at once; hx None: zeros, made in C++.
+    Returns (output, h_n, c_n)."""
+    h0, c0 = (None, None) if hx is None else hx
     output, h_n, c_n = _C.lstm_stack(
-        input, batch_sizes, hx[0], hx[1], list(flat_weights), has_biases, num_layers,
+        input, batch_sizes, h0, c0, list(flat_weights), has_biases, num_layers,
         float(dropout), train, bidirectional, batch_first, together,
     )
     return output, h_n, c_n
 
 
 def gru_stack(
-    input: Tensor, batch_sizes: Tensor | None, hx: Tensor, flat_weights: Sequence[Tensor],
+    input: Tensor, batch_sizes: Tensor | None, hx: Tensor | None, flat_weights: Sequence[Tensor],
     has_biases: bool, num_layers: int, dropout: float, train: bool, bidirectional: bool,
     batch_first: bool, together: bool,
 ) -> tuple[Tensor, Tensor]:
@@ -178,7 +180,7 @@ def gru_stack(
 
 
 def rnn_stack(
-    input: Tensor, batch_sizes: Tensor | None, hx: Tensor, flat_weights: Sequence[Tensor],
+    input: Tensor, batch_sizes: Tensor | None, hx: Tensor | None, flat_weights: Sequence[Tensor],
     has_biases: bool, num_layers: int, dropout: float, train: bool, bidirectional: bool,
     batch_first: bool, relu: bool,
 ) -> tuple[Tensor, Tensor]:

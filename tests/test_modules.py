@@ -3,6 +3,7 @@ gradients of the input, of h0/c0 and of every parameter; module plumbing (repr, 
 pickling, copies, dtype moves, parametrizations, dropout)."""
 
 import copy
+import functools
 import io
 import pickle
 
@@ -415,6 +416,89 @@ def test_stack_in_one_call_equals_python_stack(kind, bidirectional, batch_first,
             torch.testing.assert_close(value, in_python[key], rtol=0, atol=0, msg=key)
         else:
             assert value == in_python[key], key
+
+
+@pytest.mark.parametrize("form", ["batched", "unbatched", "packed_unsorted", "empty"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time_first", "batch_first"])
+@BIDIR
+@KIND
+def test_default_state_one_call_equals_python_stack(kind, bidirectional, batch_first, form,
+                                                    monkeypatch):
+    """Without hx, a dense eager call leaves the zeros to the one-call op (_C.*_stack's
+    initial_state, in C++); the Python stack of traced and compiled calls makes them with
+    torch.zeros. Outputs, final states and gradients agree exactly, and match torch.nn."""
+    from rnnfused import ops
+
+    ref, fused = make_kind_twins(kind, num_layers=2, bidirectional=bidirectional,
+                                 batch_first=batch_first)
+    leaves, build = make_inputs(fused, form, False, "cpu", torch.float32)
+    one_call = run_module(fused, leaves, build)
+    assert_results_equal(one_call, run_module(ref, leaves, build), torch.float32, kind)
+    monkeypatch.setattr(ops, "stack_in_one_call", lambda *args: False)
+    in_python = run_module(fused, leaves, build)
+    assert one_call.keys() == in_python.keys()
+    for key, value in one_call.items():
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(value, in_python[key], rtol=0, atol=0, msg=key)
+        else:
+            assert value == in_python[key], key
+
+
+@pytest.mark.parametrize("one_call", [True, False], ids=["one_call", "python_stack"])
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+@KIND
+def test_functional_stack_without_state_is_zeros(kind, packed, one_call, monkeypatch):
+    """rnnfused.functional.{lstm, gru, rnn} take hx=None for torch.nn's zeros, [L*D, B, *]
+    with B the dense input's batch (batch_first honoured) or batch_sizes[0]: the results
+    equal those of explicit zeros, on the one-call path (zeros made in C++) and the
+    Python stack alike."""
+    from rnnfused import functional as RF
+    from rnnfused import ops
+
+    if not one_call:
+        monkeypatch.setattr(ops, "stack_in_one_call", lambda *args: False)
+    _, fused = make_kind_twins(kind, num_layers=2, bidirectional=True, batch_first=True)
+    slots, batch = 4, 3
+    x = torch.randn(batch, 5, INPUT_SIZE)
+    batch_sizes = None
+    if packed:
+        packed_x = nn.utils.rnn.pack_padded_sequence(x, [5, 4, 2], batch_first=True)
+        x, batch_sizes = packed_x.data, packed_x.batch_sizes
+    weights = fused._flat_weights
+    common = (weights, True, 2, 0.0, False, True, True, batch_sizes)
+    if kind.startswith("lstm"):
+        zeros = (torch.zeros(slots, batch, fused.proj_size or HIDDEN_SIZE),
+                 torch.zeros(slots, batch, HIDDEN_SIZE))
+        got, want = RF.lstm(x, None, *common), RF.lstm(x, zeros, *common)
+    else:
+        zeros = torch.zeros(slots, batch, HIDDEN_SIZE)
+        run = RF.gru if kind == "gru" else functools.partial(RF.rnn, nonlinearity=fused.nonlinearity)
+        got, want = run(x, None, *common), run(x, zeros, *common)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+@KIND
+def test_overridden_check_forward_args_gets_the_zeros(kind):
+    """A subclass's own check_forward_args is called with the default zero state, as
+    torch.nn calls it (the op makes the zeros only where the check is torch.nn's)."""
+    name, extra = module_spec(kind)
+    seen = []
+
+    class Checked(getattr(rnnfused, name)):
+        def check_forward_args(self, input, hidden, batch_sizes):
+            seen.append(hidden)
+            super().check_forward_args(input, hidden, batch_sizes)
+
+    module = Checked(INPUT_SIZE, HIDDEN_SIZE, num_layers=2, **extra)
+    with torch.no_grad():
+        module(torch.randn(5, 3, INPUT_SIZE))
+    assert len(seen) == 1
+    states = seen[0] if isinstance(seen[0], tuple) else (seen[0],)
+    for state in states:
+        assert state.shape[:2] == (2, 3) and not state.any()
 
 
 @KIND

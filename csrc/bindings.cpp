@@ -127,6 +127,13 @@ Tensor initial_state(const Tensor& input, const OptTensor& batch_sizes, bool bat
   return at::zeros({slots, batch, size}, input.options());
 }
 
+// [1, *sizes].
+std::vector<int64_t> prepend_one(at::IntArrayRef sizes) {
+  std::vector<int64_t> shape{1};
+  shape.insert(shape.end(), sizes.begin(), sizes.end());
+  return shape;
+}
+
 // A layer-direction's (output, final states).
 using LayerResult = std::pair<Tensor, std::vector<Tensor>>;
 
@@ -177,7 +184,14 @@ std::vector<Tensor> run_stack(const Tensor& input, const OptTensor& batch_sizes,
   if (directions == 1 && output.requires_grad()) output = output.clone();  // the op saved it
   if (batch_first && dense) output.transpose_(0, 1);  // no view: output.detach_() works on it
   std::vector<Tensor> result{output};
-  for (const std::vector<Tensor>& f : finals) result.push_back(at::stack(f, 0));
+  for (const std::vector<Tensor>& f : finals) {
+    // A lone layer-direction's final state [B, *] is a tensor of its own (the ops'
+    // outputs alias nothing): reshaped to [1, B, *] by _unsafe_view, which autograd
+    // does not count as a view (detach_() and in-place ops work on it, as on torch.nn's
+    // h_n), instead of copied by at::stack (~2 us a state of a small layer's call).
+    result.push_back(f.size() == 1 ? at::_unsafe_view(f[0], prepend_one(f[0].sizes()))
+                                   : at::stack(f, 0));
+  }
   return result;
 }
 

@@ -168,6 +168,31 @@ def test_truncated_bptt_detaching_the_state_in_place(kind, packed):
     torch.testing.assert_close(run(fused), run(ref), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_final_states_share_no_memory_with_the_output(kind, grad, packed):
+    """A one-layer, one-direction stack returns its op's final states reshaped to
+    [1, B, *] without a copy (_C.*_stack): they must still be tensors of their own,
+    as torch.nn's are, not views, and not sharing memory with the output or each
+    other: zeroing them in place leaves the output as it was."""
+    module = rnnfused.convert(TORCH_CLASSES[kind](EMBED, HIDDEN))
+    x = torch.randn(5, 3, EMBED, requires_grad=grad)
+    if packed:
+        x = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([5, 4, 2]))
+    with torch.set_grad_enabled(grad):
+        out, hidden = module(x)
+    out = out.data if packed else out
+    states = hidden if isinstance(hidden, tuple) else (hidden,)
+    before = out.detach().clone()
+    for state in states:
+        assert state.shape[0] == 1 and not state._is_view()
+        state.detach().zero_()
+    torch.testing.assert_close(out.detach(), before, rtol=0, atol=0)
+    storages = {t.untyped_storage().data_ptr() for t in (out, *states)}
+    assert len(storages) == 1 + len(states)
+
+
 def _modified(tensor, how, in_place):
     """The change a program makes to an output: in place, or its out-of-place equal."""
     if how == "add_":  # a residual connection written `out += x`

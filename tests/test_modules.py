@@ -386,6 +386,16 @@ def test_dropout_train_is_random(kind, device):
     assert not torch.allclose(out_a, out_b), "two training calls gave the same output"
 
 
+def _assert_identical(actual: dict, expected: dict) -> None:
+    """run_module results equal bit for bit (tensors) or exactly (the rest)."""
+    assert actual.keys() == expected.keys()
+    for key, value in actual.items():
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
+        else:
+            assert value == expected[key], key
+
+
 @pytest.mark.parametrize("form", ["batched", "packed_unsorted"])
 @pytest.mark.parametrize("batch_first", [False, True], ids=["time_first", "batch_first"])
 @BIDIR
@@ -410,12 +420,7 @@ def test_stack_in_one_call_equals_python_stack(kind, bidirectional, batch_first,
         in_python = run_module(fused, leaves, build)
     finally:
         torch.set_num_threads(threads)
-    assert one_call.keys() == in_python.keys()
-    for key, value in one_call.items():
-        if isinstance(value, torch.Tensor):
-            torch.testing.assert_close(value, in_python[key], rtol=0, atol=0, msg=key)
-        else:
-            assert value == in_python[key], key
+    _assert_identical(one_call, in_python)
 
 
 @pytest.mark.parametrize("form", ["batched", "unbatched", "packed_unsorted", "empty"])
@@ -436,12 +441,7 @@ def test_default_state_one_call_equals_python_stack(kind, bidirectional, batch_f
     assert_results_equal(one_call, run_module(ref, leaves, build), torch.float32, kind)
     monkeypatch.setattr(ops, "stack_in_one_call", lambda *args: False)
     in_python = run_module(fused, leaves, build)
-    assert one_call.keys() == in_python.keys()
-    for key, value in one_call.items():
-        if isinstance(value, torch.Tensor):
-            torch.testing.assert_close(value, in_python[key], rtol=0, atol=0, msg=key)
-        else:
-            assert value == in_python[key], key
+    _assert_identical(one_call, in_python)
 
 
 @pytest.mark.parametrize("one_call", [True, False], ids=["one_call", "python_stack"])

@@ -114,7 +114,8 @@ LayerWeights split_weights(at::ArrayRef<Tensor> w, bool has_biases) {
 // us call (T 50, B 1, H 64, two Zen 2 vCPUs): a Python op between two large C++
 // calls runs cold.
 Tensor initial_state(const Tensor& input, const OptTensor& batch_sizes, bool batch_first,
-                     int64_t slots, int64_t size) {
+                     int64_t num_layers, bool bidirectional, int64_t size) {
+  const int64_t slots = num_layers * (bidirectional ? 2 : 1);
   const bool dense = !(batch_sizes.has_value() && batch_sizes->defined());
   int64_t batch = 0;
   if (dense) {
@@ -125,6 +126,14 @@ Tensor initial_state(const Tensor& input, const OptTensor& batch_sizes, bool bat
     batch = (*batch_sizes)[0].item<int64_t>();  // the first step's rows
   }
   return at::zeros({slots, batch, size}, input.options());
+}
+
+// The first layer-direction's W_hh, [G*H, P] (P = H but for an LSTM's projection),
+// whose shape gives the default states'.
+const Tensor& first_recurrent_weight(at::TensorList flat_weights) {
+  TORCH_CHECK(flat_weights.size() > 1, "rnnfused: a layer stack needs w_ih and w_hh, got ",
+              flat_weights.size(), " weight tensors");
+  return flat_weights[1];
 }
 
 // [1, *sizes].
@@ -234,14 +243,14 @@ std::vector<Tensor> lstm_stack(const Tensor& input, const OptTensor& batch_sizes
     h0 = *hx;
     c0 = *cx;
   } else {
-    TORCH_CHECK(!flat_weights.empty(), "rnnfused: lstm_stack got no weights");
     // w_hh [4H, P]: P the output's size (H without a projection, whose h0 and c0 can
     // be one tensor: the ops only read them).
-    const Tensor& w_hh = flat_weights[1];
-    const int64_t slots = num_layers * (bidirectional ? 2 : 1);
+    const Tensor& w_hh = first_recurrent_weight(flat_weights);
     const int64_t hidden = w_hh.size(0) / 4, output_size = w_hh.size(1);
-    c0 = initial_state(input, batch_sizes, batch_first, slots, hidden);
-    h0 = output_size == hidden ? c0 : initial_state(input, batch_sizes, batch_first, slots, output_size);
+    c0 = initial_state(input, batch_sizes, batch_first, num_layers, bidirectional, hidden);
+    h0 = output_size == hidden ? c0
+                               : initial_state(input, batch_sizes, batch_first, num_layers,
+                                               bidirectional, output_size);
   }
   return run_stack(
       input, batch_sizes, {h0, c0}, flat_weights, num_layers, dropout, train, bidirectional,
@@ -265,9 +274,8 @@ Tensor single_state(const Tensor& input, const OptTensor& batch_sizes, const Opt
                     at::TensorList flat_weights, int64_t num_layers, bool bidirectional,
                     bool batch_first) {
   if (hx.has_value() && hx->defined()) return *hx;
-  TORCH_CHECK(flat_weights.size() > 1, "rnnfused: a layer stack got no weights");
-  return initial_state(input, batch_sizes, batch_first, num_layers * (bidirectional ? 2 : 1),
-                       flat_weights[1].size(1));  // w_hh [G*H, H]
+  return initial_state(input, batch_sizes, batch_first, num_layers, bidirectional,
+                       first_recurrent_weight(flat_weights).size(1));
 }
 
 // Returns (output, h_n). hx: none for zeros.

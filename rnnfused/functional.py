@@ -213,11 +213,13 @@ def _time_dim(batch_sizes: Tensor | None, batch_first: bool) -> int | None:
 
 
 def _initial_state(
-    input: Tensor, batch_sizes: Tensor | None, batch_first: bool, slots: int, size: int,
+    input: Tensor, batch_sizes: Tensor | None, batch_first: bool, num_layers: int,
+    bidirectional: bool, size: int,
 ) -> Tensor:
-    """torch.nn's initial state where none is given: zeros [slots, B, size] in the
+    """torch.nn's initial state where none is given: zeros [L*D, B, size] in the
     input's dtype, B the dense input's batch or batch_sizes[0]. (The one-call path
     makes them in C++ instead: _C.*_stack's initial_state.)"""
+    slots = num_layers * (2 if bidirectional else 1)
     batch = batch_sizes[0] if batch_sizes is not None else input.size(0 if batch_first else 1)
     return torch.zeros(slots, batch, size, dtype=input.dtype, device=input.device)
 
@@ -228,12 +230,11 @@ def _lstm_initial_states(
 ) -> tuple[Tensor, Tensor]:
     """(h0, c0) of zeros: [L*D, B, P] and [L*D, B, H] (w_hh [4H, P]); one tensor for
     both without a projection (the ops only read them)."""
-    slots = num_layers * (2 if bidirectional else 1)
     hidden, output = flat_weights[1].size(0) // 4, flat_weights[1].size(1)
-    c0 = _initial_state(input, batch_sizes, batch_first, slots, hidden)
+    c0 = _initial_state(input, batch_sizes, batch_first, num_layers, bidirectional, hidden)
     if output == hidden:
         return c0, c0
-    return _initial_state(input, batch_sizes, batch_first, slots, output), c0
+    return _initial_state(input, batch_sizes, batch_first, num_layers, bidirectional, output), c0
 
 
 def _single_initial_state(
@@ -241,8 +242,8 @@ def _single_initial_state(
     bidirectional: bool, batch_first: bool,
 ) -> Tensor:
     """A GRU or RNN stack's h0 of zeros, [L*D, B, H] (w_hh [G*H, H])."""
-    slots = num_layers * (2 if bidirectional else 1)
-    return _initial_state(input, batch_sizes, batch_first, slots, flat_weights[1].size(1))
+    return _initial_state(input, batch_sizes, batch_first, num_layers, bidirectional,
+                          flat_weights[1].size(1))
 
 
 # ----------------------------------------------------------------- autocast

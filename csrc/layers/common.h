@@ -335,7 +335,7 @@ at::Tensor forward_loop(const LayerSizes& sz, const Schedule& sched,
     const int64_t rows = sched.rows(s);
     if (rows == 0) continue;
     if (last_out.defined() && last_out.size(0) != rows) {
-      h.narrow(0, 0, last_out.size(0)).copy_(last_out);
+      row_range(h, 0, last_out.size(0)).copy_(last_out);
       last_out = at::Tensor();
     }
     const at::Tensor& state = last_out.defined() ? last_out : h;
@@ -345,7 +345,7 @@ at::Tensor forward_loop(const LayerSizes& sz, const Schedule& sched,
     after_step(s, out_rows);
     last_out = out_rows;
   }
-  if (last_out.defined()) h.narrow(0, 0, last_out.size(0)).copy_(last_out);
+  if (last_out.defined()) row_range(h, 0, last_out.size(0)).copy_(last_out);
   return h;
 }
 

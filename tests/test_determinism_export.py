@@ -69,6 +69,38 @@ def test_bfloat16_bitwise_across_runs_threads_and_thread_counts(name):
     assert all(r is not None and torch.equal(r, first) for r in results)
 
 
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("sizes", [(50, 1, 64, 64), (50, 2, 24, 64), (20, 256, 4, 4), (30, 16, 20, 48)],
+                         ids=["B1", "B2", "B256_H4", "B16_H48"])
+def test_float32_gradients_bitwise_on_one_and_two_threads(name, sizes):
+    """A float32 layer's outputs and gradients are the same bits on one thread and on two:
+    small layers whose backward loop runs on one thread keep their backward GEMMs there
+    (CpuLaunch::GemmsWhereLoopRan), larger ones split them, and a split product forms each
+    sum in the same order as an unsplit one."""
+    T, B, I, H = sizes
+    torch.manual_seed(0)
+    module = getattr(rnnfused, name)(I, H)
+    x = torch.randn(T, B, I, requires_grad=True)
+    grad_out = torch.randn(T, B, H)
+
+    def run():
+        out, state = module(x)
+        finals = list(state) if isinstance(state, tuple) else [state]
+        loss = (out * grad_out).sum() + sum(f.sum() for f in finals)
+        return [out, *finals, *torch.autograd.grad(loss, [x, *module.parameters()])]
+
+    threads_before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = run()
+        torch.set_num_threads(1)
+        one = run()
+    finally:
+        torch.set_num_threads(threads_before)
+    for a, b in zip(one, two, strict=True):
+        assert torch.equal(a, b)
+
+
 class _Model(torch.nn.Module):
     def __init__(self):
         super().__init__()

@@ -289,8 +289,10 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
 //     (common.h's backward_loop);
 //   make_step(s, grad_output rows) -> the step functor, reading d_h's rows plus
 //     those (and writing d_h's where it leaves the direct part there: GRU).
+// Returns whether the steps ran on the calling thread alone (d_recurrent then in
+// its core's cache).
 template <typename scalar_t, typename MakeStep>
-void fused_backward(const LayerSizes& sz, const Schedule& sched, const at::Tensor& grad_output,
+bool fused_backward(const LayerSizes& sz, const Schedule& sched, const at::Tensor& grad_output,
                     const at::Tensor& w_hh, at::Tensor& d_h, const at::Tensor& d_recurrent,
                     bool accumulate, bool initial_state_grad, MakeStep make_step) {
   const int64_t J = w_hh.size(0), K = sz.output, B = sz.batch;
@@ -331,6 +333,7 @@ void fused_backward(const LayerSizes& sz, const Schedule& sched, const at::Tenso
   } else if constexpr (kFloat) {
     run_fused_backward_avx2(steps.data(), rows.data(), n, w, threads);
   }
+  return threads == 1;
 }
 
 }  // namespace cpu

@@ -102,10 +102,10 @@ void walk_unit(const GemmSplit& s, int64_t u, int64_t M, int64_t K, int64_t dept
 // alternated in one process on two Intel vCPUs, an RNNCell's 8 x 128 x 128
 // backward products, 2^17, 5% faster over a B 8, H 128 training loop on one
 // thread; a GRUCell's 8 x 384 x 128 still faster split); one inside a parallel
-// region or under a GemmsOnCallingThread (simd.h).
+// region or below a GemmsOnCallingThread's limit (simd.h).
 constexpr int64_t kForkWork = int64_t{1} << 18;
 inline int gemm_threads(int64_t work, int64_t units, int64_t fork_work = kForkWork) {
-  return work >= fork_work && !omp_in_parallel() && !gemms_on_calling_thread()
+  return work >= std::max(fork_work, calling_thread_gemm_work()) && !omp_in_parallel()
              ? static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), units)))
              : 1;
 }

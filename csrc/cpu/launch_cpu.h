@@ -88,21 +88,46 @@ struct CpuLaunch {
     return at::Tensor();
   }
 
-  // Runs the layer's backward steps when fuses_backward<scalar_t> said so.
+  // Runs the layer's backward steps when fuses_backward<scalar_t> said so; returns
+  // whether they ran on the calling thread alone (GemmsWhereLoopRan).
   template <typename scalar_t, typename MakeStep>
-  static void fused_backward(const LayerSizes& sz, const Schedule& sched,
+  static bool fused_backward(const LayerSizes& sz, const Schedule& sched,
                              const at::Tensor& grad_output, const at::Tensor& w_hh,
                              at::Tensor& d_h, const at::Tensor& d_recurrent, bool accumulate,
                              bool initial_state_grad, MakeStep make_step) {
 #if defined(__x86_64__)
     if constexpr (std::is_same_v<scalar_t, float> || is_16bit<scalar_t>()) {
-      cpu::fused_backward<scalar_t>(sz, sched, grad_output, w_hh, d_h, d_recurrent, accumulate,
-                                    initial_state_grad, make_step);
-      return;
+      return cpu::fused_backward<scalar_t>(sz, sched, grad_output, w_hh, d_h, d_recurrent,
+                                           accumulate, initial_state_grad, make_step);
     }
 #endif
     TORCH_INTERNAL_ASSERT(false, "rnnfused: the fused backward loop runs float32 and 16-bit floats only");
+    return false;
   }
+
+  // While it lives, where the backward loop ran on the calling thread alone
+  // (`loop_on_one_thread`) and the gradients it wrote (`written`, d_pre) take at
+  // most kBytes, the library GEMMs below kWork multiply-adds stay on the calling
+  // thread: the backward's input and weight gradients read d_pre from that core's
+  // cache instead of half of it crossing to the other core's. Two Zen 2 vCPUs,
+  // training step in-process against the products split, alternated with torch.nn
+  // as bench.py does: the host runs in two states, one where torch.nn's LSTM 50, 1,
+  // 64, 64 step takes ~1.1 ms and crossing cores is dear, one where it takes ~0.83
+  // and crossing is cheap. In the first, LSTM 50, 1, 64, 64 (its 50 x 256 x 64
+  // products, d_pre 50 KB) 4% faster, GRU 6-7%, LSTM B 2 8-9%, GRU T 100, H 32
+  // 11%; in the second LSTM 50, 1, 64, 64 3-4% slower (the split's time there 10%
+  // below the first state's, this one's 1-2%). Longer or wider d_pre, where the
+  // products' rows are many and short and two cores' bandwidth counts, stays
+  // split (LSTM T 20, B 256, H 4, 320 KB: 4-5% slower on one thread; B 64, H 8, 160
+  // KB: 1-4%; T 200, B 1, 200 KB: even), and so do products past kWork (T 1000, B
+  // 1: 16M multiply-adds, 6% slower on one thread).
+  struct GemmsWhereLoopRan : cpu::GemmsOnCallingThread {
+    static constexpr int64_t kBytes = int64_t{128} << 10;
+    static constexpr int64_t kWork = int64_t{1} << 22;
+    GemmsWhereLoopRan(bool loop_on_one_thread, const at::Tensor& written)
+        : cpu::GemmsOnCallingThread(
+              loop_on_one_thread && static_cast<int64_t>(written.nbytes()) <= kBytes, kWork) {}
+  };
 
   // Where gemm_nt takes gemm_nt_small_avx512 instead of MKL: up to 16 rows of `a`,
   // or up to 2^23 multiply-adds (measured on two threads against MKL's NT GEMM:

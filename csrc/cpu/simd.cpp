@@ -1,6 +1,7 @@
 // Run-time choice of the vectorised step kernels (simd.h).
 #include "simd.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -124,16 +125,17 @@ bool blas_runs_avx512() {
 bool own_gemm_avx2() { return active_isa() == Isa::kAvx2 && !blas_runs_avx512(); }
 
 namespace {
-thread_local bool gemms_stay = false;
+thread_local int64_t gemms_stay_below = 0;
 }  // namespace
 
-bool gemms_on_calling_thread() { return gemms_stay; }
+int64_t calling_thread_gemm_work() { return gemms_stay_below; }
 
-GemmsOnCallingThread::GemmsOnCallingThread(bool on) : previous_(gemms_stay) {
-  gemms_stay = gemms_stay || on;
+GemmsOnCallingThread::GemmsOnCallingThread(bool on, int64_t below_work)
+    : previous_(gemms_stay_below) {
+  if (on) gemms_stay_below = std::max(gemms_stay_below, below_work);
 }
 
-GemmsOnCallingThread::~GemmsOnCallingThread() { gemms_stay = previous_; }
+GemmsOnCallingThread::~GemmsOnCallingThread() { gemms_stay_below = previous_; }
 
 const char* isa_name(Isa isa) {
   switch (isa) {

@@ -215,24 +215,27 @@ void pack_gemm_avx2_panels(const NtGemm& g, float* dst);
 // active and the CPU not Intel's (blas_runs_avx512 false: MKL's generic path).
 bool own_gemm_avx2();
 
-// Whether the library GEMMs (gemm_avx512, gemm_avx2) called on this thread run on
-// it alone (gemm_threads), while a GemmsOnCallingThread lives on it.
-bool gemms_on_calling_thread();
+// The library GEMMs (gemm_avx512, gemm_avx2) called on this thread run on it alone
+// (gemm_threads) below this many multiply-adds: 0, or the largest limit of the
+// GemmsOnCallingThread scopes living on it.
+int64_t calling_thread_gemm_work();
 
-// Keeps the library GEMMs called on this thread on it while it lives, when `on`:
-// a layer whose steps run on one thread forms its input projection there, so the
-// projection's rows sit in that core's cache when its steps read them (LSTM T 50,
+// Keeps the library GEMMs of fewer than `below_work` multiply-adds (every one by
+// default) called on this thread on it while it lives, when `on`: the products
+// next to a loop that ran on one thread, whose rows sit in that core's cache. A
+// layer whose steps run on one thread forms its input projection there (LSTM T 50,
 // B 1, H 64 on two Zen 2 vCPUs: the op 135 -> 122 us, its 50 x 64 x 256
-// projection unsplit; split, half of it crosses cores during the loop).
+// projection unsplit; split, half of it crosses cores during the loop), and the
+// backward's products over the gradients such a loop wrote (CpuLaunch::GemmsWhereLoopRan).
 class GemmsOnCallingThread {
  public:
-  explicit GemmsOnCallingThread(bool on);
+  explicit GemmsOnCallingThread(bool on, int64_t below_work = INT64_MAX);
   ~GemmsOnCallingThread();
   GemmsOnCallingThread(const GemmsOnCallingThread&) = delete;
   GemmsOnCallingThread& operator=(const GemmsOnCallingThread&) = delete;
 
  private:
-  bool previous_;
+  int64_t previous_;
 };
 
 // The float32 FMA ceiling in GFLOP/s: `threads` threads running independent

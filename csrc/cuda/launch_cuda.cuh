@@ -127,9 +127,14 @@ struct CudaLaunch {
     return at::Tensor();
   }
   template <typename scalar_t, typename... Args>
-  static void fused_backward(Args&&...) {
+  static bool fused_backward(Args&&...) {
     TORCH_INTERNAL_ASSERT(false, "rnnfused: no fused backward loop on CUDA");
+    return false;
   }
+  // Nothing to keep on a calling thread here (CpuLaunch's keeps small GEMMs on it).
+  struct GemmsWhereLoopRan {
+    GemmsWhereLoopRan(bool, const at::Tensor&) {}
+  };
 
   // A layer's buffer that grows with the sequence (the CPU puts large ones on
   // huge pages): the caching allocator's.

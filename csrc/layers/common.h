@@ -362,15 +362,17 @@ at::Tensor forward_loop(const LayerSizes& sz, const Schedule& sched,
 // first step's product, which only feeds that gradient (every active row's h_prev
 // there is h0), is skipped, and d_h ends holding no gradient (a quarter of a
 // one-step layer's backward GEMMs).
+// Returns whether the steps ran on the calling thread alone (as a persistent loop):
+// the caller's products over d_recurrent then stay there (Launch::GemmsWhereLoopRan).
 template <typename scalar_t, typename Launch, typename MakeStep, typename BeforeStep>
-void backward_loop(const LayerSizes& sz, const Schedule& sched, const at::Tensor& grad_output,
+bool backward_loop(const LayerSizes& sz, const Schedule& sched, const at::Tensor& grad_output,
                    const at::Tensor& w_hh, at::Tensor& d_h, const at::Tensor& d_recurrent,
                    bool accumulate, bool initial_state_grad, bool fusable, MakeStep make_step,
                    BeforeStep before_step) {
   if (fusable && Launch::template fuses_backward<scalar_t>(sz)) {
-    Launch::template fused_backward<scalar_t>(sz, sched, grad_output, w_hh, d_h, d_recurrent,
-                                              accumulate, initial_state_grad, make_step);
-    return;
+    return Launch::template fused_backward<scalar_t>(sz, sched, grad_output, w_hh, d_h,
+                                                     d_recurrent, accumulate, initial_state_grad,
+                                                     make_step);
   }
   for (int64_t s = sched.steps() - 1; s >= 0; --s) {
     const int64_t rows = sched.rows(s), off = sched.offset(s);
@@ -385,6 +387,7 @@ void backward_loop(const LayerSizes& sz, const Schedule& sched, const at::Tensor
     if (s == 0 && !initial_state_grad) break;
     Launch::gemm_nn(d_h_rows, row_range(d_recurrent, off, rows), w_hh, accumulate);
   }
+  return false;
 }
 
 }  // namespace rnnfused

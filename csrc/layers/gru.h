@@ -54,9 +54,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         h0.data_ptr<scalar_t>(), before, d_h.data_ptr<scalar_t>(), grad_output_rows,
         d_x.data_ptr<scalar_t>() + off * 3 * H, d_hh.data_ptr<scalar_t>() + off * 3 * H, H};
   };
-  backward_loop<scalar_t, Launch>(sz, sched, grad_output, w_hh, d_h, d_hh, /*accumulate=*/true,
-                                  mask.states, /*fusable=*/true, make_step,
-                                  [](int64_t, const at::Tensor&) {});
+  const bool loop_on_one_thread = backward_loop<scalar_t, Launch>(
+      sz, sched, grad_output, w_hh, d_h, d_hh, /*accumulate=*/true,
+      mask.states, /*fusable=*/true, make_step, [](int64_t, const at::Tensor&) {});
+  const typename Launch::GemmsWhereLoopRan gemms_here(loop_on_one_thread, d_hh);
 
   at::Tensor grad_input = mask.input ? matmul<Launch>(d_x, w_ih) : empty_grad(input);
   const WeightGrads wg =

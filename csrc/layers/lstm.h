@@ -76,7 +76,7 @@ lstm_backward(const LayerSizes& sz, const Schedule& sched, const at::Tensor& gra
         d_pre.data_ptr<scalar_t>() + off * 4 * H,
         proj ? hidden_all.data_ptr<scalar_t>() + off * H : nullptr, H};
   };
-  backward_loop<scalar_t, Launch>(
+  const bool loop_on_one_thread = backward_loop<scalar_t, Launch>(
       sz, sched, grad_output, w_hh, d_h, d_pre, /*accumulate=*/false, mask.states,
       /*fusable=*/!proj, make_step,
       [&](int64_t s, const at::Tensor& d_h_rows) {
@@ -85,6 +85,7 @@ lstm_backward(const LayerSizes& sz, const Schedule& sched, const at::Tensor& gra
         at::Tensor d_hidden_rows = row_range(d_hidden, 0, d_h_rows.size(0));
         at::mm_out(d_hidden_rows, d_h_rows, w_hr);  // [rows, P] @ [P, H]
       });
+  const typename Launch::GemmsWhereLoopRan gemms_here(loop_on_one_thread, d_pre);
 
   at::Tensor grad_input = mask.input ? matmul<Launch>(d_pre, w_ih) : empty_grad(input);
   at::Tensor grad_w_hr = empty_grad(input);

@@ -45,9 +45,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         d_h.data_ptr<scalar_t>(), grad_output_rows, d_pre.data_ptr<scalar_t>() + off * H, H,
         relu};
   };
-  backward_loop<scalar_t, Launch>(sz, sched, grad_output, w_hh, d_h, d_pre, /*accumulate=*/false,
-                                  mask.states, /*fusable=*/true, make_step,
-                                  [](int64_t, const at::Tensor&) {});
+  const bool loop_on_one_thread = backward_loop<scalar_t, Launch>(
+      sz, sched, grad_output, w_hh, d_h, d_pre, /*accumulate=*/false,
+      mask.states, /*fusable=*/true, make_step, [](int64_t, const at::Tensor&) {});
+  const typename Launch::GemmsWhereLoopRan gemms_here(loop_on_one_thread, d_pre);
 
   at::Tensor grad_input = mask.input ? matmul<Launch>(d_pre, w_ih) : empty_grad(input);
   const WeightGrads wg =

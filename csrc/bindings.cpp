@@ -190,7 +190,6 @@ std::vector<Tensor> run_stack(const Tensor& input, const OptTensor& batch_sizes,
     }
   }
   Tensor output = layer_input;
-  if (directions == 1 && output.requires_grad()) output = output.clone();  // the op saved it
   if (batch_first && dense) output.transpose_(0, 1);  // no view: output.detach_() works on it
   std::vector<Tensor> result{output};
   for (const std::vector<Tensor>& f : finals) {

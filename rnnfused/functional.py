@@ -363,12 +363,9 @@ def _run_stack(
     packed input: ATen concatenates the steps' states; a batch_first output is that
     tensor transposed in place, not a view): programs modify it in place (`out += x`,
     `relu_`, in-place dropout, `output.detach_()`) and still call backward. A fused
-    layer op saves its output for the backward, which such a change would make
-    refuse it, so where autograd records the last op the caller gets a copy (under
-    torch.compile too, whose tracing runs autograd on the op; the copy then costs
-    nothing, functionalization removes it), and always under torch.jit.trace (a
-    traced graph replays one call's choice whatever the next call's grad mode). A
-    compiled or traced batch_first output is a view of the copy."""
+    layer op's backward keeps a copy of the output it returns (csrc/autograd.cpp),
+    so the op's output is the caller's to change. A compiled or traced batch_first
+    output is a view."""
     directions = 2 if bidirectional else 1
     per_layer = len(flat_weights) // (num_layers * directions)
     if batch_first and batch_sizes is None:
@@ -396,11 +393,8 @@ def _run_stack(
             layer_input = torch.dropout(layer_input, dropout, True)
     output = layer_input
     if own_output:
-        tracing = torch.jit.is_tracing()
-        if directions == 1 and (output.requires_grad or tracing):
-            output = output.clone()  # the op saved its output for the backward
         if batch_first and batch_sizes is None:
-            if tracing or torch.compiler.is_compiling():
+            if torch.jit.is_tracing() or torch.compiler.is_compiling():
                 output = output.transpose(0, 1)
             else:
                 output.transpose_(0, 1)  # no view: output.detach_() works on it

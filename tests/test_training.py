@@ -242,6 +242,39 @@ def test_outputs_modified_in_place(kind, layers, bidirectional, batch_first, how
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_layer_op_output_is_the_callers_to_change(kind, packed):
+    """A layer op's backward keeps a copy of the output it returns: the caller may
+    change the output in place (the modules return it as it is), and the gradients are
+    those of the same change made out of place."""
+    from rnnfused import ops
+
+    torch.manual_seed(0)
+    T, B, I, H = 6, 3, 5, 7
+    module = TORCH_CLASSES[kind](I, H)
+    x = torch.randn(T, B, I)
+    batch_sizes = torch.tensor([3, 3, 2, 2, 1, 1]) if packed else None
+    rows = x.flatten(0, 1)[: int(batch_sizes.sum())] if packed else x
+    h0 = torch.randn(B, H)
+
+    def gradients(in_place):
+        leaf = rows.clone().requires_grad_()
+        w_ih, w_hh, b_ih, b_hh = (p.detach().clone().requires_grad_() for p in module.parameters())
+        if kind == "lstm":
+            output, h_n, _ = ops.lstm_layer(leaf, batch_sizes, h0, h0, w_ih, w_hh, b_ih, b_hh, None, False)
+        elif kind == "gru":
+            output, h_n = ops.gru_layer(leaf, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, False)
+        else:
+            output, h_n = ops.rnn_layer(leaf, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, False, False)
+        changed = output.mul_(3.0).add_(1.0) if in_place else output * 3.0 + 1.0
+        (changed.pow(2).sum() + h_n.sum()).backward()
+        return [leaf.grad, w_ih.grad, w_hh.grad, b_ih.grad, b_hh.grad]
+
+    for got, want in zip(gradients(True), gradients(False), strict=True):
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("options", [dict(dtype=torch.float64), dict(proj_size=4), dict(packed=True)],
                          ids=["float64", "proj_size", "packed"])
 def test_lstm_output_modified_in_place_where_torch_nn_allows_it(options):

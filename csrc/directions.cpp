@@ -213,6 +213,7 @@ struct LstmLayerPair : torch::autograd::Function<LstmLayerPair> {
       } else {
         static const auto op =
             op_handle<signature::LstmLayerBackward>("rnnfused::lstm_layer_backward");
+        const at::AutoDispatchBelowADInplaceOrView below;  // as LstmLayer's (autograd.cpp)
         const std::array<bool, 7> mask{need[0], need[h] || need[h + 1], need[w], need[w + 1],
                                        need[w + 2], need[w + 3], need[w + 4]};
         auto [g_in, g_hx, g_cx, g_wih, g_whh, g_bih, g_bhh, g_whr] =
@@ -314,6 +315,7 @@ struct GruLayerPair : torch::autograd::Function<GruLayerPair> {
       } else {
         static const auto op =
             op_handle<signature::GruLayerBackward>("rnnfused::gru_layer_backward");
+        const at::AutoDispatchBelowADInplaceOrView below;  // as LstmLayer's (autograd.cpp)
         const std::array<bool, 7> mask{need[0], need[h], need[w], need[w + 1], need[w + 2],
                                        need[w + 3], false};
         auto [g_in, g_hx, g_wih, g_whh, g_bih, g_bhh] = op.call(

@@ -57,6 +57,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const bool loop_on_one_thread = backward_loop<scalar_t, Launch>(
       sz, sched, grad_output, w_hh, d_h, d_hh, /*accumulate=*/true,
       mask.states, /*fusable=*/true, make_step, [](int64_t, const at::Tensor&) {});
+  // The loop writes d_x as well, of d_hh's size: the limit holds for each.
   const typename Launch::GemmsWhereLoopRan gemms_here(loop_on_one_thread, d_hh);
 
   at::Tensor grad_input = mask.input ? matmul<Launch>(d_x, w_ih) : empty_grad(input);

@@ -279,11 +279,13 @@ template <typename Launch>
 WeightGrads weight_grads(const at::Tensor& d_x, const at::Tensor& d_h, const at::Tensor& input,
                          const Schedule& sched, const at::Tensor& output, const at::Tensor& h0,
                          const GradMask& mask) {
-  WeightGrads g{empty_grad(d_x), empty_grad(d_x), empty_grad(d_x), empty_grad(d_x)};
-  if (mask.w_ih) g.w_ih = matmul<Launch>(d_x.t(), input);
-  if (mask.w_hh) g.w_hh = sched.previous_product<Launch>(d_h, output, h0);
-  if (mask.b_ih) g.b_ih = d_x.sum(0);
-  if (mask.b_hh) g.b_hh = d_h.is_same(d_x) && mask.b_ih ? g.b_ih.clone() : d_h.sum(0);
+  WeightGrads g;
+  g.w_ih = mask.w_ih ? matmul<Launch>(d_x.t(), input) : empty_grad(d_x);
+  g.w_hh = mask.w_hh ? sched.previous_product<Launch>(d_h, output, h0) : empty_grad(d_x);
+  g.b_ih = mask.b_ih ? d_x.sum(0) : empty_grad(d_x);
+  g.b_hh = !mask.b_hh                    ? empty_grad(d_x)
+           : d_h.is_same(d_x) && mask.b_ih ? g.b_ih.clone()
+                                           : d_h.sum(0);
   return g;
 }
 

@@ -149,8 +149,9 @@ void copy_panel(const W* w, int64_t N, int64_t n0, int64_t k0, int64_t kc, float
 }
 
 // out[r][c] (+)= sum_k a[r][k] panel[k][c] for r < ROWS, c < 32 (lanes in `m0`, `m1`):
-// from 0 on the first panel depth, from out itself on the later ones; `bias` (on
-// the last depth, else null) is added after the products, as the BLAS adds C.
+// each depth's products summed from 0 in registers, `bias` (on the last depth, else
+// null) added to them, then out itself where from_out (the later depths, or
+// accumulating), as the BLAS adds C: blocked summation (gemm_avx2.cpp's row_block).
 // a[r][k] at a + r * lda + k * ldk with one of the two strides 1 (kColumns: lda,
 // a the transpose of a contiguous matrix, the weight gradients' d_pre^T; else
 // ldk), so that the row block's eight broadcasts are fixed offsets from one
@@ -161,8 +162,8 @@ void row_block(const float* a, int64_t stride, const float* panel, int64_t kc, f
   const int64_t lda = kColumns ? 1 : stride, ldk = kColumns ? stride : 1;
   __m512 acc0[ROWS], acc1[ROWS];
   for (int r = 0; r < ROWS; ++r) {
-    acc0[r] = from_out ? _mm512_maskz_loadu_ps(m0, out + r * ldo) : _mm512_setzero_ps();
-    acc1[r] = from_out ? _mm512_maskz_loadu_ps(m1, out + r * ldo + 16) : _mm512_setzero_ps();
+    acc0[r] = _mm512_setzero_ps();
+    acc1[r] = _mm512_setzero_ps();
   }
   for (int64_t k = 0; k < kc; ++k) {
     const __m512 p0 = _mm512_load_ps(panel + k * kPanel);
@@ -178,6 +179,12 @@ void row_block(const float* a, int64_t stride, const float* panel, int64_t kc, f
     for (int r = 0; r < ROWS; ++r) {
       acc0[r] = _mm512_add_ps(acc0[r], b0);
       acc1[r] = _mm512_add_ps(acc1[r], b1);
+    }
+  }
+  if (from_out) {
+    for (int r = 0; r < ROWS; ++r) {
+      acc0[r] = _mm512_add_ps(acc0[r], _mm512_maskz_loadu_ps(m0, out + r * ldo));
+      acc1[r] = _mm512_add_ps(acc1[r], _mm512_maskz_loadu_ps(m1, out + r * ldo + 16));
     }
   }
   for (int r = 0; r < ROWS; ++r) {

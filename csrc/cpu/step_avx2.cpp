@@ -131,6 +131,8 @@ struct Simd {
   static constexpr int forward_columns() { return G == 4 && M > 2 ? 2 : G; }
   template <int G>
   static constexpr int forward_rows() { return G == 1 ? 8 : G == 3 ? 4 : 6; }
+  // 32 KB panels of the reduction (step_avx512.cpp).
+  static constexpr int64_t kPanelBytes = 32 * 1024;
   // 5 rows x 2 column vectors: 10 accumulators.
   static constexpr int kBackwardRows = 5;
   // A single-gate layer's (RNN's) tiles two at a time, 6 rows x 2 tiles: 12

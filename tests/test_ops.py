@@ -628,7 +628,8 @@ def test_gemm_nt_bad_arguments_raise(device):
 @pytest.mark.parametrize("isa", ["avx2", "scalar"])
 def test_other_cpu_kernels(isa):
     """The AVX2 and the one-unit-at-a-time CPU kernels pass the float32 and
-    module-level op tests too (RNNFUSED_CPU_ISA caps the choice per process)."""
+    module-level op tests too, and the modules' tests of the persistent loops' panels,
+    row blocks and blocked sums (RNNFUSED_CPU_ISA caps the choice per process)."""
     env = dict(os.environ, RNNFUSED_CPU_ISA=isa)
     probe = subprocess.run([sys.executable, "-c", "import rnnfused, torch; print(torch.ops.rnnfused.cpu_isa())"],
                            env=env, capture_output=True, text=True)
@@ -636,7 +637,9 @@ def test_other_cpu_kernels(isa):
         pytest.skip(f"this CPU cannot run {isa} kernels (got {probe.stdout.strip()!r})")
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
-         "-k", "float32_tiles or low_precision or matches_reference or gemm_nt"],
+         os.path.join(os.path.dirname(__file__), "test_modules.py"),
+         "-k", "float32_tiles or low_precision or matches_reference or gemm_nt"
+               " or fused_loop_panels or long_sums"],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -142,12 +142,12 @@ void pack_columns(const NtGemm& g, int64_t r0, int64_t r1, int64_t k0, int64_t k
 // to them, then out added where from_out (the later depths, or accumulating):
 // blocked summation, as BLAS's. A sum of K terms then rounds ~sqrt(kDepth + K /
 // kDepth) times a term's error rather than ~sqrt(K): summed straight through, an LSTM's
-// (H 512, T 50, B 16) input gradient was 7 times as far from float64's as torch.nn's,
-// its recurrent weight gradient (K = T * B) 4.4 times; now 1.6 and 1.3. a[r][k] at a + r * lda + k * ldk, one of the two
-// strides 1 (kPacked: lda, the block packed by pack_rows, ldk 6; else ldk, `a`
-// read in place). The loops over r are unrolled by pragma: else GCC kept the
-// accumulators in registers and stored each to the stack every k as well (90
-// GFLOP/s against 171).
+// (H 512, T 50, B 16) input gradient was 7 times as far from float64's as torch.nn's
+// (largest error), its recurrent weight gradient (K = T * B) 4.4 times; now 1.6 and 1.3.
+// a[r][k] at a + r * lda + k * ldk, one of the two strides 1 (kPacked: lda, the
+// block packed by pack_rows, ldk 6; else ldk, `a` read in place). The loops over r
+// are unrolled by pragma: else GCC kept the accumulators in registers and stored each
+// to the stack every k as well (90 GFLOP/s against 171).
 template <int ROWS, bool kPacked>
 void row_block(const float* a, int64_t stride, const float* panel, int64_t kc, float* out,
                int64_t ldo, __m256i m0, __m256i m1, bool whole, const float* bias,

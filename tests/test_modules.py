@@ -572,9 +572,9 @@ def test_float32_long_sums_as_accurate_as_torch_nn(name):
     depth of 256 at a time, the persistent loops 512: fused_loop.h's kSumDepth), a
     GRU's state gradient no longer onto its large direct part. At H 512, T 50, B 16
     every output's and gradient's RMS error against float64 is within 2.5 times
-    torch.nn's (1.8 at most on a Zen 2); summed straight through, an LSTM's input and
-    recurrent weight gradients were 3 times, a GRU's state gradient 7.7, its recurrent
-    weight gradient 6.2, an RNN's 2.8."""
+    torch.nn's (on a Zen 2 at most 2.1, an LSTM's final state, the gradients 1.8);
+    summed straight through, an LSTM's input and recurrent weight gradients were 3
+    times, a GRU's state gradient 7.7, its recurrent weight gradient 6.2, an RNN's 2.8."""
     if torch.ops.rnnfused.cpu_isa() == "scalar":
         # ATen's products (MKL), as torch.nn's GRU and RNN have; torch.nn's LSTM runs
         # oneDNN, whose input-side gradients are 2.5-3 times closer to float64 than MKL's.

@@ -222,6 +222,13 @@ def run_module(module, leaves, build, seed: int = 1234) -> dict:
     return result
 
 
+def run_float64_twin(module, leaves, build, seed: int = 1234) -> dict:
+    """run_module on a float64 copy of `module` with the leaves upcast: the exact
+    results that float32 and 16-bit ones are measured against."""
+    return run_module(copy.deepcopy(module).double(),
+                      [None if t is None else t.double() for t in leaves], build, seed)
+
+
 def assert_results_equal(actual: dict, expected: dict, dtype: torch.dtype, context: str = "",
                          exact: dict | None = None):
     """rnnfused's results (`actual`) against torch.nn's (`expected`): float tensors
@@ -258,8 +265,7 @@ def compare_modules(ref, fused, form: str, with_hx: bool, device, dtype, seed: i
         # are held to float64 ones, and to twice torch.nn's error against them; so are
         # long reductions (against_float64), where a few sums of thousands of terms
         # land past the fixed tolerance in either order.
-        exact = run_module(copy.deepcopy(ref).double(),
-                           [None if t is None else t.double() for t in leaves], build, seed)
+        exact = run_float64_twin(ref, leaves, build, seed)
     assert_results_equal(actual, expected, dtype, f"{type(fused).__name__} {form}", exact)
     return actual, expected
 
@@ -351,8 +357,7 @@ def check_errors(actual, expected_low, exact, dtype, with_grads=True):
 def compare_low_precision(ref, fused, form: str, with_hx: bool, device, dtype, with_grads=True):
     """compare_modules for float16 / bfloat16: run both modules and a float64 twin of `ref`
     holding the same (rounded) weights upcast, then check_errors."""
-    ref64 = copy.deepcopy(ref).double()
     leaves, build = make_inputs(ref, form, with_hx, device, dtype)
-    exact = run_module(ref64, [None if t is None else t.double() for t in leaves], build)
+    exact = run_float64_twin(ref, leaves, build)
     check_errors(run_module(fused, leaves, build), run_module(ref, leaves, build), exact, dtype,
                  with_grads=with_grads)

@@ -20,6 +20,7 @@ from helpers import (
     SEQ_LEN,
     make_kind_twins,
     run_cell_loop,
+    run_float64_twin,
     run_module,
 )
 
@@ -82,7 +83,7 @@ def test_low_precision_fused_loop_sizes(name, hidden, batch, packed, dtype, devi
         return (inp, (h0_, c0_)) if c0_ is not None else (inp, h0_)
 
     leaves = (x, h0, c0)
-    exact = run_module(ref64, [None if t is None else t.double() for t in leaves], build)
+    exact = run_float64_twin(ref64, leaves, build)
     check_errors(run_module(fused, leaves, build), run_module(ref, leaves, build), exact, dtype)
 
 

@@ -628,8 +628,10 @@ def test_gemm_nt_bad_arguments_raise(device):
 @pytest.mark.parametrize("isa", ["avx2", "scalar"])
 def test_other_cpu_kernels(isa):
     """The AVX2 and the one-unit-at-a-time CPU kernels pass the float32 and
-    module-level op tests too, and the modules' tests of the persistent loops' panels,
-    row blocks and blocked sums (RNNFUSED_CPU_ISA caps the choice per process)."""
+    module-level op tests too, the modules' tests of the persistent loops' panels,
+    row blocks and blocked sums, and the float64 modules' against torch.nn (4 units a
+    call on AVX2, one at a time on the scalar ISA) (RNNFUSED_CPU_ISA caps the choice
+    per process)."""
     env = dict(os.environ, RNNFUSED_CPU_ISA=isa)
     probe = subprocess.run([sys.executable, "-c", "import rnnfused, torch; print(torch.ops.rnnfused.cpu_isa())"],
                            env=env, capture_output=True, text=True)
@@ -639,10 +641,25 @@ def test_other_cpu_kernels(isa):
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
          os.path.join(os.path.dirname(__file__), "test_modules.py"),
          "-k", "float32_tiles or low_precision or matches_reference or gemm_nt"
-               " or fused_loop_panels or long_sums"],
+               " or fused_loop_panels or long_sums or matches_torch_float64"],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_float64_functors_four_units_a_call():
+    """float64 step functors run 4 units a call wherever the AVX2 or AVX-512 kernels
+    run: their exp and tanh are libtorch_cpu's SLEEF functions, found through weak
+    references, so a torch without them would leave float64 one unit at a time (slower
+    than torch.nn's float64 LSTM) and this test names it. One at a time on the scalar
+    ISA. (Their results: test_modules' float64 tests, rerun per ISA by
+    test_other_cpu_kernels.)"""
+    expected = 1 if torch.ops.rnnfused.cpu_isa() == "scalar" else 4
+    assert torch.ops.rnnfused.cpu_float64_lanes() == expected
+    probe = subprocess.run(
+        [sys.executable, "-c", "import rnnfused, torch; print(torch.ops.rnnfused.cpu_float64_lanes())"],
+        env=dict(os.environ, RNNFUSED_CPU_ISA="scalar"), capture_output=True, text=True)
+    assert probe.stdout.strip() == "1", probe.stdout + probe.stderr
 
 
 @pytest.mark.parametrize("width", [1, 16, 37])

@@ -42,12 +42,14 @@ bool has_fast_bf16_gemm();
 bool blas_runs_avx512();
 
 // Run the step functor `f` (step_functors.h) over rows [row_begin, row_end) and
-// all of its H units, 16 (AVX-512: float, bfloat16 and float16 storage) or 8 (AVX2: float)
-// units per call.
+// all of its H units, 16 (AVX-512: float, bfloat16 and float16 storage), 8 (AVX2:
+// float) or 4 (AVX2: double, where avx2_float64_math()) units per call.
 template <typename F>
 void run_rows_avx512(const F& f, int64_t row_begin, int64_t row_end);
 template <typename F>
 void run_rows_avx2(const F& f, int64_t row_begin, int64_t row_end);
+// Whether run_rows_avx2 has its float64 exp and tanh (SLEEF's, in libtorch_cpu).
+bool avx2_float64_math();
 
 // W_hh [G*H, K] packed by tiles of L hidden units (L = the vector's floats: 16 for
 // AVX-512, 8 for AVX2): w[u][k][g * L + l] = W_hh[g * H + L u + l][k], zero past H.

@@ -91,6 +91,64 @@ struct Lanes {
 
 #include "simd_pair.h"
 
+// float64: 4 units a call, exp and tanh from SLEEF's AVX2 functions in libtorch_cpu
+// (1 ulp, the functions ATen's own float64 sigmoid and tanh take on AVX2; weak
+// references: a torch built without them leaves them null, and float64 then runs
+// one unit at a time, avx2_float64_math()).
+struct DVec {
+  __m256d v;
+  DVec() = default;
+  DVec(__m256d x) : v(x) {}
+  DVec(double x) : v(_mm256_set1_pd(x)) {}
+};
+
+}  // namespace
+}  // namespace cpu
+}  // namespace rnnfused
+
+extern "C" __m256d Sleef_expd4_u10avx2(__m256d) __attribute__((weak));
+extern "C" __m256d Sleef_tanhd4_u10avx2(__m256d) __attribute__((weak));
+
+namespace rnnfused {
+namespace cpu {
+namespace {
+
+inline DVec operator+(DVec a, DVec b) { return _mm256_add_pd(a.v, b.v); }
+inline DVec operator-(DVec a, DVec b) { return _mm256_sub_pd(a.v, b.v); }
+inline DVec operator*(DVec a, DVec b) { return _mm256_mul_pd(a.v, b.v); }
+inline DVec operator/(DVec a, DVec b) { return _mm256_div_pd(a.v, b.v); }
+inline DVec operator-(DVec a) { return _mm256_xor_pd(a.v, _mm256_set1_pd(-0.0)); }
+inline DVec exp_of(DVec x) { return Sleef_expd4_u10avx2(x.v); }
+inline DVec tanh_of(DVec x) { return Sleef_tanhd4_u10avx2(x.v); }
+// As gates.h's scalar ones: NaN propagates through relu (x < 0 is false for NaN),
+// and where_positive gives 0 where h is not > 0.
+inline DVec relu_of(DVec x) {
+  return _mm256_blendv_pd(x.v, _mm256_setzero_pd(), _mm256_cmp_pd(x.v, _mm256_setzero_pd(), _CMP_LT_OQ));
+}
+inline DVec where_positive(DVec h, DVec value) {
+  return _mm256_and_pd(_mm256_cmp_pd(h.v, _mm256_setzero_pd(), _CMP_GT_OQ), value.v);
+}
+
+template <bool kPartial>
+struct DoubleLanes {
+  using value = DVec;
+  static constexpr int64_t kWidth = 4;
+  __m256i mask = _mm256_set1_epi64x(-1);
+  DoubleLanes() = default;
+  explicit DoubleLanes(int count)
+      : mask(_mm256_cmpgt_epi64(_mm256_set1_epi64x(count), _mm256_setr_epi64x(0, 1, 2, 3))) {}
+  DVec load(const double* p) const {
+    return kPartial ? _mm256_maskload_pd(p, mask) : _mm256_loadu_pd(p);
+  }
+  void store(double* p, DVec v) const {
+    if (kPartial) {
+      _mm256_maskstore_pd(p, mask, v.v);
+    } else {
+      _mm256_storeu_pd(p, v.v);
+    }
+  }
+};
+
 // The persistent loops' vector operations (fused_loop.h).
 struct Simd {
   using V = __m256;
@@ -166,10 +224,19 @@ namespace cpu {
 
 template <typename F>
 void run_rows_avx2(const F& f, int64_t row_begin, int64_t row_end) {
-  run_rows<Lanes, PairLanes>(f, row_begin, row_end);
+  if constexpr (std::is_same_v<typename F::scalar_type, double>) {
+    run_rows<DoubleLanes, DoubleLanes>(f, row_begin, row_end);
+  } else {
+    run_rows<Lanes, PairLanes>(f, row_begin, row_end);
+  }
+}
+
+bool avx2_float64_math() {
+  return Sleef_expd4_u10avx2 != nullptr && Sleef_tanhd4_u10avx2 != nullptr;
 }
 
 RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx2, float);
+RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx2, double);
 
 RNNFUSED_DEFINE_FUSED_LOOPS(run_fused_steps_avx2, run_fused_backward_avx2, pack_recurrent_tiles_avx2);
 

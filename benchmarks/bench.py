@@ -10,6 +10,8 @@ Modes:
   fwd     forward under ``torch.no_grad()``, modules in eval mode
   fwdbwd  forward, then the gradient of ``sum(output * G)`` (G a fixed random tensor of
           the output's shape) with respect to the input and every parameter
+  fwdbwd_weights  the same with respect to the parameters only (an input that needs no
+          gradient: a first layer on data; not in the default modes)
 
 Before any case is timed, each contender's results are compared with torch.nn's; a
 mismatch is marked FAIL in the table and makes the script exit with status 1.
@@ -78,6 +80,7 @@ DTYPES = {
 CONTENDERS = ["torch.nn", "rnnfused", "reference"]
 BUSY_LIMIT = 0.05  # share of the CPUs other processes may use before a row is flagged
 MODES = ["fwd", "fwdbwd"]
+ALL_MODES = [*MODES, "fwdbwd_weights"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,16 @@ class Case:
         for layer in range(self.layers):
             in_size = self.I if layer == 0 else self.H * self.dirs
             total += self.dirs * 2 * self.T * self.B * (in_size + self.H) * gates * self.H
+        return total
+
+    def flops_of(self, mode: str) -> int:
+        """FLOPs of a mode: the backward twice the forward's, less the first layer's input
+        gradient (2*T*B*I*G*H per direction) where the input needs none."""
+        if mode == "fwd":
+            return self.forward_flops()
+        total = 3 * self.forward_flops()
+        if mode == "fwdbwd_weights":
+            total -= self.dirs * 2 * self.T * self.B * self.I * KINDS[self.kind][2] * self.H
         return total
 
 
@@ -232,11 +245,13 @@ def make_step(call: Callable, mod: torch.nn.Module, mode: str, x: torch.Tensor,
         return fwd
 
     params = list(mod.parameters())
-    xg = x.detach().requires_grad_(True)
+    with_input = mode == "fwdbwd"
+    xg = x.detach().requires_grad_(with_input)
 
     def fwdbwd() -> list[torch.Tensor]:
         outs = call(xg)
-        grads = torch.autograd.grad(outs[0], [xg, *params], grad_outputs=grad_out)
+        grads = torch.autograd.grad(outs[0], [xg, *params] if with_input else params,
+                                    grad_outputs=grad_out)
         return [o.detach() for o in outs] + list(grads)
     return fwdbwd
 
@@ -326,7 +341,7 @@ def run_case(case: Case, mode: str, args: argparse.Namespace, rnnfused: Any,
              log: Callable[[str], None]) -> Row:
     """Build the contenders for one case and mode, check them against torch.nn, time them."""
     device, dtype = args.device_obj, args.dtype_obj
-    row = Row(case=case, mode=mode, flops=case.forward_flops() * (3 if mode == "fwdbwd" else 1))
+    row = Row(case=case, mode=mode, flops=case.flops_of(mode))
     try:
         nn_mod, fused_mod = build_modules(case, device, dtype, rnnfused, args.seed)
     except Exception as e:  # rnnfused's constructor or load_state_dict; torch.nn alone still runs
@@ -340,7 +355,7 @@ def run_case(case: Case, mode: str, args: argparse.Namespace, rnnfused: Any,
     grad_out = torch.randn(case.T, case.B, out_width, generator=gen).to(device=device, dtype=dtype)
     for m in (nn_mod, fused_mod):
         if m is not None:
-            m.train(mode == "fwdbwd")
+            m.train(mode != "fwd")
 
     steps: dict[str, Callable[[], Any]] = {
         "torch.nn": make_step(make_call(nn_mod, case), nn_mod, mode, x, grad_out)}
@@ -454,7 +469,8 @@ def markdown(meta: dict[str, Any], rows: list[Row]) -> str:
             lines.append(f"- {key}: {meta[key]}")
     lines += [
         "- ratio = torch.nn time / rnnfused time (>1: rnnfused faster); GFLOP/s count "
-        "2*T*B*(I+H)*G*H per layer-direction forward, fwdbwd = 3x forward; (%) = share of "
+        "2*T*B*(I+H)*G*H per layer-direction forward, fwdbwd = 3x forward (fwdbwd_weights: "
+        "less the first layer's input gradient, 2*T*B*I*G*H a direction); (%) = share of "
         "fma_peak_gflops, the float32 FMA ceiling measured at the start of this run with a "
         "register-only FMA loop on the same threads, on cpu_isa's vectors",
         *(["- bf16_dot_peak_gflops = the same loop on AVX512-BF16's dot product (vdpbf16ps, 64 "
@@ -501,7 +517,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     p.add_argument("--kinds", default=",".join(DEFAULT_KINDS),
                    help=f"comma-separated subset of {','.join(KINDS)} (default: %(default)s)")
-    p.add_argument("--modes", default=",".join(MODES), help="comma-separated: fwd,fwdbwd")
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated: fwd,fwdbwd (default) and fwdbwd_weights")
     p.add_argument("--case", action="append", metavar="T,B,I,H,LAYERS,DIRS",
                    help="replace the shape grid (repeatable), e.g. --case 100,64,512,512,1,1")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(),
@@ -531,8 +547,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if k not in KINDS:
             p.error(f"unknown kind {k!r}; choose from {', '.join(KINDS)}")
     for m in args.mode_list:
-        if m not in MODES:
-            p.error(f"unknown mode {m!r}; choose from {', '.join(MODES)}")
+        if m not in ALL_MODES:
+            p.error(f"unknown mode {m!r}; choose from {', '.join(ALL_MODES)}")
     if args.case:
         shapes = []
         for s in args.case:

@@ -104,14 +104,10 @@ TORCH_LIBRARY(rnnfused, m) {
   // Which vectorised CPU step kernels run here: "avx512", "avx2" or "scalar".
   m.def("cpu_isa() -> str",
         [] { return std::string(rnnfused::cpu::isa_name(rnnfused::cpu::active_isa())); });
-  // Units a float64 step functor call runs on the CPU: 4 (AVX2 or AVX-512 active and
-  // libtorch_cpu's SLEEF exp and tanh found) or 1.
+  // Units a float64 step functor call runs on the CPU: 4 (cpu::float64_vectors()) or 1.
   m.def("cpu_float64_lanes() -> int", [] {
 #if defined(__x86_64__)
-    if (rnnfused::cpu::active_isa() != rnnfused::cpu::Isa::kScalar &&
-        rnnfused::cpu::avx2_float64_math()) {
-      return int64_t{4};
-    }
+    if (rnnfused::cpu::float64_vectors()) return int64_t{4};
 #endif
     return int64_t{1};
   });

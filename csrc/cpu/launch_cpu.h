@@ -377,8 +377,7 @@ struct CpuLaunch {
       // AVX-512 CPUs too) where its exp and tanh are found, 4 units a call (one at a
       // time, the scalar exp and tanh were most of a step: LSTM 50, 16, 128, 128
       // forward at 0.77 times torch.nn's speed, whose float64 math is vectorised).
-      const bool avx2 = kDouble ? isa != cpu::Isa::kScalar && cpu::avx2_float64_math()
-                                : kFloat && isa == cpu::Isa::kAvx2;
+      const bool avx2 = kDouble ? cpu::float64_vectors() : kFloat && isa == cpu::Isa::kAvx2;
       if (avx2 || (!kDouble && isa == cpu::Isa::kAvx512)) {
         const int64_t rows = n / f.H;
         const int64_t grain = kDouble ? kFloat64GrainSize : kGrainSize;

@@ -50,6 +50,9 @@ template <typename F>
 void run_rows_avx2(const F& f, int64_t row_begin, int64_t row_end);
 // Whether run_rows_avx2 has its float64 exp and tanh (SLEEF's, in libtorch_cpu).
 bool avx2_float64_math();
+// Whether float64 step functors run 4 units a call (run_rows_avx2): AVX2 or AVX-512
+// active (either CPU runs the AVX2 code) and avx2_float64_math().
+inline bool float64_vectors() { return active_isa() != Isa::kScalar && avx2_float64_math(); }
 
 // W_hh [G*H, K] packed by tiles of L hidden units (L = the vector's floats: 16 for
 // AVX-512, 8 for AVX2): w[u][k][g * L + l] = W_hh[g * H + L u + l][k], zero past H.

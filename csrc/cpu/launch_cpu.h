@@ -156,7 +156,7 @@ struct CpuLaunch {
 
   // Each product out = a @ w^T (+ bias) (common.h's NtProduct), those the library's
   // GEMM takes (takes_small_gemm) together in one call of it, large bfloat16 ones
-  // widened (widens_bf16), the others on ATen.
+  // widened (widens_16bit), the others on ATen.
   template <typename... Products>
   static void gemm_nt(const Products&... each) {
     constexpr size_t n = sizeof...(Products);
@@ -173,7 +173,7 @@ struct CpuLaunch {
                         p.out.data_ptr(), p.out.stride(0), storage_of(p.out)};
         if (p.w_panels.defined()) small[count].w_packed = p.w_panels.data_ptr<float>();
         ++count;
-      } else if (widens_bf16(p.a)) {
+      } else if (widens_16bit(p.a)) {
         gemm_nt_widened(p);
       } else {
         gemm_nt_aten(p);
@@ -212,7 +212,7 @@ struct CpuLaunch {
   // types (oneDNN's fixed cost per call, as above) take gemm_nt_small_avx512 (w_kn:
   // its panels copied, not transposed; two threads, 50 x 256 x 64 NN: 8 vs 18 us
   // on MKL, 128 x 1024 x 64: 44 vs 100); bfloat16 with more rows the float32 BLAS
-  // on widened copies (widens_bf16); the rest ATen.
+  // on widened copies (widens_16bit; float16 too); the rest ATen.
   static void gemm_nn(const at::Tensor& out, const at::Tensor& a, const at::Tensor& w,
                       bool accumulate) {
 #if defined(__x86_64__)
@@ -238,7 +238,7 @@ struct CpuLaunch {
       own_gemm(&g, 1);
       return;
     }
-    if (widens_bf16(a) && out.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16) {
+    if (widens_16bit(a) && out.scalar_type() == a.scalar_type() && w.scalar_type() == a.scalar_type()) {
       const at::Tensor w32 = w.to(at::kFloat);
       for_row_blocks(a.size(0), a.size(1) + w.size(1), [&](int64_t r, int64_t rows) {
         const at::Tensor a32 = a.narrow(0, r, rows).to(at::kFloat);
@@ -314,8 +314,15 @@ struct CpuLaunch {
   // widened copies is faster, conversions included (512 x 512 x 2048 with bias:
   // 5.1 vs 8.5 ms on two threads). The same sums in float32, rounded once, as
   // oneDNN's; the float32 product goes where a float32 one would (gemm_nt / gemm_nn).
-  static bool widens_bf16(const at::Tensor& a) {
-    return a.scalar_type() == at::kBFloat16 && !cpu::has_fast_bf16_gemm();
+  // float16 likewise where the AVX-512 kernels do not run: there ATen's float16 GEMM
+  // is a loop of dot products (two Zen 2 vCPUs: LSTM 50, 16, 128, 128 float16 forward
+  // at 0.72 times torch.nn's speed, the products ~45% of it).
+  static bool widens_16bit(const at::Tensor& a) {
+    switch (a.scalar_type()) {
+      case at::kBFloat16: return !cpu::has_fast_bf16_gemm();
+      case at::kHalf: return cpu::active_isa() != cpu::Isa::kAvx512;
+      default: return false;
+    }
   }
 
   // The widened copies of `a` and the float32 result a block of rows at a time

@@ -517,7 +517,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     p.add_argument("--kinds", default=",".join(DEFAULT_KINDS),
                    help=f"comma-separated subset of {','.join(KINDS)} (default: %(default)s)")
-    p.add_argument("--modes", default=",".join(MODES), help="comma-separated: fwd,fwdbwd (default) and fwdbwd_weights")
+    p.add_argument("--modes", default=",".join(MODES),
+                   help=f"comma-separated subset of {','.join(ALL_MODES)} (default: %(default)s)")
     p.add_argument("--case", action="append", metavar="T,B,I,H,LAYERS,DIRS",
                    help="replace the shape grid (repeatable), e.g. --case 100,64,512,512,1,1")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(),

@@ -456,7 +456,8 @@ def test_gemm_nt(rows, bias, device):
     """The product a @ w^T (+ bias) that the layer ops form their input projections
     and per-step products with (on the CPU with AVX-512, few rows or small products
     take the library's own kernels: dot products below 4 rows, w transposed a 32-row
-    panel of 128 columns at a time from 4 rows, two threads from 2^18 multiply-adds;
+    panel of 256 columns at a time from 4 rows, in 12-row blocks, two threads from 2^18
+    multiply-adds;
     on AVX2 CPUs other than Intel's, from 2 rows: up to 16 (and 32, in two groups)
     the transposed kernel, 4 rows at 2 depths a vector (2 or 4 vectors) against 6 or
     3 of w's rows, 24 columns a unit, an odd last depth alone; otherwise a 16-row

@@ -5,8 +5,8 @@
 // half its rate for the same product with w^T stored (61 vs 141 GFLOP/s at
 // 8 x 128 x 512 on one core). From 4 rows each 32-row panel of w is transposed in
 // registers (16 x 16 blocks) into an L1 buffer [kc, 32], and the rows of `a` are
-// broadcast against it, 8 rows x 32 columns of accumulators at a time; below 4
-// rows, dot products along k. The panels of one or two products are split between
+// broadcast against it, 12 rows x 32 columns of accumulators at a time (24 of the
+// 32 registers); below 4 rows, dot products along k. The panels of one or two products are split between
 // the threads in one parallel region. 16-bit (bfloat16, float16) weights widen as
 // they load; 16-bit rows, bias and out go through float32 copies.
 // The standard headers come before the target pragma: GCC 13 fails to inline
@@ -33,8 +33,13 @@ namespace cpu {
 namespace {
 
 constexpr int64_t kPanel = 32;   // columns of out (rows of w) per panel
-constexpr int64_t kDepth = 128;  // k per buffered panel: 16 KB
-constexpr int kRowBlock = 8;     // rows of `a` per register block
+// 12 rows x 256 deep rather than 8 x 128: two Zen 5 cores, alternating builds,
+// 6400 x 512 x 2048 NN 425 -> 475 GFLOP/s, 512 x 2048 x 512 NT (the input
+// projection's chunks) 444 -> 490, 2048 x 512 x 6400 TN (weight gradients) 381 ->
+// 430, 8 x 512 x 128 unchanged; 14 rows no better. (Packing `a` by columns for the
+// TN, as gemm_avx2 does: no gain at 768-row units, slower at 192.)
+constexpr int64_t kDepth = 256;  // k per buffered panel: 32 KB
+constexpr int kRowBlock = 12;    // rows of `a` per register block
 
 // 16 x 16 transpose in registers: r[i][c] -> r[c][i] (see the derivation in
 // the comments: 128-bit lanes L hold elements 4L .. 4L + 3).
@@ -199,7 +204,8 @@ template <bool kColumns>
 constexpr RowBlockFn kRowBlocks[kRowBlock] = {
     row_block<1, kColumns>, row_block<2, kColumns>, row_block<3, kColumns>,
     row_block<4, kColumns>, row_block<5, kColumns>, row_block<6, kColumns>,
-    row_block<7, kColumns>, row_block<8, kColumns>};
+    row_block<7, kColumns>, row_block<8, kColumns>, row_block<9, kColumns>,
+    row_block<10, kColumns>, row_block<11, kColumns>, row_block<12, kColumns>};
 
 // v[16] -> one vector whose lane p is the sum of v[p]'s lanes (pairs of vectors
 // interleaved and added, four times).

@@ -544,24 +544,24 @@ def test_dropout_train_same_rng_as_torch_cpu(kind, bidirectional, form):
 @pytest.mark.parametrize("batch", [1, 3, 7])
 @pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
 def test_fused_loop_panels_and_row_blocks(name, batch, hidden):
-    """The persistent CPU loop's edges: hidden sizes that split the reduction into
-    32 KB panels with odd remainders (AVX-512's: the split partial sums of a few
-    rows), partial tiles, and batches below, at and past its row blocks (AVX2 6 or 8
-    rows and 5 in the backward, AVX-512 4 or 8). Outputs, states and all gradients
-    equal torch.nn's."""
+    """The persistent CPU loop's edges: hidden sizes with odd remainders in the split
+    partial sums of a few rows, partial tiles, and batches below, at and past its row
+    blocks (AVX2 6 or 8 rows and 5 in the backward, AVX-512 4 or 8). Outputs, states
+    and all gradients equal torch.nn's. (Panels past a whole tile: the next test.)"""
     ref, fused = make_twins(name, 17, hidden)
     compare_modules(ref, fused, "batched", True, "cpu", torch.float32, batch=batch)
 
 
 @pytest.mark.parametrize("name,hidden", [("LSTM", 2400), ("GRU", 3100), ("RNN", 4700)])
 def test_fused_loop_panels_past_a_whole_tile(name, hidden):
-    """AVX2's loops take a tile's whole reduction in one panel up to 256 KB of packed
+    """The loops take a tile's whole reduction in one panel up to 256 KB of packed
     weights (an eighth past it rather than a sliver of a second panel); these hidden
-    sizes are the first past that (LSTM 128 bytes a row of K, GRU 96, RNN's tile pairs
-    64; the backward's 64 a row of J = G * H): two or three panels in either loop, the
-    partial sums stored and reloaded between them. Outputs, states and all gradients
-    equal torch.nn's, or are no further from float64's than twice torch.nn's error
-    (sums of up to 9300 terms; 4 steps of 7 rows: a row block and a remainder)."""
+    sizes are the first past that on AVX2 (LSTM 128 bytes a row of K, GRU 96, RNN's
+    tile pairs 64; the backward's 64 a row of J = G * H; AVX-512's rows twice as
+    long): two or three panels in either loop, the partial sums stored and reloaded
+    between them. Outputs, states and all gradients equal torch.nn's, or are no
+    further from float64's than twice torch.nn's error (sums of up to 9300 terms; 4
+    steps of 7 rows: a row block and a remainder)."""
     ref, fused = make_twins(name, 8, hidden)
     compare_modules(ref, fused, "batched", True, "cpu", torch.float32, against_float64=True,
                     batch=7, seq_len=4)

@@ -6,9 +6,10 @@
 // 8 x 128 x 512 on one core). From 4 rows each 32-row panel of w is transposed in
 // registers (16 x 16 blocks) into an L1 buffer [kc, 32], and the rows of `a` are
 // broadcast against it, 12 rows x 32 columns of accumulators at a time (24 of the
-// 32 registers); below 4 rows, dot products along k. The panels of one or two products are split between
-// the threads in one parallel region. 16-bit (bfloat16, float16) weights widen as
-// they load; 16-bit rows, bias and out go through float32 copies.
+// 32 registers); below 4 rows, dot products along k. The panels of one or two
+// products are split between the threads in one parallel region. 16-bit
+// (bfloat16, float16) weights widen as they load; 16-bit rows, bias and out go
+// through float32 copies.
 // The standard headers come before the target pragma: GCC 13 fails to inline
 // std::allocator's members into implicitly defined destructors declared after it
 // ("target specific option mismatch", fixed in GCC 14.2).
@@ -170,7 +171,7 @@ void row_block(const float* a, int64_t stride, const float* panel, int64_t kc, f
                int64_t ldo, __mmask16 m0, __mmask16 m1, const float* bias, bool from_out) {
   const int64_t lda = kColumns ? 1 : stride, ldk = kColumns ? stride : 1;
   __m512 acc0[ROWS], acc1[ROWS];
-  #pragma GCC unroll 16
+#pragma GCC unroll 16
   for (int r = 0; r < ROWS; ++r) {
     acc0[r] = _mm512_setzero_ps();
     acc1[r] = _mm512_setzero_ps();
@@ -178,7 +179,7 @@ void row_block(const float* a, int64_t stride, const float* panel, int64_t kc, f
   for (int64_t k = 0; k < kc; ++k) {
     const __m512 p0 = _mm512_load_ps(panel + k * kPanel);
     const __m512 p1 = _mm512_load_ps(panel + k * kPanel + 16);
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int r = 0; r < ROWS; ++r) {
       const __m512 x = _mm512_set1_ps(a[r * lda + k * ldk]);
       acc0[r] = _mm512_fmadd_ps(x, p0, acc0[r]);
@@ -187,20 +188,20 @@ void row_block(const float* a, int64_t stride, const float* panel, int64_t kc, f
   }
   if (bias != nullptr) {
     const __m512 b0 = _mm512_maskz_loadu_ps(m0, bias), b1 = _mm512_maskz_loadu_ps(m1, bias + 16);
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int r = 0; r < ROWS; ++r) {
       acc0[r] = _mm512_add_ps(acc0[r], b0);
       acc1[r] = _mm512_add_ps(acc1[r], b1);
     }
   }
   if (from_out) {
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int r = 0; r < ROWS; ++r) {
       acc0[r] = _mm512_add_ps(acc0[r], _mm512_maskz_loadu_ps(m0, out + r * ldo));
       acc1[r] = _mm512_add_ps(acc1[r], _mm512_maskz_loadu_ps(m1, out + r * ldo + 16));
     }
   }
-  #pragma GCC unroll 16
+#pragma GCC unroll 16
   for (int r = 0; r < ROWS; ++r) {
     _mm512_mask_storeu_ps(out + r * ldo, m0, acc0[r]);
     _mm512_mask_storeu_ps(out + r * ldo + 16, m1, acc1[r]);
@@ -246,23 +247,23 @@ void dot_block(int64_t mr, int64_t nr, int64_t K, const float* a, int64_t lda, c
                int64_t ldw, const float* bias, float* out, int64_t ldo) {
   static_assert(MR * NR == 16 && (NR == 8 || NR == 16), "1 x 16 or 2 x 8 outputs");
   __m512 acc[16];
-  #pragma GCC unroll 16
+#pragma GCC unroll 16
   for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
   const W* w_rows[NR];
   const float* a_rows[MR];
-  #pragma GCC unroll 16
+#pragma GCC unroll 16
   for (int j = 0; j < NR; ++j) w_rows[j] = w + std::min<int64_t>(j, nr - 1) * ldw;
-  #pragma GCC unroll 16
+#pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) a_rows[i] = a + std::min<int64_t>(i, mr - 1) * lda;
   for (int64_t k = 0; k < K; k += 16) {
     const __mmask16 m = first_lanes(K - k);
     __m512 wv[NR];
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int j = 0; j < NR; ++j) wv[j] = load_lanes(m, w_rows[j] + k);
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       const __m512 av = _mm512_maskz_loadu_ps(m, a_rows[i] + k);
-      #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int j = 0; j < NR; ++j) acc[i * NR + j] = _mm512_fmadd_ps(av, wv[j], acc[i * NR + j]);
     }
   }

@@ -314,13 +314,15 @@ struct CpuLaunch {
   // widened copies is faster, conversions included (512 x 512 x 2048 with bias:
   // 5.1 vs 8.5 ms on two threads). The same sums in float32, rounded once, as
   // oneDNN's; the float32 product goes where a float32 one would (gemm_nt / gemm_nn).
-  // float16 likewise where the AVX-512 kernels do not run: there ATen's float16 GEMM
-  // is a loop of dot products (two Zen 2 vCPUs: LSTM 50, 16, 128, 128 float16 forward
-  // at 0.72 times torch.nn's speed, the products ~45% of it).
+  // float16 likewise where oneDNN's float16 GEMM does not run (!cpu::has_fast_f16_gemm:
+  // no AVX512-FP16): there ATen's float16 GEMM is a loop of dot products (two Zen 2
+  // vCPUs: LSTM 50, 16, 128, 128 float16 forward at 0.72 times torch.nn's speed, the
+  // products ~45% of it; two Zen 5 cores, AVX-512 without FP16: LSTM 100, 64, 512, 512
+  // float16 forward 322 ms, 5.6 times float32's).
   static bool widens_16bit(const at::Tensor& a) {
     switch (a.scalar_type()) {
       case at::kBFloat16: return !cpu::has_fast_bf16_gemm();
-      case at::kHalf: return cpu::active_isa() != cpu::Isa::kAvx512;
+      case at::kHalf: return !cpu::has_fast_f16_gemm();
       default: return false;
     }
   }

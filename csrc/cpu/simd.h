@@ -35,6 +35,11 @@ bool amx_tiles_enabled();
 // GFLOP/s, 512 rows 763, against ~400 for float32 on the library's kernel). Intel's
 // AVX512-BF16 CPUs without AMX run it at half the float32 rate.
 bool has_fast_bf16_gemm();
+// Whether oneDNN's float16 GEMM runs here, which ATen's float16 products take: with
+// AVX512-FP16 or AMX-FP16 (Intel's Sapphire Rapids on). Elsewhere ATen's float16
+// GEMM is a loop of dot products (two Zen 5 cores, 512 x 2048 x 512: 42 GFLOP/s
+// against 185 for float32 on MKL). Decided once per process.
+bool has_fast_f16_gemm();
 // Whether torch's CPU BLAS (MKL) runs AVX-512 GEMM kernels here: on Intel CPUs.
 // On AMD's AVX-512 CPUs (Zen 4, Zen 5) its sgemm takes a path at ~40% of the
 // FMA peak (two Zen 5 cores: ~195 GFLOP/s of ~470), so the library's own GEMM

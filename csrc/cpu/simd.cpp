@@ -115,9 +115,10 @@ bool has_fast_f16_gemm() {
 #if defined(__x86_64__) || defined(__i386__)
     // CPUID leaf 7: subleaf 0 EDX bit 23 AVX512-FP16, subleaf 1 EAX bit 21 AMX-FP16.
     unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-    bool fp16 = __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) != 0 && (edx & (1u << 23)) != 0;
-    fp16 = fp16 || (__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) != 0 && (eax & (1u << 21)) != 0);
-    return fp16;
+    if (__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) != 0 && (edx & (1u << 23)) != 0) {
+      return true;
+    }
+    return __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) != 0 && (eax & (1u << 21)) != 0;
 #else
     return false;
 #endif

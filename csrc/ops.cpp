@@ -104,10 +104,11 @@ TORCH_LIBRARY(rnnfused, m) {
   // Which vectorised CPU step kernels run here: "avx512", "avx2" or "scalar".
   m.def("cpu_isa() -> str",
         [] { return std::string(rnnfused::cpu::isa_name(rnnfused::cpu::active_isa())); });
-  // Units a float64 step functor call runs on the CPU: 4 (cpu::float64_vectors()) or 1.
+  // Units a float64 step functor call runs on the CPU: cpu::kFloat64Lanes (4, where
+  // cpu::float64_vectors()) or 1.
   m.def("cpu_float64_lanes() -> int", [] {
 #if defined(__x86_64__)
-    if (rnnfused::cpu::float64_vectors()) return int64_t{4};
+    if (rnnfused::cpu::float64_vectors()) return rnnfused::cpu::kFloat64Lanes;
 #endif
     return int64_t{1};
   });

@@ -55,8 +55,10 @@ template <typename F>
 void run_rows_avx2(const F& f, int64_t row_begin, int64_t row_end);
 // Whether run_rows_avx2 has its float64 exp and tanh (SLEEF's, in libtorch_cpu).
 bool avx2_float64_math();
-// Whether float64 step functors run 4 units a call (run_rows_avx2): AVX2 or AVX-512
-// active (either CPU runs the AVX2 code) and avx2_float64_math().
+// Units a float64 step functor call runs where float64_vectors(): one 256-bit vector.
+constexpr int64_t kFloat64Lanes = 4;
+// Whether float64 step functors run kFloat64Lanes units a call (run_rows_avx2): AVX2
+// or AVX-512 active (either CPU runs the AVX2 code) and avx2_float64_math().
 inline bool float64_vectors() { return active_isa() != Isa::kScalar && avx2_float64_math(); }
 
 // W_hh [G*H, K] packed by tiles of L hidden units (L = the vector's floats: 16 for

@@ -132,7 +132,7 @@ inline DVec where_positive(DVec h, DVec value) {
 template <bool kPartial>
 struct DoubleLanes {
   using value = DVec;
-  static constexpr int64_t kWidth = 4;
+  static constexpr int64_t kWidth = kFloat64Lanes;
   __m256i mask = _mm256_set1_epi64x(-1);
   DoubleLanes() = default;
   explicit DoubleLanes(int count)

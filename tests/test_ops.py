@@ -535,18 +535,20 @@ def test_gemm_large_products(device):
                                a_t.double().t() @ w_kn.double(), **tol)
 
 
+@pytest.mark.parametrize("input_size", [37, 300])
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
-def test_projection_over_chunks_matches_reference(kind, device):
+def test_projection_over_chunks_matches_reference(kind, input_size, device):
     """A layer whose input projection spans several chunks of ~512 rows (here 1100
     rows: three) forms each chunk's product with W_ih packed once for all of them
-    (on AVX2 CPUs other than Intel's: gemm_avx2's panels, NtProduct::w_panels),
-    with partial panels (4 x 19 columns) and depths (37): torch.nn's outputs and
-    gradients with the same weights."""
+    where the library's GEMM takes them (AVX-512 CPUs other than Intel's, and AVX2
+    ones: its panels, NtProduct::w_panels), with partial panels (4 x 19 columns),
+    depths (37) and a depth past the GEMM's 256 (300, read from the second depth of
+    each packed panel): torch.nn's outputs and gradients with the same weights."""
     torch.manual_seed(0)
-    theirs = getattr(torch.nn, kind)(37, 19).to(device)
-    ours = getattr(rnnfused, kind)(37, 19).to(device)
+    theirs = getattr(torch.nn, kind)(input_size, 19).to(device)
+    ours = getattr(rnnfused, kind)(input_size, 19).to(device)
     ours.load_state_dict(theirs.state_dict())
-    x = torch.randn(100, 11, 37, device=device)
+    x = torch.randn(100, 11, input_size, device=device)
     xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
     for model, inp in zip((theirs, ours), xs):
         out, _ = model(inp)

@@ -396,10 +396,9 @@ void pack_panels(const NtGemm& g, int64_t begin, int64_t end, float* packed) {
 
 // This thread's share of pack_panels over all of g's panels, in a parallel region
 // (or alone).
-void pack_thread_share(const NtGemm& g, float* packed) {
-  const int64_t panels = (g.N + kPanel - 1) / kPanel;
-  const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-  pack_panels(g, panels * t / nt, panels * (t + 1) / nt, packed);
+void pack_share(const NtGemm& g, float* packed) {
+  pack_thread_share((g.N + kPanel - 1) / kPanel,
+                    [&](int64_t begin, int64_t end) { pack_panels(g, begin, end, packed); });
 }
 
 // Unit u of product g (gemm_split.h): its panel group over its row block, the
@@ -556,7 +555,7 @@ void gemm_avx2(const NtGemm* gemms, int count) {
     float* const a_packed = slices + slice_floats * omp_get_thread_num();
     if (any_packed) {
       for (int j = 0; j < count; ++j) {
-        if (packed[j] != nullptr) pack_thread_share(gemms[j], packed[j].get());
+        if (packed[j] != nullptr) pack_share(gemms[j], packed[j].get());
       }
 #pragma omp barrier
     }
@@ -587,15 +586,11 @@ void gemm_avx2(const NtGemm* gemms, int count) {
   }
 }
 
-int64_t gemm_avx2_panel_floats(int64_t N, int64_t K) { return (N + kPanel - 1) / kPanel * K * kPanel; }
+int64_t gemm_avx2_panel_floats(int64_t N, int64_t K) { return panel_floats(N, K, kPanel); }
 
 void pack_gemm_avx2_panels(const NtGemm& g, float* dst) {
-  // Forked as gemm_threads forks a product: w's N x K values counted as 8
-  // multiply-adds each (a chosen weight, not measured: the fork from 32K values).
-  constexpr int64_t kWorkPerValue = 8;
-  const int threads = gemm_threads(g.N * g.K * kWorkPerValue, (g.N + kPanel - 1) / kPanel);
-#pragma omp parallel num_threads(threads) if (threads > 1)
-  pack_thread_share(g, dst);
+  pack_all_panels(g.N, g.K, kPanel,
+                  [&](int64_t begin, int64_t end) { pack_panels(g, begin, end, dst); });
 }
 
 }  // namespace cpu

@@ -4,8 +4,9 @@
 // [N, K], the layout torch.nn keeps: the CPU BLAS runs that "NT" product at about
 // half its rate for the same product with w^T stored (61 vs 141 GFLOP/s at
 // 8 x 128 x 512 on one core). From 4 rows each 32-row panel of w is transposed in
-// registers (16 x 16 blocks) into an L1 buffer [kc, 32], and the rows of `a` are
-// broadcast against it, 12 rows x 32 columns of accumulators at a time (24 of the
+// registers (16 x 16 blocks) into an L1 buffer [kc, 32] (or read from the panels a
+// caller packed once for several products: pack_gemm_avx512_panels), and the rows
+// of `a` are broadcast against it, 12 rows x 32 columns of accumulators at a time (24 of the
 // 32 registers); below 4 rows, dot products along k. The panels of one or two
 // products are split between the threads in one parallel region. 16-bit
 // (bfloat16, float16) weights widen as they load; 16-bit rows, bias and out go
@@ -310,6 +311,12 @@ struct Product {
   bool w_kn;        // w stored [K, N]: panels copied, not transposed
   bool accumulate;  // out += the product
   int64_t lda_k;    // a's stride along k: 1, or lda is 1 (float32 w_kn only)
+  // w's panels over all of K (pack_gemm_avx512_panels), or null: each unit then
+  // forms its own a depth at a time. Packed by the caller only: here, packing all
+  // of w for one product ran slower than forming each panel per row block (two Zen
+  // 5 cores, 512 x 2048 x 512 NT 470 against 520 GFLOP/s, 2048 x 2048 x 512 even;
+  // for w stored [K, N] 1-3% faster, the LSTM's training within 1%).
+  const float* w_packed;
   Split split{};    // set once, before the units run (their threads read it)
 };
 
@@ -344,20 +351,24 @@ void run_dot_slice(const Product& g, int64_t u) {
   if (g.M % 2 == 1) dot_rows<1, 16>(g.M - 1, g.M, n, g.K, g.a, g.lda, w, bias, out, g.ldo);
 }
 
-// Unit u: panel group u % groups over row block u / groups (g.split).
+// Unit u: panel group u % groups over row block u / groups (g.split), its panels
+// read from g.w_packed where there, else formed a depth at a time in an L1 buffer.
 template <typename W>
 void run_panel(const Product& g, int64_t u) {
-  alignas(64) float panel[kDepth * kPanel];
+  alignas(64) float buffer[kDepth * kPanel];
+  const float* panel = buffer;
   const bool columns = g.lda_k != 1;  // then lda is 1 (Product)
   const RowBlockFn* blocks = columns ? kRowBlocks<true> : kRowBlocks<false>;
   const int64_t stride = columns ? g.lda_k : g.lda;
   walk_unit(
       g.split, u, g.M, g.K, kDepth,
       [&](int64_t p, int64_t k0, int64_t kc) {
-        if (g.w_kn) {
-          copy_panel(static_cast<const W*>(g.w), g.N, p * kPanel, k0, kc, panel);
+        if (g.w_packed != nullptr) {
+          panel = g.w_packed + (p * g.K + k0) * kPanel;
+        } else if (g.w_kn) {
+          copy_panel(static_cast<const W*>(g.w), g.N, p * kPanel, k0, kc, buffer);
         } else {
-          transpose_panel(static_cast<const W*>(g.w), g.N, g.K, p * kPanel, k0, kc, panel);
+          transpose_panel(static_cast<const W*>(g.w), g.N, g.K, p * kPanel, k0, kc, buffer);
         }
       },
       [&](int64_t r0, int64_t rows, int64_t p, int64_t k0, int64_t kc) {
@@ -369,6 +380,29 @@ void run_panel(const Product& g, int64_t u) {
                          g.out + r0 * g.ldo + n0, g.ldo, m0, m1,
                          last && g.bias ? g.bias + n0 : nullptr, k0 > 0 || g.accumulate);
       });
+}
+
+// Panels [begin, end) of g's w, each over all of K, at packed (panel p's depth k
+// at packed + (p * K + k) * kPanel: gemm_split.h's panel_floats).
+template <typename W>
+void pack_panels(const Product& g, int64_t begin, int64_t end, float* packed) {
+  const W* w = static_cast<const W*>(g.w);
+  for (int64_t p = begin; p < end; ++p) {
+    float* panel = packed + p * g.K * kPanel;
+    if (g.w_kn) {
+      copy_panel(w, g.N, p * kPanel, 0, g.K, panel);
+    } else {
+      transpose_panel(w, g.N, g.K, p * kPanel, 0, g.K, panel);
+    }
+  }
+}
+
+void pack_panels_of(const Product& g, int64_t begin, int64_t end, float* packed) {
+  switch (g.w_type) {
+    case Storage::kBFloat16: return pack_panels<Bf16>(g, begin, end, packed);
+    case Storage::kFloat16: return pack_panels<F16>(g, begin, end, packed);
+    default: return pack_panels<float>(g, begin, end, packed);
+  }
 }
 
 void run_unit(const Product& g, int64_t u) {
@@ -408,7 +442,7 @@ Product prepare_widened(const NtGemm& g, Widened& wide) {
   }
   return {g.M, g.N, g.K, wide.a.data(), g.K, g.w, g.type,
           g.bias != nullptr ? wide.bias.data() : nullptr, wide.out.data(), g.N, g.w_kn,
-          g.accumulate, 1};
+          g.accumulate, 1, g.w_packed};
 }
 
 Product prepare(const NtGemm& g, Widened& wide) {
@@ -418,7 +452,7 @@ Product prepare(const NtGemm& g, Widened& wide) {
     default:
       return {g.M, g.N, g.K, static_cast<const float*>(g.a), g.lda, g.w, Storage::kFloat32,
               static_cast<const float*>(g.bias), static_cast<float*>(g.out), g.ldo, g.w_kn,
-              g.accumulate, g.lda_k};
+              g.accumulate, g.lda_k, g.w_packed};
   }
 }
 
@@ -455,6 +489,19 @@ void gemm_nt_small_avx512(const NtGemm* gemms, int count) {
     run_unit(products[j], u - first[j]);
   }
   for (int j = 0; j < count; ++j) narrow_out(gemms[j], products[j]);
+}
+
+int64_t gemm_avx512_panel_floats(int64_t N, int64_t K) { return panel_floats(N, K, kPanel); }
+
+void pack_gemm_avx512_panels(const NtGemm& g, float* dst) {
+  Product p{};  // what pack_panels reads
+  p.N = g.N;
+  p.K = g.K;
+  p.w = g.w;
+  p.w_type = g.type;
+  p.w_kn = g.w_kn;
+  pack_all_panels(g.N, g.K, kPanel,
+                  [&](int64_t begin, int64_t end) { pack_panels_of(p, begin, end, dst); });
 }
 
 }  // namespace cpu

@@ -110,6 +110,33 @@ inline int gemm_threads(int64_t work, int64_t units, int64_t fork_work = kForkWo
              : 1;
 }
 
+// w [N, K] packed as its panels of `panel` columns, each over all of K (panel p's
+// depth k at (p * K + k) * panel: the layout a GEMM forms a depth at a time in its
+// L1 buffer), for the products that would each form them again: panel_floats in all.
+inline int64_t panel_floats(int64_t N, int64_t K, int64_t panel) {
+  return (N + panel - 1) / panel * K * panel;
+}
+
+// pack(begin, end) over this thread's share of `panels` panels, in a parallel
+// region (or alone).
+template <typename Pack>
+void pack_thread_share(int64_t panels, const Pack& pack) {
+  const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+  pack(panels * t / nt, panels * (t + 1) / nt);
+}
+
+// pack over all of w's panels, forked as gemm_threads forks a product: w's N x K
+// values counted as 8 multiply-adds each (a chosen weight, not measured: the fork
+// from 32K values).
+template <typename Pack>
+void pack_all_panels(int64_t N, int64_t K, int64_t panel, const Pack& pack) {
+  constexpr int64_t kWorkPerValue = 8;
+  const int64_t panels = (N + panel - 1) / panel;
+  const int threads = gemm_threads(N * K * kWorkPerValue, panels);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  pack_thread_share(panels, pack);
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace rnnfused

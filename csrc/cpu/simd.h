@@ -202,7 +202,8 @@ struct NtGemm {
   bool w_kn = false;
   bool accumulate = false;
   int64_t lda_k = 1;
-  // w already in gemm_avx2's panel layout (pack_gemm_avx2_panels), or null.
+  // w already in the panel layout of the GEMM that runs the product
+  // (pack_gemm_avx512_panels, pack_gemm_avx2_panels), or null.
   const float* w_packed = nullptr;
 };
 constexpr int kMaxNtGemms = 2;
@@ -212,6 +213,11 @@ constexpr int kMaxNtGemms = 2;
 // rate it reaches with w^T stored; here w is transposed a panel at a time in
 // registers (dot products below 4 rows).
 void gemm_nt_small_avx512(const NtGemm* products, int count);
+// Its panels of w (NtGemm's N, K, w, type, w_kn; the rest unread): ceil(N / 32)
+// panels of K x 32 floats, gemm_avx512_panel_floats(N, K) in all, written at dst
+// on the threads of one parallel region (as gemm_avx2's below).
+int64_t gemm_avx512_panel_floats(int64_t N, int64_t K);
+void pack_gemm_avx512_panels(const NtGemm& g, float* dst);
 
 // The same products in float32 on AVX2 (gemm_avx2.cpp), 2 rows of `a` or more:
 // where the CPU lacks AVX-512 and its BLAS is slow (not Intel's: own_gemm_avx2).

@@ -150,7 +150,7 @@ struct CudaLaunch {
   }
 
   // cuBLAS takes w as stored: nothing to pack (NtProduct::w_panels).
-  static at::Tensor pack_gemm_weights(const at::Tensor&) { return at::Tensor(); }
+  static at::Tensor pack_gemm_weights(const NtProduct&) { return at::Tensor(); }
 
   static void gemm_nn(const at::Tensor& out, const at::Tensor& a, const at::Tensor& w,
                       bool accumulate) {

@@ -189,7 +189,10 @@ class ProjectedInput {
     buffer_ = Launch::empty({std::max(widest, std::min(kChunkRows, input.size(0))), w_ih.size(0)},
                         input.options());
     // Packed once for every chunk's product where there are several.
-    if (input.size(0) > buffer_.size(0)) w_panels_ = Launch::pack_gemm_weights(w_ih);
+    if (input.size(0) > buffer_.size(0)) {
+      w_panels_ = Launch::pack_gemm_weights(
+          NtProduct{buffer_, row_range(input_, 0, buffer_.size(0)), w_ih_, bias_});
+    }
   }
 
   // [rows(s), G*H]: the projection of step s's rows. Steps are visited in order;

@@ -559,6 +559,42 @@ def test_projection_over_chunks_matches_reference(kind, input_size, device):
         torch.testing.assert_close(ours_p.grad, theirs_p.grad, atol=1e-3, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("form", ["dense", "packed", "bidirectional", "no_bias"])
+@pytest.mark.parametrize("input_size", [709, 1024])
+@pytest.mark.parametrize("kind,hidden", [("LSTM", 37), ("GRU", 64), ("RNN", 70), ("RNN", 96)])
+def test_projection_in_loop_matches_torch_nn(kind, hidden, input_size, form, device):
+    """float32 layers whose step's input projection takes 2^22 multiply-adds or more
+    (the widest step's rows x G*H x I; here 96 rows) form it inside the fused forward
+    loop (fused_forward_cpu.h's forms_projection_in_loop): depths past one summed
+    block of 512 (709, 1024), partial tiles (37 and 70 units), RNN's tile pairs with
+    an odd tile left (70: 5 tiles of 16) and without (96), no bias, packed sequences
+    whose batch shrinks, the reverse direction: torch.nn's outputs and gradients."""
+    torch.manual_seed(0)
+    options = dict(bidirectional=form == "bidirectional", bias=form != "no_bias")
+    theirs = getattr(torch.nn, kind)(input_size, hidden, **options).to(device)
+    ours = getattr(rnnfused, kind)(input_size, hidden, **options).to(device)
+    ours.load_state_dict(theirs.state_dict())
+    T, B = 8, 96
+    x = torch.randn(T, B, input_size, device=device)
+    # T down to 5: enough rows (4 steps' worth of the widest) for the fused loop
+    lengths = torch.tensor([T - (b * 4) // B for b in range(B)])
+    results = []
+    for model in (theirs, ours):
+        inp = x.clone().requires_grad_()
+        if form == "packed":
+            out = torch.nn.utils.rnn.pack_padded_sequence(inp, lengths)
+            out = torch.nn.utils.rnn.pad_packed_sequence(model(out)[0])[0]
+        else:
+            out = model(inp)[0]
+        out.square().sum().backward()
+        results.append((out, inp.grad, [p.grad for p in model.parameters()]))
+    (out_t, gx_t, gp_t), (out_o, gx_o, gp_o) = results
+    torch.testing.assert_close(out_o, out_t, atol=5e-5, rtol=1e-4)
+    torch.testing.assert_close(gx_o, gx_t, atol=2e-4, rtol=1e-4)
+    for (name, _), theirs_g, ours_g in zip(theirs.named_parameters(), gp_t, gp_o):
+        torch.testing.assert_close(ours_g, theirs_g, atol=2e-3, rtol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 16, 17])
 def test_gemm_nt_16bit(rows, dtype, device):
@@ -659,7 +695,8 @@ def test_other_cpu_kernels(isa):
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
          os.path.join(os.path.dirname(__file__), "test_modules.py"),
          "-k", "float32_tiles or low_precision or matches_reference or gemm_nt"
-               " or fused_loop_panels or long_sums or matches_torch_float64"],
+               " or fused_loop_panels or long_sums or matches_torch_float64"
+               " or projection_in_loop"],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

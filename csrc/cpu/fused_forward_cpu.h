@@ -1,5 +1,7 @@
 // The time loops as persistent, fused loops (simd.h's run_fused_steps_<isa> and
-// run_fused_backward_<isa>, fused_loop.h): no projection; float32 on AVX-512 or
+// run_fused_backward_<isa>, fused_loop.h): no LSTM projection; the input projection
+// formed in the forward loop where forms_projection_in_loop, else by the caller's
+// GEMMs a chunk of steps at a time (common.h's ProjectedInput); float32 on AVX-512 or
 // AVX2, bfloat16 and float16 on AVX-512, their products in float32 on widened values
 // (this CPU family's bfloat16 dot product, vdpbf16ps, was measured at half the
 // float32 FMA rate, 87 vs 176 GFLOP/s a core). The layer drivers take them through
@@ -129,6 +131,26 @@ inline bool fused_forward_applies(const LayerSizes& sz, bool low_precision) {
          sz.hidden > 0 && sz.rows >= kMinSteps * sz.batch;
 }
 
+// Whether a float32 layer's fused forward forms its input projection in the loop,
+// a step's rows at a time (PackedRecurrent::w_input), rather than as a GEMM per
+// chunk of ~512 rows: from 2^22 multiply-adds of a step's projection (the widest
+// step's rows x G*H x I), the input's rows with unit stride, the bias contiguous.
+// The loop's register blocks run at ~98% of the FMA peak where the chunks' GEMM
+// reached ~90% (two Zen 5 cores; a second pass over K in the loop, timed), and
+// x_proj stays in cache between its forming and its functor. In-process A/B
+// there: LSTM 100, 64, 512, 512 forward 5% faster (training 1%), 256, 256 7%,
+// 512 -> 1024 6%, GRU 256, 256 4%, RNN 512, 512 even; on the AVX2 kernels
+// (RNNFUSED_CPU_ISA=avx2, the same CPU) 1-3%. Below it the chunks' GEMM is ahead:
+// few rows make short register blocks (LSTM 50, 1, 64, 64 25% slower in the loop,
+// 100, 8, 128, 128 5%, 100, 32, 64, 64 9%).
+inline bool forms_projection_in_loop(const LayerSizes& sz, const at::Tensor& input,
+                                     const at::Tensor& bias) {
+  constexpr int64_t kMinStepWork = int64_t{1} << 22;
+  return input.scalar_type() == at::kFloat && input.dim() == 2 && input.size(1) > 0 &&
+         input.stride(1) == 1 && (!bias.defined() || bias.is_contiguous()) &&
+         sz.batch * sz.gates * sz.hidden * input.size(1) >= kMinStepWork;
+}
+
 // The forward steps a chunk of the input projection at a time (its pointers stay
 // valid together): make(s, x_proj_s) -> {functor, rows} of step s, then
 // run(functors, rows, count) over the chunk's steps.
@@ -218,7 +240,26 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;
   const bool avx512 = active_isa() == Isa::kAvx512;
   const at::Tensor packed = pack_recurrent(w_hh, G, H, fused_lanes());
-  const PackedRecurrent w{packed.data_ptr<float>(), K, H, G, packed.size(0)};
+  PackedRecurrent w{packed.data_ptr<float>(), K, H, G, packed.size(0)};
+  // The input projection formed by the loop, a step's rows at a time, where
+  // forms_projection_in_loop: W_ih packed as W_hh is, x_proj one buffer.
+  at::Tensor packed_input;
+  const float* input_rows = nullptr;
+  int64_t input_stride = 0;
+  if constexpr (kFloat) {
+    const auto operands = x_proj.operands();
+    const at::Tensor& input = operands.input;
+    const at::Tensor& bias = operands.bias;
+    if (forms_projection_in_loop(sz, input, bias)) {
+      x_proj.form_in_loop();
+      packed_input = pack_recurrent(operands.w_ih, G, H, fused_lanes());
+      w.w_input = packed_input.data_ptr<float>();
+      w.I = input.size(1);
+      w.input_bias = bias.defined() ? bias.data_ptr<float>() : nullptr;
+      input_rows = input.data_ptr<float>();
+      input_stride = input.stride(0);
+    }
+  }
   // The state before and after each step, alternating, in float32: a step reads
   // one while it writes the other, so one barrier per step is all the threads need.
   // Both start as h0: in reverse over packed input the batch grows, and a row that
@@ -266,9 +307,16 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
         } else {
           sums = partial.data_ptr<float>();
         }
-        const FusedStepRows<scalar_t> row{
+        FusedStepRows<scalar_t> row{
             sched.rows(s), h_in, sums, prod, out, h_out,
             kFloat ? nullptr : stored[(s + 1) % 2].data_ptr<scalar_t>(), x_proj_s};
+        if constexpr (kFloat) {
+          if (input_rows != nullptr) {
+            row.x_in = input_rows + sched.offset(s) * input_stride;
+            row.x_stride = input_stride;
+            row.x_proj_out = const_cast<float*>(x_proj_s);  // the buffer it hands out
+          }
+        }
         return std::make_pair(make_step(s, x_proj_s, h_prev, prod, out), row);
       },
       [&](const Step* steps, const FusedStepRows<scalar_t>* rows, int64_t count) {

@@ -292,6 +292,40 @@ __attribute__((always_inline)) inline void fused_tile(const F& f, const FusedSte
   // apart, its own packed tile K rows later).
   const int64_t column_at = kPair ? L : H;
   const int64_t column_weights = kPair ? K * G * L : L;
+  if (w.w_input != nullptr && k0 == 0) {
+    // The input projection of the tile's rows, formed here (before the first panel
+    // of the recurrent product) into x_proj, where the functor reads it: the same
+    // register blocks over the input rows and W_ih's packed tile (I rows), summed
+    // kSumDepth terms at a time, the bias added to the first block's sums
+    // (fused_forward_cpu.h's forms_projection_in_loop says where).
+    const int64_t I = w.I;
+    const float* x_rows[M];
+    for (int m = 0; m < M; ++m) x_rows[m] = step.x_in + (row + m) * step.x_stride;
+    for (int g0 = 0; g0 < G; g0 += kGatesAPass) {
+      for (int64_t b0 = 0; b0 < I; b0 += kSumDepth) {
+        const int64_t b1 = std::min(I, b0 + kSumDepth);
+        typename S::V acc[M][C];
+        for (int m = 0; m < M; ++m) {
+          for (int c = 0; c < C; ++c) acc[m][c] = S::zero();
+        }
+        PanelPrefetch none;
+        tile_product<S, M, C, G>(w.w_input + (u * I * G + g0) * L, x_rows, b0, b1, acc, none,
+                                 kPair ? I * G * L : L);
+        for (int c = 0; c < C; ++c) {
+          const typename S::Mask& lanes = mask[kPair ? c : 0];
+          const int64_t column = g0 * H + j + c * column_at;
+          const typename S::V bias = b0 == 0 && w.input_bias != nullptr
+                                         ? S::load(lanes, w.input_bias + column)
+                                         : S::zero();
+          for (int m = 0; m < M; ++m) {
+            float* at = step.x_proj_out + (row + m) * G * H + column;
+            const typename S::V sum = S::add(acc[m][c], b0 == 0 ? bias : S::load(lanes, at));
+            S::store(lanes, at, sum);
+          }
+        }
+      }
+    }
+  }
   for (int g0 = 0; g0 < G; g0 += kGatesAPass) {
     // Gates g0 .. g0 + C - 1 of the rows; gate g of row b at b * G * H + g * H + j.
     // Summed kSumDepth k at a time from 0 in registers, each block's sums then added

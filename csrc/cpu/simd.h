@@ -64,9 +64,15 @@ inline bool float64_vectors() { return active_isa() != Isa::kScalar && avx2_floa
 // W_hh [G*H, K] packed by tiles of L hidden units (L = the vector's floats: 16 for
 // AVX-512, 8 for AVX2): w[u][k][g * L + l] = W_hh[g * H + L u + l][k], zero past H.
 // One tile's product for a row is G vectors: gate g of units Lu .. Lu + L - 1.
+// w_input: W_ih [G*H, I] in the same layout, [tiles, I, G * L], where the loop forms
+// the input projection itself (FusedStepRows::x_in), else null; input_bias: the
+// projection's bias [G*H] there, or null.
 struct PackedRecurrent {
   const float* w;  // [tiles, K, G * L]
   int64_t K, H, G, tiles;
+  const float* w_input = nullptr;
+  int64_t I = 0;
+  const float* input_bias = nullptr;
 };
 
 // Tiles [begin, end) of W [G*H, K] (float32, contiguous) in PackedRecurrent's layout,
@@ -93,6 +99,12 @@ struct FusedStepRows {
                         //   the functor (GRU), or null (float32: the functor's h_prev is
                         //   the next step's h_in)
   const T* x_proj;      // [rows, G * H] the input projection the functor reads (prefetched)
+  // Where the loop forms that projection (PackedRecurrent::w_input; float32 layers):
+  // the step's input rows, x_stride floats apart, and x_proj's writable address;
+  // else null.
+  const float* x_in = nullptr;
+  int64_t x_stride = 0;
+  float* x_proj_out = nullptr;
 };
 
 // Runs `count` forward steps in one parallel region: each thread owns a range

@@ -174,7 +174,8 @@ at::Tensor matmul(const at::Tensor& a, const at::Tensor& w) {
 
 // The input projection x_proj = input @ w_ih^T + bias, formed a chunk of steps
 // at a time as the loop reaches them: a GEMM of ~kChunkRows rows each, its
-// result still in cache when the steps read it, and memory independent of T.
+// result still in cache when the steps read it, and memory independent of T. Or
+// by the loop itself, a step at a time (form_in_loop: the CPU's fused loops).
 //   input: [N, I], w_ih: [G*H, I], bias: [G*H] or undefined.
 template <typename scalar_t, typename Launch>
 class ProjectedInput {
@@ -188,20 +189,32 @@ class ProjectedInput {
     for (int64_t s = 0; s < sched.steps(); ++s) widest = std::max(widest, sched.rows(s));
     buffer_ = Launch::empty({std::max(widest, std::min(kChunkRows, input.size(0))), w_ih.size(0)},
                         input.options());
-    // Packed once for every chunk's product where there are several.
-    if (input.size(0) > buffer_.size(0)) {
-      w_panels_ = Launch::pack_gemm_weights(
-          NtProduct{buffer_, row_range(input_, 0, buffer_.size(0)), w_ih_, bias_});
-    }
   }
 
   // [rows(s), G*H]: the projection of step s's rows. Steps are visited in order;
   // the pointers of steps s .. chunk_end() - 1 stay valid together.
   const scalar_t* step(int64_t s) {
+    if (in_loop_) return buffer_.data_ptr<scalar_t>();
     if (s >= chunk_end_) load_chunk(s);
     return buffer_.data_ptr<scalar_t>() + (sched_.offset(s) - first_row_) * w_ih_.size(0);
   }
   int64_t chunk_end() const { return chunk_end_; }
+
+  // For a loop that forms the projection itself, a step at a time (the CPU's
+  // fused loops): from here on step(s) is, for every step, one buffer of the widest
+  // step's rows x G*H, which the loop fills with the step's projection before its
+  // functor reads it (no GEMM here).
+  struct Operands {
+    const at::Tensor& input;  // [N, I]
+    const at::Tensor& w_ih;   // [G*H, I]
+    const at::Tensor& bias;   // [G*H] or undefined
+  };
+  Operands operands() const { return {input_, w_ih_, bias_}; }
+  void form_in_loop() {
+    TORCH_INTERNAL_ASSERT(chunk_end_ == 0, "rnnfused: the projection is formed in chunks already");
+    in_loop_ = true;
+    chunk_end_ = sched_.steps();
+  }
 
   // A single-step sequence's projection, formed in one launcher call with
   // `recurrent` (the step's other product); returns step(0).
@@ -226,6 +239,12 @@ class ProjectedInput {
       hi = h;
     }
     const int64_t rows = hi - lo;
+    // W_ih packed once, at the first chunk, for every chunk's product where there
+    // are several.
+    if (chunk_end_ == 0 && input_.size(0) > buffer_.size(0)) {
+      w_panels_ = Launch::pack_gemm_weights(
+          NtProduct{buffer_, row_range(input_, 0, buffer_.size(0)), w_ih_, bias_});
+    }
     Launch::gemm_nt(NtProduct{row_range(buffer_, 0, rows), row_range(input_, lo, rows), w_ih_,
                               bias_, w_panels_});
     first_row_ = lo;
@@ -240,6 +259,7 @@ class ProjectedInput {
   at::Tensor w_panels_;
   int64_t first_row_ = 0;
   int64_t chunk_end_ = 0;
+  bool in_loop_ = false;
 };
 
 // The biases of a layer whose pre-activations take both (RNN, LSTM). Over many

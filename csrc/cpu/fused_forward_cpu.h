@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "../layers/common.h"
+#include "huge_pages.h"
 #include "simd.h"
 
 namespace rnnfused {
@@ -34,7 +35,7 @@ inline int64_t fused_lanes() { return active_isa() == Isa::kAvx512 ? 16 : 8; }
 inline at::Tensor pack_recurrent(const at::Tensor& w_hh, int64_t G, int64_t H, int64_t L) {
   const int64_t K = w_hh.size(1), tiles = (H + L - 1) / L;
   const at::Tensor w_float = w_hh.to(at::kFloat).contiguous();  // bfloat16 widens exactly
-  at::Tensor packed = at::empty({tiles, K, G * L}, w_float.options());
+  at::Tensor packed = empty_on_huge_pages({tiles, K, G * L}, w_float.options());
   const float* src = w_float.data_ptr<float>();
   float* const base = packed.data_ptr<float>();
   const bool avx512 = active_isa() == Isa::kAvx512;

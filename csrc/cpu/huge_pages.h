@@ -1,6 +1,7 @@
 // Large CPU buffers on transparent huge pages, kept for reuse: the layers' per-call
 // tensors that grow with the sequence (outputs, the saved workspace, the backward's
-// gradients on the pre-activations, the input projection's chunk).
+// gradients on the pre-activations, the input projection's chunk) and the fused
+// loops' packed weights (streamed through the L2 every step).
 #pragma once
 
 #include <ATen/ATen.h>

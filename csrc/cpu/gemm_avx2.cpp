@@ -380,29 +380,25 @@ inline bool packs_a(const NtGemm& g, const GemmSplit& s) {
   return g.lda_k != 1 || s.rows * std::min(g.K, kDepth) > kL1Floats;
 }
 
-// Panels [begin, end) of w, each over all of K, at packed (panel p's depth k at
-// packed + (p * K + k) * 16): the layout form_panel writes a depth at a time.
-void pack_panels(const NtGemm& g, int64_t begin, int64_t end, float* packed) {
+// Panel p of w over all of K at dst (panel p's depth k at dst + k * 16: the
+// layout form_panel writes a depth at a time; gemm_split.h's panel_floats).
+void pack_panel(const NtGemm& g, int64_t p, float* dst) {
   const float* w = static_cast<const float*>(g.w);
-  for (int64_t p = begin; p < end; ++p) {
-    float* panel = packed + p * g.K * kPanel;
-    if (g.w_kn) {
-      copy_panel(w, g.N, p * kPanel, 0, g.K, panel);
-    } else {
-      transpose_panel(w, g.N, g.K, p * kPanel, 0, g.K, panel);
-    }
+  if (g.w_kn) {
+    copy_panel(w, g.N, p * kPanel, 0, g.K, dst);
+  } else {
+    transpose_panel(w, g.N, g.K, p * kPanel, 0, g.K, dst);
   }
 }
 
-// This thread's share of pack_panels over all of g's panels, in a parallel region
-// (or alone).
+// This thread's share of g's panels (pack_panel), in a parallel region (or alone).
 void pack_share(const NtGemm& g, float* packed) {
-  pack_thread_share((g.N + kPanel - 1) / kPanel,
-                    [&](int64_t begin, int64_t end) { pack_panels(g, begin, end, packed); });
+  pack_thread_share((g.N + kPanel - 1) / kPanel, g.K, kPanel, packed,
+                    [&](int64_t p, float* dst) { pack_panel(g, p, dst); });
 }
 
 // Unit u of product g (gemm_split.h): its panel group over its row block, the
-// panels read from `packed` (pack_panels, all of w) when not null, else formed
+// panels read from `packed` (pack_share, all of w) when not null, else formed
 // a depth at a time in an L1 buffer; its rows' slice of `a` packed a depth at a
 // time into `a_packed` (kPackedBlockFloats a register block) as the group's
 // first panel reaches them where packs_a, else read in place.
@@ -589,8 +585,7 @@ void gemm_avx2(const NtGemm* gemms, int count) {
 int64_t gemm_avx2_panel_floats(int64_t N, int64_t K) { return panel_floats(N, K, kPanel); }
 
 void pack_gemm_avx2_panels(const NtGemm& g, float* dst) {
-  pack_all_panels(g.N, g.K, kPanel,
-                  [&](int64_t begin, int64_t end) { pack_panels(g, begin, end, dst); });
+  pack_all_panels(g.N, g.K, kPanel, dst, [&](int64_t p, float* at) { pack_panel(g, p, at); });
 }
 
 }  // namespace cpu

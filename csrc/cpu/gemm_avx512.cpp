@@ -382,26 +382,15 @@ void run_panel(const Product& g, int64_t u) {
       });
 }
 
-// Panels [begin, end) of g's w, each over all of K, at packed (panel p's depth k
-// at packed + (p * K + k) * kPanel: gemm_split.h's panel_floats).
+// Panel p of g's w over all of K at dst (panel p's depth k at dst + k * kPanel:
+// the layout run_panel forms a depth at a time; gemm_split.h's panel_floats).
 template <typename W>
-void pack_panels(const Product& g, int64_t begin, int64_t end, float* packed) {
+void pack_panel(const Product& g, int64_t p, float* dst) {
   const W* w = static_cast<const W*>(g.w);
-  for (int64_t p = begin; p < end; ++p) {
-    float* panel = packed + p * g.K * kPanel;
-    if (g.w_kn) {
-      copy_panel(w, g.N, p * kPanel, 0, g.K, panel);
-    } else {
-      transpose_panel(w, g.N, g.K, p * kPanel, 0, g.K, panel);
-    }
-  }
-}
-
-void pack_panels_of(const Product& g, int64_t begin, int64_t end, float* packed) {
-  switch (g.w_type) {
-    case Storage::kBFloat16: return pack_panels<Bf16>(g, begin, end, packed);
-    case Storage::kFloat16: return pack_panels<F16>(g, begin, end, packed);
-    default: return pack_panels<float>(g, begin, end, packed);
+  if (g.w_kn) {
+    copy_panel(w, g.N, p * kPanel, 0, g.K, dst);
+  } else {
+    transpose_panel(w, g.N, g.K, p * kPanel, 0, g.K, dst);
   }
 }
 
@@ -494,14 +483,21 @@ void gemm_nt_small_avx512(const NtGemm* gemms, int count) {
 int64_t gemm_avx512_panel_floats(int64_t N, int64_t K) { return panel_floats(N, K, kPanel); }
 
 void pack_gemm_avx512_panels(const NtGemm& g, float* dst) {
-  Product p{};  // what pack_panels reads
+  Product p{};  // what pack_panel reads
   p.N = g.N;
   p.K = g.K;
   p.w = g.w;
   p.w_type = g.type;
   p.w_kn = g.w_kn;
-  pack_all_panels(g.N, g.K, kPanel,
-                  [&](int64_t begin, int64_t end) { pack_panels_of(p, begin, end, dst); });
+  auto pack = [&](auto w_type) {
+    using W = decltype(w_type);
+    pack_all_panels(g.N, g.K, kPanel, dst, [&](int64_t u, float* at) { pack_panel<W>(p, u, at); });
+  };
+  switch (g.type) {
+    case Storage::kBFloat16: return pack(Bf16{});
+    case Storage::kFloat16: return pack(F16{});
+    default: return pack(float{});
+  }
 }
 
 }  // namespace cpu

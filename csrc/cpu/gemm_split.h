@@ -117,24 +117,24 @@ inline int64_t panel_floats(int64_t N, int64_t K, int64_t panel) {
   return (N + panel - 1) / panel * K * panel;
 }
 
-// pack(begin, end) over this thread's share of `panels` panels, in a parallel
-// region (or alone).
-template <typename Pack>
-void pack_thread_share(int64_t panels, const Pack& pack) {
+// form(p, dst) for this thread's share of `panels` panels, panel p at dst = packed
+// + p * K * panel (panel_floats' layout), in a parallel region (or alone).
+template <typename Form>
+void pack_thread_share(int64_t panels, int64_t K, int64_t panel, float* packed, const Form& form) {
   const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-  pack(panels * t / nt, panels * (t + 1) / nt);
+  for (int64_t p = panels * t / nt; p < panels * (t + 1) / nt; ++p) form(p, packed + p * K * panel);
 }
 
-// pack over all of w's panels, forked as gemm_threads forks a product: w's N x K
-// values counted as 8 multiply-adds each (a chosen weight, not measured: the fork
+// The same over all of w's panels, forked as gemm_threads forks a product: w's N x
+// K values counted as 8 multiply-adds each (a chosen weight, not measured: the fork
 // from 32K values).
-template <typename Pack>
-void pack_all_panels(int64_t N, int64_t K, int64_t panel, const Pack& pack) {
+template <typename Form>
+void pack_all_panels(int64_t N, int64_t K, int64_t panel, float* packed, const Form& form) {
   constexpr int64_t kWorkPerValue = 8;
   const int64_t panels = (N + panel - 1) / panel;
   const int threads = gemm_threads(N * K * kWorkPerValue, panels);
 #pragma omp parallel num_threads(threads) if (threads > 1)
-  pack_thread_share(panels, pack);
+  pack_thread_share(panels, K, panel, packed, form);
 }
 
 }  // namespace

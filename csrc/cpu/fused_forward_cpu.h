@@ -13,7 +13,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <limits>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -40,10 +39,6 @@ inline at::Tensor pack_recurrent(const at::Tensor& w_hh, int64_t G, int64_t H, i
   float* const base = packed.data_ptr<float>();
   const bool avx512 = active_isa() == Isa::kAvx512;
   TORCH_INTERNAL_ASSERT(L == (avx512 ? 16 : 8), "rnnfused: tiles of ", L, " units on this ISA");
-  // The AVX-512 packing's gathers take 32-bit lane offsets (l * K for l < L); the
-  // bound stands for both ISAs.
-  TORCH_INTERNAL_ASSERT(K * L <= std::numeric_limits<int32_t>::max(), "rnnfused: W_hh rows of ", K,
-                        " values are too long to pack");
   // Tiles in parallel from 64 KB of packed weights a thread (below it, one thread).
   const int64_t grain = std::max<int64_t>(1, (int64_t{16} << 10) / std::max<int64_t>(1, K * G * L));
   at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {

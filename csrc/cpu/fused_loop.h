@@ -16,8 +16,7 @@
 //   kPairTiles, kPairRows   whether a single-gate layer's (RNN's) tiles are formed two
 //                           at a time (one vector of each), in blocks of kPairRows rows
 //   kPanelBytes             the most packed weights a panel of the reduction takes
-//   kPackByGathers          W_hh packed by gather(mask, p, lane_offsets(stride)), else
-//                           by transpose(V (&)[kLanes]) of kLanes x kLanes blocks
+//   transpose(V (&)[kLanes])  a kLanes x kLanes block transposed (W_hh's packing)
 // Tiles are kLanes hidden units wide (PackedRecurrent), the backward's blocks 2 x kLanes
 // (PackedRecurrentT).
 // The hot functions below are forced inline (as gates.h's math is): the
@@ -533,12 +532,12 @@ void fused_backward(const F* steps, const FusedBackwardRows<typename F::scalar_t
 }
 
 // Tiles [begin, end) of W [G*H, K] (float32, contiguous) in PackedRecurrent's
-// layout at dst (the first tile's start), zero past H. With S::kPackByGathers, at
-// each k each gate's L units of the tile are gathered from L rows of W: every
-// row's line serves L steps of k from L1 (G * L rows in flight: 64 lines for an
-// LSTM), where a scalar loop spent most of a small layer's forward on it. Else
-// (CPUs whose gathers are slow) L x L blocks of the L rows are loaded, transposed
-// in registers (S::transpose) and stored as L steps of k.
+// layout at dst (the first tile's start), zero past H: L x L blocks of the tile's L
+// rows of a gate are loaded, transposed in registers (S::transpose) and stored as L
+// steps of k. (Gathers, L rows' values at each k, packed AVX-512 layers until
+// 2026-12-06: on two Zen 5 cores the transposes made LSTM 100, 64, 512, 512's
+// forward 1.9% faster, 50, 1, 64, 64's 4%; AVX2's gathers, microcoded on Zen 2, had
+// made packing a third of a small layer's forward.)
 template <typename S>
 void pack_tiles(const float* w, int64_t G, int64_t H, int64_t K, int64_t begin, int64_t end,
                 float* dst) {
@@ -547,28 +546,18 @@ void pack_tiles(const float* w, int64_t G, int64_t H, int64_t K, int64_t begin, 
   for (int64_t u = begin; u < end; ++u, dst += K * G * L) {
     const int64_t j = u * L;
     const int64_t units = std::min<int64_t>(L, H - j);
-    if constexpr (S::kPackByGathers) {
-      const typename S::Offsets offsets = S::lane_offsets(K);
-      const typename S::Mask mask = S::first(static_cast<int>(units));
-      for (int64_t k = 0; k < K; ++k) {
-        for (int64_t g = 0; g < G; ++g) {
-          S::store(all, dst + (k * G + g) * L, S::gather(mask, w + (g * H + j) * K + k, offsets));
+    for (int64_t g = 0; g < G; ++g) {
+      const float* rows = w + (g * H + j) * K;  // the tile's units of gate g
+      for (int64_t k0 = 0; k0 < K; k0 += L) {
+        const int64_t depth = std::min<int64_t>(L, K - k0);
+        const typename S::Mask columns = S::first(static_cast<int>(depth));
+        typename S::V block[L];
+        for (int64_t l = 0; l < L; ++l) {
+          block[l] = l < units ? S::load(columns, rows + l * K + k0) : S::zero();
         }
-      }
-    } else {
-      for (int64_t g = 0; g < G; ++g) {
-        const float* rows = w + (g * H + j) * K;  // the tile's units of gate g
-        for (int64_t k0 = 0; k0 < K; k0 += L) {
-          const int64_t depth = std::min<int64_t>(L, K - k0);
-          const typename S::Mask columns = S::first(static_cast<int>(depth));
-          typename S::V block[L];
-          for (int64_t l = 0; l < L; ++l) {
-            block[l] = l < units ? S::load(columns, rows + l * K + k0) : S::zero();
-          }
-          S::transpose(block);  // block[kk]: unit l's W[.][k0 + kk] in lane l
-          for (int64_t kk = 0; kk < depth; ++kk) {
-            S::store(all, dst + ((k0 + kk) * G + g) * L, block[kk]);
-          }
+        S::transpose(block);  // block[kk]: unit l's W[.][k0 + kk] in lane l
+        for (int64_t kk = 0; kk < depth; ++kk) {
+          S::store(all, dst + ((k0 + kk) * G + g) * L, block[kk]);
         }
       }
     }

@@ -175,7 +175,6 @@ struct Simd {
   // W_hh is packed by 8 x 8 transposes in registers (pack_tiles): Zen 2 runs
   // AVX2's gathers in microcode (~20 cycles for 8 floats), which made packing a
   // small layer's W_hh a third of its forward (LSTM 50, 1, 64, 64: ~14 us a call).
-  static constexpr bool kPackByGathers = false;
   static void transpose(V (&r)[kLanes]) { transpose8(r); }
   // Of 16 registers, with the C weight vectors and a broadcast beside them: 12
   // accumulators for LSTM (6 rows x 2 of its 4 gates a pass) and GRU (4 x 3), 8 for

@@ -29,6 +29,7 @@
 #include <immintrin.h>
 
 #include "../step_functors.h"
+#include "avx512_transpose.h"
 #include "bf16_avx512.h"
 #include "simd.h"
 
@@ -142,18 +143,8 @@ struct Simd {
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static Mask first(int n) { return static_cast<Mask>((1u << n) - 1u); }
-  // W_hh is packed by gathers (pack_tiles): lane l's offset l * stride (stride <
-  // 2^31 / 16), and the lanes in m gathered from p at those offsets (the others 0,
-  // not read).
-  static constexpr bool kPackByGathers = true;
-  using Offsets = __m512i;
-  static Offsets lane_offsets(int64_t stride) {
-    return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                              _mm512_set1_epi32(static_cast<int>(stride)));
-  }
-  static V gather(Mask m, const float* p, Offsets offsets) {
-    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, offsets, p, 4);
-  }
+  // W_hh is packed by 16 x 16 transposes in registers (pack_tiles).
+  static void transpose(V (&r)[kLanes]) { transpose16(r); }
   // 24 accumulators (of 32 registers): LSTM 6 rows x 4 gates, GRU 8 x 3, RNN 12 rows
   // x 2 tiles (kPairTiles), each weight vector reused by more rows than the 16, 12
   // and 8 of 4 x 4, 4 x 3 and 8 x 1 before. Two Zen 5 cores (4-cycle FMA, two

@@ -34,8 +34,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-from torch.utils.benchmark import Timer
+# numpy's OpenBLAS (torch imports numpy) starts a pool of one thread per CPU at import;
+# on a 2-vCPU host they took CPU time from the timed OpenMP threads in some processes
+# and not others: torch.nn's LSTM forward at T 50, B 1, H 64 read 0.21 or 0.11 ms, the
+# 2-layer bidirectional one 8.1-8.4 or 5.2 ms, by process (rnnfused 4.6 or 4.4). Nothing
+# here calls OpenBLAS: one thread (set before the import; an explicit setting wins).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+from torch.utils.benchmark import Timer  # noqa: E402
 
 try:
     from tqdm import tqdm
@@ -463,7 +470,7 @@ def check_cell(row: Row) -> str:
 def markdown(meta: dict[str, Any], rows: list[Row]) -> str:
     lines = [f"# rnnfused benchmark ({meta['device']}, {meta['dtype']})", ""]
     for key in ("date", "cpu", "device_name", "torch", "threads", "cpu_isa", "fma_peak_gflops",
-                "bf16_dot_peak_gflops", "cpu_amx", "load_avg",
+                "bf16_dot_peak_gflops", "cpu_amx", "load_avg", "openblas_threads",
                 "rnnfused", "backend_info", "path", "timing"):
         if key in meta:
             lines.append(f"- {key}: {meta[key]}")
@@ -615,6 +622,7 @@ def collect_meta(args: argparse.Namespace, rnnfused: Any) -> dict[str, Any]:
     }
     if hasattr(os, "getloadavg"):
         meta["load_avg"] = "%.2f %.2f %.2f" % os.getloadavg()
+    meta["openblas_threads"] = os.environ.get("OPENBLAS_NUM_THREADS")  # set above
     if args.device == "cuda":
         idx = torch.cuda.current_device()
         cap = torch.cuda.get_device_capability(idx)

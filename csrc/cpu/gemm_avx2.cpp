@@ -380,21 +380,22 @@ inline bool packs_a(const NtGemm& g, const GemmSplit& s) {
   return g.lda_k != 1 || s.rows * std::min(g.K, kDepth) > kL1Floats;
 }
 
-// Panel p of w over all of K at dst (panel p's depth k at dst + k * 16: the
-// layout form_panel writes a depth at a time; gemm_split.h's panel_floats).
-void pack_panel(const NtGemm& g, int64_t p, float* dst) {
+// Panel p of w over depths [k0, k0 + kc) at dst, [kc, 16]: copied where w is
+// stored [K, N], else transposed. A unit's L1 buffer takes a depth at a time; the
+// packed panels (gemm_split.h's panel_floats) all of K.
+void form_panel(const NtGemm& g, int64_t p, int64_t k0, int64_t kc, float* dst) {
   const float* w = static_cast<const float*>(g.w);
   if (g.w_kn) {
-    copy_panel(w, g.N, p * kPanel, 0, g.K, dst);
+    copy_panel(w, g.N, p * kPanel, k0, kc, dst);
   } else {
-    transpose_panel(w, g.N, g.K, p * kPanel, 0, g.K, dst);
+    transpose_panel(w, g.N, g.K, p * kPanel, k0, kc, dst);
   }
 }
 
-// This thread's share of g's panels (pack_panel), in a parallel region (or alone).
+// This thread's share of g's panels over all of K, in a parallel region (or alone).
 void pack_share(const NtGemm& g, float* packed) {
   pack_thread_share((g.N + kPanel - 1) / kPanel, g.K, kPanel, packed,
-                    [&](int64_t p, float* dst) { pack_panel(g, p, dst); });
+                    [&](int64_t p, float* dst) { form_panel(g, p, 0, g.K, dst); });
 }
 
 // Unit u of product g (gemm_split.h): its panel group over its row block, the
@@ -404,7 +405,6 @@ void pack_share(const NtGemm& g, float* packed) {
 // first panel reaches them where packs_a, else read in place.
 void run_unit(const NtGemm& g, const GemmSplit& s, int64_t u, const float* packed,
               float* a_packed) {
-  const float* w = static_cast<const float*>(g.w);
   const float* bias = static_cast<const float*>(g.bias);
   float* out = static_cast<float*>(g.out);
   if (g.K == 0) return fill_without_depth(g.M, g.N, bias, out, g.ldo, g.accumulate);
@@ -420,10 +420,8 @@ void run_unit(const NtGemm& g, const GemmSplit& s, int64_t u, const float* packe
       [&](int64_t p, int64_t k0, int64_t kc) {
         if (packed != nullptr) {
           panel = packed + (p * g.K + k0) * kPanel;
-        } else if (g.w_kn) {
-          copy_panel(w, g.N, p * kPanel, k0, kc, buffer);
         } else {
-          transpose_panel(w, g.N, g.K, p * kPanel, k0, kc, buffer);
+          form_panel(g, p, k0, kc, buffer);
         }
       },
       [&](int64_t r0, int64_t rows, int64_t p, int64_t k0, int64_t kc) {
@@ -585,7 +583,8 @@ void gemm_avx2(const NtGemm* gemms, int count) {
 int64_t gemm_avx2_panel_floats(int64_t N, int64_t K) { return panel_floats(N, K, kPanel); }
 
 void pack_gemm_avx2_panels(const NtGemm& g, float* dst) {
-  pack_all_panels(g.N, g.K, kPanel, dst, [&](int64_t p, float* at) { pack_panel(g, p, at); });
+  pack_all_panels(g.N, g.K, kPanel, dst,
+                  [&](int64_t p, float* at) { form_panel(g, p, 0, g.K, at); });
 }
 
 }  // namespace cpu

@@ -323,6 +323,19 @@ void run_dot_slice(const Product& g, int64_t u) {
   if (g.M % 2 == 1) dot_rows<1, 16>(g.M - 1, g.M, n, g.K, g.a, g.lda, w, bias, out, g.ldo);
 }
 
+// Panel p of g's w over depths [k0, k0 + kc) at dst, [kc, 32]: copied where w is
+// stored [K, N], else transposed. run_panel's L1 buffer takes a depth at a time;
+// the packed panels (pack_gemm_avx512_panels, gemm_split.h's panel_floats) all of K.
+template <typename W>
+void form_panel(const Product& g, int64_t p, int64_t k0, int64_t kc, float* dst) {
+  const W* w = static_cast<const W*>(g.w);
+  if (g.w_kn) {
+    copy_panel(w, g.N, p * kPanel, k0, kc, dst);
+  } else {
+    transpose_panel(w, g.N, g.K, p * kPanel, k0, kc, dst);
+  }
+}
+
 // Unit u: panel group u % groups over row block u / groups (g.split), its panels
 // read from g.w_packed where there, else formed a depth at a time in an L1 buffer.
 template <typename W>
@@ -337,10 +350,8 @@ void run_panel(const Product& g, int64_t u) {
       [&](int64_t p, int64_t k0, int64_t kc) {
         if (g.w_packed != nullptr) {
           panel = g.w_packed + (p * g.K + k0) * kPanel;
-        } else if (g.w_kn) {
-          copy_panel(static_cast<const W*>(g.w), g.N, p * kPanel, k0, kc, buffer);
         } else {
-          transpose_panel(static_cast<const W*>(g.w), g.N, g.K, p * kPanel, k0, kc, buffer);
+          form_panel<W>(g, p, k0, kc, buffer);
         }
       },
       [&](int64_t r0, int64_t rows, int64_t p, int64_t k0, int64_t kc) {
@@ -352,18 +363,6 @@ void run_panel(const Product& g, int64_t u) {
                          g.out + r0 * g.ldo + n0, g.ldo, m0, m1,
                          last && g.bias ? g.bias + n0 : nullptr, k0 > 0 || g.accumulate);
       });
-}
-
-// Panel p of g's w over all of K at dst (panel p's depth k at dst + k * kPanel:
-// the layout run_panel forms a depth at a time; gemm_split.h's panel_floats).
-template <typename W>
-void pack_panel(const Product& g, int64_t p, float* dst) {
-  const W* w = static_cast<const W*>(g.w);
-  if (g.w_kn) {
-    copy_panel(w, g.N, p * kPanel, 0, g.K, dst);
-  } else {
-    transpose_panel(w, g.N, g.K, p * kPanel, 0, g.K, dst);
-  }
 }
 
 void run_unit(const Product& g, int64_t u) {
@@ -455,7 +454,7 @@ void gemm_nt_small_avx512(const NtGemm* gemms, int count) {
 int64_t gemm_avx512_panel_floats(int64_t N, int64_t K) { return panel_floats(N, K, kPanel); }
 
 void pack_gemm_avx512_panels(const NtGemm& g, float* dst) {
-  Product p{};  // what pack_panel reads
+  Product p{};  // what form_panel reads
   p.N = g.N;
   p.K = g.K;
   p.w = g.w;
@@ -463,7 +462,8 @@ void pack_gemm_avx512_panels(const NtGemm& g, float* dst) {
   p.w_kn = g.w_kn;
   auto pack = [&](auto w_type) {
     using W = decltype(w_type);
-    pack_all_panels(g.N, g.K, kPanel, dst, [&](int64_t u, float* at) { pack_panel<W>(p, u, at); });
+    pack_all_panels(g.N, g.K, kPanel, dst,
+                    [&](int64_t u, float* at) { form_panel<W>(p, u, 0, g.K, at); });
   };
   switch (g.type) {
     case Storage::kBFloat16: return pack(Bf16{});

@@ -124,5 +124,14 @@ TORCH_LIBRARY(rnnfused, m) {
     return false;
 #endif
   });
+  // Whether bfloat16 layers run their persistent forward loop on vdpbf16ps here
+  // (where cpu_amx() is false).
+  m.def("cpu_bf16_dot() -> bool", [] {
+#if defined(__x86_64__)
+    return rnnfused::cpu::bf16_dot_loops() && !rnnfused::cpu::amx_tiles_enabled();
+#else
+    return false;
+#endif
+  });
 }
 

@@ -53,7 +53,7 @@ def test_low_precision_cell(kind, dtype, device):
 
 @pytest.mark.parametrize("dtype", LOW, ids=["f16", "bf16"])
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-@pytest.mark.parametrize("hidden,batch", [(17, 1), (40, 9), (300, 5), (300, 40)])
+@pytest.mark.parametrize("hidden,batch", [(17, 1), (40, 9), (300, 5), (300, 40), (1030, 3)])
 @pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
 def test_low_precision_fused_loop_sizes(name, hidden, batch, packed, dtype, device):
     """float16 and bfloat16 at sizes where the CPU's persistent loops (AVX-512, from 4 steps per
@@ -65,7 +65,10 @@ def test_low_precision_fused_loop_sizes(name, hidden, batch, packed, dtype, devi
     and one) or more, 32-unit chunks past K padded with zeros, two panels of chunks at H 300).
     H 300 at B 40: a bfloat16 LSTM's or GRU's step is large enough (> 2^23 multiply-adds) that a
     CPU with a fast bf16 GEMM (AMX-BF16, or AVX512-BF16 on AMD) runs its backward (and without
-    AMX tiles its forward) as one oneDNN GEMM a step instead (CpuLaunch::bf16_gemm_steps)."""
+    AMX tiles or vdpbf16ps its forward) as one oneDNN GEMM a step instead
+    (CpuLaunch::bf16_gemm_steps). H 17 and 1030: where the bfloat16 forward runs on vdpbf16ps
+    (cpu_bf16_dot()), a state of odd width (its pairs padded with a zero) and one whose 515 pairs
+    a row are summed in two blocks (fused_loop.h's kSumDepth)."""
     torch.manual_seed(hidden + batch)
     ref = getattr(torch.nn, name)(8, hidden, bidirectional=True, device=device, dtype=dtype)
     fused = getattr(rnnfused, name)(8, hidden, bidirectional=True, device=device, dtype=dtype)
@@ -85,32 +88,64 @@ def test_low_precision_fused_loop_sizes(name, hidden, batch, packed, dtype, devi
     check_errors(run_module(fused, leaves, build), run_module(ref, leaves, build), exact, dtype)
 
 
-def test_bfloat16_forward_with_and_without_amx_tiles():
+def _cpu_flags_and_vendor():
+    """The CPU's feature flags and vendor from /proc/cpuinfo, or None where there is none."""
+    import os
+
+    if not os.path.exists("/proc/cpuinfo"):
+        return None
+    with open("/proc/cpuinfo") as f:
+        lines = f.readlines()
+    flags = next((line for line in lines if line.startswith("flags")), "").split()
+    vendor = next((line.split(":")[1].strip() for line in lines if line.startswith("vendor_id")), "")
+    return set(flags), vendor
+
+
+# bfloat16's forward loops other than the float32 one on widened values: the switch that
+# turns each off, its probe, and whether this CPU should run it (flags, vendor, AMX on).
+BF16_LOOPS = {
+    # AMX-BF16 tiles (cpu/amx_loop.h).
+    "amx": ("RNNFUSED_CPU_AMX", "cpu_amx",
+            lambda flags, vendor, amx: "amx_bf16" in flags),
+    # AVX512-BF16's vdpbf16ps (step_avx512.cpp's SimdDot) on CPUs other than Intel's (Intel
+    # runs it at half the float32 rate without AMX); where AMX runs, the tiles take the loop.
+    "dot": ("RNNFUSED_CPU_BF16_DOT", "cpu_bf16_dot",
+            lambda flags, vendor, amx: "avx512_bf16" in flags and vendor != "GenuineIntel"
+            and not amx),
+}
+
+
+@pytest.mark.parametrize("loop", sorted(BF16_LOOPS))
+def test_bfloat16_forward_with_and_without_its_loop(loop):
     """Where the CPU has AMX-BF16 (and the AVX-512 kernels run), bfloat16 layers run their
-    forward loop on AMX tiles (torch.ops.rnnfused.cpu_amx()), so the tests above judged that
-    loop; RNNFUSED_CPU_AMX=0 turns the tiles off, and the same tests then judge the float32
-    vector loop in a process of its own."""
+    forward loop on AMX tiles (torch.ops.rnnfused.cpu_amx()); else on an AMD CPU with
+    AVX512-BF16 on vdpbf16ps (cpu_bf16_dot()), so the tests above judged that loop. Its
+    switch set to 0 turns it off, and the same tests then judge the float32 vector loop (or,
+    AMX off on a CPU that has both, the dot product's) in a process of their own."""
     import os
     import subprocess
     import sys
 
-    amx = torch.ops.rnnfused.cpu_amx()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-        expected = "amx_bf16" in flags and torch.ops.rnnfused.cpu_isa() == "avx512"
-        if os.environ.get("RNNFUSED_CPU_AMX") == "0":
+    switch, probe_name, expected_on = BF16_LOOPS[loop]
+    on = getattr(torch.ops.rnnfused, probe_name)()
+    found = _cpu_flags_and_vendor()
+    if found is not None:
+        flags, vendor = found
+        amx = torch.ops.rnnfused.cpu_amx()
+        expected = torch.ops.rnnfused.cpu_isa() == "avx512" and expected_on(flags, vendor, amx)
+        if os.environ.get(switch) == "0":
             expected = False
-        assert amx == expected
-    if not amx:
-        pytest.skip("no AMX tiles here: the tests above ran the vector loop")
-    env = dict(os.environ, RNNFUSED_CPU_AMX="0")
-    probe = subprocess.run([sys.executable, "-c", "import rnnfused, torch; print(torch.ops.rnnfused.cpu_amx())"],
-                           env=env, capture_output=True, text=True)
+        assert on == expected
+    if not on:
+        pytest.skip(f"no {loop} loop here: the tests above ran another")
+    env = dict(os.environ, **{switch: "0"})
+    probe = subprocess.run(
+        [sys.executable, "-c", f"import rnnfused, torch; print(torch.ops.rnnfused.{probe_name}())"],
+        env=env, capture_output=True, text=True)
     assert probe.stdout.strip() == "False", probe.stdout + probe.stderr
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
-         "-k", "bf16 and cpu and not amx"],
+         "-k", "bf16 and cpu and not its_loop"],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -3,8 +3,10 @@
 // formed in the forward loop where forms_projection_in_loop, else by the caller's
 // GEMMs a chunk of steps at a time (common.h's ProjectedInput); float32 on AVX-512 or
 // AVX2, bfloat16 and float16 on AVX-512, their products in float32 on widened values
-// (this CPU family's bfloat16 dot product, vdpbf16ps, was measured at half the
-// float32 FMA rate, 87 vs 176 GFLOP/s a core). The layer drivers take them through
+// (Intel's bfloat16 dot product without AMX, vdpbf16ps, was measured at half the
+// float32 FMA rate, 87 vs 176 GFLOP/s a core); a bfloat16 layer's forward on
+// vdpbf16ps where it runs at the FMA's instruction rate (bf16_dot_loops: AMD's
+// Zen 4/5), on AMX tiles where the CPU has them. The layer drivers take them through
 // CpuLaunch::fused_forward / fused_backward where they apply.
 #pragma once
 
@@ -48,6 +50,31 @@ inline at::Tensor pack_recurrent(const at::Tensor& w_hh, int64_t G, int64_t H, i
     } else {
       pack_recurrent_tiles_avx2(src, G, H, K, begin, end, dst);
     }
+  });
+  return packed;
+}
+
+// W_hh [G*H, K] bfloat16 -> [tiles, ceil(K / 2), G * 16] pairs of bfloat16 (as float32
+// bits), run_fused_steps_dpbf16's operand: pack_recurrent's layout over W_hh's
+// columns taken two at a time (zero-padded to an even K), the pairs moved as
+// 32-bit values by the same 16 x 16 transposes.
+inline at::Tensor pack_recurrent_pairs(const at::Tensor& w_hh, int64_t G, int64_t H) {
+  TORCH_INTERNAL_ASSERT(w_hh.scalar_type() == at::kBFloat16, "rnnfused: pairs of bfloat16");
+  constexpr int64_t L = 16;
+  const int64_t K = w_hh.size(1), pairs = (K + 1) / 2, tiles = (H + L - 1) / L;
+  at::Tensor w = w_hh.contiguous();
+  if (K % 2 != 0) {
+    at::Tensor padded = at::zeros({G * H, 2 * pairs}, w.options());
+    padded.narrow(1, 0, K).copy_(w);
+    w = padded;
+  }
+  at::Tensor packed = empty_on_huge_pages({tiles, pairs, G * L}, w.options().dtype(at::kFloat));
+  const float* src = reinterpret_cast<const float*>(w.data_ptr());
+  float* const base = packed.data_ptr<float>();
+  const int64_t grain =
+      std::max<int64_t>(1, (int64_t{16} << 10) / std::max<int64_t>(1, pairs * G * L));
+  at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
+    pack_recurrent_tiles_avx512(src, G, H, pairs, begin, end, base + begin * pairs * G * L);
   });
   return packed;
 }
@@ -235,8 +262,13 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
   }
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;
   const bool avx512 = active_isa() == Isa::kAvx512;
-  const at::Tensor packed = pack_recurrent(w_hh, G, H, fused_lanes());
-  PackedRecurrent w{packed.data_ptr<float>(), K, H, G, packed.size(0)};
+  // A bfloat16 layer's products on vdpbf16ps where bf16_dot_loops(): W_hh and the
+  // state in pairs of bfloat16 along k, w.K the pairs of a row.
+  constexpr bool kBFloat16 = std::is_same_v<scalar_t, c10::BFloat16>;
+  const bool pairs = kBFloat16 && bf16_dot_loops();
+  const at::Tensor packed =
+      pairs ? pack_recurrent_pairs(w_hh, G, H) : pack_recurrent(w_hh, G, H, fused_lanes());
+  PackedRecurrent w{packed.data_ptr<float>(), packed.size(1), H, G, packed.size(0)};
   // The input projection formed by the loop, a step's rows at a time, where
   // forms_projection_in_loop: W_ih packed as W_hh is, x_proj one buffer.
   at::Tensor packed_input;
@@ -266,8 +298,15 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
   // 512 layer's steps; in-process A/B, two Zen 2 cores: forward 3% faster, GRU 2%,
   // RNN 5%); the buffers then serve the first step and those where the batch
   // grows, filled by the step before.
+  // The dot product's state rows are bfloat16, w.K pairs a row, zero past K.
   const at::TensorOptions f32 = h0.options().dtype(at::kFloat);
-  const at::Tensor states[2] = {at::empty({B, K}, f32).copy_(h0), at::empty({B, K}, f32).copy_(h0)};
+  auto state_buffer = [&] {
+    if (!pairs) return at::empty({B, K}, f32).copy_(h0);
+    at::Tensor state = at::zeros({B, 2 * w.K}, h0.options());
+    state.narrow(1, 0, K).copy_(h0);
+    return state;
+  };
+  const at::Tensor states[2] = {state_buffer(), state_buffer()};
   const at::Tensor stored[2] = {
       kFloat ? states[0] : h0.clone(at::MemoryFormat::Contiguous),
       kFloat ? states[1] : h0.clone(at::MemoryFormat::Contiguous)};
@@ -291,8 +330,8 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
         scalar_t* out = output.data_ptr<scalar_t>() + sched.offset(s) * H;
         scalar_t* prod = product.defined() ? product.data_ptr<scalar_t>() : out;
         float* sums = nullptr;
-        const float* h_in = states[s % 2].data_ptr<float>();
-        float* h_out = states[(s + 1) % 2].data_ptr<float>();
+        const float* h_in = static_cast<const float*>(states[s % 2].data_ptr());
+        float* h_out = static_cast<float*>(states[(s + 1) % 2].data_ptr());
         const scalar_t* h_prev = stored[s % 2].data_ptr<scalar_t>();
         if constexpr (kFloat) {
           sums = prod;
@@ -316,6 +355,12 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
         return std::make_pair(make_step(s, x_proj_s, h_prev, prod, out), row);
       },
       [&](const Step* steps, const FusedStepRows<scalar_t>* rows, int64_t count) {
+        if constexpr (kBFloat16) {
+          if (pairs) {
+            run_fused_steps_dpbf16(steps, rows, count, w, threads);
+            return;
+          }
+        }
         if (avx512) {
           run_fused_steps_avx512(steps, rows, count, w, threads);
         } else if constexpr (kFloat) {

@@ -17,6 +17,12 @@
 //                           at a time (one vector of each), in blocks of kPairRows rows
 //   kPanelBytes             the most packed weights a panel of the reduction takes
 //   transpose(V (&)[kLanes])  a kLanes x kLanes block transposed (W_hh's packing)
+//   State, kStatePerK       the state operand's element type and its elements per step
+//                           k of the reduction: float and 1, or for the bfloat16 dot
+//                           product's loop (step_avx512.cpp's SimdDot, whose fma is
+//                           vdpbf16ps and whose k are pairs of state units)
+//                           c10::BFloat16 and 2: FusedStepRows' h_in and h_out then
+//                           hold bfloat16 pairs, K (PackedRecurrent) pairs a row
 // Tiles are kLanes hidden units wide (PackedRecurrent), the backward's blocks 2 x kLanes
 // (PackedRecurrentT).
 // The hot functions below are forced inline (as gates.h's math is): the
@@ -242,6 +248,10 @@ __attribute__((always_inline)) inline void fused_tile(const F& f, const FusedSte
     mask[t] = S::first(count[t]);
   }
   const int64_t j = u * L;
+  // Row b of the next state: K * kStatePerK State values a row (float32 layers: H).
+  auto state_out = [&](int64_t b) {
+    return reinterpret_cast<typename S::State*>(step.h_out) + b * K * S::kStatePerK;
+  };
   const float* h_rows[M];
   for (int m = 0; m < M; ++m) h_rows[m] = step.h_in + (row + m) * K;
   if (prefetch_state) {
@@ -276,7 +286,9 @@ __attribute__((always_inline)) inline void fused_tile(const F& f, const FusedSte
       for (int m = 0; m < M; ++m) {
         for (int t = 0; t < kTiles; ++t) {
           const int64_t at = (row + m) * H + j + t * L;
-          if (step.h_out != nullptr) __builtin_prefetch(step.h_out + at, /*rw=*/1, /*locality=*/3);
+          if (step.h_out != nullptr) {
+            __builtin_prefetch(state_out(row + m) + j + t * L, /*rw=*/1, /*locality=*/3);
+          }
           __builtin_prefetch(step.out + at, 1, 3);
           if (step.h_out_stored != nullptr) __builtin_prefetch(step.h_out_stored + at, 1, 3);
         }
@@ -362,7 +374,7 @@ __attribute__((always_inline)) inline void fused_tile(const F& f, const FusedSte
     for (int64_t units = begin; units < end; units += L) {
       const typename S::Mask lanes = S::first(static_cast<int>(std::min(L, end - units)));
       const typename S::V h = S::load(lanes, step.out + b * H + units);
-      S::store(lanes, step.h_out + b * H + units, h);
+      S::store(lanes, state_out(b) + units, h);
       if (step.h_out_stored != nullptr) S::store(lanes, step.h_out_stored + b * H + units, h);
     }
   }

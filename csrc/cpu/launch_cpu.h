@@ -42,14 +42,16 @@ struct CpuLaunch {
   // Whether a forward layer of these sizes runs as one persistent fused loop
   // (fused_forward_cpu.h) instead of a GEMM and a functor launch per step:
   // float32, and bfloat16 and float16 on AVX-512; a bfloat16 layer at every size
-  // where its products run on AMX tiles (cpu::amx_tiles_enabled), else only below
-  // the sizes bf16_gemm_steps gives to oneDNN.
+  // where its products run on AMX tiles (cpu::amx_tiles_enabled) or on vdpbf16ps
+  // (cpu::bf16_dot_loops), else only below the sizes bf16_gemm_steps gives to oneDNN.
   template <typename scalar_t>
   static bool fuses_forward(const LayerSizes& sz) {
 #if defined(__x86_64__)
     constexpr bool k16Bit = is_16bit<scalar_t>();
     if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-      if (cpu::amx_tiles_enabled()) return cpu::fused_forward_applies(sz, true);
+      if (cpu::amx_tiles_enabled() || cpu::bf16_dot_loops()) {
+        return cpu::fused_forward_applies(sz, true);
+      }
       if (bf16_gemm_steps(sz)) return false;
     }
     return (std::is_same_v<scalar_t, float> || k16Bit) && cpu::fused_forward_applies(sz, k16Bit);
@@ -308,9 +310,10 @@ struct CpuLaunch {
   // step (LSTM 100, 32, 256, 256: 10.7 vs 9.8 ms), ahead from twice that (100, 64,
   // 256, 256: 17.8 vs 19.6; 100, 32, 512, 512: 28.8 vs 34.8). On two Zen 5 cores
   // (vdpbf16ps): 64 x 512 x 2048 in 233 us against ~430 in the float32 loop, 16
-  // rows even (110 us). Where the forward runs on AMX tiles (amx_tiles_enabled) this
-  // decides the backward only: the tile loop's forward is ahead of both at every size
-  // measured (LSTM 100, 64, 512, 512: 17.8 ms against 28.2 a GEMM a step).
+  // rows even (110 us). Where the forward runs on AMX tiles (amx_tiles_enabled) or on
+  // vdpbf16ps (bf16_dot_loops) this decides the backward only: those loops' forwards are
+  // ahead of both at every size measured (LSTM 100, 64, 512, 512: AMX 17.8 ms against
+  // 28.2 a GEMM a step; two Zen 5 cores, vdpbf16ps 27.9 against 39.3).
   static bool bf16_gemm_steps(const LayerSizes& sz) {
     constexpr int64_t kMinStepWork = int64_t{1} << 23;  // multiply-adds of one step's product
     return cpu::has_fast_bf16_gemm() && sz.batch > kSmallGemmRows &&

@@ -118,6 +118,25 @@ template <typename F>
 void run_fused_steps_avx2(const F* steps, const FusedStepRows<typename F::scalar_type>* rows,
                           int64_t count, const PackedRecurrent& w, int threads);
 
+// Whether bfloat16 layers run their persistent forward loop on AVX512-BF16's dot
+// product (run_fused_steps_dpbf16) rather than in float32 on widened values: the
+// AVX-512 kernels active, AVX512-BF16 on a CPU other than Intel's (Zen 4/5 run
+// vdpbf16ps at the FMA's instruction rate, twice its FLOPs; Intel's CPUs without
+// AMX at half: has_fast_bf16_gemm), and RNNFUSED_CPU_BF16_DOT not "0". Where
+// amx_tiles_enabled() the tile loop runs instead. Decided once per process.
+bool bf16_dot_loops();
+
+// run_fused_steps_avx512 for a bfloat16 layer with the products on vdpbf16ps (only
+// where bf16_dot_loops()): each k of the reduction is a pair of state units, so
+// w is W_hh [G*H, 2K] (zero-padded to an even width) packed as PackedRecurrent
+// packs a float32 [G*H, K] whose elements are the bfloat16 pairs (the even unit in
+// the lower half), and each row's h_in and h_out hold K such pairs (bfloat16 values
+// 2K apart, zero past the layer's state). No input projection in the loop (w_input
+// null).
+template <typename F>
+void run_fused_steps_dpbf16(const F* steps, const FusedStepRows<typename F::scalar_type>* rows,
+                            int64_t count, const PackedRecurrent& w, int threads);
+
 // The AMX loop's tile geometry, shared by the packing and buffers (fused_forward_cpu.h)
 // and the kernel (amx_loop.h): every tile is 16 rows of 64 bytes.
 constexpr int64_t kAmxRows = 16;   // state rows per tile

@@ -154,6 +154,8 @@ struct Simd {
   using V = __m256;
   using Mask = __m256i;  // lanes whose sign bit is set
   static constexpr int64_t kLanes = 8;
+  using State = float;
+  static constexpr int64_t kStatePerK = 1;
   static V zero() { return _mm256_setzero_ps(); }
   static V load(const float* p) { return _mm256_loadu_ps(p); }
   static V load(Mask m, const float* p) { return _mm256_maskload_ps(p, m); }

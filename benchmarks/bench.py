@@ -470,7 +470,7 @@ def check_cell(row: Row) -> str:
 def markdown(meta: dict[str, Any], rows: list[Row]) -> str:
     lines = [f"# rnnfused benchmark ({meta['device']}, {meta['dtype']})", ""]
     for key in ("date", "cpu", "device_name", "torch", "threads", "cpu_isa", "fma_peak_gflops",
-                "bf16_dot_peak_gflops", "cpu_amx", "load_avg", "openblas_threads",
+                "bf16_dot_peak_gflops", "cpu_amx", "cpu_bf16_dot", "load_avg", "openblas_threads",
                 "rnnfused", "backend_info", "path", "timing"):
         if key in meta:
             lines.append(f"- {key}: {meta[key]}")
@@ -482,7 +482,8 @@ def markdown(meta: dict[str, Any], rows: list[Row]) -> str:
         "register-only FMA loop on the same threads, on cpu_isa's vectors",
         *(["- bf16_dot_peak_gflops = the same loop on AVX512-BF16's dot product (vdpbf16ps, 64 "
             "FLOP an instruction): the ceiling of a kernel built on it (rnnfused's bfloat16 "
-            "layers compute in float32 where this is below fma_peak_gflops)"]
+            "forward loops run on it where cpu_bf16_dot, on AMX tiles where cpu_amx, else "
+            "in float32)"]
           if "bf16_dot_peak_gflops" in meta else []),
         "- noise = the worst contender's IQR / median; others = share of all CPUs that other "
         "processes used while the row was timed (above a few %, OpenMP stalls can inflate "
@@ -643,8 +644,8 @@ def collect_meta(args: argparse.Namespace, rnnfused: Any) -> dict[str, Any]:
         if peak is not None:
             meta["fma_peak_gflops"] = round(peak, 1)
         if args.dtype_obj == torch.bfloat16:
-            # What a kernel on the bfloat16 dot product could reach, for comparison:
-            # rnnfused's bfloat16 layers compute in float32 where it is the slower.
+            # What a kernel on the bfloat16 dot product can reach: rnnfused's bfloat16
+            # forward loops run on it where it is the faster (cpu_bf16_dot).
             dot = measure_fma_peak(args.threads, 0.2 if args.quick else 1.0,
                                    "_cpu_bf16_dot_peak_gflops")
             if dot is not None:
@@ -653,6 +654,10 @@ def collect_meta(args: argparse.Namespace, rnnfused: Any) -> dict[str, Any]:
             if amx is not None:
                 # The recurrent products of the forward loop on AMX tiles.
                 meta["cpu_amx"] = bool(amx())
+            dot_loops = getattr(torch.ops.rnnfused, "cpu_bf16_dot", None)
+            if dot_loops is not None:
+                # The recurrent products of the forward loop on vdpbf16ps.
+                meta["cpu_bf16_dot"] = bool(dot_loops())
     try:
         meta["backend_info"] = rnnfused.backend_info()
         meta["path"] = rnnfused.backend_info(args.device_obj, args.dtype_obj)

@@ -29,15 +29,15 @@ namespace cpu {
 // The floats of the persistent loops' vectors on this CPU: their tiles' width.
 inline int64_t fused_lanes() { return active_isa() == Isa::kAvx512 ? 16 : 8; }
 
-// W_hh [G*H, K] (float32 or bfloat16) -> float32 [tiles, K, G * L] (see
-// PackedRecurrent; L = fused_lanes()), zero past H. Tiles split over the threads
-// (a large W_hh is memory-bound to pack: 16 MB at H = 1024 costs about a step's
-// time on one thread); each tile's rows are read as they are written.
-inline at::Tensor pack_recurrent(const at::Tensor& w_hh, int64_t G, int64_t H, int64_t L) {
-  const int64_t K = w_hh.size(1), tiles = (H + L - 1) / L;
-  const at::Tensor w_float = w_hh.to(at::kFloat).contiguous();  // bfloat16 widens exactly
-  at::Tensor packed = empty_on_huge_pages({tiles, K, G * L}, w_float.options());
-  const float* src = w_float.data_ptr<float>();
+// w [G*H, K] of 32-bit values (float32, or bfloat16 pairs) -> [tiles, K, G * L] (see
+// PackedRecurrent; L = fused_lanes()), zero past H, on the calling ISA's transposes
+// (which move bits: pairs pass unchanged). Tiles split over the threads (a large
+// W_hh is memory-bound to pack: 16 MB at H = 1024 costs about a step's time on one
+// thread); each tile's rows are read as they are written.
+inline at::Tensor pack_tiles_in_parallel(const float* w, int64_t G, int64_t H, int64_t K,
+                                         int64_t L, const at::TensorOptions& options) {
+  const int64_t tiles = (H + L - 1) / L;
+  at::Tensor packed = empty_on_huge_pages({tiles, K, G * L}, options.dtype(at::kFloat));
   float* const base = packed.data_ptr<float>();
   const bool avx512 = active_isa() == Isa::kAvx512;
   TORCH_INTERNAL_ASSERT(L == (avx512 ? 16 : 8), "rnnfused: tiles of ", L, " units on this ISA");
@@ -46,37 +46,36 @@ inline at::Tensor pack_recurrent(const at::Tensor& w_hh, int64_t G, int64_t H, i
   at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
     float* dst = base + begin * K * G * L;
     if (avx512) {
-      pack_recurrent_tiles_avx512(src, G, H, K, begin, end, dst);
+      pack_recurrent_tiles_avx512(w, G, H, K, begin, end, dst);
     } else {
-      pack_recurrent_tiles_avx2(src, G, H, K, begin, end, dst);
+      pack_recurrent_tiles_avx2(w, G, H, K, begin, end, dst);
     }
   });
   return packed;
 }
 
+// W_hh [G*H, K] (float32 or bfloat16) -> float32 [tiles, K, G * L] (PackedRecurrent).
+inline at::Tensor pack_recurrent(const at::Tensor& w_hh, int64_t G, int64_t H, int64_t L) {
+  const at::Tensor w_float = w_hh.to(at::kFloat).contiguous();  // bfloat16 widens exactly
+  return pack_tiles_in_parallel(w_float.data_ptr<float>(), G, H, w_hh.size(1), L,
+                                w_float.options());
+}
+
 // W_hh [G*H, K] bfloat16 -> [tiles, ceil(K / 2), G * 16] pairs of bfloat16 (as float32
 // bits), run_fused_steps_dpbf16's operand: pack_recurrent's layout over W_hh's
-// columns taken two at a time (zero-padded to an even K), the pairs moved as
-// 32-bit values by the same 16 x 16 transposes.
+// columns taken two at a time (zero-padded to an even K), the even column's value in
+// each pair's lower half.
 inline at::Tensor pack_recurrent_pairs(const at::Tensor& w_hh, int64_t G, int64_t H) {
   TORCH_INTERNAL_ASSERT(w_hh.scalar_type() == at::kBFloat16, "rnnfused: pairs of bfloat16");
-  constexpr int64_t L = 16;
-  const int64_t K = w_hh.size(1), pairs = (K + 1) / 2, tiles = (H + L - 1) / L;
+  const int64_t K = w_hh.size(1), pairs = (K + 1) / 2;
   at::Tensor w = w_hh.contiguous();
   if (K % 2 != 0) {
     at::Tensor padded = at::zeros({G * H, 2 * pairs}, w.options());
     padded.narrow(1, 0, K).copy_(w);
     w = padded;
   }
-  at::Tensor packed = empty_on_huge_pages({tiles, pairs, G * L}, w.options().dtype(at::kFloat));
-  const float* src = reinterpret_cast<const float*>(w.data_ptr());
-  float* const base = packed.data_ptr<float>();
-  const int64_t grain =
-      std::max<int64_t>(1, (int64_t{16} << 10) / std::max<int64_t>(1, pairs * G * L));
-  at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
-    pack_recurrent_tiles_avx512(src, G, H, pairs, begin, end, base + begin * pairs * G * L);
-  });
-  return packed;
+  return pack_tiles_in_parallel(static_cast<const float*>(w.data_ptr()), G, H, pairs, 16,
+                                w.options());
 }
 
 // W_hh [J, K] (float32 or bfloat16) -> float32 [blocks, J, 2L] (see PackedRecurrentT),

@@ -125,7 +125,7 @@ TORCH_LIBRARY(rnnfused, m) {
 #endif
   });
   // Whether bfloat16 layers run their persistent forward loop on vdpbf16ps here
-  // (where cpu_amx() is false).
+  // (where cpu_amx() is false), and their backward loop (where W_hh's rows pair up).
   m.def("cpu_bf16_dot() -> bool", [] {
 #if defined(__x86_64__)
     return rnnfused::cpu::bf16_dot_loops() && !rnnfused::cpu::amx_tiles_enabled();

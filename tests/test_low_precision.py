@@ -66,9 +66,10 @@ def test_low_precision_fused_loop_sizes(name, hidden, batch, packed, dtype, devi
     H 300 at B 40: a bfloat16 LSTM's or GRU's step is large enough (> 2^23 multiply-adds) that a
     CPU with a fast bf16 GEMM (AMX-BF16, or AVX512-BF16 on AMD) runs its backward (and without
     AMX tiles or vdpbf16ps its forward) as one oneDNN GEMM a step instead
-    (CpuLaunch::bf16_gemm_steps). H 17 and 1030: where the bfloat16 forward runs on vdpbf16ps
-    (cpu_bf16_dot()), a state of odd width (its pairs padded with a zero) and one whose 515 pairs
-    a row are summed in two blocks (fused_loop.h's kSumDepth)."""
+    (CpuLaunch::bf16_gemm_steps). H 17 and 1030: where the bfloat16 loops run on vdpbf16ps
+    (cpu_bf16_dot(); then at every size, the backward too where W_hh's rows pair up, G*H even,
+    not GRU's or RNN's at H 17), a state of odd width (its pairs padded with a zero) and one
+    whose 515 pairs a row are summed in two blocks (fused_loop.h's kSumDepth)."""
     torch.manual_seed(hidden + batch)
     ref = getattr(torch.nn, name)(8, hidden, bidirectional=True, device=device, dtype=dtype)
     fused = getattr(rnnfused, name)(8, hidden, bidirectional=True, device=device, dtype=dtype)
@@ -119,7 +120,8 @@ BF16_LOOPS = {
 def test_bfloat16_forward_with_and_without_its_loop(loop):
     """Where the CPU has AMX-BF16 (and the AVX-512 kernels run), bfloat16 layers run their
     forward loop on AMX tiles (torch.ops.rnnfused.cpu_amx()); else on an AMD CPU with
-    AVX512-BF16 on vdpbf16ps (cpu_bf16_dot()), so the tests above judged that loop. Its
+    AVX512-BF16 their forward and backward loops on vdpbf16ps (cpu_bf16_dot()), so the tests
+    above judged those loops. Its
     switch set to 0 turns it off, and the same tests then judge the float32 vector loop (or,
     AMX off on a CPU that has both, the dot product's) in a process of their own."""
     import os

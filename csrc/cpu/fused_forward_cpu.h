@@ -4,9 +4,9 @@
 // GEMMs a chunk of steps at a time (common.h's ProjectedInput); float32 on AVX-512 or
 // AVX2, bfloat16 and float16 on AVX-512, their products in float32 on widened values
 // (Intel's bfloat16 dot product without AMX, vdpbf16ps, was measured at half the
-// float32 FMA rate, 87 vs 176 GFLOP/s a core); a bfloat16 layer's forward on
+// float32 FMA rate, 87 vs 176 GFLOP/s a core); a bfloat16 layer's loops on
 // vdpbf16ps where it runs at the FMA's instruction rate (bf16_dot_loops: AMD's
-// Zen 4/5), on AMX tiles where the CPU has them. The layer drivers take them through
+// Zen 4/5), its forward on AMX tiles where the CPU has them. The layer drivers take them through
 // CpuLaunch::fused_forward / fused_backward where they apply.
 #pragma once
 
@@ -96,6 +96,40 @@ inline at::Tensor pack_recurrent_t(const at::Tensor& w_hh, int64_t L) {
       for (int64_t j = 0; j < J; ++j, dst += width) {
         std::copy_n(src + j * K + first, count, dst);
         std::fill(dst + count, dst + width, 0.0f);
+      }
+    }
+  });
+  return packed;
+}
+
+// W_hh [J, K] bfloat16, J even -> [blocks, J / 2, 32] pairs of bfloat16 (as float32
+// bits), run_fused_backward_dpbf16's operand: pack_recurrent_t's blocks of 32 state
+// units with rows 2j and 2j + 1 interleaved (row 2j's value in each pair's lower
+// half), zero past K.
+inline at::Tensor pack_recurrent_t_pairs(const at::Tensor& w_hh) {
+  TORCH_INTERNAL_ASSERT(w_hh.scalar_type() == at::kBFloat16 && w_hh.size(0) % 2 == 0,
+                        "rnnfused: pairs of bfloat16 rows");
+  constexpr int64_t width = 32;
+  const int64_t J = w_hh.size(0), K = w_hh.size(1), pairs = J / 2;
+  const int64_t blocks = (K + width - 1) / width;
+  const at::Tensor w = w_hh.contiguous();
+  at::Tensor packed = at::empty({blocks, pairs, width}, w.options().dtype(at::kFloat));
+  const uint16_t* src = reinterpret_cast<const uint16_t*>(w.data_ptr());
+  uint16_t* const base = reinterpret_cast<uint16_t*>(packed.data_ptr());
+  const int64_t grain =
+      std::max<int64_t>(1, (int64_t{16} << 10) / std::max<int64_t>(1, J * width));
+  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t q = begin; q < end; ++q) {
+      const int64_t first = q * width, count = std::min(width, K - first);
+      uint16_t* dst = base + q * pairs * width * 2;
+      for (int64_t j = 0; j < pairs; ++j, dst += 2 * width) {
+        const uint16_t* even = src + 2 * j * K + first;
+        const uint16_t* odd = even + K;
+        for (int64_t l = 0; l < count; ++l) {
+          dst[2 * l] = even[l];
+          dst[2 * l + 1] = odd[l];
+        }
+        std::fill(dst + 2 * count, dst + 2 * width, uint16_t{0});
       }
     }
   });
@@ -386,15 +420,20 @@ bool fused_backward(const LayerSizes& sz, const Schedule& sched, const at::Tenso
   const int64_t J = w_hh.size(0), K = sz.output, B = sz.batch;
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;
   const bool avx512 = active_isa() == Isa::kAvx512;
-  const at::Tensor packed = pack_recurrent_t(w_hh, fused_lanes());
-  const PackedRecurrentT w{packed.data_ptr<float>(), J, K, packed.size(0)};
+  // A bfloat16 layer's product on vdpbf16ps where bf16_dot_loops() and W_hh's rows
+  // pair up (J even): the functors' bfloat16 gradients read as they are, J / 2
+  // pairs a row.
+  constexpr bool kBFloat16 = std::is_same_v<scalar_t, c10::BFloat16>;
+  const bool pairs = kBFloat16 && bf16_dot_loops() && J % 2 == 0;
+  const at::Tensor packed = pairs ? pack_recurrent_t_pairs(w_hh) : pack_recurrent_t(w_hh, fused_lanes());
+  const PackedRecurrentT w{packed.data_ptr<float>(), pairs ? J / 2 : J, K, packed.size(0)};
   const int threads = loop_threads(sz.batch * J * K, w.blocks);
   // A bfloat16 layer's float32 sums between panels, and the functors' gradients on
-  // the products widened, two steps' worth alternating: a thread may start the next
-  // step's functors while another still reads this step's.
+  // the products widened (but for the dot product), two steps' worth alternating: a
+  // thread may start the next step's functors while another still reads this step's.
   const at::TensorOptions f32 = d_h.options().dtype(at::kFloat);
   const at::Tensor partial = kFloat ? at::Tensor() : at::empty({B, K}, f32);
-  const at::Tensor widened = kFloat ? at::Tensor() : at::empty({2, B, J}, f32);
+  const at::Tensor widened = kFloat || pairs ? at::Tensor() : at::empty({2, B, J}, f32);
   using Step = decltype(make_step(int64_t{0}, static_cast<const scalar_t*>(nullptr)));
   std::vector<Step> steps;
   std::vector<FusedBackwardRows<scalar_t>> rows;
@@ -408,7 +447,8 @@ bool fused_backward(const LayerSizes& sz, const Schedule& sched, const at::Tenso
       d_rec_float = d_rec;
     } else {
       d_h_partial = partial.data_ptr<float>();
-      d_rec_float = widened.data_ptr<float>() + (s % 2) * B * J;
+      d_rec_float = pairs ? reinterpret_cast<float*>(d_rec)
+                          : widened.data_ptr<float>() + (s % 2) * B * J;
     }
     steps.push_back(make_step(s, grad_output.data_ptr<scalar_t>() + off * K));
     rows.push_back({sched.rows(s), d_h.data_ptr<scalar_t>(), d_h_partial, d_rec, d_rec_float,
@@ -416,6 +456,12 @@ bool fused_backward(const LayerSizes& sz, const Schedule& sched, const at::Tenso
                     /*product=*/s > 0 || initial_state_grad});
   }
   const int64_t n = static_cast<int64_t>(steps.size());
+  if constexpr (kBFloat16) {
+    if (pairs) {
+      run_fused_backward_dpbf16(steps.data(), rows.data(), n, w, threads);
+      return threads == 1;
+    }
+  }
   if (avx512) {
     run_fused_backward_avx512(steps.data(), rows.data(), n, w, threads);
   } else if constexpr (kFloat) {

@@ -22,7 +22,9 @@
 //                           product's loop (step_avx512.cpp's SimdDot, whose fma is
 //                           vdpbf16ps and whose k are pairs of state units)
 //                           c10::BFloat16 and 2: FusedStepRows' h_in and h_out then
-//                           hold bfloat16 pairs, K (PackedRecurrent) pairs a row
+//                           hold bfloat16 pairs, K (PackedRecurrent) pairs a row; in
+//                           the backward the product's rows (FusedBackwardRows'
+//                           d_recurrent_float) J pairs a row (PackedRecurrentT)
 // Tiles are kLanes hidden units wide (PackedRecurrent), the backward's blocks 2 x kLanes
 // (PackedRecurrentT).
 // The hot functions below are forced inline (as gates.h's math is): the
@@ -490,6 +492,9 @@ void fused_backward(const F* steps, const FusedBackwardRows<typename F::scalar_t
   constexpr int kRows = S::kBackwardRows;
   constexpr int64_t L = S::kLanes, kBytesPerJ = 2 * L * sizeof(float);
   const int64_t H = w.K;  // state units: K == H (no projection)
+  // A 16-bit layer's product reads the functor's gradient widened to float32, the
+  // dot product's (S::kStatePerK 2: w.J pairs of it a row) as it is.
+  constexpr bool kWidens = !std::is_same_v<T, float> && S::kStatePerK == 1;
   const int64_t G = w.J / H;
   StepBarrier barrier;
 #pragma omp parallel num_threads(threads)
@@ -511,7 +516,7 @@ void fused_backward(const F* steps, const FusedBackwardRows<typename F::scalar_t
         for (int64_t j = first * 2 * L; j < j_end; j += 2 * L) {
           apply_span<Lanes, PairLanes>(steps[s], b, j,
                                        static_cast<int>(std::min<int64_t>(2 * L, H - j)));
-          if constexpr (!std::is_same_v<T, float>) {
+          if constexpr (kWidens) {
             // The functor's gradient on this step's products, widened for the product.
             for (int64_t unit = j; unit < std::min(j + 2 * L, H); unit += L) {
               const typename S::Mask mask =

@@ -118,12 +118,13 @@ template <typename F>
 void run_fused_steps_avx2(const F* steps, const FusedStepRows<typename F::scalar_type>* rows,
                           int64_t count, const PackedRecurrent& w, int threads);
 
-// Whether bfloat16 layers run their persistent forward loop on AVX512-BF16's dot
-// product (run_fused_steps_dpbf16) rather than in float32 on widened values: the
+// Whether bfloat16 layers run their persistent loops on AVX512-BF16's dot product
+// (run_fused_steps_dpbf16, and run_fused_backward_dpbf16 where W_hh's rows pair up)
+// rather than in float32 on widened values: the
 // AVX-512 kernels active, AVX512-BF16 on a CPU other than Intel's (Zen 4/5 run
 // vdpbf16ps at the FMA's instruction rate, twice its FLOPs; Intel's CPUs without
 // AMX at half: has_fast_bf16_gemm), and RNNFUSED_CPU_BF16_DOT not "0". Where
-// amx_tiles_enabled() the tile loop runs instead. Decided once per process.
+// amx_tiles_enabled() the tile loop runs the forward instead. Decided once per process.
 bool bf16_dot_loops();
 
 // run_fused_steps_avx512 for a bfloat16 layer with the products on vdpbf16ps (only
@@ -198,6 +199,17 @@ struct FusedBackwardRows {
   bool product;               // whether to form the product (the first step's only feeds the
                               //   gradient on h0)
 };
+
+// run_fused_backward_avx512 for a bfloat16 layer with the product on vdpbf16ps (only
+// where bf16_dot_loops()): each j of the reduction a pair of W_hh's rows, so w is
+// W_hh [2J, K] (an even number of rows) packed as [blocks, J, 2L] pairs of bfloat16
+// (as 32-bit values, the even row's in the lower half; pack_recurrent_t_pairs), and
+// each row's d_recurrent_float is the functor's bfloat16 d_recurrent itself, J
+// pairs a row (not widened).
+template <typename F>
+void run_fused_backward_dpbf16(const F* steps,
+                               const FusedBackwardRows<typename F::scalar_type>* rows,
+                               int64_t count, const PackedRecurrentT& w, int threads);
 
 // Runs `count` backward steps in one parallel region. Each thread owns a range
 // of 32-unit blocks: per step it runs steps[s] on its units (the functor adds the

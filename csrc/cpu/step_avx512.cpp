@@ -231,5 +231,21 @@ template void run_fused_steps_dpbf16(const GruForwardStep<c10::BFloat16>*,
                                      const FusedStepRows<c10::BFloat16>*, int64_t,
                                      const PackedRecurrent&, int);
 
+template <typename F>
+void run_fused_backward_dpbf16(const F* steps,
+                               const FusedBackwardRows<typename F::scalar_type>* rows,
+                               int64_t count, const PackedRecurrentT& w, int threads) {
+  fused_backward<SimdDot>(steps, rows, count, w, threads);
+}
+template void run_fused_backward_dpbf16(const RnnBackwardStep<c10::BFloat16>*,
+                                        const FusedBackwardRows<c10::BFloat16>*, int64_t,
+                                        const PackedRecurrentT&, int);
+template void run_fused_backward_dpbf16(const LstmBackwardStep<c10::BFloat16>*,
+                                        const FusedBackwardRows<c10::BFloat16>*, int64_t,
+                                        const PackedRecurrentT&, int);
+template void run_fused_backward_dpbf16(const GruBackwardStep<c10::BFloat16>*,
+                                        const FusedBackwardRows<c10::BFloat16>*, int64_t,
+                                        const PackedRecurrentT&, int);
+
 }  // namespace cpu
 }  // namespace rnnfused

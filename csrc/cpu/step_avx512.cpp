@@ -216,36 +216,19 @@ RNNFUSED_INSTANTIATE_FUSED_LOOPS(run_fused_steps_avx512, run_fused_backward_avx5
 RNNFUSED_INSTANTIATE_FUSED_LOOPS(run_fused_steps_avx512, run_fused_backward_avx512, c10::Half);
 RNNFUSED_DEFINE_AMX_LOOP(run_fused_steps_amx);
 
+// The bfloat16 loops on vdpbf16ps (SimdDot), where bf16_dot_loops().
 template <typename F>
 void run_fused_steps_dpbf16(const F* steps, const FusedStepRows<typename F::scalar_type>* rows,
                             int64_t count, const PackedRecurrent& w, int threads) {
   fused_steps<SimdDot, F::kGates>(steps, rows, count, w, threads);
 }
-template void run_fused_steps_dpbf16(const RnnForwardStep<c10::BFloat16>*,
-                                     const FusedStepRows<c10::BFloat16>*, int64_t,
-                                     const PackedRecurrent&, int);
-template void run_fused_steps_dpbf16(const LstmForwardStep<c10::BFloat16>*,
-                                     const FusedStepRows<c10::BFloat16>*, int64_t,
-                                     const PackedRecurrent&, int);
-template void run_fused_steps_dpbf16(const GruForwardStep<c10::BFloat16>*,
-                                     const FusedStepRows<c10::BFloat16>*, int64_t,
-                                     const PackedRecurrent&, int);
-
 template <typename F>
 void run_fused_backward_dpbf16(const F* steps,
                                const FusedBackwardRows<typename F::scalar_type>* rows,
                                int64_t count, const PackedRecurrentT& w, int threads) {
   fused_backward<SimdDot>(steps, rows, count, w, threads);
 }
-template void run_fused_backward_dpbf16(const RnnBackwardStep<c10::BFloat16>*,
-                                        const FusedBackwardRows<c10::BFloat16>*, int64_t,
-                                        const PackedRecurrentT&, int);
-template void run_fused_backward_dpbf16(const LstmBackwardStep<c10::BFloat16>*,
-                                        const FusedBackwardRows<c10::BFloat16>*, int64_t,
-                                        const PackedRecurrentT&, int);
-template void run_fused_backward_dpbf16(const GruBackwardStep<c10::BFloat16>*,
-                                        const FusedBackwardRows<c10::BFloat16>*, int64_t,
-                                        const PackedRecurrentT&, int);
+RNNFUSED_INSTANTIATE_FUSED_LOOPS(run_fused_steps_dpbf16, run_fused_backward_dpbf16, c10::BFloat16);
 
 }  // namespace cpu
 }  // namespace rnnfused

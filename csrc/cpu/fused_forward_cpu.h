@@ -74,65 +74,60 @@ inline at::Tensor pack_recurrent_pairs(const at::Tensor& w_hh, int64_t G, int64_
     padded.narrow(1, 0, K).copy_(w);
     w = padded;
   }
-  return pack_tiles_in_parallel(static_cast<const float*>(w.data_ptr()), G, H, pairs, 16,
-                                w.options());
+  return pack_tiles_in_parallel(static_cast<const float*>(w.data_ptr()), G, H, pairs,
+                                fused_lanes(), w.options());
 }
 
-// W_hh [J, K] (float32 or bfloat16) -> float32 [blocks, J, 2L] (see PackedRecurrentT),
-// zero-padded to whole blocks: each block's rows are runs of 2L floats of W_hh's rows,
-// copied in one pass (blocks split over the threads as pack_recurrent's tiles).
-inline at::Tensor pack_recurrent_t(const at::Tensor& w_hh, int64_t L) {
-  const int64_t J = w_hh.size(0), K = w_hh.size(1), width = 2 * L;
-  const int64_t blocks = (K + width - 1) / width;
-  const at::Tensor w_float = w_hh.to(at::kFloat).contiguous();  // bfloat16 widens exactly
-  at::Tensor packed = at::empty({blocks, J, width}, w_float.options());
-  const float* src = w_float.data_ptr<float>();
-  float* const base = packed.data_ptr<float>();
-  const int64_t grain = std::max<int64_t>(1, (int64_t{16} << 10) / std::max<int64_t>(1, J * width));
+// Rows of W [R * J, K] (contiguous E) by blocks of `width` columns into dst [blocks,
+// J, R * width]: block q's row j holds those columns of W's rows R j .. R j + R - 1
+// side by side (row R j + r's column q width + l at R l + r), zero past K; each
+// block's rows copied in one pass, blocks split over the threads from 64 KB of them.
+template <int R, typename E>
+void pack_row_blocks(const E* src, int64_t J, int64_t K, int64_t width, E* dst) {
+  const int64_t blocks = (K + width - 1) / width, row = R * width;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{16} << 10) / std::max<int64_t>(1, J * row));
   at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
     for (int64_t q = begin; q < end; ++q) {
       const int64_t first = q * width, count = std::min(width, K - first);
-      float* dst = base + q * J * width;
-      for (int64_t j = 0; j < J; ++j, dst += width) {
-        std::copy_n(src + j * K + first, count, dst);
-        std::fill(dst + count, dst + width, 0.0f);
+      E* out = dst + q * J * row;
+      for (int64_t j = 0; j < J; ++j, out += row) {
+        const E* in = src + R * j * K + first;
+        if constexpr (R == 1) {
+          std::copy_n(in, count, out);
+        } else {
+          for (int64_t l = 0; l < count; ++l) {
+            for (int r = 0; r < R; ++r) out[R * l + r] = in[r * K + l];
+          }
+        }
+        std::fill(out + R * count, out + row, E{0});
       }
     }
   });
+}
+
+// W_hh [J, K] (float32 or bfloat16) -> float32 [blocks, J, 2L] (see PackedRecurrentT),
+// zero-padded to whole blocks: each block's rows are runs of 2L floats of W_hh's rows.
+inline at::Tensor pack_recurrent_t(const at::Tensor& w_hh, int64_t L) {
+  const int64_t J = w_hh.size(0), K = w_hh.size(1), width = 2 * L;
+  const at::Tensor w_float = w_hh.to(at::kFloat).contiguous();  // bfloat16 widens exactly
+  at::Tensor packed = at::empty({(K + width - 1) / width, J, width}, w_float.options());
+  pack_row_blocks<1>(w_float.data_ptr<float>(), J, K, width, packed.data_ptr<float>());
   return packed;
 }
 
-// W_hh [J, K] bfloat16, J even -> [blocks, J / 2, 32] pairs of bfloat16 (as float32
-// bits), run_fused_backward_dpbf16's operand: pack_recurrent_t's blocks of 32 state
+// W_hh [J, K] bfloat16, J even -> [blocks, J / 2, 2L] pairs of bfloat16 (as float32
+// bits), run_fused_backward_dpbf16's operand: pack_recurrent_t's blocks of 2L state
 // units with rows 2j and 2j + 1 interleaved (row 2j's value in each pair's lower
 // half), zero past K.
 inline at::Tensor pack_recurrent_t_pairs(const at::Tensor& w_hh) {
   TORCH_INTERNAL_ASSERT(w_hh.scalar_type() == at::kBFloat16 && w_hh.size(0) % 2 == 0,
                         "rnnfused: pairs of bfloat16 rows");
-  constexpr int64_t width = 32;
-  const int64_t J = w_hh.size(0), K = w_hh.size(1), pairs = J / 2;
-  const int64_t blocks = (K + width - 1) / width;
+  const int64_t J = w_hh.size(0), K = w_hh.size(1), width = 2 * fused_lanes();
   const at::Tensor w = w_hh.contiguous();
-  at::Tensor packed = at::empty({blocks, pairs, width}, w.options().dtype(at::kFloat));
-  const uint16_t* src = reinterpret_cast<const uint16_t*>(w.data_ptr());
-  uint16_t* const base = reinterpret_cast<uint16_t*>(packed.data_ptr());
-  const int64_t grain =
-      std::max<int64_t>(1, (int64_t{16} << 10) / std::max<int64_t>(1, J * width));
-  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t q = begin; q < end; ++q) {
-      const int64_t first = q * width, count = std::min(width, K - first);
-      uint16_t* dst = base + q * pairs * width * 2;
-      for (int64_t j = 0; j < pairs; ++j, dst += 2 * width) {
-        const uint16_t* even = src + 2 * j * K + first;
-        const uint16_t* odd = even + K;
-        for (int64_t l = 0; l < count; ++l) {
-          dst[2 * l] = even[l];
-          dst[2 * l + 1] = odd[l];
-        }
-        std::fill(dst + 2 * count, dst + 2 * width, uint16_t{0});
-      }
-    }
-  });
+  at::Tensor packed =
+      at::empty({(K + width - 1) / width, J / 2, width}, w.options().dtype(at::kFloat));
+  pack_row_blocks<2>(static_cast<const uint16_t*>(w.data_ptr()), J / 2, K, width,
+                     static_cast<uint16_t*>(packed.data_ptr()));
   return packed;
 }
 
@@ -177,6 +172,11 @@ inline int loop_threads(int64_t work, int64_t parts) {
   if (work < (int64_t{1} << 16)) return 1;
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), parts)));
 }
+
+// Whether a bfloat16 backward loop over W_hh [J, K] forms its product on vdpbf16ps
+// (run_fused_backward_dpbf16): bf16_dot_loops() and W_hh's rows in pairs (J even; the
+// functors' d_recurrent rows, J values each, then read as pairs).
+inline bool backward_on_bf16_pairs(int64_t J) { return bf16_dot_loops() && J % 2 == 0; }
 
 // Packing W_hh costs about one step's reads of it: worth it from a few steps on
 // (a cell's single step takes the GEMM-and-functor path). 16-bit types: AVX-512 only.
@@ -425,11 +425,10 @@ bool fused_backward(const LayerSizes& sz, const Schedule& sched, const at::Tenso
   const int64_t J = w_hh.size(0), K = sz.output, B = sz.batch;
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;
   const bool avx512 = active_isa() == Isa::kAvx512;
-  // A bfloat16 layer's product on vdpbf16ps where bf16_dot_loops() and W_hh's rows
-  // pair up (J even): the functors' bfloat16 gradients read as they are, J / 2
-  // pairs a row.
+  // A bfloat16 layer's product on vdpbf16ps where backward_on_bf16_pairs: the
+  // functors' bfloat16 gradients read as they are, J / 2 pairs a row.
   constexpr bool kBFloat16 = std::is_same_v<scalar_t, c10::BFloat16>;
-  const bool pairs = kBFloat16 && bf16_dot_loops() && J % 2 == 0;
+  const bool pairs = kBFloat16 && backward_on_bf16_pairs(J);
   const at::Tensor packed = pairs ? pack_recurrent_t_pairs(w_hh) : pack_recurrent_t(w_hh, fused_lanes());
   const PackedRecurrentT w{packed.data_ptr<float>(), pairs ? J / 2 : J, K, packed.size(0)};
   const int threads = loop_threads(sz.batch * J * K, w.blocks);

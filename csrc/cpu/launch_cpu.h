@@ -64,8 +64,8 @@ struct CpuLaunch {
   // same conditions, but a bfloat16 layer's large steps take oneDNN's GEMM with or
   // without AMX (bf16_gemm_steps). (An AMX backward loop, d_recurrent @ W_hh on the
   // tiles, measured no faster: the training step's time is in its other GEMMs.)
-  // Where a bfloat16 backward's product runs on vdpbf16ps (cpu::bf16_dot_loops, W_hh's
-  // rows in pairs: G*H even) the loop takes every size: two Zen 5 cores, training
+  // Where a bfloat16 backward's product runs on vdpbf16ps
+  // (cpu::backward_on_bf16_pairs) the loop takes every size: two Zen 5 cores, training
   // LSTM 100, 64, 512, 512 98.6-99.9 -> 89.8 ms against a oneDNN GEMM a step, GRU
   // 77.9 -> 69.6; 100, 8, 256, 256 against the float32 loop on widened values 5.3 ->
   // 4.1 ms.
@@ -73,8 +73,9 @@ struct CpuLaunch {
   static bool fuses_backward(const LayerSizes& sz) {
 #if defined(__x86_64__)
     if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-      const bool dot = cpu::bf16_dot_loops() && sz.gates * sz.hidden % 2 == 0;
-      if (!dot && bf16_gemm_steps(sz)) return false;
+      if (!cpu::backward_on_bf16_pairs(sz.gates * sz.hidden) && bf16_gemm_steps(sz)) {
+        return false;
+      }
     }
 #endif
     return fuses_forward<scalar_t>(sz);

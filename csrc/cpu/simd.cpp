@@ -106,18 +106,18 @@ bool amx_tiles_enabled() {
 
 bool has_avx512_bf16() { return bf16_features().avx512; }
 
+bool has_fast_bf16_dot() { return has_avx512_bf16() && !blas_runs_avx512(); }
+
 bool bf16_dot_loops() {
   static const bool enabled = [] {
     const char* env = std::getenv("RNNFUSED_CPU_BF16_DOT");
     if (env != nullptr && std::strcmp(env, "0") == 0) return false;
-    return active_isa() == Isa::kAvx512 && has_avx512_bf16() && !blas_runs_avx512();
+    return active_isa() == Isa::kAvx512 && has_fast_bf16_dot();
   }();
   return enabled;
 }
 
-bool has_fast_bf16_gemm() {
-  return has_amx_bf16() || (has_avx512_bf16() && !blas_runs_avx512());
-}
+bool has_fast_bf16_gemm() { return has_amx_bf16() || has_fast_bf16_dot(); }
 
 bool has_fast_f16_gemm() {
   static const bool has = [] {

@@ -29,9 +29,13 @@ bool has_prefetchw();
 // permission to use the tile state granted (Linux's ARCH_REQ_XCOMP_PERM, asked for
 // once), and RNNFUSED_CPU_AMX not "0". Decided once per process.
 bool amx_tiles_enabled();
+// Whether AVX512-BF16's dot product vdpbf16ps runs at the FMA's instruction rate,
+// twice its FLOPs: AVX512-BF16 on a CPU other than Intel's (Zen 4/5; Intel's CPUs
+// without AMX run it at half the float32 FMA rate, 87 vs 176 GFLOP/s a core).
+bool has_fast_bf16_dot();
 // Whether oneDNN's bfloat16 GEMM outruns the float32 ones here: with AMX-BF16 (the
-// tiles), or with AVX512-BF16 on a CPU other than Intel's (Zen 4/5 run vdpbf16ps at
-// twice the float32 FMA rate: two Zen 5 cores, oneDNN bf16 64 x 512 x 2048 at 576
+// tiles), or where has_fast_bf16_dot() (Zen 4/5 run vdpbf16ps at twice the float32
+// FMA rate: two Zen 5 cores, oneDNN bf16 64 x 512 x 2048 at 576
 // GFLOP/s, 512 rows 763, against ~400 for float32 on the library's kernel). Intel's
 // AVX512-BF16 CPUs without AMX run it at half the float32 rate.
 bool has_fast_bf16_gemm();
@@ -118,13 +122,11 @@ template <typename F>
 void run_fused_steps_avx2(const F* steps, const FusedStepRows<typename F::scalar_type>* rows,
                           int64_t count, const PackedRecurrent& w, int threads);
 
-// Whether bfloat16 layers run their persistent loops on AVX512-BF16's dot product
-// (run_fused_steps_dpbf16, and run_fused_backward_dpbf16 where W_hh's rows pair up)
-// rather than in float32 on widened values: the
-// AVX-512 kernels active, AVX512-BF16 on a CPU other than Intel's (Zen 4/5 run
-// vdpbf16ps at the FMA's instruction rate, twice its FLOPs; Intel's CPUs without
-// AMX at half: has_fast_bf16_gemm), and RNNFUSED_CPU_BF16_DOT not "0". Where
-// amx_tiles_enabled() the tile loop runs the forward instead. Decided once per process.
+// Whether bfloat16 layers run their persistent loops on it (run_fused_steps_dpbf16,
+// and run_fused_backward_dpbf16 where W_hh's rows pair up) rather than in float32 on
+// widened values: has_fast_bf16_dot() with the AVX-512 kernels active, and
+// RNNFUSED_CPU_BF16_DOT not "0". Where amx_tiles_enabled() the tile loop runs the
+// forward instead. Decided once per process.
 bool bf16_dot_loops();
 
 // run_fused_steps_avx512 for a bfloat16 layer with the products on vdpbf16ps (only

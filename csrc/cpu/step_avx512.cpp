@@ -171,9 +171,9 @@ struct Simd {
   static constexpr int kPairRows = 12;
 };
 
-// The bfloat16 forward loop on AVX512-BF16's dot product (run_fused_steps_dpbf16,
-// where bf16_dot_loops()): Simd's loop with each step k of the reduction a pair of
-// state units. A float32 "value" of the state rows and of the packed weights is
+// The bfloat16 loops on AVX512-BF16's dot product (run_fused_steps_dpbf16 and
+// run_fused_backward_dpbf16, where bf16_dot_loops()): Simd's loops with each step k
+// of the reduction a pair of state units (the backward's: a pair of W_hh's rows). A float32 "value" of the state rows and of the packed weights is
 // two bfloat16, the lower the even unit's (PackedRecurrent over W_hh's pairs), so
 // the broadcast and loads stay Simd's and the multiply-add becomes vdpbf16ps:
 // acc += a.odd * b.odd + a.even * b.even, lane by lane (exact products, float32

@@ -30,6 +30,18 @@ def subprocess_env(**variables: str) -> dict:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(path), **variables)
 
 
+def cpu_flags_and_vendor() -> tuple[set, str] | None:
+    """The CPU's feature flags (of its first processor) and vendor id from /proc/cpuinfo,
+    or None where there is none."""
+    if not os.path.exists("/proc/cpuinfo"):
+        return None
+    with open("/proc/cpuinfo") as f:
+        lines = f.readlines()
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    vendor = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("vendor_id")), "")
+    return set(flags), vendor
+
+
 # Small sizes keep the suite fast on 2 CPU cores; they still exercise every code path.
 INPUT_SIZE = 4
 HIDDEN_SIZE = 6

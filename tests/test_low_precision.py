@@ -15,6 +15,7 @@ from helpers import (
     CELL_KINDS,
     check_errors,
     compare_low_precision,
+    cpu_flags_and_vendor,
     INPUT_SIZE,
     MODULE_KINDS,
     SEQ_LEN,
@@ -89,19 +90,6 @@ def test_low_precision_fused_loop_sizes(name, hidden, batch, packed, dtype, devi
     check_errors(run_module(fused, leaves, build), run_module(ref, leaves, build), exact, dtype)
 
 
-def _cpu_flags_and_vendor():
-    """The CPU's feature flags and vendor from /proc/cpuinfo, or None where there is none."""
-    import os
-
-    if not os.path.exists("/proc/cpuinfo"):
-        return None
-    with open("/proc/cpuinfo") as f:
-        lines = f.readlines()
-    flags = next((line for line in lines if line.startswith("flags")), "").split()
-    vendor = next((line.split(":")[1].strip() for line in lines if line.startswith("vendor_id")), "")
-    return set(flags), vendor
-
-
 # bfloat16's forward loops other than the float32 one on widened values: the switch that
 # turns each off, its probe, and whether this CPU should run it (flags, vendor, AMX on).
 BF16_LOOPS = {
@@ -130,7 +118,7 @@ def test_bfloat16_forward_with_and_without_its_loop(loop):
 
     switch, probe_name, expected_on = BF16_LOOPS[loop]
     on = getattr(torch.ops.rnnfused, probe_name)()
-    found = _cpu_flags_and_vendor()
+    found = cpu_flags_and_vendor()
     if found is not None:
         flags, vendor = found
         amx = torch.ops.rnnfused.cpu_amx()

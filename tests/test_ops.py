@@ -17,7 +17,7 @@ from torch.overrides import TorchFunctionMode
 import rnnfused
 from rnnfused import ops, reference
 
-from helpers import BackwardSpy
+from helpers import BackwardSpy, cpu_flags_and_vendor
 
 pytestmark = pytest.mark.skipif(
     not rnnfused.backend_info()["extension"], reason="the compiled extension is not loaded"
@@ -629,10 +629,10 @@ def test_gemm_nt_16bit(rows, dtype, device):
 def _cpu_lacks_fp16_gemm():
     """An x86 Linux CPU without AVX512-FP16 and AMX-FP16 (where oneDNN's float16
     GEMM, ATen's fast path for float16 products, does not run); False elsewhere."""
-    if platform.machine() not in ("x86_64", "AMD64") or not os.path.exists("/proc/cpuinfo"):
+    found = cpu_flags_and_vendor()
+    if platform.machine() not in ("x86_64", "AMD64") or found is None:
         return False
-    with open("/proc/cpuinfo") as f:
-        flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    flags, _ = found
     return "avx512_fp16" not in flags and "amx_fp16" not in flags
 
 
@@ -786,10 +786,10 @@ def test_cpu_bf16_dot_peak_gflops():
     beside the FMA peak in bfloat16 benchmarks: plausible where the CPU has AVX512-BF16
     and AVX-512 runs (one thread: at least one instruction per 4 ns, at most two a
     cycle at a few GHz), else 0."""
-    if not os.path.exists("/proc/cpuinfo"):
+    found = cpu_flags_and_vendor()
+    if found is None:
         pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
-    with open("/proc/cpuinfo") as f:
-        flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    flags, _ = found
     peak = torch.ops.rnnfused._cpu_bf16_dot_peak_gflops(0.05, 1)
     if torch.ops.rnnfused.cpu_isa() == "avx512" and "avx512_bf16" in flags:
         assert 16.0 < peak < 1_000.0

@@ -54,7 +54,7 @@ def test_low_precision_cell(kind, dtype, device):
 
 @pytest.mark.parametrize("dtype", LOW, ids=["f16", "bf16"])
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-@pytest.mark.parametrize("hidden,batch", [(17, 1), (40, 9), (300, 5), (300, 40), (1030, 3)])
+@pytest.mark.parametrize("hidden,batch", [(17, 1), (40, 9), (64, 19), (300, 5), (300, 40), (1030, 3)])
 @pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
 def test_low_precision_fused_loop_sizes(name, hidden, batch, packed, dtype, device):
     """float16 and bfloat16 at sizes where the CPU's persistent loops (AVX-512, from 4 steps per

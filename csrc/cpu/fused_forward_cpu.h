@@ -190,21 +190,33 @@ inline bool fused_forward_applies(const LayerSizes& sz, bool low_precision) {
 // Whether a float32 layer's fused forward forms its input projection in the loop,
 // a step's rows at a time (PackedRecurrent::w_input), rather than as a GEMM per
 // chunk of ~512 rows: from 2^22 multiply-adds of a step's projection (the widest
-// step's rows x G*H x I), the input's rows with unit stride, the bias contiguous.
-// The loop's register blocks run at ~98% of the FMA peak where the chunks' GEMM
-// reached ~90% (two Zen 5 cores; a second pass over K in the loop, timed), and
-// x_proj stays in cache between its forming and its functor. In-process A/B
-// there: LSTM 100, 64, 512, 512 forward 5% faster (training 1%), 256, 256 7%,
-// 512 -> 1024 6%, GRU 256, 256 4%, RNN 512, 512 even; on the AVX2 kernels
-// (RNNFUSED_CPU_ISA=avx2, the same CPU) 1-3%. Below it the chunks' GEMM is ahead:
-// few rows make short register blocks (LSTM 50, 1, 64, 64 25% slower in the loop,
-// 100, 8, 128, 128 5%, 100, 32, 64, 64 9%).
+// step's rows x G*H x I), the input's rows with unit stride, the bias contiguous,
+// and enough rows per step for W_ih's reads each step to pay: 32, or 8 where W_ih
+// and W_hh together (float32) fit in 24 MB (3/4 of the last-level cache a Zen 5
+// core shares here). The loop's register blocks run at ~98% of the FMA peak where
+// the chunks' GEMM reached ~90% (two Zen 5 cores; a second pass over K in the loop,
+// timed), and x_proj stays in cache between its forming and its functor. In-process
+// A/B there: LSTM 100, 64, 512, 512 forward 5% faster (training 1%), 256, 256 7%,
+// 512 -> 1024 6%, GRU 256, 256 4%, RNN 512, 512 even; T 50, B 8-16, H 1024: GRU
+// 10-12%, RNN 13%, LSTM H 768 8-9%; on the AVX2 kernels (RNNFUSED_CPU_ISA=avx2,
+// the same CPU) 1-3%. Few rows make short register blocks that stream all of W_ih
+// each step: at T 50, LSTM H 1024 B 1-8 took 1.45-2x the chunks' time (32 MB of
+// weights), LSTM I 2048, H 512 B 1-4 1.24-2.4x, GRU I 2048, H 1024 B 2 1.63x; so
+// did LSTM 50, 1, 64, 64 (25%), 100, 8, 128, 128 (5%) and 100, 32, 64, 64 (9%)
+// below the work bound.
 inline bool forms_projection_in_loop(const LayerSizes& sz, const at::Tensor& input,
                                      const at::Tensor& bias) {
   constexpr int64_t kMinStepWork = int64_t{1} << 22;
-  return input.scalar_type() == at::kFloat && input.dim() == 2 && input.size(1) > 0 &&
-         input.stride(1) == 1 && (!bias.defined() || bias.is_contiguous()) &&
-         sz.batch * sz.gates * sz.hidden * input.size(1) >= kMinStepWork;
+  constexpr int64_t kManyRows = 32, kMinRows = 8;
+  constexpr int64_t kCachedWeightBytes = int64_t{24} << 20;
+  if (input.scalar_type() != at::kFloat || input.dim() != 2 || input.size(1) == 0 ||
+      input.stride(1) != 1 || (bias.defined() && !bias.is_contiguous())) {
+    return false;
+  }
+  const int64_t I = input.size(1), GH = sz.gates * sz.hidden;
+  const int64_t weight_bytes = (I + sz.output) * GH * int64_t{sizeof(float)};
+  return sz.batch * GH * I >= kMinStepWork &&
+         (sz.batch >= kManyRows || (sz.batch >= kMinRows && weight_bytes <= kCachedWeightBytes));
 }
 
 // The forward steps a chunk of the input projection at a time (its pointers stay

@@ -547,9 +547,9 @@ def test_fused_loop_panels_and_row_blocks(name, batch, hidden):
     """The persistent CPU loop's edges: hidden sizes with odd remainders in the split
     partial sums of a few rows, partial tiles, and batches below, at and past its row
     blocks (AVX2 6 or 8 rows and 5 in the backward, AVX-512 6 (LSTM), 8 (GRU, an RNN's
-    lone tile and the backward) or 12 (an RNN's tile pairs)), the forward's blocks split
-    evenly where 1-3 rows would be left after two or more (13 rows at 6, 17 at 8, 25 at
-    12: fused_loop.h's for_row_blocks). Outputs, states and all gradients equal
+    lone tile and the backward) or 12 (an RNN's tile pairs)), the AVX-512 forward's blocks
+    split evenly where 1-3 rows would be left after two or more (13 rows at 6, 17 at 8,
+    25 at 12: fused_loop.h's for_row_blocks). Outputs, states and all gradients equal
     torch.nn's. (Panels past a whole tile: the next test.)"""
     ref, fused = make_twins(name, 17, hidden)
     compare_modules(ref, fused, "batched", True, "cpu", torch.float32, batch=batch)

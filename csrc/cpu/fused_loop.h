@@ -15,6 +15,8 @@
 //   kBackwardRows           rows per block of the backward (rows x 2 accumulators)
 //   kPairTiles, kPairRows   whether a single-gate layer's (RNN's) tiles are formed two
 //                           at a time (one vector of each), in blocks of kPairRows rows
+//   kEvenRowBlocks          whether the forward spreads a few rows left after whole
+//                           blocks over them (for_row_blocks' even_split)
 //   kPanelBytes             the most packed weights a panel of the reduction takes
 //   transpose(V (&)[kLanes])  a kLanes x kLanes block transposed (W_hh's packing)
 //   State, kStatePerK       the state operand's element type and its elements per step
@@ -144,7 +146,7 @@ __attribute__((always_inline)) inline void with_row_count(int64_t rows, const Fn
 
 // Rows [0, rows) in register blocks of at most R rows: fn(std::integral_constant<int,
 // M>{}, row, block, blocks) for each; `block` is -1 for the rows left after whole
-// blocks (they prefetch nothing: PanelWalk). even_split (the forward): where 1-3
+// blocks (they prefetch nothing: PanelWalk). even_split (the AVX-512 forward): where 1-3
 // rows would be left after two or more whole blocks, as many blocks as that,
 // their sizes as even as can be (20 rows at R 6: 5, 5, 5, 5, not 6, 6, 6, 2; the
 // short block's few sums keep too few FMAs in flight). In-process A/B, two Zen 5
@@ -439,8 +441,8 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
                        TileFunctor functor) {
         constexpr int R = decltype(rows_at_once)::value;
         constexpr bool kPair = decltype(pair)::value;
-        for_row_blocks<R>(step.rows, /*even_split=*/true, [&](auto count, int64_t row,
-                                                               int64_t block, int64_t blocks) {
+        for_row_blocks<R>(step.rows, S::kEvenRowBlocks, [&](auto count, int64_t row,
+                                                             int64_t block, int64_t blocks) {
           constexpr int M = decltype(count)::value;
           if (block >= 0) {
             fused_tile<S, M, G, F, kPair>(steps[s], step, w, u, row, k0, k1, prefetch_writes,

@@ -540,7 +540,7 @@ def test_dropout_train_same_rng_as_torch_cpu(kind, bidirectional, form):
     assert_results_equal(actual, expected, torch.float64, "dropout train")
 
 
-@pytest.mark.parametrize("hidden", [201, 333])
+@pytest.mark.parametrize("hidden", [100, 201, 333])
 @pytest.mark.parametrize("batch", [1, 3, 7, 13, 17, 25])
 @pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
 def test_fused_loop_panels_and_row_blocks(name, batch, hidden):
@@ -549,8 +549,10 @@ def test_fused_loop_panels_and_row_blocks(name, batch, hidden):
     blocks (AVX2 6 or 8 rows and 5 in the backward, AVX-512 6 (LSTM), 8 (GRU, an RNN's
     lone tile and the backward) or 12 (an RNN's tile pairs)), the AVX-512 forward's blocks
     split evenly where 1-3 rows would be left after two or more (13 rows at 6, 17 at 8,
-    25 at 12: fused_loop.h's for_row_blocks). Outputs, states and all gradients equal
-    torch.nn's. (Panels past a whole tile: the next test.)"""
+    25 at 12: fused_loop.h's for_row_blocks), and odd tile counts (100: 7 tiles of 16, 13
+    of 8; 201: 13 of 16), whose last tile the two threads share by rows from a whole
+    register block each. Outputs, states and all gradients equal torch.nn's. (Panels
+    past a whole tile: the next test.)"""
     ref, fused = make_twins(name, 17, hidden)
     compare_modules(ref, fused, "batched", True, "cpu", torch.float32, batch=batch)
 

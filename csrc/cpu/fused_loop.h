@@ -431,26 +431,39 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
 #pragma omp parallel num_threads(threads)
   {
     const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t first = w.tiles * t / nt, last = w.tiles * (t + 1) / nt;
     const int64_t depth = panel_depth(kBytesPerK, w.K, S::kPanelBytes);
-    const PanelWalk walk{w.w, w.K, G * S::kLanes, depth, first, last};
     for (int64_t s = 0; s < count; ++s) {
       const FusedStepRows<typename F::scalar_type>& step = rows[s];
-      // Tile u (and u + 1 when kPair) over [k0, k1), the rows R at a time.
+      // Each thread owns whole tiles [first, last). Where the tiles do not divide
+      // evenly and each thread would get a whole register block of a tile's rows,
+      // the tiles % nt left over are shared, each thread forming rows
+      // [rows * t / nt, rows * (t + 1) / nt) of them (41 tiles at H 650 had one
+      // thread take 21 while the other, done with 20, waited at the barrier).
+      // In-process A/B, two Zen 5 cores, forward: LSTM H 100, 200, 300 (7, 13, 19
+      // tiles) 3.5-7% faster at B 20-64, H 650 B 20 1.6-2%, GRU H 200 3%, RNN H 300
+      // B 64 1.7%; bfloat16 2-4%; the AVX2 kernels (8-unit tiles) 1.5-3%. Fewer rows
+      // keep whole tiles (RNN H 300 B 8: shared, its tile pairs split, 2-3% slower).
+      constexpr int64_t kRows = S::template forward_rows<G>();
+      const bool by_rows = w.tiles % nt != 0 && step.rows >= nt * kRows;
+      const int64_t owned = by_rows ? w.tiles / nt * nt : w.tiles;
+      const int64_t first = owned * t / nt, last = owned * (t + 1) / nt;
+      const PanelWalk walk{w.w, w.K, G * S::kLanes, depth, first, last};
+      // Tile u (and u + 1 when kPair) over [k0, k1), rows [row0, row1) R at a time.
       auto panel = [&](auto rows_at_once, auto pair, int64_t u, int64_t k0, int64_t k1,
-                       TileFunctor functor) {
+                       TileFunctor functor, int64_t row0, int64_t row1, bool shared) {
         constexpr int R = decltype(rows_at_once)::value;
         constexpr bool kPair = decltype(pair)::value;
-        for_row_blocks<R>(step.rows, S::kEvenRowBlocks, [&](auto count, int64_t row,
-                                                             int64_t block, int64_t blocks) {
+        for_row_blocks<R>(row1 - row0, S::kEvenRowBlocks, [&](auto count, int64_t row,
+                                                               int64_t block, int64_t blocks) {
           constexpr int M = decltype(count)::value;
-          if (block >= 0) {
-            fused_tile<S, M, G, F, kPair>(steps[s], step, w, u, row, k0, k1, prefetch_writes,
-                                          functor, walk.share(u, k1, block, blocks, kPair ? 2 : 1),
+          if (block >= 0 && !shared) {
+            fused_tile<S, M, G, F, kPair>(steps[s], step, w, u, row0 + row, k0, k1,
+                                          prefetch_writes, functor,
+                                          walk.share(u, k1, block, blocks, kPair ? 2 : 1),
                                           u == first);
           } else {
-            fused_tile<S, M, G, F, kPair>(steps[s], step, w, u, row, k0, k1, prefetch_writes,
-                                          functor);
+            fused_tile<S, M, G, F, kPair>(steps[s], step, w, u, row0 + row, k0, k1,
+                                          prefetch_writes, functor);
           }
         });
       };
@@ -467,14 +480,21 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
           if constexpr (kPairs) {
             if (two) {
               panel(std::integral_constant<int, S::kPairRows>{}, std::true_type{}, u, k0, k1,
-                    functor);
+                    functor, 0, step.rows, false);
               continue;
             }
           }
           panel(std::integral_constant<int, S::template forward_rows<G>()>{}, std::false_type{},
-                u, k0, k1, functor);
+                u, k0, k1, functor, 0, step.rows, false);
         }
         u += two ? 2 : 1;
+      }
+      const int64_t row0 = step.rows * t / nt, row1 = step.rows * (t + 1) / nt;
+      for (int64_t u = owned; u < w.tiles; ++u) {
+        for (int64_t k0 = 0; k0 < w.K; k0 += depth) {
+          panel(std::integral_constant<int, S::template forward_rows<G>()>{}, std::false_type{},
+                u, k0, std::min(w.K, k0 + depth), TileFunctor::kOwn, row0, row1, true);
+        }
       }
       barrier.wait();
     }

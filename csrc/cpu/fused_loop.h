@@ -448,15 +448,16 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
       const int64_t owned = by_rows ? w.tiles / nt * nt : w.tiles;
       const int64_t first = owned * t / nt, last = owned * (t + 1) / nt;
       const PanelWalk walk{w.w, w.K, G * S::kLanes, depth, first, last};
-      // Tile u (and u + 1 when kPair) over [k0, k1), rows [row0, row1) R at a time.
+      // Tile u (and u + 1 when kPair) over [k0, k1), rows [row0, row1) R at a time;
+      // a shared tile's blocks (u past the thread's own) prefetch nothing.
       auto panel = [&](auto rows_at_once, auto pair, int64_t u, int64_t k0, int64_t k1,
-                       TileFunctor functor, int64_t row0, int64_t row1, bool shared) {
+                       TileFunctor functor, int64_t row0, int64_t row1) {
         constexpr int R = decltype(rows_at_once)::value;
         constexpr bool kPair = decltype(pair)::value;
         for_row_blocks<R>(row1 - row0, S::kEvenRowBlocks, [&](auto count, int64_t row,
                                                                int64_t block, int64_t blocks) {
           constexpr int M = decltype(count)::value;
-          if (block >= 0 && !shared) {
+          if (block >= 0 && u < last) {
             fused_tile<S, M, G, F, kPair>(steps[s], step, w, u, row0 + row, k0, k1,
                                           prefetch_writes, functor,
                                           walk.share(u, k1, block, blocks, kPair ? 2 : 1),
@@ -480,12 +481,12 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
           if constexpr (kPairs) {
             if (two) {
               panel(std::integral_constant<int, S::kPairRows>{}, std::true_type{}, u, k0, k1,
-                    functor, 0, step.rows, false);
+                    functor, 0, step.rows);
               continue;
             }
           }
           panel(std::integral_constant<int, S::template forward_rows<G>()>{}, std::false_type{},
-                u, k0, k1, functor, 0, step.rows, false);
+                u, k0, k1, functor, 0, step.rows);
         }
         u += two ? 2 : 1;
       }
@@ -493,7 +494,7 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
       for (int64_t u = owned; u < w.tiles; ++u) {
         for (int64_t k0 = 0; k0 < w.K; k0 += depth) {
           panel(std::integral_constant<int, S::template forward_rows<G>()>{}, std::false_type{},
-                u, k0, std::min(w.K, k0 + depth), TileFunctor::kOwn, row0, row1, true);
+                u, k0, std::min(w.K, k0 + depth), TileFunctor::kOwn, row0, row1);
         }
       }
       barrier.wait();

@@ -125,10 +125,12 @@ FORMS = ["batched", "unbatched", "packed_sorted", "packed_unsorted", "empty"]
 
 
 def make_inputs(module, form: str, with_hx: bool, device, dtype, batch_first=None,
-                batch: int = 3, seq_len: int = SEQ_LEN):
+                batch: int = 3, seq_len: int = SEQ_LEN, lengths=None):
     """Leaf tensors (x, h0, c0-or-None) and a `build` function turning leaves into the
     module arguments.  Shapes follow torch.nn's documentation for `form`; "batched"
-    takes `batch` sequences."""
+    takes `batch` sequences, "packed_sorted" these `lengths` where given (descending,
+    the first seq_len)."""
+    custom_lengths = lengths
     if batch_first is None:
         batch_first = module.batch_first
     num_dirs = 2 if module.bidirectional else 1
@@ -147,7 +149,7 @@ def make_inputs(module, form: str, with_hx: bool, device, dtype, batch_first=Non
         B = None
         xshape = (T, I)
     elif form == "packed_sorted":
-        lengths = [T, 3, 3, 1]          # descending, with a repeated length
+        lengths = custom_lengths or [T, 3, 3, 1]  # descending, with a repeated length
         B = len(lengths)
         xshape = (B, T, I) if batch_first else (T, B, I)
     elif form == "packed_unsorted":

@@ -557,6 +557,23 @@ def test_fused_loop_panels_and_row_blocks(name, batch, hidden):
     compare_modules(ref, fused, "batched", True, "cpu", torch.float32, batch=batch)
 
 
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_fused_backward_shared_blocks_follow_packed_rows(name):
+    """The backward loop shares the 2L-unit blocks left over after each thread's whole
+    ones by rows, where each thread gets a whole register block of the step's rows
+    (fused_loop.h's fused_backward; hidden 201: 7 blocks of 32 on AVX-512, 13 of 16 on
+    AVX2); the next step's functors run on the rows and units the thread's product
+    formed. A packed batch whose rows a step run 40, 40, 40, 33, 25, 17, 16, 9, 3, 3
+    (226 in all: the fused loops take a layer from 4 steps' worth of rows) switches
+    between shared and whole blocks (16 rows on AVX-512, 10 on AVX2) and hands the rows
+    past a step's product (sequences ending there) to the last thread. Outputs,
+    states and all gradients equal torch.nn's."""
+    lengths = [10] * 3 + [8] * 6 + [7] * 7 + [6] + [5] * 8 + [4] * 8 + [3] * 7
+    ref, fused = make_twins(name, 17, 201)
+    compare_modules(ref, fused, "packed_sorted", True, "cpu", torch.float32, seq_len=10,
+                    lengths=lengths)
+
+
 @pytest.mark.parametrize("name,hidden", [("LSTM", 2400), ("GRU", 3100), ("RNN", 4700)])
 def test_fused_loop_panels_past_a_whole_tile(name, hidden):
     """The loops take a tile's whole reduction in one panel up to 256 KB of packed

@@ -502,17 +502,18 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
   }
 }
 
-// d_h rows [row, row + M), units 2L q .. 2L q + 2L - 1, over j in [j0, j1): the
-// partial product of d_recurrent with W_hh's block, plus the functor's direct part
-// where step.accumulate (GRU: in d_h), kept in float32 between panels; the last
-// panel's sums go to d_h (rounded to the layer's type).
-template <typename S, int M, typename T>
+// d_h rows [row, row + M), units 2L q .. 2L q + C L - 1 (C 1: a last block of at
+// most L units, its second half all zero), over j in [j0, j1): the partial product of
+// d_recurrent with W_hh's block, plus the functor's direct part where step.accumulate
+// (GRU: in d_h), kept in float32 between panels; the last panel's sums go to d_h
+// (rounded to the layer's type).
+template <typename S, int M, int C, typename T>
 __attribute__((always_inline)) inline void backward_block(const FusedBackwardRows<T>& step, const PackedRecurrentT& w, int64_t q,
                            int64_t row, int64_t j0, int64_t j1, PanelPrefetch prefetch = {}) {
   constexpr int64_t L = S::kLanes;
   const float* d_rows[M];
-  typename S::Mask masks[2];
-  for (int half = 0; half < 2; ++half) {
+  typename S::Mask masks[C];
+  for (int half = 0; half < C; ++half) {
     const int64_t k = q * 2 * L + half * L;
     masks[half] = S::first(static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(L, w.K - k))));
   }
@@ -521,13 +522,13 @@ __attribute__((always_inline)) inline void backward_block(const FusedBackwardRow
   // itself); the functor's direct part (GRU: in d_h) added to the first block's.
   for (int64_t b0 = j0; b0 < j1; b0 += kSumDepth) {
     const int64_t b1 = std::min(j1, b0 + kSumDepth);
-    typename S::V acc[M][2];
+    typename S::V acc[M][C];
     for (int m = 0; m < M; ++m) {
-      for (int half = 0; half < 2; ++half) acc[m][half] = S::zero();
+      for (int half = 0; half < C; ++half) acc[m][half] = S::zero();
     }
-    tile_product<S, M, 2>(w.w + q * w.J * 2 * L, d_rows, b0, b1, acc, prefetch);
+    tile_product<S, M, C, 2>(w.w + q * w.J * 2 * L, d_rows, b0, b1, acc, prefetch);
     for (int m = 0; m < M; ++m) {
-      for (int half = 0; half < 2; ++half) {
+      for (int half = 0; half < C; ++half) {
         const int64_t at = (row + m) * w.K + q * 2 * L + half * L;
         typename S::V sum = acc[m][half];
         if (b0 > 0) {
@@ -560,27 +561,37 @@ void fused_backward(const F* steps, const FusedBackwardRows<typename F::scalar_t
 #pragma omp parallel num_threads(threads)
   {
     const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t first = w.blocks * t / nt, last = w.blocks * (t + 1) / nt;
-    // As in the forward: each full row block prefetches its share of the
-    // thread's next panel.
     const int64_t depth = panel_depth(kBytesPerJ, w.J, S::kPanelBytes);
-    const PanelWalk walk{w.w, w.J, 2 * L, depth, first, last};
-    for (int64_t s = 0; s < count; ++s) {
+    // The thread's share of a step's product over `product_rows` rows: whole
+    // blocks [first, last), and where the blocks do not divide evenly and each
+    // thread would get a whole register block of rows, rows [row0, row1) of the
+    // blocks % nt left over, [owned, w.blocks) (as fused_steps shares its tiles).
+    // The next step's functors run on the same units and rows: a thread reads
+    // only the d_h its own product wrote, so one barrier a step suffices.
+    struct Share {
+      int64_t first, last, owned, row0, row1;
+    };
+    auto share_of = [&](int64_t product_rows) {
+      const bool by_rows = w.blocks % nt != 0 && product_rows >= nt * kRows;
+      const int64_t owned = by_rows ? w.blocks / nt * nt : w.blocks;
+      return Share{owned * t / nt, owned * (t + 1) / nt, owned, product_rows * t / nt,
+                   product_rows * (t + 1) / nt};
+    };
+    // The functors on rows [b0, b1) of units [j0, j1): row by row, each row's
+    // units in order, so the saved gates, cells and gradients stream from memory
+    // in runs (by unit first, a row apart each access jumped 2-8 KB, past the
+    // prefetchers); a block's 2L units at once (two vectors, simd_pair.h).
+    auto functors = [&](int64_t s, int64_t b0, int64_t b1, int64_t j0, int64_t j1) {
       const FusedBackwardRows<T>& step = rows[s];
-      // Row by row, each row's units in order: the saved gates, cells and
-      // gradients stream from memory in runs of the thread's units (by unit
-      // first, a row apart each access jumped 2-8 KB, past the prefetchers).
-      // A block's 2L units at once (two vectors, simd_pair.h).
-      const int64_t j_end = std::min(last * 2 * L, H);
-      for (int64_t b = 0; b < step.rows; ++b) {
-        for (int64_t j = first * 2 * L; j < j_end; j += 2 * L) {
+      for (int64_t b = b0; b < b1; ++b) {
+        for (int64_t j = j0; j < j1; j += 2 * L) {
           apply_span<Lanes, PairLanes>(steps[s], b, j,
-                                       static_cast<int>(std::min<int64_t>(2 * L, H - j)));
+                                       static_cast<int>(std::min<int64_t>(2 * L, j1 - j)));
           if constexpr (kWidens) {
             // The functor's gradient on this step's products, widened for the product.
-            for (int64_t unit = j; unit < std::min(j + 2 * L, H); unit += L) {
+            for (int64_t unit = j; unit < std::min(j + 2 * L, j1); unit += L) {
               const typename S::Mask mask =
-                  S::first(static_cast<int>(std::min<int64_t>(L, H - unit)));
+                  S::first(static_cast<int>(std::min<int64_t>(L, j1 - unit)));
               for (int64_t g = 0; g < G; ++g) {
                 const int64_t at = b * w.J + g * H + unit;
                 S::store(mask, step.d_recurrent_float + at, S::load(mask, step.d_recurrent + at));
@@ -589,22 +600,45 @@ void fused_backward(const F* steps, const FusedBackwardRows<typename F::scalar_t
           }
         }
       }
+    };
+    for (int64_t s = 0; s < count; ++s) {
+      const FusedBackwardRows<T>& step = rows[s];
+      // Rows past the last product's (a packed batch's sequences that end here)
+      // read no product: the last thread takes them in the shared blocks.
+      const bool after_product = s > 0 && rows[s - 1].product;
+      const Share before = share_of(after_product ? rows[s - 1].rows : step.rows);
+      functors(s, 0, step.rows, before.first * 2 * L, std::min(before.last * 2 * L, H));
+      functors(s, std::min(before.row0, step.rows),
+               t == nt - 1 ? step.rows : std::min(before.row1, step.rows),
+               before.owned * 2 * L, H);
       barrier.wait();
       if (!step.product) continue;
-      for (int64_t q = first; q < last; ++q) {
+      const Share own = share_of(step.rows);
+      // As in the forward: each full row block of the thread's own blocks
+      // prefetches its share of the thread's next panel; shared blocks none.
+      const PanelWalk walk{w.w, w.J, 2 * L, depth, own.first, own.last};
+      auto product = [&](int64_t q, int64_t row0, int64_t row1) {
+        // A last block of at most L units forms only its first half (half the
+        // multiply-adds of a full block, and no masked accesses of no lanes).
+        const bool narrow = H - q * 2 * L <= L;
         for (int64_t j0 = 0; j0 < w.J; j0 += depth) {
           const int64_t j1 = std::min(w.J, j0 + depth);
-          for_row_blocks<kRows>(step.rows, /*even_split=*/false, [&](auto count, int64_t row,
-                                                                      int64_t block, int64_t blocks) {
+          for_row_blocks<kRows>(row1 - row0, /*even_split=*/false, [&](auto count, int64_t row,
+                                                                        int64_t block,
+                                                                        int64_t blocks) {
             constexpr int M = decltype(count)::value;
-            if (block >= 0) {
-              backward_block<S, M>(step, w, q, row, j0, j1, walk.share(q, j1, block, blocks));
+            PanelPrefetch prefetch;
+            if (block >= 0 && q < own.last) prefetch = walk.share(q, j1, block, blocks);
+            if (narrow) {
+              backward_block<S, M, 1>(step, w, q, row0 + row, j0, j1, prefetch);
             } else {
-              backward_block<S, M>(step, w, q, row, j0, j1);
+              backward_block<S, M, 2>(step, w, q, row0 + row, j0, j1, prefetch);
             }
           });
         }
-      }
+      };
+      for (int64_t q = own.first; q < own.last; ++q) product(q, 0, step.rows);
+      for (int64_t q = own.owned; q < w.blocks; ++q) product(q, own.row0, own.row1);
     }
   }
 }

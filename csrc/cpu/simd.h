@@ -214,10 +214,11 @@ void run_fused_backward_dpbf16(const F* steps,
                                int64_t count, const PackedRecurrentT& w, int threads);
 
 // Runs `count` backward steps in one parallel region. Each thread owns a range
-// of 32-unit blocks: per step it runs steps[s] on its units (the functor adds the
-// step's grad_output to d_h as it reads it), and after a barrier forms its units
-// of the next d_h from every unit's d_recurrent. A thread only ever reads its own units of d_h, so
-// one barrier per step suffices.
+// of 2L-unit blocks (32 units on AVX-512, 16 on AVX2), and a share by rows of
+// those left over where they do not divide evenly: per step it runs steps[s] on its
+// units (the functor adds the step's grad_output to d_h as it reads it), and
+// after a barrier forms its units of the next d_h from every unit's d_recurrent.
+// A thread only ever reads the d_h it formed, so one barrier per step suffices.
 template <typename F>
 void run_fused_backward_avx512(const F* steps,
                                const FusedBackwardRows<typename F::scalar_type>* rows,

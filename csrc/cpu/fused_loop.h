@@ -255,6 +255,21 @@ struct PanelWalk {
   }
 };
 
+// A thread's share of a step's `units` blocks of packed weights (the forward's
+// tiles, the backward's 2L-unit blocks) over its `rows` rows: whole blocks [first,
+// last), and where the blocks do not divide evenly among the nt threads and each
+// thread would get a whole register block (block_rows) of rows, rows [row0, row1)
+// of the units % nt left over, [owned, units); else owned == units.
+struct ThreadShare {
+  int64_t first, last, owned, row0, row1;
+
+  static ThreadShare of(int64_t units, int64_t rows, int64_t block_rows, int64_t t, int64_t nt) {
+    const bool by_rows = units % nt != 0 && rows >= nt * block_rows;
+    const int64_t owned = by_rows ? units / nt * nt : units;
+    return {owned * t / nt, owned * (t + 1) / nt, owned, rows * t / nt, rows * (t + 1) / nt};
+  }
+};
+
 // Which units the step functor runs on after a tile's last panel (fused_steps):
 // the tile's own, none (the thread's next tile runs it), or the previous tile's
 // and its own, two vectors at a time (simd_pair.h: the gate math's dependency
@@ -444,9 +459,8 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
       // B 64 1.7%; bfloat16 2-4%; the AVX2 kernels (8-unit tiles) 1.5-3%. Fewer rows
       // keep whole tiles (RNN H 300 B 8: shared, its tile pairs split, 2-3% slower).
       constexpr int64_t kRows = S::template forward_rows<G>();
-      const bool by_rows = w.tiles % nt != 0 && step.rows >= nt * kRows;
-      const int64_t owned = by_rows ? w.tiles / nt * nt : w.tiles;
-      const int64_t first = owned * t / nt, last = owned * (t + 1) / nt;
+      const ThreadShare share = ThreadShare::of(w.tiles, step.rows, kRows, t, nt);
+      const int64_t first = share.first, last = share.last;
       const PanelWalk walk{w.w, w.K, G * S::kLanes, depth, first, last};
       // Tile u (and u + 1 when kPair) over [k0, k1), rows [row0, row1) R at a time;
       // a shared tile's blocks (u past the thread's own) prefetch nothing.
@@ -485,16 +499,15 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
               continue;
             }
           }
-          panel(std::integral_constant<int, S::template forward_rows<G>()>{}, std::false_type{},
-                u, k0, k1, functor, 0, step.rows);
+          panel(std::integral_constant<int, kRows>{}, std::false_type{}, u, k0, k1, functor, 0,
+                step.rows);
         }
         u += two ? 2 : 1;
       }
-      const int64_t row0 = step.rows * t / nt, row1 = step.rows * (t + 1) / nt;
-      for (int64_t u = owned; u < w.tiles; ++u) {
+      for (int64_t u = share.owned; u < w.tiles; ++u) {
         for (int64_t k0 = 0; k0 < w.K; k0 += depth) {
-          panel(std::integral_constant<int, S::template forward_rows<G>()>{}, std::false_type{},
-                u, k0, std::min(w.K, k0 + depth), TileFunctor::kOwn, row0, row1);
+          panel(std::integral_constant<int, kRows>{}, std::false_type{}, u, k0,
+                std::min(w.K, k0 + depth), TileFunctor::kOwn, share.row0, share.row1);
         }
       }
       barrier.wait();
@@ -562,20 +575,12 @@ void fused_backward(const F* steps, const FusedBackwardRows<typename F::scalar_t
   {
     const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t depth = panel_depth(kBytesPerJ, w.J, S::kPanelBytes);
-    // The thread's share of a step's product over `product_rows` rows: whole
-    // blocks [first, last), and where the blocks do not divide evenly and each
-    // thread would get a whole register block of rows, rows [row0, row1) of the
-    // blocks % nt left over, [owned, w.blocks) (as fused_steps shares its tiles).
-    // The next step's functors run on the same units and rows: a thread reads
-    // only the d_h its own product wrote, so one barrier a step suffices.
-    struct Share {
-      int64_t first, last, owned, row0, row1;
-    };
+    // The thread's share of a step's product over `product_rows` rows (as
+    // fused_steps shares its tiles). The next step's functors run on the same units
+    // and rows: a thread reads only the d_h its own product wrote, so one barrier a
+    // step suffices.
     auto share_of = [&](int64_t product_rows) {
-      const bool by_rows = w.blocks % nt != 0 && product_rows >= nt * kRows;
-      const int64_t owned = by_rows ? w.blocks / nt * nt : w.blocks;
-      return Share{owned * t / nt, owned * (t + 1) / nt, owned, product_rows * t / nt,
-                   product_rows * (t + 1) / nt};
+      return ThreadShare::of(w.blocks, product_rows, kRows, t, nt);
     };
     // The functors on rows [b0, b1) of units [j0, j1): row by row, each row's
     // units in order, so the saved gates, cells and gradients stream from memory
@@ -606,14 +611,14 @@ void fused_backward(const F* steps, const FusedBackwardRows<typename F::scalar_t
       // Rows past the last product's (a packed batch's sequences that end here)
       // read no product: the last thread takes them in the shared blocks.
       const bool after_product = s > 0 && rows[s - 1].product;
-      const Share before = share_of(after_product ? rows[s - 1].rows : step.rows);
+      const ThreadShare before = share_of(after_product ? rows[s - 1].rows : step.rows);
       functors(s, 0, step.rows, before.first * 2 * L, std::min(before.last * 2 * L, H));
       functors(s, std::min(before.row0, step.rows),
                t == nt - 1 ? step.rows : std::min(before.row1, step.rows),
                before.owned * 2 * L, H);
       barrier.wait();
       if (!step.product) continue;
-      const Share own = share_of(step.rows);
+      const ThreadShare own = share_of(step.rows);
       // As in the forward: each full row block of the thread's own blocks
       // prefetches its share of the thread's next panel; shared blocks none.
       const PanelWalk walk{w.w, w.J, 2 * L, depth, own.first, own.last};

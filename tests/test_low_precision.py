@@ -90,6 +90,43 @@ def test_low_precision_fused_loop_sizes(name, hidden, batch, packed, dtype, devi
     check_errors(run_module(fused, leaves, build), run_module(ref, leaves, build), exact, dtype)
 
 
+@pytest.mark.parametrize("form", ["dense", "packed", "no_bias", "odd_input", "unaligned"])
+@pytest.mark.parametrize("kind,hidden,input_size",
+                         [("LSTM", 37, 1100), ("GRU", 64, 200), ("RNN", 70, 130), ("RNN", 96, 64)])
+def test_bf16_projection_in_loop(kind, hidden, input_size, form, device):
+    """Where bfloat16 loops run on vdpbf16ps (cpu_bf16_dot()), a layer whose input rows pair
+    up forms its input projection inside the forward loop (fused_forward_cpu.h's
+    forms_projection_in_loop, here 40 rows a step: every size): W_ih's pairs in W_hh's
+    tiles, a depth of 550 pairs summed in registers in one block (I 1100), partial tiles
+    (37, 70 units), RNN's tile pairs with an odd tile left (70) and without (96), no bias,
+    packed sequences whose batch shrinks, both directions. An odd input width (its rows
+    are not whole pairs) and an input that starts 2 bytes into a buffer (its pairs are
+    not 4-byte aligned) take the chunks' GEMM instead. Outputs and gradients within twice
+    torch.nn's error against float64; on other CPUs, the same judges their loop."""
+    torch.manual_seed(hidden)
+    dtype = torch.bfloat16
+    if form == "odd_input":
+        input_size += 1
+    options = dict(bidirectional=True, bias=form != "no_bias", device=device, dtype=dtype)
+    ref = getattr(torch.nn, kind)(input_size, hidden, **options)
+    fused = getattr(rnnfused, kind)(input_size, hidden, **options)
+    fused.load_state_dict(ref.state_dict())
+    T, B = 8, 40
+    lengths = torch.tensor([T - (b * 4) // B for b in range(B)])  # T down to 5
+    x = torch.randn(T, B, input_size, device=device, dtype=dtype)
+
+    def build(x_):
+        if form == "unaligned":
+            # the same values one element into a buffer: contiguous, data_ptr 2 (mod 4)
+            x_ = torch.cat([x_.new_zeros(1), x_.flatten()])[1:].view(x_.shape)
+            if x_.dtype == dtype:
+                assert x_.is_contiguous() and x_.data_ptr() % 4 == 2
+        return (pack_padded_sequence(x_, lengths) if form == "packed" else x_,)
+
+    exact = run_float64_twin(ref, (x,), build)
+    check_errors(run_module(fused, (x,), build), run_module(ref, (x,), build), exact, dtype)
+
+
 # bfloat16's forward loops other than the float32 one on widened values: the switch that
 # turns each off, its probe, and whether this CPU should run it (flags, vendor, AMX on).
 BF16_LOOPS = {

@@ -187,34 +187,59 @@ inline bool fused_forward_applies(const LayerSizes& sz, bool low_precision) {
          sz.hidden > 0 && sz.rows >= kMinSteps * sz.batch;
 }
 
-// Whether a float32 layer's fused forward forms its input projection in the loop,
-// a step's rows at a time (PackedRecurrent::w_input), rather than as a GEMM per
-// chunk of ~512 rows: from 2^22 multiply-adds of a step's projection (the widest
-// step's rows x G*H x I), the input's rows with unit stride, the bias contiguous,
-// and enough rows per step for W_ih's reads each step to pay: 32, or 8 where W_ih
-// and W_hh together (float32) fit in 24 MB (3/4 of the last-level cache a Zen 5
-// core shares here). The loop's register blocks run at ~98% of the FMA peak where
-// the chunks' GEMM reached ~90% (two Zen 5 cores; a second pass over K in the loop,
-// timed), and x_proj stays in cache between its forming and its functor. In-process
-// A/B there: LSTM 100, 64, 512, 512 forward 5% faster (training 1%), 256, 256 7%,
-// 512 -> 1024 6%, GRU 256, 256 4%, RNN 512, 512 even; T 50, B 8-16, H 1024: GRU
-// 10-12%, RNN 13%, LSTM H 768 8-9%; on the AVX2 kernels (RNNFUSED_CPU_ISA=avx2,
-// the same CPU) 1-3%. Few rows make short register blocks that stream all of W_ih
-// each step: at T 50, LSTM H 1024 B 1-8 took 1.45-2x the chunks' time (32 MB of
-// weights), LSTM I 2048, H 512 B 1-4 1.24-2.4x, GRU I 2048, H 1024 B 2 1.63x; so
-// did LSTM 50, 1, 64, 64 (25%), 100, 8, 128, 128 (5%) and 100, 32, 64, 64 (9%)
-// below the work bound.
+// Whether a layer's fused forward forms its input projection in the loop, a step's
+// rows at a time (PackedRecurrent::w_input), rather than as a GEMM per chunk of
+// ~512 rows (2048 in bfloat16): the input's rows with unit stride, the bias
+// contiguous, and for
+// - float32: from 2^22 multiply-adds of a step's projection (the widest step's rows
+//   x G*H x I), with enough rows per step for W_ih's reads each step to pay: 32, or
+//   8 where W_ih and W_hh together fit in 24 MB (3/4 of the last-level cache a Zen 5
+//   core shares here). The loop's register blocks run at ~98% of the FMA peak where
+//   the chunks' GEMM reached ~90% (two Zen 5 cores; a second pass over K in the
+//   loop, timed), and x_proj stays in cache between its forming and its functor.
+//   In-process A/B there: LSTM 100, 64, 512, 512 forward 5% faster (training 1%),
+//   256, 256 7%, 512 -> 1024 6%, GRU 256, 256 4%, RNN 512, 512 even; T 50, B 8-16, H
+//   1024: GRU 10-12%, RNN 13%, LSTM H 768 8-9%; on the AVX2 kernels
+//   (RNNFUSED_CPU_ISA=avx2, the same CPU) 1-3%. Few rows make short register blocks
+//   that stream all of W_ih each step: at T 50, LSTM H 1024 B 1-8 took 1.45-2x the
+//   chunks' time (32 MB of weights), LSTM I 2048, H 512 B 1-4 1.24-2.4x, GRU I 2048,
+//   H 1024 B 2 1.63x; so did LSTM 50, 1, 64, 64 (25%), 100, 8, 128, 128 (5%) and
+//   100, 32, 64, 64 (9%) below the work bound.
+// - bfloat16 on the dot product's loop (`pairs`): an even I (each input row read as
+//   I / 2 pairs, 4-byte aligned) and, whatever the work, 8 rows a step (16 for a
+//   single-gate layer), 32 where the weights pass 24 MB, or any rows where W_ih and
+//   W_hh take at most 64 KB a gate (I = H = 128). The chunks' GEMM is oneDNN's,
+//   ~20 us of set-up a call. In-process A/B, two Zen 5 cores, T 50, I = H, forward:
+//   H 64 B 1-64 LSTM 22-31% faster, GRU 24-38%, RNN 22-45%; H 128 B 1-64 LSTM
+//   7-20%, GRU 15-18% (B 1 3% slower), RNN 4-22%; H 256-1024 B 8-64 LSTM 2-15%, GRU
+//   9-18% (H 512 B 8 1% slower); RNN B 64 3-10%, B 16-32 within 4% either way;
+//   LSTM 100, 64, 512, 512 9%, training 1.6%. Where the rule leaves the chunks:
+//   LSTM, GRU H 256-1024 B 1-4 0-40% slower in the loop, RNN H 256 B 8 18%, H 512-2048
+//   B 8 13-41%.
 inline bool forms_projection_in_loop(const LayerSizes& sz, const at::Tensor& input,
-                                     const at::Tensor& bias) {
+                                     const at::Tensor& bias, bool pairs) {
   constexpr int64_t kMinStepWork = int64_t{1} << 22;
   constexpr int64_t kManyRows = 32, kMinRows = 8;
   constexpr int64_t kCachedWeightBytes = int64_t{24} << 20;
-  if (input.scalar_type() != at::kFloat || input.dim() != 2 || input.size(1) == 0 ||
-      input.stride(1) != 1 || (bias.defined() && !bias.is_contiguous())) {
+  constexpr int64_t kSmallGateBytes = int64_t{64} << 10;
+  if (input.dim() != 2 || input.size(1) == 0 || input.stride(1) != 1 ||
+      (bias.defined() && !bias.is_contiguous())) {
     return false;
   }
   const int64_t I = input.size(1), GH = sz.gates * sz.hidden;
-  const int64_t weight_bytes = (I + sz.output) * GH * int64_t{sizeof(float)};
+  // The dot product's loop reads each input row as I / 2 pairs of bfloat16.
+  const bool rows_as_pairs = I % 2 == 0 && input.stride(0) % 2 == 0 &&
+                             reinterpret_cast<uintptr_t>(input.data_ptr()) % 4 == 0;
+  if (pairs ? input.scalar_type() != at::kBFloat16 || !rows_as_pairs
+            : input.scalar_type() != at::kFloat) {
+    return false;
+  }
+  const int64_t weight_bytes = (I + sz.output) * GH * input.element_size();
+  if (pairs) {
+    const int64_t min_rows = sz.gates == 1 ? 2 * kMinRows : kMinRows;
+    return weight_bytes <= sz.gates * kSmallGateBytes || sz.batch >= kManyRows ||
+           (sz.batch >= min_rows && weight_bytes <= kCachedWeightBytes);
+  }
   return sz.batch * GH * I >= kMinStepWork &&
          (sz.batch >= kManyRows || (sz.batch >= kMinRows && weight_bytes <= kCachedWeightBytes));
 }
@@ -316,21 +341,26 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
   PackedRecurrent w{packed.data_ptr<float>(), packed.size(1), H, G, packed.size(0)};
   // The input projection formed by the loop, a step's rows at a time, where
   // forms_projection_in_loop: W_ih packed as W_hh is, x_proj one buffer.
-  at::Tensor packed_input;
+  // A bfloat16 layer on the dot product: W_ih in pairs as W_hh, the input rows read
+  // as pairs, the bias widened.
+  at::Tensor packed_input, input_bias;
   const float* input_rows = nullptr;
   int64_t input_stride = 0;
-  if constexpr (kFloat) {
+  if (kFloat || pairs) {
     const auto operands = x_proj.operands();
     const at::Tensor& input = operands.input;
     const at::Tensor& bias = operands.bias;
-    if (forms_projection_in_loop(sz, input, bias)) {
+    if (forms_projection_in_loop(sz, input, bias, pairs)) {
       x_proj.form_in_loop();
-      packed_input = pack_recurrent(operands.w_ih, G, H, fused_lanes());
+      packed_input = pairs ? pack_recurrent_pairs(operands.w_ih, G, H)
+                           : pack_recurrent(operands.w_ih, G, H, fused_lanes());
+      input_bias = bias.defined() ? bias.to(at::kFloat) : at::Tensor();
+      const int64_t per_k = pairs ? 2 : 1;  // input values a k of the reduction
       w.w_input = packed_input.data_ptr<float>();
-      w.I = input.size(1);
-      w.input_bias = bias.defined() ? bias.data_ptr<float>() : nullptr;
-      input_rows = input.data_ptr<float>();
-      input_stride = input.stride(0);
+      w.I = input.size(1) / per_k;
+      w.input_bias = bias.defined() ? input_bias.data_ptr<float>() : nullptr;
+      input_rows = static_cast<const float*>(input.data_ptr());
+      input_stride = input.stride(0) / per_k;
     }
   }
   // The state before and after each step, alternating, in float32: a step reads
@@ -395,12 +425,10 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
         FusedStepRows<scalar_t> row{
             sched.rows(s), h_in, sums, prod, out, h_out,
             kFloat ? nullptr : stored[(s + 1) % 2].data_ptr<scalar_t>(), x_proj_s};
-        if constexpr (kFloat) {
-          if (input_rows != nullptr) {
-            row.x_in = input_rows + sched.offset(s) * input_stride;
-            row.x_stride = input_stride;
-            row.x_proj_out = const_cast<float*>(x_proj_s);  // the buffer it hands out
-          }
+        if (input_rows != nullptr) {
+          row.x_in = input_rows + sched.offset(s) * input_stride;
+          row.x_stride = input_stride;
+          row.x_proj_out = const_cast<scalar_t*>(x_proj_s);  // the buffer it hands out
         }
         return std::make_pair(make_step(s, x_proj_s, h_prev, prod, out), row);
       },

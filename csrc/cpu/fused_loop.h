@@ -356,15 +356,18 @@ __attribute__((always_inline)) inline void fused_tile(const F& f, const FusedSte
   if (w.w_input != nullptr && k0 == 0) {
     // The input projection of the tile's rows, formed here (before the first panel
     // of the recurrent product) into x_proj, where the functor reads it: the same
-    // register blocks over the input rows and W_ih's packed tile (I rows), summed
-    // kSumDepth terms at a time, the bias added to the first block's sums
-    // (fused_forward_cpu.h's forms_projection_in_loop says where).
-    const int64_t I = w.I;
+    // register blocks over the input rows and W_ih's packed tile (I rows), the bias
+    // added to the first block's sums (fused_forward_cpu.h's forms_projection_in_loop
+    // says where). A float32 x_proj is summed kSumDepth terms at a time; a bfloat16
+    // one (the dot product's loop: I pairs of input values a row) in registers over
+    // all of I, rounded once, as a GEMM's bfloat16 out is.
+    using Out = std::remove_pointer_t<decltype(step.x_proj_out)>;
+    const int64_t I = w.I, sum_depth = std::is_same_v<Out, float> ? kSumDepth : I;
     const float* x_rows[M];
     for (int m = 0; m < M; ++m) x_rows[m] = step.x_in + (row + m) * step.x_stride;
     for (int g0 = 0; g0 < G; g0 += kGatesAPass) {
-      for (int64_t b0 = 0; b0 < I; b0 += kSumDepth) {
-        const int64_t b1 = std::min(I, b0 + kSumDepth);
+      for (int64_t b0 = 0; b0 < I; b0 += sum_depth) {
+        const int64_t b1 = std::min(I, b0 + sum_depth);
         typename S::V acc[M][C];
         for (int m = 0; m < M; ++m) {
           for (int c = 0; c < C; ++c) acc[m][c] = S::zero();
@@ -379,7 +382,7 @@ __attribute__((always_inline)) inline void fused_tile(const F& f, const FusedSte
                                          ? S::load(lanes, w.input_bias + column)
                                          : S::zero();
           for (int m = 0; m < M; ++m) {
-            float* at = step.x_proj_out + (row + m) * G * H + column;
+            Out* at = step.x_proj_out + (row + m) * G * H + column;
             const typename S::V sum = S::add(acc[m][c], b0 == 0 ? bias : S::load(lanes, at));
             S::store(lanes, at, sum);
           }

@@ -70,7 +70,7 @@ inline bool float64_vectors() { return active_isa() != Isa::kScalar && avx2_floa
 // One tile's product for a row is G vectors: gate g of units Lu .. Lu + L - 1.
 // w_input: W_ih [G*H, I] in the same layout, [tiles, I, G * L], where the loop forms
 // the input projection itself (FusedStepRows::x_in), else null; input_bias: the
-// projection's bias [G*H] there, or null.
+// projection's bias [G*H] in float32 there, or null.
 struct PackedRecurrent {
   const float* w;  // [tiles, K, G * L]
   int64_t K, H, G, tiles;
@@ -103,12 +103,13 @@ struct FusedStepRows {
                         //   the functor (GRU), or null (float32: the functor's h_prev is
                         //   the next step's h_in)
   const T* x_proj;      // [rows, G * H] the input projection the functor reads (prefetched)
-  // Where the loop forms that projection (PackedRecurrent::w_input; float32 layers):
-  // the step's input rows, x_stride floats apart, and x_proj's writable address;
+  // Where the loop forms that projection (PackedRecurrent::w_input; float32 layers,
+  // and bfloat16 ones on the dot product, whose input rows are read as pairs): the
+  // step's input rows, x_stride floats (pairs) apart, and x_proj's writable address;
   // else null.
   const float* x_in = nullptr;
   int64_t x_stride = 0;
-  float* x_proj_out = nullptr;
+  T* x_proj_out = nullptr;
 };
 
 // Runs `count` forward steps in one parallel region: each thread owns a range
@@ -134,8 +135,9 @@ bool bf16_dot_loops();
 // w is W_hh [G*H, 2K] (zero-padded to an even width) packed as PackedRecurrent
 // packs a float32 [G*H, K] whose elements are the bfloat16 pairs (the even unit in
 // the lower half), and each row's h_in and h_out hold K such pairs (bfloat16 values
-// 2K apart, zero past the layer's state). No input projection in the loop (w_input
-// null).
+// 2K apart, zero past the layer's state). Where the loop forms the input projection
+// (w_input), W_ih is packed the same way, I its pairs, and the input rows are read as
+// pairs (FusedStepRows::x_in).
 template <typename F>
 void run_fused_steps_dpbf16(const F* steps, const FusedStepRows<typename F::scalar_type>* rows,
                             int64_t count, const PackedRecurrent& w, int threads);

@@ -90,24 +90,30 @@ def test_low_precision_fused_loop_sizes(name, hidden, batch, packed, dtype, devi
     check_errors(run_module(fused, leaves, build), run_module(ref, leaves, build), exact, dtype)
 
 
-@pytest.mark.parametrize("form", ["dense", "packed", "no_bias", "odd_input", "unaligned"])
+@pytest.mark.parametrize("form", ["dense", "packed", "no_bias", "reverse", "odd_input",
+                                  "unaligned"])
 @pytest.mark.parametrize("kind,hidden,input_size",
-                         [("LSTM", 37, 1100), ("GRU", 64, 200), ("RNN", 70, 130), ("RNN", 96, 64)])
+                         [("LSTM", 37, 1100), ("LSTM", 520, 64), ("GRU", 64, 200),
+                          ("RNN", 70, 130), ("RNN", 96, 64)])
 def test_bf16_projection_in_loop(kind, hidden, input_size, form, device):
-    """Where bfloat16 loops run on vdpbf16ps (cpu_bf16_dot()), a layer whose input rows pair
-    up forms its input projection inside the forward loop (fused_forward_cpu.h's
-    forms_projection_in_loop, here 40 rows a step: every size): W_ih's pairs in W_hh's
-    tiles, a depth of 550 pairs summed in registers in one block (I 1100), partial tiles
-    (37, 70 units), RNN's tile pairs with an odd tile left (70) and without (96), no bias,
-    packed sequences whose batch shrinks, both directions. An odd input width (its rows
-    are not whole pairs) and an input that starts 2 bytes into a buffer (its pairs are
-    not 4-byte aligned) take the chunks' GEMM instead. Outputs and gradients within twice
-    torch.nn's error against float64; on other CPUs, the same judges their loop."""
+    """Where bfloat16 loops run on vdpbf16ps (cpu_bf16_dot()) on two threads, a layer whose
+    input rows pair up forms its input projection inside the forward loop
+    (fused_forward_cpu.h's forms_projection_in_loop, here 40 rows a step: every size):
+    W_ih's pairs in W_hh's tiles, a depth of 550 pairs summed in registers in one block
+    (I 1100), partial tiles (37, 70 units), RNN's tile pairs with an odd tile left (70) and
+    without (96), no bias, packed sequences whose batch shrinks, and (bidirectional) the
+    reverse direction: in the loop for RNN and the LSTM of H 520 (its directions one after
+    the other: W_hh past 1 MB), in chunks for the smaller LSTM and GRU, whose directions run
+    a thread each. An odd input width (its rows are not whole pairs) and an input that
+    starts 2 bytes into a buffer (its pairs not 4-byte aligned) take the chunks' GEMM too.
+    Outputs and gradients within twice torch.nn's error against float64; on other CPUs,
+    the same judges their loop."""
     torch.manual_seed(hidden)
     dtype = torch.bfloat16
     if form == "odd_input":
         input_size += 1
-    options = dict(bidirectional=True, bias=form != "no_bias", device=device, dtype=dtype)
+    options = dict(bidirectional=form == "reverse", bias=form != "no_bias", device=device,
+                   dtype=dtype)
     ref = getattr(torch.nn, kind)(input_size, hidden, **options)
     fused = getattr(rnnfused, kind)(input_size, hidden, **options)
     fused.load_state_dict(ref.state_dict())

@@ -568,7 +568,9 @@ def test_projection_in_loop_matches_torch_nn(kind, hidden, input_size, form, dev
     loop (fused_forward_cpu.h's forms_projection_in_loop): depths past one summed
     block of 512 (709, 1024), partial tiles (37 and 70 units), RNN's tile pairs with
     an odd tile left (70: 5 tiles of 16) and without (96), no bias, packed sequences
-    whose batch shrinks, the reverse direction: torch.nn's outputs and gradients."""
+    whose batch shrinks, the reverse direction (RNN's in the loop; a bidirectional
+    LSTM's and GRU's directions run a thread each, inside a parallel region, where the
+    chunks' GEMM forms the projection): torch.nn's outputs and gradients."""
     torch.manual_seed(0)
     options = dict(bidirectional=form == "bidirectional", bias=form != "no_bias")
     theirs = getattr(torch.nn, kind)(input_size, hidden, **options).to(device)

@@ -343,16 +343,19 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
   // The input projection formed by the loop, a step's rows at a time, where
   // forms_projection_in_loop: W_ih packed as W_hh is, x_proj one buffer.
   // A bfloat16 layer on the dot product: W_ih in pairs as W_hh, the input rows read
-  // as pairs, the bias widened; where the loop runs on two threads or more (on one,
-  // or inside a parallel region: a bidirectional layer's directions a thread each,
-  // the chunks' GEMM forks no threads and stays ahead: in-process A/B, one thread,
-  // T 100, H 128, LSTM B 4-64 3-25% faster in chunks, GRU 0-5%; the 2-layer
-  // bidirectional LSTM B 4-64 3-13%).
-  const bool loop_forks = threads > 1 && !at::in_parallel_region();
+  // as pairs, the bias widened. Neither inside a parallel region (a bidirectional
+  // LSTM's or GRU's directions, a thread each, both reading their weights at once)
+  // nor, in bfloat16, on one thread: there the chunks' GEMM forks no threads and stays
+  // ahead. In-process A/B, two Zen 5 cores: float32 bidirectional LSTM T 50, H 256 B
+  // 32-64 and GRU H 128 B 256 1.5-3.4% faster in chunks (7-8 of 8 rounds; float32
+  // on one thread alone: LSTM, GRU, RNN H 512 B 16-64 even, RNN B 16 5% faster in
+  // the loop); bfloat16 on one thread, T 100, H 128: LSTM B 4-64 3-25%, GRU 0-5%, the
+  // 2-layer bidirectional LSTM B 4-64 3-13%.
+  const bool in_region = at::in_parallel_region();
   at::Tensor packed_input, input_bias;
   const float* input_rows = nullptr;
   int64_t input_stride = 0;
-  if (kFloat || (pairs && loop_forks)) {
+  if ((kFloat && !in_region) || (pairs && threads > 1 && !in_region)) {
     const auto operands = x_proj.operands();
     const at::Tensor& input = operands.input;
     const at::Tensor& bias = operands.bias;

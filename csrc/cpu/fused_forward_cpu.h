@@ -355,7 +355,7 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
   at::Tensor packed_input, input_bias;
   const float* input_rows = nullptr;
   int64_t input_stride = 0;
-  if ((kFloat && !in_region) || (pairs && threads > 1 && !in_region)) {
+  if (!in_region && (kFloat || (pairs && threads > 1))) {
     const auto operands = x_proj.operands();
     const at::Tensor& input = operands.input;
     const at::Tensor& bias = operands.bias;

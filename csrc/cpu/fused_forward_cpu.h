@@ -216,14 +216,22 @@ inline bool fused_forward_applies(const LayerSizes& sz, bool low_precision) {
 //   LSTM 100, 64, 512, 512 9%, training 1.6%. Where the rule leaves the chunks:
 //   LSTM, GRU H 256-1024 B 1-4 0-40% slower in the loop, RNN H 256 B 8 18%, H 512-2048
 //   B 8 13-41%.
+// Neither inside a parallel region (a bidirectional LSTM's or GRU's directions, a
+// thread each, both reading their weights at once) nor, in bfloat16, where the loop
+// runs on one thread (`threads`): there the chunks' GEMM forks no threads and stays
+// ahead. In-process A/B, two Zen 5 cores: float32 bidirectional LSTM T 50, H 256 B
+// 32-64 and GRU H 128 B 256 1.5-3.4% faster in chunks (7-8 of 8 rounds; float32 on
+// one thread alone: LSTM, GRU, RNN H 512 B 16-64 even, RNN B 16 5% faster in the
+// loop); bfloat16 on one thread, T 100, H 128: LSTM B 4-64 3-25%, GRU 0-5%, the
+// 2-layer bidirectional LSTM B 4-64 3-13%.
 inline bool forms_projection_in_loop(const LayerSizes& sz, const at::Tensor& input,
-                                     const at::Tensor& bias, bool pairs) {
+                                     const at::Tensor& bias, bool pairs, int threads) {
   constexpr int64_t kMinStepWork = int64_t{1} << 22;
   constexpr int64_t kManyRows = 32, kMinRows = 8;
   constexpr int64_t kCachedWeightBytes = int64_t{24} << 20;
   constexpr int64_t kSmallGateBytes = int64_t{64} << 10;
-  if (input.dim() != 2 || input.size(1) == 0 || input.stride(1) != 1 ||
-      (bias.defined() && !bias.is_contiguous())) {
+  if (at::in_parallel_region() || (pairs && threads < 2) || input.dim() != 2 ||
+      input.size(1) == 0 || input.stride(1) != 1 || (bias.defined() && !bias.is_contiguous())) {
     return false;
   }
   const int64_t I = input.size(1), GH = sz.gates * sz.hidden;
@@ -343,23 +351,15 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
   // The input projection formed by the loop, a step's rows at a time, where
   // forms_projection_in_loop: W_ih packed as W_hh is, x_proj one buffer.
   // A bfloat16 layer on the dot product: W_ih in pairs as W_hh, the input rows read
-  // as pairs, the bias widened. Neither inside a parallel region (a bidirectional
-  // LSTM's or GRU's directions, a thread each, both reading their weights at once)
-  // nor, in bfloat16, on one thread: there the chunks' GEMM forks no threads and stays
-  // ahead. In-process A/B, two Zen 5 cores: float32 bidirectional LSTM T 50, H 256 B
-  // 32-64 and GRU H 128 B 256 1.5-3.4% faster in chunks (7-8 of 8 rounds; float32
-  // on one thread alone: LSTM, GRU, RNN H 512 B 16-64 even, RNN B 16 5% faster in
-  // the loop); bfloat16 on one thread, T 100, H 128: LSTM B 4-64 3-25%, GRU 0-5%, the
-  // 2-layer bidirectional LSTM B 4-64 3-13%.
-  const bool in_region = at::in_parallel_region();
+  // as pairs, the bias widened.
   at::Tensor packed_input, input_bias;
   const float* input_rows = nullptr;
   int64_t input_stride = 0;
-  if (!in_region && (kFloat || (pairs && threads > 1))) {
+  if (kFloat || pairs) {
     const auto operands = x_proj.operands();
     const at::Tensor& input = operands.input;
     const at::Tensor& bias = operands.bias;
-    if (forms_projection_in_loop(sz, input, bias, pairs)) {
+    if (forms_projection_in_loop(sz, input, bias, pairs, threads)) {
       x_proj.form_in_loop();
       packed_input = pairs ? pack_recurrent_pairs(operands.w_ih, G, H)
                            : pack_recurrent(operands.w_ih, G, H, fused_lanes());
@@ -367,7 +367,7 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
       const int64_t per_k = pairs ? 2 : 1;  // input values a k of the reduction
       w.w_input = packed_input.data_ptr<float>();
       w.I = input.size(1) / per_k;
-      w.input_bias = bias.defined() ? input_bias.data_ptr<float>() : nullptr;
+      w.input_bias = input_bias.defined() ? input_bias.data_ptr<float>() : nullptr;
       input_rows = static_cast<const float*>(input.data_ptr());
       input_stride = input.stride(0) / per_k;
     }

@@ -1,9 +1,10 @@
 // bfloat16 and float16 <-> float32 for 16 lanes, AVX-512: the one copy for the
-// translation units compiled for it (step_avx512.cpp, gemm_avx512.cpp), included
-// after their target pragma. bfloat16 is the upper half of a float: widening is a
-// shift; narrowing rounds to nearest even, NaN to the quiet NaN 0x7fc0 (as
-// c10::BFloat16 does). float16 converts in hardware (AVX-512F's vcvtph2ps /
-// vcvtps2ph), rounding to nearest even as c10::Half does.
+// translation units compiled for it (step_avx512.cpp and step_avx512_bf16.cpp
+// through simd_avx512.h, gemm_avx512.cpp), included after their target pragma.
+// bfloat16 is the upper half of a float: widening is a shift; narrowing rounds to
+// nearest even, NaN to the quiet NaN 0x7fc0 (as c10::BFloat16 does). float16
+// converts in hardware (AVX-512F's vcvtph2ps / vcvtps2ph), rounding to nearest even
+// as c10::Half does.
 #pragma once
 
 #include <immintrin.h>

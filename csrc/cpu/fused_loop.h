@@ -1,7 +1,8 @@
 // The persistent forward and backward loops (simd.h's run_fused_steps_<isa> and
 // run_fused_backward_<isa>), written once over the vector instruction set. Each
-// ISA translation unit (step_avx512.cpp, step_avx2.cpp) includes it after
-// simd_rows.h, with `Lanes` and `PairLanes` defined, and passes a traits struct S:
+// ISA translation unit (step_avx512.cpp, step_avx512_bf16.cpp, step_avx2.cpp)
+// includes it after simd_rows.h, with `Lanes` and `PairLanes` defined, and passes a
+// traits struct S:
 //   V, Mask, kLanes         a vector of kLanes floats, a mask of some of its lanes
 //   zero(), load(p), load(mask, p) (zero past the mask), store(mask, p, v),
 //                           the masked two also on the storage type of every layer
@@ -21,7 +22,7 @@
 //   transpose(V (&)[kLanes])  a kLanes x kLanes block transposed (W_hh's packing)
 //   State, kStatePerK       the state operand's element type and its elements per step
 //                           k of the reduction: float and 1, or for the bfloat16 dot
-//                           product's loop (step_avx512.cpp's SimdDot, whose fma is
+//                           product's loop (step_avx512_bf16.cpp's SimdDot, whose fma is
 //                           vdpbf16ps and whose k are pairs of state units)
 //                           c10::BFloat16 and 2: FusedStepRows' h_in and h_out then
 //                           hold bfloat16 pairs, K (PackedRecurrent) pairs a row; in

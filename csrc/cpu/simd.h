@@ -1,6 +1,7 @@
 // Which vectorised step kernels this CPU runs, and their entry points. The
 // kernels live in step_avx512.cpp and step_avx2.cpp (the persistent loops of both
-// from fused_loop.h), gemm_avx512.cpp and peak_avx512.cpp / peak_avx2.cpp, compiled for those
+// from fused_loop.h; the bfloat16 loops on vdpbf16ps in step_avx512_bf16.cpp),
+// gemm_avx512.cpp and peak_avx512.cpp / peak_avx2.cpp, compiled for those
 // instruction sets; everything else runs on any x86-64 (or other) CPU.
 // No ATen here: the ISA translation units include this header.
 #pragma once

@@ -42,13 +42,14 @@ namespace {
 // float32 sums, denormals flushed). Half the instructions of the float32 loop on
 // widened values, each at the FMA's rate on Zen 5 (bench.py's peaks: 1005 against
 // 558 GFLOP/s on two cores).
-// The intrinsic, not inline assembly ("+v"(acc)): around the asm GCC 12 copied a
-// 4- or 5-row block's accumulators to other registers at every vdpbf16ps and kept
+// The intrinsic, not inline assembly ("+v"(acc)): around the asm GCC 12 copied
+// a 4-row block's accumulators to other registers at every vdpbf16ps and kept
 // one on the stack, a chain through memory (LSTM B 16 = 6 + 6 + 4 rows: the 4-row
-// block took 25% of the time for 25% of the rows, at half the 6-row blocks' rate).
-// In-process A/B, two Zen 5 cores, T 50, forward: LSTM H 512 B 64 2.6% faster, B 28
-// 7%, B 16 11%, B 8 2%; H 128-1024 B 16-64 2-11%; GRU and RNN (8- and 12-row blocks)
-// and every backward the same within noise.
+// block took 1.5x the 6-row blocks' time a row; now the same).
+// In-process A/B, two Zen 5 cores, forward, where a 4-row block is left (B % 6 == 4):
+// LSTM H 512 B 16 11% faster, B 28 7%, B 64 2.6%; H 128-1024 B 16 4.5-11%, B 64 2-3%;
+// B 8 (6 + 2 rows) 2%; other batches (whole or spread blocks, B 20-36, 128) within
+// 1%; GRU and RNN (8- and 12-row blocks) and every backward within noise.
 struct SimdDot : Simd {
   using State = c10::BFloat16;
   static constexpr int64_t kStatePerK = 2;

@@ -18,6 +18,9 @@
 //                           at a time (one vector of each), in blocks of kPairRows rows
 //   kEvenRowBlocks          whether the forward spreads a few rows left after whole
 //                           blocks over them (for_row_blocks' even_split)
+//   kPairedFunctorDepth     the most k steps a tile's product may take (its recurrent
+//                           K, plus I where the loop forms the input projection) for
+//                           two tiles' functors to run together (TileFunctor)
 //   kPanelBytes             the most packed weights a panel of the reduction takes
 //   transpose(V (&)[kLanes])  a kLanes x kLanes block transposed (W_hh's packing)
 //   State, kStatePerK       the state operand's element type and its elements per step
@@ -275,7 +278,11 @@ struct ThreadShare {
 // the tile's own, none (the thread's next tile runs it), or the previous tile's
 // and its own, two vectors at a time (simd_pair.h: the gate math's dependency
 // chains interleaved; in-process A/B, two Zen 2 cores: LSTM 100, 64, 512, 512
-// forward 1.5% faster, GRU 3%; AVX-512 not measured).
+// forward 1.5% faster, GRU 3%). Only where a tile's product is short enough
+// (S::kPairedFunctorDepth): the previous tile's gates, formed a whole pass of row
+// blocks earlier, come back from L2 rather than L1, and its output rows were
+// claimed (PREFETCHW) as long ago; the interleaving pays for that only where the
+// gate math weighs enough beside the product.
 enum class TileFunctor { kOwn, kNext, kWithPrevious };
 
 // Rows [row, row + M) of tile u over k in [k0, k1) (kPair: tiles u and u + 1, a
@@ -486,14 +493,17 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
           }
         });
       };
+      const bool paired_functors =
+          w.K + (w.w_input != nullptr ? w.I : 0) <= S::kPairedFunctorDepth;
       for (int64_t u = first; u < last;) {
         const bool two = kPairs && u + 1 < last;
-        // A lone tile's functor runs with the next one's (fused_tile): the thread's
-        // tiles first, first + 1 pair up, an odd last one alone.
-        const TileFunctor functor = two                     ? TileFunctor::kOwn
-                                    : (u - first) % 2 == 1 ? TileFunctor::kWithPrevious
-                                    : u + 1 < last         ? TileFunctor::kNext
-                                                           : TileFunctor::kOwn;
+        // A lone tile's functor runs with the next one's (fused_tile) where
+        // paired_functors: the thread's tiles first, first + 1 pair up, an odd last
+        // one alone.
+        const TileFunctor functor = two || !paired_functors ? TileFunctor::kOwn
+                                    : (u - first) % 2 == 1  ? TileFunctor::kWithPrevious
+                                    : u + 1 < last          ? TileFunctor::kNext
+                                                            : TileFunctor::kOwn;
         for (int64_t k0 = 0; k0 < w.K; k0 += depth) {
           const int64_t k1 = std::min(w.K, k0 + depth);
           if constexpr (kPairs) {

@@ -216,6 +216,9 @@ struct Simd {
   // accumulators to spare (these kernels on a Zen 5, processes alternating: spread,
   // LSTM B 13 and GRU B 9 were 6% slower, LSTM B 20 2%).
   static constexpr bool kEvenRowBlocks = false;
+  // Two tiles' functors together at every depth (fused_loop.h's TileFunctor; measured
+  // on Zen 2 there).
+  static constexpr int64_t kPairedFunctorDepth = INT64_MAX;
 };
 
 }  // namespace

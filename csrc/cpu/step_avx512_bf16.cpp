@@ -53,6 +53,11 @@ namespace {
 struct SimdDot : Simd {
   using State = c10::BFloat16;
   static constexpr int64_t kStatePerK = 2;
+  // Two tiles' functors together at every depth: the products take half the float32
+  // loop's instructions, the gate math as many. Paired against each tile's own,
+  // in-process A/B, T 50: LSTM H 64 B 16-256 4-6% faster, H 128 1.5-4%, H 512 B 16-256
+  // within 2%; GRU H 64 5-8%, H 512 within 0.5%.
+  static constexpr int64_t kPairedFunctorDepth = INT64_MAX;
   static V fma(V a, V b, V c) {
     // GCC's vector casts: the same 64 bytes, read as 32 bfloat16.
     return _mm512_dpbf16_ps(c, (__m512bh)a, (__m512bh)b);

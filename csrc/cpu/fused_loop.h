@@ -326,7 +326,8 @@ __attribute__((always_inline)) inline void fused_tile(const F& f, const FusedSte
   // product, formed a pass of row blocks ago, read back too). Prefetched for the
   // call that runs the functor, not the one that forms the product (in-process A/B,
   // two Zen 5 cores, forward, paired tiles: float32 LSTM H 64 0.6-1.6% faster, GRU
-  // 0.6%, bfloat16 LSTM H 64-512 0.2-1%).
+  // 0.6%, bfloat16 LSTM H 64-512 0.2-1%; the AVX2 kernels on that CPU, LSTM and GRU
+  // H 128-512, 0.2-2%).
   const int64_t functor_first = functor == TileFunctor::kWithPrevious ? j - L : j;
   const int functor_tiles = functor == TileFunctor::kNext ? 0
                             : functor == TileFunctor::kWithPrevious ? kTiles + 1

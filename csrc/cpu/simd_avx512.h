@@ -5,8 +5,8 @@
 // step_avx512_bf16.cpp, which adds AVX512-BF16), and defined in an unnamed
 // namespace there: no code compiled for AVX-512 can stand in for a generic copy
 // elsewhere, nor code compiled for AVX512-BF16 for a copy of step_avx512.cpp's.
-// The includer brings <immintrin.h>, c10::BFloat16 / c10::Half, step_functors.h
-// and simd.h in first.
+// The includer brings <immintrin.h>, <cstdint> and c10::BFloat16 / c10::Half in
+// first (the last two before its target pragma: step_avx512.cpp says why).
 #pragma once
 
 #include "avx512_transpose.h"

@@ -471,6 +471,9 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
   {
     const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t depth = panel_depth(kBytesPerK, w.K, S::kPanelBytes);
+    // Whether a thread's tiles pair their functors (TileFunctor), for every step.
+    const bool paired_functors =
+        w.K + (w.w_input != nullptr ? w.I : 0) <= S::kPairedFunctorDepth;
     for (int64_t s = 0; s < count; ++s) {
       const FusedStepRows<typename F::scalar_type>& step = rows[s];
       // Each thread owns whole tiles [first, last). Where the tiles do not divide
@@ -506,8 +509,6 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
           }
         });
       };
-      const bool paired_functors =
-          w.K + (w.w_input != nullptr ? w.I : 0) <= S::kPairedFunctorDepth;
       for (int64_t u = first; u < last;) {
         const bool two = kPairs && u + 1 < last;
         // A lone tile's functor runs with the next one's (fused_tile) where

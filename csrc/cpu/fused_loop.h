@@ -713,25 +713,31 @@ void pack_tiles(const float* w, int64_t G, int64_t H, int64_t K, int64_t begin, 
 }  // namespace cpu
 }  // namespace rnnfused
 
-// An ISA's run_fused_steps_<isa> and run_fused_backward_<isa> (simd.h) on its traits
-// `Simd`, instantiated for the float32 step functors (RNNFUSED_INSTANTIATE_FUSED_LOOPS
-// adds another storage type), and its pack_recurrent_tiles_<isa>. Used in namespace
+// A forward and a backward loop entry point (simd.h's run_fused_steps_<isa> and
+// run_fused_backward_<isa>) on the traits S, templates over the step functor:
+// RNNFUSED_INSTANTIATE_FUSED_LOOPS instantiates them for a storage type. Used in
+// namespace rnnfused::cpu.
+#define RNNFUSED_DEFINE_FUSED_LOOP_ENTRIES(S, steps_fn, backward_fn)                          \
+  template <typename F>                                                                       \
+  void steps_fn(const F* steps, const FusedStepRows<typename F::scalar_type>* rows,          \
+                int64_t count, const PackedRecurrent& w, int threads) {                       \
+    fused_steps<S, F::kGates>(steps, rows, count, w, threads);                                \
+  }                                                                                           \
+  template <typename F>                                                                       \
+  void backward_fn(const F* steps, const FusedBackwardRows<typename F::scalar_type>* rows,   \
+                   int64_t count, const PackedRecurrentT& w, int threads) {                   \
+    fused_backward<S>(steps, rows, count, w, threads);                                        \
+  }
+
+// An ISA's loops on its traits `Simd` (the entry points above, instantiated for the
+// float32 step functors) and its pack_recurrent_tiles_<isa>. Used in namespace
 // rnnfused::cpu.
 #define RNNFUSED_DEFINE_FUSED_LOOPS(steps_fn, backward_fn, pack_fn)                           \
   void pack_fn(const float* w, int64_t G, int64_t H, int64_t K, int64_t begin, int64_t end,  \
                float* dst) {                                                                  \
     pack_tiles<Simd>(w, G, H, K, begin, end, dst);                                            \
   }                                                                                           \
-  template <typename F>                                                                       \
-  void steps_fn(const F* steps, const FusedStepRows<typename F::scalar_type>* rows,          \
-                int64_t count, const PackedRecurrent& w, int threads) {                       \
-    fused_steps<Simd, F::kGates>(steps, rows, count, w, threads);                             \
-  }                                                                                           \
-  template <typename F>                                                                       \
-  void backward_fn(const F* steps, const FusedBackwardRows<typename F::scalar_type>* rows,   \
-                   int64_t count, const PackedRecurrentT& w, int threads) {                   \
-    fused_backward<Simd>(steps, rows, count, w, threads);                                     \
-  }                                                                                           \
+  RNNFUSED_DEFINE_FUSED_LOOP_ENTRIES(Simd, steps_fn, backward_fn)                             \
   RNNFUSED_INSTANTIATE_FUSED_LOOPS(steps_fn, backward_fn, float)
 
 #define RNNFUSED_INSTANTIATE_FUSED_LOOPS(steps_fn, backward_fn, T)                            \

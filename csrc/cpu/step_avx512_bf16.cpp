@@ -74,17 +74,7 @@ struct SimdDot : Simd {
 namespace rnnfused {
 namespace cpu {
 
-template <typename F>
-void run_fused_steps_dpbf16(const F* steps, const FusedStepRows<typename F::scalar_type>* rows,
-                            int64_t count, const PackedRecurrent& w, int threads) {
-  fused_steps<SimdDot, F::kGates>(steps, rows, count, w, threads);
-}
-template <typename F>
-void run_fused_backward_dpbf16(const F* steps,
-                               const FusedBackwardRows<typename F::scalar_type>* rows,
-                               int64_t count, const PackedRecurrentT& w, int threads) {
-  fused_backward<SimdDot>(steps, rows, count, w, threads);
-}
+RNNFUSED_DEFINE_FUSED_LOOP_ENTRIES(SimdDot, run_fused_steps_dpbf16, run_fused_backward_dpbf16)
 RNNFUSED_INSTANTIATE_FUSED_LOOPS(run_fused_steps_dpbf16, run_fused_backward_dpbf16, c10::BFloat16);
 
 }  // namespace cpu

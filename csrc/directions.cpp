@@ -22,6 +22,7 @@
 #include <exception>
 #include <vector>
 
+#include "cpu/simd.h"
 #include "op_handle.h"
 namespace rnnfused {
 namespace {
@@ -42,15 +43,17 @@ struct GilReleased {
   }
 };
 
-// Runs run(0) and run(1) on two threads (one after the other if OpenMP gives one),
-// each under the caller's thread-local state (grad mode, autocast, dispatch keys);
-// rethrows the first direction's error.
+// Runs run(0) and run(1) on two threads (one after the other if OpenMP gives one,
+// or the process may run on one CPU only: cpu::capped_threads), each under the
+// caller's thread-local state (grad mode, autocast, dispatch keys); rethrows the
+// first direction's error.
 template <typename F>
 void run_two(const F& run) {
   const at::ThreadLocalState state;
   std::exception_ptr errors[2];
   const GilReleased gil;
-#pragma omp parallel num_threads(2)
+  const int threads = cpu::capped_threads(2);
+#pragma omp parallel num_threads(threads)
   {
     const at::ThreadLocalStateGuard guard(state);
     for (int d = omp_get_thread_num(); d < 2; d += omp_get_num_threads()) {

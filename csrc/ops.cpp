@@ -6,6 +6,7 @@
 // output_mask: which of (input, initial states, w_ih, w_hh, b_ih, b_hh, w_hr) get
 // gradients; the others come back as [0] tensors and cost no work.
 #include <Python.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <string>
@@ -116,6 +117,10 @@ TORCH_LIBRARY(rnnfused, m) {
   m.def("cpu_cache_bytes() -> int",
         [] { return static_cast<int64_t>(rnnfused::cpu::cached_bytes()); });
   m.def("cpu_cache_clear() -> ()", [] { rnnfused::cpu::release_cached_blocks(); });
+  // The threads the CPU kernels fork at most: torch's (torch.get_num_threads()), at
+  // most one per CPU the process may run on (cpu::capped_threads).
+  m.def("cpu_threads() -> int",
+        [] { return int64_t{rnnfused::cpu::capped_threads(at::get_num_threads())}; });
   // Whether bfloat16 layers run their persistent forward loop on AMX tiles here.
   m.def("cpu_amx() -> bool", [] {
 #if defined(__x86_64__)

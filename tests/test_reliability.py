@@ -313,6 +313,51 @@ def test_threads_match_serial(name):
             torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-5)
 
 
+def test_cpu_threads_at_most_the_usable_cpus():
+    """The CPU kernels fork torch's threads, at most one per CPU the process may run
+    on (its affinity mask): more would spin at the persistent loops' barrier while a
+    thread still working waits for a CPU."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert torch.ops.rnnfused.cpu_threads() == min(torch.get_num_threads(), usable)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity")
+def test_more_threads_than_cpus_match_torch_nn():
+    """A process allowed one CPU (its affinity mask) with torch set to 2 threads: the
+    kernels run on one (cpu_threads), the two directions of a layer one after the
+    other, and every kind's outputs and gradients are torch.nn's, at sizes whose
+    persistent loops and GEMMs would fork (T 20, B 32, H 128, 2 layers,
+    bidirectional). The mask is read again after it changes (first 1 CPU, then all)."""
+    script = """
+import os, time
+cpus = sorted(os.sched_getaffinity(0))
+os.sched_setaffinity(0, {cpus[0]})
+import torch, rnnfused
+from helpers import make_twins
+torch.set_num_threads(2)
+assert torch.ops.rnnfused.cpu_threads() == 1, torch.ops.rnnfused.cpu_threads()
+torch.manual_seed(0)
+for name in ("LSTM", "GRU", "RNN"):
+    ref, fused = make_twins(name, 128, 128, num_layers=2, bidirectional=True)
+    x = torch.randn(20, 32, 128, requires_grad=True)
+    got_out = fused(x)[0]
+    want_out = ref(x)[0]
+    torch.testing.assert_close(got_out, want_out, atol=1e-5, rtol=1e-4)
+    got = torch.autograd.grad(got_out.sum(), [x, *fused.parameters()])
+    want = torch.autograd.grad(want_out.sum(), [x, *ref.parameters()])
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+os.sched_setaffinity(0, set(cpus))
+time.sleep(0.15)  # the mask is read again at most every 100 ms
+print("threads", torch.ops.rnnfused.cpu_threads(), min(2, len(cpus)))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=subprocess_env(), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got, want = proc.stdout.split("threads")[-1].split()
+    assert got == want, proc.stdout
+
+
 # ---------------------------------------------------------------- 5. memory
 
 

@@ -166,11 +166,13 @@ inline at::Tensor pack_recurrent_amx(const at::Tensor& w_hh, int64_t G, int64_t 
   return packed;
 }
 
-// Threads for a loop whose steps cost `work` multiply-adds over `parts` units of split.
+// Threads for a loop whose steps cost `work` multiply-adds over `parts` units of split:
+// torch's, at most one per CPU the process may run on (capped_threads).
 inline int loop_threads(int64_t work, int64_t parts) {
   // Small steps run on one thread: a barrier would cost more than the split saves.
   if (work < (int64_t{1} << 16)) return 1;
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), parts)));
+  return static_cast<int>(std::max<int64_t>(
+      1, std::min<int64_t>(capped_threads(at::get_num_threads()), parts)));
 }
 
 // Whether a bfloat16 backward loop over W_hh [J, K] forms its product on vdpbf16ps

@@ -60,7 +60,7 @@ inline GemmSplit split_gemm(int64_t M, int64_t N, int64_t K, bool a_by_columns, 
   s.register_blocks = (M + row_block - 1) / row_block;
   s.rows = (s.register_blocks + s.blocks - 1) / s.blocks * row_block;
   s.group = std::min(most_group, s.panels);
-  const int64_t wanted = 2 * omp_get_max_threads();
+  const int64_t wanted = 2 * capped_threads(omp_get_max_threads());
   while (s.group > 1 && s.blocks * ((s.panels + s.group - 1) / s.group) < wanted) s.group /= 2;
   s.groups = (s.panels + s.group - 1) / s.group;
   return s;
@@ -101,12 +101,14 @@ void walk_unit(const GemmSplit& s, int64_t u, int64_t M, int64_t K, int64_t dept
 // to the units) once they are worth a fork, from fork_work multiply-adds (2^18:
 // alternated in one process on two Intel vCPUs, an RNNCell's 8 x 128 x 128
 // backward products, 2^17, 5% faster over a B 8, H 128 training loop on one
-// thread; a GRUCell's 8 x 384 x 128 still faster split); one inside a parallel
-// region or below a GemmsOnCallingThread's limit (simd.h).
+// thread; a GRUCell's 8 x 384 x 128 still faster split), at most one per CPU the
+// process may run on (capped_threads); one inside a parallel region or below a
+// GemmsOnCallingThread's limit (simd.h).
 constexpr int64_t kForkWork = int64_t{1} << 18;
 inline int gemm_threads(int64_t work, int64_t units, int64_t fork_work = kForkWork) {
   return work >= std::max(fork_work, calling_thread_gemm_work()) && !omp_in_parallel()
-             ? static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), units)))
+             ? static_cast<int>(
+                   std::max<int64_t>(1, std::min<int64_t>(capped_threads(omp_get_max_threads()), units)))
              : 1;
 }
 

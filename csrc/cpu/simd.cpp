@@ -2,10 +2,15 @@
 #include "simd.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 
 #if defined(__linux__)
+#include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
@@ -74,6 +79,42 @@ const Bf16Features& bf16_features() {
 }  // namespace
 
 bool has_amx_bf16() { return bf16_features().amx; }
+
+namespace {
+
+int read_usable_cpus() {
+#if defined(__linux__)
+  cpu_set_t mask;
+  CPU_ZERO(&mask);
+  if (sched_getaffinity(0, sizeof(mask), &mask) == 0) return CPU_COUNT(&mask);
+#endif
+  return static_cast<int>(std::thread::hardware_concurrency());
+}
+
+}  // namespace
+
+int usable_cpus() {
+  using Clock = std::chrono::steady_clock;
+  constexpr int64_t kRereadNs = 100'000'000;
+  static std::atomic<int64_t> read_at{0};  // ns on Clock; 0: never read
+  static std::atomic<int> cpus{0};
+  const int64_t now =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
+          .count();
+  const int64_t last = read_at.load(std::memory_order_acquire);
+  if (last == 0 || now - last >= kRereadNs) {
+    // Racing threads each read the mask and store the same answer.
+    cpus.store(read_usable_cpus(), std::memory_order_relaxed);
+    read_at.store(now == 0 ? 1 : now, std::memory_order_release);
+  }
+  return cpus.load(std::memory_order_relaxed);
+}
+
+int capped_threads(int threads) {
+  if (threads <= 1) return std::max(threads, 1);
+  const int cpus = usable_cpus();
+  return cpus > 0 ? std::min(threads, cpus) : threads;
+}
 
 bool has_prefetchw() {
   static const bool has = [] {

@@ -318,11 +318,19 @@ _PAIR_MAX_RECURRENT = 1 << 18
 _PAIR_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
+def _two_threads() -> bool:
+    """Whether the CPU kernels fork 2 threads: torch's 2, or more capped at the 2 CPUs
+    the process may run on (torch.ops.rnnfused.cpu_threads, asked only then)."""
+    threads = torch.get_num_threads()
+    return threads == 2 or (threads > 2 and torch.ops.rnnfused.cpu_threads() == 2)
+
+
 def _directions_together(input: Tensor, w_hh: Tensor) -> bool:
     """Whether both directions of a layer run at once, a thread each
-    (csrc/directions.cpp): eager CPU float32, bfloat16 or float16 on exactly 2 threads (with more, each
-    direction in turn gets them all; one thread each was measured to pay on 2 only),
-    W_hh small enough, and
+    (csrc/directions.cpp): eager CPU float32, bfloat16 or float16 on exactly 2 threads,
+    torch's or, with more, the CPU kernels' where the process may run on 2 CPUs only
+    (cpu_threads; else each direction in turn gets them all: one thread each was
+    measured to pay on 2 only), W_hh small enough, and
     nothing that would run Python inside the threads: modes, tensor subclasses,
     saved-tensor hooks (activation checkpointing, save_on_cpu), anomaly mode."""
     # A traced graph keeps one op per direction (torch.compile; torch.jit.trace can't
@@ -331,7 +339,7 @@ def _directions_together(input: Tensor, w_hh: Tensor) -> bool:
         return False
     return (
         input.is_cpu and input.dtype in _PAIR_DTYPES and type(input) is Tensor
-        and w_hh.numel() <= _PAIR_MAX_RECURRENT and torch.get_num_threads() == 2
+        and w_hh.numel() <= _PAIR_MAX_RECURRENT and _two_threads()
         and not torch._C._is_torch_function_mode_enabled()
         and torch._C._len_torch_dispatch_stack() == 0
         and torch._C._autograd._top_saved_tensors_default_hooks(False) is None

@@ -92,6 +92,19 @@ def make_twins(name: str, *args, device="cpu", dtype=torch.float32, **kwargs):
     return ref, fused
 
 
+def pair_nodes(tensor: torch.Tensor) -> int:
+    """The autograd nodes of the two-direction ops (csrc/directions.cpp) in tensor's graph."""
+    seen, pending, count = set(), [tensor.grad_fn], 0
+    while pending:
+        node = pending.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        count += "LayerPair" in node.name()
+        pending.extend(parent for parent, _ in node.next_functions)
+    return count
+
+
 def make_kind_twins(kind: str, device="cpu", dtype=torch.float32, **kwargs):
     name, extra = module_spec(kind)
     return make_twins(name, INPUT_SIZE, HIDDEN_SIZE, device=device, dtype=dtype, **extra, **kwargs)

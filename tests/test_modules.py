@@ -5,7 +5,10 @@ pickling, copies, dtype moves, parametrizations, dropout)."""
 import copy
 import functools
 import io
+import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -23,12 +26,14 @@ from helpers import (
     make_kind_twins,
     make_twins,
     module_spec,
+    pair_nodes,
     run_float64_twin,
     run_module,
     tolerances,
     INPUT_SIZE,
     HIDDEN_SIZE,
     SEQ_LEN,
+    subprocess_env,
 )
 
 DTYPES = [torch.float32, torch.float64]
@@ -634,19 +639,6 @@ def test_functional_call_and_reassigned_weights_are_seen(name):
     torch.testing.assert_close(fused(x)[0], ref(x)[0])
 
 
-def _pair_nodes(tensor: torch.Tensor) -> int:
-    """The autograd nodes of the two-direction ops (csrc/directions.cpp) in tensor's graph."""
-    seen, pending, count = set(), [tensor.grad_fn], 0
-    while pending:
-        node = pending.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        count += "LayerPair" in node.name()
-        pending.extend(parent for parent, _ in node.next_functions)
-    return count
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16],
                          ids=["f32", "bf16", "f16"])
 @pytest.mark.parametrize("form", ["batched", "packed_unsorted"])
@@ -668,9 +660,40 @@ def test_bidirectional_directions_run_together(name, form, dtype):
         if form == "packed_unsorted":
             x = nn.utils.rnn.pack_padded_sequence(x, [5, 7, 2], enforce_sorted=False)
         output = fused(x)[0]
-        assert _pair_nodes(output.data if form == "packed_unsorted" else output) == 2  # two layers
+        assert pair_nodes(output.data if form == "packed_unsorted" else output) == 2  # two layers
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs os.sched_setaffinity and 2 CPUs")
+def test_directions_together_where_threads_are_capped_at_two_cpus():
+    """torch set to 4 threads in a process allowed 2 CPUs: the kernels fork 2
+    (cpu_threads), so a bidirectional layer's directions run together, a thread
+    each, as on 2 threads (one pair node per layer), with torch.nn's results."""
+    script = """
+import os
+os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:2]))
+import torch, rnnfused
+from helpers import make_twins, pair_nodes
+torch.set_num_threads(4)
+assert torch.ops.rnnfused.cpu_threads() == 2, torch.ops.rnnfused.cpu_threads()
+torch.manual_seed(0)
+for name in ("LSTM", "GRU"):
+    ref, fused = make_twins(name, 16, 32, num_layers=2, bidirectional=True)
+    x = torch.randn(9, 4, 16, requires_grad=True)
+    out = fused(x)[0]
+    assert pair_nodes(out) == 2, pair_nodes(out)  # two layers
+    want = ref(x)[0]
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-4)
+    got = torch.autograd.grad(out.sum(), [x, *fused.parameters()])
+    for g, w in zip(got, torch.autograd.grad(want.sum(), [x, *ref.parameters()]), strict=True):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=subprocess_env(), timeout=300)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("name", ["LSTM", "GRU"])

@@ -29,6 +29,16 @@ namespace cpu {
 // The floats of the persistent loops' vectors on this CPU: their tiles' width.
 inline int64_t fused_lanes() { return active_isa() == Isa::kAvx512 ? 16 : 8; }
 
+// at::parallel_for(begin, end, grain, f) on at most capped_threads(torch's threads)
+// threads: its grain raised so that no more chunks run. at::parallel_for cuts the
+// range into as many chunks as it forks threads, so where torch's threads fit the
+// CPUs the cut is the same.
+template <typename F>
+void capped_parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
+  const int64_t threads = capped_threads(at::get_num_threads());
+  at::parallel_for(begin, end, std::max(grain, (end - begin + threads - 1) / threads), f);
+}
+
 // w [G*H, K] of 32-bit values (float32, or bfloat16 pairs) -> [tiles, K, G * L] (see
 // PackedRecurrent; L = fused_lanes()), zero past H, on the calling ISA's transposes
 // (which move bits: pairs pass unchanged). Tiles split over the threads (a large
@@ -43,7 +53,7 @@ inline at::Tensor pack_tiles_in_parallel(const float* w, int64_t G, int64_t H, i
   TORCH_INTERNAL_ASSERT(L == (avx512 ? 16 : 8), "rnnfused: tiles of ", L, " units on this ISA");
   // Tiles in parallel from 64 KB of packed weights a thread (below it, one thread).
   const int64_t grain = std::max<int64_t>(1, (int64_t{16} << 10) / std::max<int64_t>(1, K * G * L));
-  at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
+  capped_parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
     float* dst = base + begin * K * G * L;
     if (avx512) {
       pack_recurrent_tiles_avx512(w, G, H, K, begin, end, dst);
@@ -86,7 +96,7 @@ template <int R, typename E>
 void pack_row_blocks(const E* src, int64_t J, int64_t K, int64_t width, E* dst) {
   const int64_t blocks = (K + width - 1) / width, row = R * width;
   const int64_t grain = std::max<int64_t>(1, (int64_t{16} << 10) / std::max<int64_t>(1, J * row));
-  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+  capped_parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
     for (int64_t q = begin; q < end; ++q) {
       const int64_t first = q * width, count = std::min(width, K - first);
       E* out = dst + q * J * row;
@@ -145,7 +155,7 @@ inline at::Tensor pack_recurrent_amx(const at::Tensor& w_hh, int64_t G, int64_t 
   const int64_t block_bytes = G * chunks * kAmxTileValues * 2;
   const int64_t grain =
       std::max<int64_t>(1, (int64_t{32} << 10) / std::max<int64_t>(1, block_bytes));
-  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+  capped_parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
     uint16_t* dst = base + begin * chunks * G * kAmxTileValues;
     for (int64_t u = begin; u < end; ++u) {
       for (int64_t c = 0; c < chunks; ++c) {

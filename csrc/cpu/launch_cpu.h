@@ -1,5 +1,6 @@
 // Runs a step functor (step_functors.h) over [0, n) on the CPU, split over
-// at::parallel_for's threads once there is enough work to pay for them. Float
+// at::parallel_for's threads (at most one per CPU the process may run on:
+// capped_parallel_for) once there is enough work to pay for them. Float
 // steps run 16 (AVX-512) or 8 (AVX2) units per call where the CPU has them
 // (simd.h), bfloat16 and float16 steps 16 units per call with AVX-512, double
 // steps 4 with AVX2; CPUs without those instructions run one unit at a time.
@@ -410,7 +411,7 @@ struct CpuLaunch {
         const int64_t rows = n / f.H;
         const int64_t grain = kDouble ? kFloat64GrainSize : kGrainSize;
         const int64_t grain_rows = (grain + f.H - 1) / f.H;
-        at::parallel_for(0, rows, grain_rows, [&](int64_t begin, int64_t end) {
+        cpu::capped_parallel_for(0, rows, grain_rows, [&](int64_t begin, int64_t end) {
           if constexpr (kFloat || kDouble) {
             if (avx2) {
               cpu::run_rows_avx2(f, begin, end);
@@ -423,7 +424,7 @@ struct CpuLaunch {
       }
     }
 #endif
-    at::parallel_for(0, n, kGrainSize, [&](int64_t begin, int64_t end) {
+    cpu::capped_parallel_for(0, n, kGrainSize, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) f(i);
     });
   }

@@ -29,10 +29,11 @@ namespace cpu {
 // The floats of the persistent loops' vectors on this CPU: their tiles' width.
 inline int64_t fused_lanes() { return active_isa() == Isa::kAvx512 ? 16 : 8; }
 
-// at::parallel_for(begin, end, grain, f) on at most capped_threads(torch's threads)
-// threads: its grain raised so that no more chunks run. at::parallel_for cuts the
-// range into as many chunks as it forks threads, so where torch's threads fit the
-// CPUs the cut is the same.
+// at::parallel_for(begin, end, grain, f) with work for at most capped_threads(torch's
+// threads) of them: its grain raised so that no more chunks run (ATen's OpenMP
+// parallel_for forks all of torch's threads and gives chunks to as many as the grain
+// allows; the others return at once). It cuts the range into as many chunks as
+// threads, so where torch's threads fit the CPUs the cut is the same.
 template <typename F>
 void capped_parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
   const int64_t threads = capped_threads(at::get_num_threads());

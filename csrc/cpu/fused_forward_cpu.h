@@ -33,11 +33,15 @@ inline int64_t fused_lanes() { return active_isa() == Isa::kAvx512 ? 16 : 8; }
 // threads) of them: its grain raised so that no more chunks run (ATen's OpenMP
 // parallel_for forks all of torch's threads and gives chunks to as many as the grain
 // allows; the others return at once). It cuts the range into as many chunks as
-// threads, so where torch's threads fit the CPUs the cut is the same.
+// threads, so where torch's threads fit the CPUs the cut is the same. A range of one
+// grain or less runs inline there, without asking for the cap.
 template <typename F>
 void capped_parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
-  const int64_t threads = capped_threads(at::get_num_threads());
-  at::parallel_for(begin, end, std::max(grain, (end - begin + threads - 1) / threads), f);
+  if (end - begin > grain) {
+    const int64_t threads = capped_threads(at::get_num_threads());
+    grain = std::max(grain, (end - begin + threads - 1) / threads);
+  }
+  at::parallel_for(begin, end, grain, f);
 }
 
 // w [G*H, K] of 32-bit values (float32, or bfloat16 pairs) -> [tiles, K, G * L] (see

@@ -91,8 +91,10 @@ int read_usable_cpus() {
   return static_cast<int>(std::thread::hardware_concurrency());
 }
 
-}  // namespace
-
+// The CPUs this process may run on (its affinity mask; where that can't be read, the
+// machine's count, or 0 where unknown). Read again at most every 100 ms (the syscall
+// costs ~0.2 us, a cell's step asks for each product): a process may change its mask
+// after it starts.
 int usable_cpus() {
   using Clock = std::chrono::steady_clock;
   constexpr int64_t kRereadNs = 100'000'000;
@@ -109,6 +111,8 @@ int usable_cpus() {
   }
   return cpus.load(std::memory_order_relaxed);
 }
+
+}  // namespace
 
 int capped_threads(int threads) {
   if (threads <= 1) return std::max(threads, 1);

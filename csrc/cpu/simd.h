@@ -45,13 +45,8 @@ bool has_fast_bf16_gemm();
 // GEMM is a loop of dot products (two Zen 5 cores, 512 x 2048 x 512: 42 GFLOP/s
 // against 185 for float32 on MKL). Decided once per process.
 bool has_fast_f16_gemm();
-// The CPUs this process may run on (its affinity mask, sched_getaffinity; where that
-// can't be read, the machine's count, or 0 where unknown). Read again at most every
-// 100 ms (the syscall costs ~0.2 us, a cell's step calls this for each product): a
-// process may change its mask after it starts.
-int usable_cpus();
-// `threads`, at most usable_cpus() (where known): what the CPU kernels fork. With more
-// threads than CPUs a spinning thread keeps a CPU from one still working: the
+// `threads`, at most one per CPU the process may run on (its affinity mask, where
+// known): what the CPU kernels fork. With more threads than CPUs a spinning thread keeps a CPU from one still working: the
 // persistent loops' barrier at every step (fused_loop.h's StepBarrier spins ~16K
 // pauses before it yields), OpenMP's at the end of every product. Two Zen 5 vCPUs,
 // torch.set_num_threads(4): LSTM 100, 64, 512, 512 forward 95 ms on 4 threads, 56 on 2

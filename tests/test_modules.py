@@ -675,20 +675,15 @@ def test_directions_together_where_threads_are_capped_at_two_cpus():
 import os
 os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:2]))
 import torch, rnnfused
-from helpers import make_twins, pair_nodes
+from helpers import compare_modules, make_twins, pair_nodes
 torch.set_num_threads(4)
 assert torch.ops.rnnfused.cpu_threads() == 2, torch.ops.rnnfused.cpu_threads()
 torch.manual_seed(0)
 for name in ("LSTM", "GRU"):
     ref, fused = make_twins(name, 16, 32, num_layers=2, bidirectional=True)
-    x = torch.randn(9, 4, 16, requires_grad=True)
-    out = fused(x)[0]
-    assert pair_nodes(out) == 2, pair_nodes(out)  # two layers
-    want = ref(x)[0]
-    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-4)
-    got = torch.autograd.grad(out.sum(), [x, *fused.parameters()])
-    for g, w in zip(got, torch.autograd.grad(want.sum(), [x, *ref.parameters()]), strict=True):
-        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+    for with_hx in (False, True):
+        compare_modules(ref, fused, "batched", with_hx, "cpu", torch.float32, batch=4, seq_len=9)
+    assert pair_nodes(fused(torch.randn(9, 4, 16))[0]) == 2  # two layers
 print("ok")
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

@@ -26,6 +26,10 @@
 
 #include <immintrin.h>
 
+// This file's code runs only on AVX512-BF16 CPUs: bf16_avx512.h rounds to bfloat16
+// with the instruction (vcvtneps2bf16) here.
+#define RNNFUSED_TARGET_AVX512_BF16 1
+
 #include "../step_functors.h"
 #include "simd.h"
 #include "simd_avx512.h"

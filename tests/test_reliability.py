@@ -478,24 +478,27 @@ def test_large_layer_buffers_on_huge_pages():
         torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
 
 
-def test_buffer_cache_reuses_freed_buffers_whatever_they_hold():
+@pytest.mark.parametrize("hidden", [256, 64])
+def test_buffer_cache_reuses_freed_buffers_whatever_they_hold(hidden):
     """A freed large buffer goes to the CPU cache and serves the next request of its
     size class: a training step whose workspace and d_pre take blocks that held NaN
-    (two freed 4 MB outputs of a 4x longer sequence: [4N, H] floats = [N, 4H]) gives
-    the bits of the same step on fresh memory; rnnfused.empty_cache() empties it."""
-    steps, batch, hidden = 16, 64, 256  # gates and d_pre [1024, 1024] float32: 4 MB
+    (two freed outputs of a 4x longer sequence: [4N, H] floats = [N, 4H]; 4 MB, on
+    huge pages, and 1 MB, the smallest the cache takes) gives the bits of the same
+    step on fresh memory; rnnfused.empty_cache() empties it."""
+    steps, batch = 16, 64  # gates and d_pre [1024, 4 * hidden] float32
+    block = steps * batch * 4 * hidden * 4
     lstm = rnnfused.LSTM(8, hidden)
     x = torch.randn(steps, batch, 8, requires_grad=True)
     rnnfused.empty_cache()
     fresh = run(lstm, x)
-    assert torch.ops.rnnfused.cpu_cache_bytes() >= 2 * (4 << 20), "the step freed no block"
+    assert torch.ops.rnnfused.cpu_cache_bytes() >= 2 * block, "the step freed no block"
     rnnfused.empty_cache()
     assert torch.ops.rnnfused.cpu_cache_bytes() == 0
     with torch.no_grad():  # two outputs [4 * steps * batch, hidden]: the step's sizes
         poisoned = [lstm(x.detach().repeat(4, 1, 1))[0].fill_(float("nan")) for _ in range(2)]
     del poisoned
     held = torch.ops.rnnfused.cpu_cache_bytes()
-    assert held >= 2 * (4 << 20)
+    assert held >= 2 * block
     out = lstm(x)[0]  # the saved workspace takes one of them
     assert torch.ops.rnnfused.cpu_cache_bytes() < held, "the forward took no cached block"
     del out

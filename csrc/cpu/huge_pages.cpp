@@ -21,29 +21,34 @@ namespace cpu {
 namespace {
 
 constexpr size_t kHugePage = size_t{2} << 20;
+constexpr size_t kSmallBlockStep = size_t{256} << 10;
+constexpr size_t kSmallBlockAlignment = 64;
 
-// A block of whole huge pages; the DataPtr's context while a tensor holds it.
+// A block (whole huge pages from kHugePageMinBytes); the DataPtr's context while a
+// tensor holds it.
 struct Block {
   void* data;
   size_t bytes;
 };
 
-// Requests are rounded up to 2 MB, and from 32 MB on to a sixteenth of their
-// leading power of two, so that sizes a few steps apart share blocks.
-// n > 0 (from kHugePageMinBytes on). No std::bit_floor: torch before 2.13 builds
-// extensions as C++17.
+// Requests are rounded up to 256 KB below kHugePageMinBytes, to 2 MB from there, and
+// from 32 MB on to a sixteenth of their leading power of two, so that sizes a few
+// steps apart share blocks. n > 0 (from kCachedMinBytes on). No std::bit_floor: torch
+// before 2.13 builds extensions as C++17.
 size_t size_class(size_t n) {
   const size_t leading_power = size_t{1} << (63 - __builtin_clzll(n));
-  const size_t step = std::max(kHugePage, leading_power >> 4);
+  const size_t step = n < kHugePageMinBytes ? kSmallBlockStep
+                                             : std::max(kHugePage, leading_power >> 4);
   return (n + step - 1) / step * step;
 }
 
-// Fresh huge pages, or nullptr.
+// Fresh memory, or nullptr: huge pages from kHugePageMinBytes on, else as malloc aligns.
 void* map_block(size_t bytes) {
+  const bool huge = bytes >= kHugePageMinBytes;
   void* p = nullptr;
-  if (posix_memalign(&p, kHugePage, bytes) != 0) return nullptr;
+  if (posix_memalign(&p, huge ? kHugePage : kSmallBlockAlignment, bytes) != 0) return nullptr;
 #if defined(__linux__)
-  madvise(p, bytes, MADV_HUGEPAGE);  // advice only: 4 KB pages if refused
+  if (huge) madvise(p, bytes, MADV_HUGEPAGE);  // advice only: 4 KB pages if refused
 #endif
   return p;
 }
@@ -139,12 +144,13 @@ class BlockCache {
 
 void release(void* block) { BlockCache::instance().give(static_cast<Block*>(block)); }
 
-// Requests from kHugePageMinBytes on: a cached block, else fresh huge pages;
-// smaller ones (a resize_ down, say) from torch's CPU allocator.
+// Requests from kCachedMinBytes on: a cached block, else fresh memory (huge pages
+// from kHugePageMinBytes); smaller ones (a resize_ down, say) from torch's CPU
+// allocator.
 class HugePageAllocator final : public c10::Allocator {
  public:
   c10::DataPtr allocate(size_t n) override {
-    if (n < kHugePageMinBytes) return c10::GetCPUAllocator()->allocate(n);
+    if (n < kCachedMinBytes) return c10::GetCPUAllocator()->allocate(n);
     const size_t bytes = size_class(n);
     BlockCache& cache = BlockCache::instance();
     Block* block = cache.take(bytes);
@@ -176,7 +182,7 @@ at::Tensor empty_on_huge_pages(at::IntArrayRef sizes, const at::TensorOptions& o
   const size_t bytes = c10::multiply_integers(sizes) * options.dtype().itemsize();
 #if defined(__linux__)
   static const size_t min_bytes =
-      BlockCache::instance().enabled() ? kHugePageMinBytes : kUncachedHugePageMinBytes;
+      BlockCache::instance().enabled() ? kCachedMinBytes : kUncachedHugePageMinBytes;
   if (bytes >= min_bytes) {
     static HugePageAllocator allocator;  // its state is the process's BlockCache
     return at::detail::empty_generic(sizes, &allocator, c10::DispatchKeySet(c10::DispatchKey::CPU),

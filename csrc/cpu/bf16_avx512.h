@@ -28,9 +28,9 @@ inline __m512 widen_bf16(__m256i halves) {
 // stays NaN (sign and payload kept, where the integer form gives 0x7fc0). Checked
 // against the integer form over all 2^32 inputs on Zen 5: no other difference. One
 // instruction for eight: a bfloat16 loop rounds its projection, product, states,
-// saved gates and (backward) gradients through it. In-process A/B, two Zen 5 cores, forward: LSTM 100, 128,
-// 256, 256 4% faster, 100, 16, 128, 128 4.7%, H 512 1.2%; GRU and RNN H 128-256
-// 2.3-5.3%; training 0.5-3%.
+// saved gates and (backward) gradients through it. In-process A/B, two Zen 5 cores,
+// forward: LSTM 100, 128, 256, 256 4% faster, 100, 16, 128, 128 4.7%, H 512 1.2%;
+// GRU and RNN H 128-256 2.3-5.3%; training 0.5-3%.
 inline __m256i narrow_bf16(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
 #else
 inline __m256i narrow_bf16(__m512 v) {

@@ -46,11 +46,11 @@ bool has_fast_bf16_gemm();
 // against 185 for float32 on MKL). Decided once per process.
 bool has_fast_f16_gemm();
 // `threads`, at most one per CPU the process may run on (its affinity mask, where
-// known): what the CPU kernels fork. With more threads than CPUs a spinning thread keeps a CPU from one still working: the
-// persistent loops' barrier at every step (fused_loop.h's StepBarrier spins ~16K
-// pauses before it yields), OpenMP's at the end of every product. Two Zen 5 vCPUs,
-// torch.set_num_threads(4): LSTM 100, 64, 512, 512 forward 95 ms on 4 threads, 56 on 2
-// (torch.nn 67 on 4).
+// known): what the CPU kernels fork. With more threads than CPUs a spinning thread
+// keeps a CPU from one still working: the persistent loops' barrier at every step
+// (fused_loop.h's StepBarrier spins ~16K pauses before it yields), OpenMP's at the
+// end of every product. Two Zen 5 vCPUs, torch.set_num_threads(4): LSTM 100, 64,
+// 512, 512 forward 95 ms on 4 threads, 56 on 2 (torch.nn 67 on 4).
 int capped_threads(int threads);
 
 // Whether torch's CPU BLAS (MKL) runs AVX-512 GEMM kernels here: on Intel CPUs.

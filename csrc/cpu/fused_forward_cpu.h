@@ -222,6 +222,16 @@ inline bool fused_forward_applies(const LayerSizes& sz, bool low_precision) {
 //   chunks' time (32 MB of weights), LSTM I 2048, H 512 B 1-4 1.24-2.4x, GRU I 2048,
 //   H 1024 B 2 1.63x; so did LSTM 50, 1, 64, 64 (25%), 100, 8, 128, 128 (5%) and
 //   100, 32, 64, 64 (9%) below the work bound.
+//   On Intel's AVX-512 CPUs (blas_runs_avx512: the chunks' GEMM is MKL's, ~85% of
+//   the FMA peak on 512-row chunks) only where W_ih and W_hh take at most half a
+//   core's L2 per loop thread: past that each step streams W_ih from an L3 that
+//   serves a core far more slowly than Zen 5's. In-process A/B, two Intel Xeon vCPUs
+//   (2 MB L2), forward, chunks against the loop: LSTM 100, 64, 512, 512 4% faster
+//   (training 1%), T 50 B 16 H 512 21% (training 9%), 35, 20, 650, 650 17%, GRU
+//   B 16 H 512 17%, B 64 H 1024 6%, RNN B 16 H 1024 13%, LSTM H 320 B 32 3% (3.3
+//   MB); the loop kept at 2 MB and less: LSTM H 256 B 64 3% faster than the chunks,
+//   GRU H 256 4%, RNN H 256 4%, 20, 256, 128, 128 4%, RNN H 512 even; on one thread
+//   LSTM H 256 (2 MB) 5% slower in the loop, now chunks.
 // - bfloat16 on the dot product's loop (`pairs`): an even I (each input row read as
 //   I / 2 pairs, 4-byte aligned) and, whatever the work, 8 rows a step (16 for a
 //   single-gate layer), 32 where the weights pass 24 MB, or any rows where W_ih and
@@ -264,6 +274,10 @@ inline bool forms_projection_in_loop(const LayerSizes& sz, const at::Tensor& inp
     const int64_t min_rows = sz.gates == 1 ? 2 * kMinRows : kMinRows;
     return weight_bytes <= sz.gates * kSmallGateBytes || sz.batch >= kManyRows ||
            (sz.batch >= min_rows && weight_bytes <= kCachedWeightBytes);
+  }
+  if (blas_runs_avx512() && active_isa() == Isa::kAvx512 &&
+      weight_bytes > threads * l2_cache_bytes() / 2) {
+    return false;
   }
   return sz.batch * GH * I >= kMinStepWork &&
          (sz.batch >= kManyRows || (sz.batch >= kMinRows && weight_bytes <= kCachedWeightBytes));

@@ -192,6 +192,19 @@ bool blas_runs_avx512() {
 #endif
 }
 
+int64_t l2_cache_bytes() {
+  static const int64_t bytes = [] {
+    constexpr int64_t kUnknown = int64_t{1} << 20;
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    const long size = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return size > 0 ? static_cast<int64_t>(size) : kUnknown;
+#else
+    return kUnknown;
+#endif
+  }();
+  return bytes;
+}
+
 bool own_gemm_avx2() { return active_isa() == Isa::kAvx2 && !blas_runs_avx512(); }
 
 namespace {

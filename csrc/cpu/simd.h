@@ -59,6 +59,10 @@ int capped_threads(int threads);
 // (gemm_nt_small_avx512, ~400) takes every float32 product there.
 bool blas_runs_avx512();
 
+// Bytes of a core's L2 cache (sysconf; 1 MB where the system does not say): two
+// Intel Xeon vCPUs 2 MB, two Zen 5 vCPUs 1 MB. Read once per process.
+int64_t l2_cache_bytes();
+
 // Run the step functor `f` (step_functors.h) over rows [row_begin, row_end) and
 // all of its H units, 16 (AVX-512: float, bfloat16 and float16 storage), 8 (AVX2:
 // float) or 4 (AVX2: double, where avx2_float64_math()) units per call.

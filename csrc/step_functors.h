@@ -72,7 +72,10 @@ C10_ALWAYS_INLINE C10_HOST_DEVICE typename Lanes::value load_plus(const Lanes& l
 template <typename scalar_t>
 struct RnnForwardStep : StepFunctor<RnnForwardStep<scalar_t>, scalar_t> {
   static constexpr int kGates = 1;
-  const scalar_t* x_proj;  // [rows, H]  W_ih x + b_ih + b_hh
+  // x_proj and the recurrent product enter each pre-activation as a sum: a loop may
+  // carry the bias on either (the CPU's fused loops: fused_forward_cpu.h).
+  static constexpr bool kSumsProjections = true;
+  const scalar_t* x_proj;  // [rows, H]  W_ih x + b_ih + b_hh (or the bias in `hidden`'s)
   scalar_t* hidden;        // [rows, H]  in: W_hh h_prev, out: h'
   int64_t H;
   bool relu;
@@ -108,7 +111,8 @@ struct RnnBackwardStep : StepFunctor<RnnBackwardStep<scalar_t>, scalar_t> {
 template <typename scalar_t, typename product_t = scalar_t>
 struct LstmForwardStep : StepFunctor<LstmForwardStep<scalar_t, product_t>, scalar_t> {
   static constexpr int kGates = 4;
-  const scalar_t* x_proj;  // [rows, 4H]  W_ih x + b_ih + b_hh
+  static constexpr bool kSumsProjections = true;  // as RnnForwardStep's
+  const scalar_t* x_proj;  // [rows, 4H]  W_ih x + b_ih + b_hh (or the bias in h_proj)
   const product_t* h_proj; // [rows, 4H]  W_hh h_prev
   scalar_t* cell_state;    // [rows, H]   in: c_prev, out: c'
   scalar_t* gates;         // [rows, 4H]  out: activated i, f, g, o (saved for backward), or
@@ -181,6 +185,8 @@ struct LstmBackwardStep : StepFunctor<LstmBackwardStep<scalar_t>, scalar_t> {
 template <typename scalar_t, typename product_t = scalar_t>
 struct GruForwardStep : StepFunctor<GruForwardStep<scalar_t, product_t>, scalar_t> {
   static constexpr int kGates = 3;
+  // b_in stays with x_proj: n = tanh(x_n + r * h_n) (RnnForwardStep's kSumsProjections).
+  static constexpr bool kSumsProjections = false;
   const scalar_t* x_proj;  // [rows, 3H]  W_ih x + b_ih
   const product_t* h_proj; // [rows, 3H]  W_hh h_prev (without b_hh)
   const scalar_t* b_hh;    // [3H] or null

@@ -429,6 +429,14 @@ __attribute__((always_inline)) inline void fused_tile(const F& f, const FusedSte
       }
       tile_product<S, M, C, G>(w.w + (u * K * G + g0) * L, h_rows, b0, b1, acc, pass_prefetch,
                                column_weights);
+      if (b1 == K && w.product_bias != nullptr) {
+        // The projection's bias, which its GEMM left out, on the last block's sums.
+        for (int c = 0; c < C; ++c) {
+          const typename S::V bias =
+              S::load(mask[kPair ? c : 0], w.product_bias + g0 * H + j + c * column_at);
+          for (int m = 0; m < M; ++m) acc[m][c] = S::add(acc[m][c], bias);
+        }
+      }
       for (int m = 0; m < M; ++m) {
         const int64_t at = (row + m) * G * H + g0 * H + j;
         for (int c = 0; c < C; ++c) {

@@ -83,13 +83,16 @@ inline bool float64_vectors() { return active_isa() != Isa::kScalar && avx2_floa
 // One tile's product for a row is G vectors: gate g of units Lu .. Lu + L - 1.
 // w_input: W_ih [G*H, I] in the same layout, [tiles, I, G * L], where the loop forms
 // the input projection itself (FusedStepRows::x_in), else null; input_bias: the
-// projection's bias [G*H] in float32 there, or null.
+// projection's bias [G*H] in float32 there, or null. product_bias: where the loop
+// reads a projection formed without its bias (ProjectedInput::leave_bias_to_loop),
+// that bias [G*H] (float32), added to the recurrent product; else null.
 struct PackedRecurrent {
   const float* w;  // [tiles, K, G * L]
   int64_t K, H, G, tiles;
   const float* w_input = nullptr;
   int64_t I = 0;
   const float* input_bias = nullptr;
+  const float* product_bias = nullptr;
 };
 
 // Tiles [begin, end) of W [G*H, K] (float32, contiguous) in PackedRecurrent's layout,

@@ -68,6 +68,26 @@ C10_ALWAYS_INLINE C10_HOST_DEVICE typename Lanes::value load_plus(const Lanes& l
   return q == nullptr ? l.load(p + i) : l.load(p + i) + l.load(q + i);
 }
 
+// A value of the workspace saved for the backward: l.stream(p, v) where `stream` and
+// the Lanes have one (a non-temporal store: the CPU's AVX-512 Lanes), else l.store.
+template <typename Lanes, typename T, typename V>
+C10_ALWAYS_INLINE C10_HOST_DEVICE auto stream_or_store(const Lanes& l, T* p, V v, int)
+    -> decltype(l.stream(p, v)) {
+  return l.stream(p, v);
+}
+template <typename Lanes, typename T, typename V>
+C10_ALWAYS_INLINE C10_HOST_DEVICE void stream_or_store(const Lanes& l, T* p, V v, long) {
+  l.store(p, v);
+}
+template <typename Lanes, typename T, typename V>
+C10_ALWAYS_INLINE C10_HOST_DEVICE void store_saved(const Lanes& l, T* p, V v, bool stream) {
+  if (stream) {
+    stream_or_store(l, p, v, 0);
+  } else {
+    l.store(p, v);
+  }
+}
+
 // ----------------------------------------------------------------- RNN
 template <typename scalar_t>
 struct RnnForwardStep : StepFunctor<RnnForwardStep<scalar_t>, scalar_t> {
@@ -120,6 +140,7 @@ struct LstmForwardStep : StepFunctor<LstmForwardStep<scalar_t, product_t>, scala
   scalar_t* cells;         // [rows, H]   out: c' (saved for backward)
   scalar_t* hidden;        // [rows, H]   out: o * tanh(c') (before any projection)
   int64_t H;
+  bool stream_saved = false;  // gates and cells stored past the caches (store_saved)
 
   template <typename Lanes>
   C10_ALWAYS_INLINE C10_HOST_DEVICE void apply(const Lanes& l, int64_t b, int64_t j) const {
@@ -132,11 +153,11 @@ struct LstmForwardStep : StepFunctor<LstmForwardStep<scalar_t, product_t>, scala
         l.load(x_proj + g + 3 * H) + l.load(h_proj + g + 3 * H));
     const auto c = lstm_cell(a, l.load(cell_state + i));
     if (gates != nullptr) {
-      l.store(gates + g, a.i);
-      l.store(gates + g + H, a.f);
-      l.store(gates + g + 2 * H, a.g);
-      l.store(gates + g + 3 * H, a.o);
-      l.store(cells + i, c);
+      store_saved(l, gates + g, a.i, stream_saved);
+      store_saved(l, gates + g + H, a.f, stream_saved);
+      store_saved(l, gates + g + 2 * H, a.g, stream_saved);
+      store_saved(l, gates + g + 3 * H, a.o, stream_saved);
+      store_saved(l, cells + i, c, stream_saved);
     }
     l.store(cell_state + i, c);
     l.store(hidden + i, lstm_hidden(a, c));
@@ -195,6 +216,7 @@ struct GruForwardStep : StepFunctor<GruForwardStep<scalar_t, product_t>, scalar_
                            //   or null when nothing is saved
   scalar_t* hidden;        // [rows, H]   out: h'
   int64_t H;
+  bool stream_saved = false;  // the workspace stored past the caches (store_saved)
 
   template <typename Lanes>
   C10_ALWAYS_INLINE C10_HOST_DEVICE void apply(const Lanes& l, int64_t b, int64_t j) const {
@@ -209,10 +231,10 @@ struct GruForwardStep : StepFunctor<GruForwardStep<scalar_t, product_t>, scalar_
         l.load(h_proj + g + 2 * H) + (b_hh == nullptr ? zero : l.load(b_hh + j + 2 * H)));
     if (workspace != nullptr) {
       const int64_t w = b * 4 * H + j;
-      l.store(workspace + w, a.r);
-      l.store(workspace + w + H, a.z);
-      l.store(workspace + w + 2 * H, a.n);
-      l.store(workspace + w + 3 * H, a.h_n);
+      store_saved(l, workspace + w, a.r, stream_saved);
+      store_saved(l, workspace + w + H, a.z, stream_saved);
+      store_saved(l, workspace + w + 2 * H, a.n, stream_saved);
+      store_saved(l, workspace + w + 3 * H, a.h_n, stream_saved);
     }
     l.store(hidden + i, gru_hidden(a, l.load(h_prev + i)));
   }

@@ -597,6 +597,32 @@ def test_projection_in_loop_matches_torch_nn(kind, hidden, input_size, form, dev
         torch.testing.assert_close(ours_g, theirs_g, atol=2e-3, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("hidden", [256, 250])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_large_saved_workspace_matches_torch_nn(kind, hidden, device):
+    """A float32 training step whose saved workspace (LSTM: gates and cells, 5H a row;
+    GRU 4H) takes 8-10 MB, past two cores' L2: on Intel's AVX-512 CPUs the fused
+    loop streams it to memory (non-temporal stores of whole 64-byte lines,
+    fused_forward_cpu.h's stream_saved), plain stores for the lines H 250 leaves
+    unaligned. The backward reads it back: torch.nn's outputs and gradients."""
+    torch.manual_seed(0)
+    theirs = getattr(torch.nn, kind)(64, hidden).to(device)
+    ours = getattr(rnnfused, kind)(64, hidden).to(device)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(64, 32, 64, device=device)
+    results = []
+    for model in (theirs, ours):
+        inp = x.clone().requires_grad_()
+        out = model(inp)[0]
+        out.square().sum().backward()
+        results.append((out, inp.grad, [p.grad for p in model.parameters()]))
+    (out_t, gx_t, gp_t), (out_o, gx_o, gp_o) = results
+    torch.testing.assert_close(out_o, out_t, atol=5e-5, rtol=1e-4)
+    torch.testing.assert_close(gx_o, gx_t, atol=2e-4, rtol=1e-4)
+    for (name, _), theirs_g, ours_g in zip(theirs.named_parameters(), gp_t, gp_o):
+        torch.testing.assert_close(ours_g, theirs_g, atol=2e-3, rtol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 16, 17])
 def test_gemm_nt_16bit(rows, dtype, device):

@@ -548,6 +548,9 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
       }
       barrier.wait();
     }
+    // The functors' streamed stores (the saved workspace: Lanes::stream) are weakly
+    // ordered: visible to every thread before the loop returns.
+    _mm_sfence();
   }
 }
 

@@ -83,6 +83,20 @@ struct Lanes {
     }
   }
 
+  // A value that is not read again soon (the workspace saved for the backward:
+  // step_functors.h's store_saved): a whole 64-byte line straight to memory, without
+  // first reading it in (a non-temporal store); else, and for 16-bit types, store().
+  void stream(float* p, Vec v) const {
+    if (!kPartial && (reinterpret_cast<uintptr_t>(p) & 63) == 0) {
+      _mm512_stream_ps(p, v.v);
+    } else {
+      store(p, v);
+    }
+  }
+  template <typename T>
+  void stream(T* p, Vec v) const {
+    store(p, v);
+  }
   // bfloat16 and float16 through bf16_avx512.h.
   Vec load(const c10::BFloat16* p) const { return widen_bf16(load_bits(p)); }
   void store(c10::BFloat16* p, Vec v) const { store_bits(p, narrow_bf16(v.v)); }

@@ -71,4 +71,11 @@ struct PairLanes {
     lo.store(p, v.lo);
     hi.store(p + kHalf, v.hi);
   }
+  // Where the ISA's Lanes stream (simd_avx512.h), both halves so.
+  template <typename T, typename L0 = Lanes<false>, typename L1 = Lanes<kPartial>>
+    requires requires(const L0& a, T* q, Vec w) { a.stream(q, w); }
+  void stream(T* p, VecPair v) const {
+    static_cast<const L0&>(lo).stream(p, v.lo);
+    static_cast<const L1&>(hi).stream(p + kHalf, v.hi);
+  }
 };

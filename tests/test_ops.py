@@ -559,6 +559,23 @@ def test_projection_over_chunks_matches_reference(kind, input_size, device):
         torch.testing.assert_close(ours_p.grad, theirs_p.grad, atol=1e-3, rtol=1e-4, msg=name)
 
 
+def assert_float32_training_matches(theirs, ours, x, forward=lambda model, inp: model(inp)[0]):
+    """A training step of each module (forward(model, input), the output's squares
+    summed, backward): rnnfused's output, input gradient and parameter gradients
+    against torch.nn's, within float32's rounding of their different sums."""
+    results = []
+    for model in (theirs, ours):
+        inp = x.clone().requires_grad_()
+        out = forward(model, inp)
+        out.square().sum().backward()
+        results.append((out, inp.grad, [p.grad for p in model.parameters()]))
+    (out_t, gx_t, gp_t), (out_o, gx_o, gp_o) = results
+    torch.testing.assert_close(out_o, out_t, atol=5e-5, rtol=1e-4)
+    torch.testing.assert_close(gx_o, gx_t, atol=2e-4, rtol=1e-4)
+    for (name, _), theirs_g, ours_g in zip(theirs.named_parameters(), gp_t, gp_o):
+        torch.testing.assert_close(ours_g, theirs_g, atol=2e-3, rtol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize("form", ["dense", "packed", "bidirectional", "no_bias"])
 @pytest.mark.parametrize("input_size", [709, 1024])
 @pytest.mark.parametrize("kind,hidden", [("LSTM", 37), ("GRU", 64), ("RNN", 70), ("RNN", 96)])
@@ -580,21 +597,14 @@ def test_projection_in_loop_matches_torch_nn(kind, hidden, input_size, form, dev
     x = torch.randn(T, B, input_size, device=device)
     # T down to 5: enough rows (4 steps' worth of the widest) for the fused loop
     lengths = torch.tensor([T - (b * 4) // B for b in range(B)])
-    results = []
-    for model in (theirs, ours):
-        inp = x.clone().requires_grad_()
-        if form == "packed":
-            out = torch.nn.utils.rnn.pack_padded_sequence(inp, lengths)
-            out = torch.nn.utils.rnn.pad_packed_sequence(model(out)[0])[0]
-        else:
-            out = model(inp)[0]
-        out.square().sum().backward()
-        results.append((out, inp.grad, [p.grad for p in model.parameters()]))
-    (out_t, gx_t, gp_t), (out_o, gx_o, gp_o) = results
-    torch.testing.assert_close(out_o, out_t, atol=5e-5, rtol=1e-4)
-    torch.testing.assert_close(gx_o, gx_t, atol=2e-4, rtol=1e-4)
-    for (name, _), theirs_g, ours_g in zip(theirs.named_parameters(), gp_t, gp_o):
-        torch.testing.assert_close(ours_g, theirs_g, atol=2e-3, rtol=1e-4, msg=name)
+
+    def forward(model, inp):
+        if form != "packed":
+            return model(inp)[0]
+        packed = torch.nn.utils.rnn.pack_padded_sequence(inp, lengths)
+        return torch.nn.utils.rnn.pad_packed_sequence(model(packed)[0])[0]
+
+    assert_float32_training_matches(theirs, ours, x, forward)
 
 
 @pytest.mark.parametrize("hidden", [256, 250])
@@ -609,18 +619,7 @@ def test_large_saved_workspace_matches_torch_nn(kind, hidden, device):
     theirs = getattr(torch.nn, kind)(64, hidden).to(device)
     ours = getattr(rnnfused, kind)(64, hidden).to(device)
     ours.load_state_dict(theirs.state_dict())
-    x = torch.randn(64, 32, 64, device=device)
-    results = []
-    for model in (theirs, ours):
-        inp = x.clone().requires_grad_()
-        out = model(inp)[0]
-        out.square().sum().backward()
-        results.append((out, inp.grad, [p.grad for p in model.parameters()]))
-    (out_t, gx_t, gp_t), (out_o, gx_o, gp_o) = results
-    torch.testing.assert_close(out_o, out_t, atol=5e-5, rtol=1e-4)
-    torch.testing.assert_close(gx_o, gx_t, atol=2e-4, rtol=1e-4)
-    for (name, _), theirs_g, ours_g in zip(theirs.named_parameters(), gp_t, gp_o):
-        torch.testing.assert_close(ours_g, theirs_g, atol=2e-3, rtol=1e-4, msg=name)
+    assert_float32_training_matches(theirs, ours, torch.randn(64, 32, 64, device=device))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])

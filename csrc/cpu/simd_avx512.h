@@ -97,6 +97,7 @@ struct Lanes {
   void stream(T* p, Vec v) const {
     store(p, v);
   }
+
   // bfloat16 and float16 through bf16_avx512.h.
   Vec load(const c10::BFloat16* p) const { return widen_bf16(load_bits(p)); }
   void store(c10::BFloat16* p, Vec v) const { store_bits(p, narrow_bf16(v.v)); }

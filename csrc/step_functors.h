@@ -206,9 +206,10 @@ struct LstmBackwardStep : StepFunctor<LstmBackwardStep<scalar_t>, scalar_t> {
 template <typename scalar_t, typename product_t = scalar_t>
 struct GruForwardStep : StepFunctor<GruForwardStep<scalar_t, product_t>, scalar_t> {
   static constexpr int kGates = 3;
-  // b_in stays with x_proj: n = tanh(x_n + r * h_n) (RnnForwardStep's kSumsProjections).
+  // b_in stays on the input side: n = tanh(x_n + b_in + r * h_n) (RnnForwardStep's
+  // kSumsProjections; the CPU's fused loops pass b_ih apart instead: b_ih below).
   static constexpr bool kSumsProjections = false;
-  const scalar_t* x_proj;  // [rows, 3H]  W_ih x + b_ih
+  const scalar_t* x_proj;  // [rows, 3H]  W_ih x + b_ih (or W_ih x, and b_ih below)
   const product_t* h_proj; // [rows, 3H]  W_hh h_prev (without b_hh)
   const scalar_t* b_hh;    // [3H] or null
   const scalar_t* h_prev;  // [rows, H]
@@ -217,6 +218,7 @@ struct GruForwardStep : StepFunctor<GruForwardStep<scalar_t, product_t>, scalar_
   scalar_t* hidden;        // [rows, H]   out: h'
   int64_t H;
   bool stream_saved = false;  // the workspace stored past the caches (store_saved)
+  const scalar_t* b_ih = nullptr;  // [3H] where x_proj is formed without it, else null
 
   template <typename Lanes>
   C10_ALWAYS_INLINE C10_HOST_DEVICE void apply(const Lanes& l, int64_t b, int64_t j) const {
@@ -225,7 +227,9 @@ struct GruForwardStep : StepFunctor<GruForwardStep<scalar_t, product_t>, scalar_
     const int64_t g = b * 3 * H + j;
     const V zero(0);
     const auto a = gru_activate(
-        l.load(x_proj + g), l.load(x_proj + g + H), l.load(x_proj + g + 2 * H),
+        l.load(x_proj + g) + (b_ih == nullptr ? zero : l.load(b_ih + j)),
+        l.load(x_proj + g + H) + (b_ih == nullptr ? zero : l.load(b_ih + j + H)),
+        l.load(x_proj + g + 2 * H) + (b_ih == nullptr ? zero : l.load(b_ih + j + 2 * H)),
         l.load(h_proj + g) + (b_hh == nullptr ? zero : l.load(b_hh + j)),
         l.load(h_proj + g + H) + (b_hh == nullptr ? zero : l.load(b_hh + j + H)),
         l.load(h_proj + g + 2 * H) + (b_hh == nullptr ? zero : l.load(b_hh + j + 2 * H)));

@@ -385,14 +385,18 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
   // forms_projection_in_loop: W_ih packed as W_hh is, x_proj one buffer.
   // A bfloat16 layer on the dot product: W_ih in pairs as W_hh, the input rows read
   // as pairs, the bias widened.
-  // Else, for a float32 layer whose functor takes x_proj + h_proj (LSTM, RNN: the
-  // step functor's kSumsProjections), the chunks' GEMMs leave the bias out and the
-  // loop adds it to the recurrent product's sums in registers (PackedRecurrent::
-  // product_bias; ProjectedInput::leave_bias_to_loop). In-process A/B, two Xeon
-  // vCPUs, forward: LSTM 100, 64, 512, 512 1.3-1.6% faster (10 and 9 of 12 rounds),
-  // T 50 B 16 1.1%, training 0.4%; RNN within noise. (Added to x_proj in memory
-  // instead, before the functor read it, it cost more than the copy it saved.)
+  // Else, for a float32 layer, the chunks' GEMMs leave the bias out
+  // (ProjectedInput::leave_bias_to_loop) and the loop adds it: where the functor takes
+  // x_proj + h_proj (LSTM, RNN: the step functor's kSumsProjections) to the recurrent
+  // product's sums in registers (PackedRecurrent::product_bias); a GRU's functor to
+  // x_proj's values as it loads them (GruForwardStep::b_ih, as its b_hh). In-process
+  // A/B, two Xeon vCPUs, forward: LSTM 100, 64, 512, 512 1.3-1.6% faster (10 and 9 of
+  // 12 rounds), T 50 B 16 1.1%, training 0.4%; RNN within noise; GRU 100, 64, 512,
+  // 512 1.2-1.4% (10 and 11 of 12), T 50 B 16 0.6%, the 2-layer bidirectional 100, 16,
+  // 128, 128 within noise. (Added to x_proj in memory instead, before the functor read
+  // it, it cost more than the copy it saved.)
   at::Tensor packed_input, input_bias;
+  const float* functor_input_bias = nullptr;
   const float* input_rows = nullptr;
   int64_t input_stride = 0;
   if (kFloat || pairs) {
@@ -410,10 +414,14 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
       w.input_bias = input_bias.defined() ? input_bias.data_ptr<float>() : nullptr;
       input_rows = static_cast<const float*>(input.data_ptr());
       input_stride = input.stride(0) / per_k;
-    } else if (kFloat && Step::kSumsProjections && bias.defined()) {
+    } else if (kFloat && bias.defined()) {
       x_proj.leave_bias_to_loop();
       input_bias = bias.contiguous();
-      w.product_bias = input_bias.data_ptr<float>();
+      if constexpr (Step::kSumsProjections) {
+        w.product_bias = input_bias.data_ptr<float>();
+      } else {
+        functor_input_bias = input_bias.data_ptr<float>();
+      }
     }
   }
   // The state before and after each step, alternating, in float32: a step reads
@@ -494,6 +502,7 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
         }
         Step functor = make_step(s, x_proj_s, h_prev, prod, out);
         if constexpr (requires { functor.stream_saved; }) functor.stream_saved = stream_saved;
+        if constexpr (kFloat && requires { functor.b_ih; }) functor.b_ih = functor_input_bias;
         return std::make_pair(functor, row);
       },
       [&](const Step* steps, const FusedStepRows<scalar_t>* rows, int64_t count) {

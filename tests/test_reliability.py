@@ -536,6 +536,36 @@ print("held", held)
     assert held > 0 if limit_mb else held == 0, held
 
 
+@pytest.mark.parametrize("name", ["LSTM", "GRU"])
+def test_bidirectional_output_from_buffer_cache_without_autograd(name):
+    """A bidirectional layer whose directions ran together (2 threads) puts its output,
+    the directions side by side, in a block of the CPU cache where autograd records
+    nothing (bindings.cpp's side_by_side): freed, the block goes back to the cache,
+    and the values equal torch.nn's, in every layer (the first's output is the second's
+    input); with autograd recording, torch.cat's (a CatBackward0 node) as before."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        ref, fused = make_twins(name, 16, 128, num_layers=2, bidirectional=True)
+        x = torch.randn(64, 32, 16)  # the layers' outputs [64, 32, 256] float32: 2 MB
+        output_bytes = 64 * 32 * 256 * 4
+        rnnfused.empty_cache()
+        with torch.no_grad():
+            got, want = fused(x)[0], ref(x)[0]
+        torch.testing.assert_close(got, want)
+        held = torch.ops.rnnfused.cpu_cache_bytes()
+        del got
+        assert torch.ops.rnnfused.cpu_cache_bytes() >= held + output_bytes, \
+            "the output's block did not go back to the cache"
+        got = fused(x)[0]
+        assert got.grad_fn is not None and got.grad_fn.name() == "CatBackward0"
+        torch.testing.assert_close(got, ref(x)[0])
+    finally:
+        torch.set_num_threads(threads)
+        rnnfused.empty_cache()
+
+
 # ---------------------------------------------------------------- 6. numerics
 
 SPECIAL = {"nan": float("nan"), "inf": float("inf"), "-inf": -float("inf")}

@@ -163,9 +163,9 @@ struct Simd {
   // Single-gate tiles two at a time, 12 rows (above).
   static constexpr bool kPairTiles = true;
   static constexpr int kPairRows = 12;
-  // The forward's 1-3 rows left after whole blocks spread over them (fused_loop.h's
-  // for_row_blocks; bfloat16 on vdpbf16ps, processes alternating: LSTM B 13-20 1-3%
-  // faster, GRU B 19 3%, RNN B 25 2%).
+  // The forward's 1-3 rows left after whole blocks spread over them, any number on
+  // Intel's CPUs (fused_loop.h's for_row_blocks; bfloat16 on vdpbf16ps, processes
+  // alternating: LSTM B 13-20 1-3% faster, GRU B 19 3%, RNN B 25 2%).
   static constexpr bool kEvenRowBlocks = true;
   // Two tiles' functors together (fused_loop.h's TileFunctor) only where a tile's
   // product takes at most 128 k steps (I = H = 64 with the projection in the loop).

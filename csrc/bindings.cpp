@@ -152,9 +152,9 @@ std::vector<int64_t> prepend_one(at::IntArrayRef sizes) {
 // not (its heap trimmed between calls, or the buffer past its mmap threshold: 1,170
 // page faults a forward of a 2-layer bidirectional LSTM 100, 16, 128, 128 run alone,
 // 3 with it cached). In-process A/B, two Xeon vCPUs, that forward: LSTM 5.7-8.5%
-// faster (three runs: 12 of 12 rounds, 10 of 10, 11 of 12), GRU 4.4-7.6% (12 of 12, twice); a 1-layer LSTM
-// 100, 64, 256, 256 and GRU 50, 8, 64, 64 (200 KB: at::empty's) even. (RNN layers run
-// their directions in turn: at::cat.)
+// faster (three runs: 12 of 12 rounds, 10 of 10, 11 of 12), GRU 4.4-7.6% (12 of 12,
+// twice); a 1-layer LSTM 100, 64, 256, 256 and GRU 50, 8, 64, 64 (200 KB: at::empty's)
+// even. (RNN layers run their directions in turn: at::cat.)
 Tensor side_by_side(const Tensor& forward, const Tensor& reverse, bool together) {
   const bool recorded = forward.requires_grad() || reverse.requires_grad() ||
                         forward._fw_grad(/*level=*/0).defined() ||

@@ -546,7 +546,7 @@ def test_dropout_train_same_rng_as_torch_cpu(kind, bidirectional, form):
 
 
 @pytest.mark.parametrize("hidden", [100, 201, 333])
-@pytest.mark.parametrize("batch", [1, 3, 7, 13, 17, 25])
+@pytest.mark.parametrize("batch", [1, 3, 7, 9, 10, 13, 16, 17, 21, 25, 29])
 @pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
 def test_fused_loop_panels_and_row_blocks(name, batch, hidden):
     """The persistent CPU loop's edges: hidden sizes with odd remainders in the split
@@ -554,7 +554,9 @@ def test_fused_loop_panels_and_row_blocks(name, batch, hidden):
     blocks (AVX2 6 or 8 rows and 5 in the backward, AVX-512 6 (LSTM), 8 (GRU, an RNN's
     lone tile and the backward) or 12 (an RNN's tile pairs)), the AVX-512 forward's blocks
     split evenly where 1-3 rows would be left after two or more (13 rows at 6, 17 at 8,
-    25 at 12: fused_loop.h's for_row_blocks), and odd tile counts (100: 7 tiles of 16, 13
+    25 at 12: fused_loop.h's for_row_blocks), on Intel's CPUs whatever is left (16 rows
+    at 6: 6, 5, 5; 21 at 8; 29 at 12) and, for LSTM and GRU, 2 or more rows after one
+    block (9 at 6: 5, 4; 10 at 6 and 8: 5, 5), and odd tile counts (100: 7 tiles of 16, 13
     of 8; 201: 13 of 16), whose last tile the two threads share by rows from a whole
     register block each. Outputs, states and all gradients equal torch.nn's. (Panels
     past a whole tile: the next test.)"""

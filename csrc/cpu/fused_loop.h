@@ -17,7 +17,7 @@
 //   kPairTiles, kPairRows   whether a single-gate layer's (RNN's) tiles are formed two
 //                           at a time (one vector of each), in blocks of kPairRows rows
 //   kEvenRowBlocks          whether the forward spreads rows left after whole blocks
-//                           over them (for_row_blocks' RowSpread: 1-3 rows, any on
+//                           over them (for_row_blocks' RowSpread: 1-3 rows, more on
 //                           Intel's CPUs)
 //   kPairedFunctorDepth     the most k steps a tile's product may take (its recurrent
 //                           K, plus I where the loop forms the input projection) for
@@ -149,32 +149,40 @@ __attribute__((always_inline)) inline void with_row_count(int64_t rows, const Fn
   }
 }
 
-// Which rows left after two or more whole register blocks for_row_blocks spreads
-// over the blocks: none, 1-3 (kFew) or any number (kAny).
-enum class RowSpread { kNone, kFew, kAny };
+// Which rows left after whole register blocks for_row_blocks spreads over the blocks:
+// none; 1-3 after two or more (kFew); any number after two or more (kAfterTwo); those,
+// and 2 or more after one (kAfterOne).
+enum class RowSpread { kNone, kFew, kAfterTwo, kAfterOne };
 
 // Rows [0, rows) in register blocks of at most R rows: fn(std::integral_constant<int,
 // M>{}, row, block, blocks) for each; `block` is -1 for the rows left after whole
-// blocks (they prefetch nothing: PanelWalk). Where `spread` takes the rows left after
-// two or more whole blocks, as many blocks as that, their sizes as even as can be (20
-// rows at R 6: 5, 5, 5, 5, not 6, 6, 6, 2; the short block's few sums keep too few
-// FMAs in flight). The AVX-512 forward (fused_steps):
-// - kFew: in-process A/B, two Zen 5 cores, H 512: LSTM B 13-33 2-5% faster, GRU B
-//   17-33 1-4%, RNN B 25-37 3-5%; left there: 4-5 rows (LSTM B 16, 22, 28, 34 and RNN
-//   64 even or 1-2% slower), one whole block (LSTM B 7, 8 2-7% slower), the backward
-//   (LSTM training B 17-20 1-2% slower).
-// - kAny on Intel's CPUs (blas_runs_avx512): two Xeon vCPUs, in-process A/B against
-//   kFew, forward: 4 rows left, LSTM H 512 B 16 3% faster (12 of 12 rounds), B 22 1.9%,
-//   H 256 B 28 1.4%, training H 512 B 16 2.3%, the 2-layer bidirectional 100, 16, 128,
-//   128 0.9%; GRU H 512 B 20 3.3%, H 256 B 28 3.8%; RNN 100, 64, 512, 512 3.7% (12 of
-//   12); 5 rows, GRU B 21 3.3%, RNN B 29 1.1%; 10 rows, RNN H 256 B 70 even. One whole
-//   block stays as it is there too (LSTM B 7 in 4 + 3 rows 5% slower than 6 + 1).
+// blocks (they prefetch nothing: PanelWalk). Where `spread` takes the rows left, as
+// many blocks as the whole ones and that, their sizes as even as can be (20 rows at R
+// 6: 5, 5, 5, 5, not 6, 6, 6, 2; the short block's few sums keep too few FMAs in
+// flight). The AVX-512 forward (fused_steps):
+// - kFew elsewhere: in-process A/B, two Zen 5 cores, H 512: LSTM B 13-33 2-5% faster,
+//   GRU B 17-33 1-4%, RNN B 25-37 3-5%; left there: 4-5 rows (LSTM B 16, 22, 28, 34
+//   and RNN 64 even or 1-2% slower), one whole block (LSTM B 7, 8 2-7% slower), the
+//   backward (LSTM training B 17-20 1-2% slower).
+// - On Intel's CPUs (blas_runs_avx512) kAfterOne for LSTM and GRU tiles, kAfterTwo for
+//   an RNN's (tile pairs, a lone tile unmeasured). Two Xeon vCPUs, in-process A/B, forward, against kFew: 4 rows
+//   after two or more blocks, LSTM H 512 B 16 3% faster (12 of 12 rounds), B 22 1.9%, H
+//   256 B 28 1.4%, training H 512 B 16 2.3%, the 2-layer bidirectional 100, 16, 128, 128
+//   0.9%; GRU H 512 B 20 3.3%, H 256 B 28 3.8%; RNN 100, 64, 512, 512 3.7% (12 of 12);
+//   5 rows, GRU B 21 3.3%, RNN B 29 1.1%; 10 rows, RNN H 256 B 70 even; LSTM 100, 64,
+//   512, 512 even. After one block, T 50, H 512: LSTM B 8 (4 + 4) 6.6% faster (10 of
+//   10), B 9 (5 + 4) 11%, B 10 2.5%, H 256 B 8 5.7%; GRU B 10 7.7%, B 12 3.5%, H 256 B
+//   14 even; but RNN B 20 (10 + 10) 3.4% slower, B 16 even, and LSTM B 7 (4 + 3) 5%
+//   slower than 6 + 1: one row stays a block of its own.
 template <int R, typename Fn>
 __attribute__((always_inline)) inline void for_row_blocks(int64_t rows, RowSpread spread,
                                                           const Fn& fn) {
   const int64_t rest = rows % R;
-  const int64_t most_spread = spread == RowSpread::kAny ? R - 1 : spread == RowSpread::kFew ? 3 : 0;
-  if (rest == 0 || rest > most_spread || rows < 2 * R) {
+  const int64_t most_spread = spread == RowSpread::kNone ? 0
+                              : spread == RowSpread::kFew ? 3
+                                                          : R - 1;
+  const int64_t least_rows = spread == RowSpread::kAfterOne && rest >= 2 ? R : 2 * R;
+  if (rest == 0 || rest > most_spread || rows < least_rows) {
     const int64_t blocks = rows / R;
     int64_t row = 0;
     for (int64_t block = 0; block < blocks; ++block, row += R) {
@@ -486,9 +494,7 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
   constexpr bool kPairs = S::kPairTiles && G == 1;
   constexpr int64_t kBytesPerK = G * S::kLanes * sizeof(float);
   const bool prefetch_writes = has_prefetchw();
-  const RowSpread spread = !S::kEvenRowBlocks  ? RowSpread::kNone
-                           : blas_runs_avx512() ? RowSpread::kAny
-                                                : RowSpread::kFew;
+  const bool intel = blas_runs_avx512();  // for_row_blocks' RowSpread
   StepBarrier barrier;
 #pragma omp parallel num_threads(threads)
   {
@@ -518,8 +524,12 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
                        TileFunctor functor, int64_t row0, int64_t row1) {
         constexpr int R = decltype(rows_at_once)::value;
         constexpr bool kPair = decltype(pair)::value;
-        for_row_blocks<R>(row1 - row0, spread, [&](auto count, int64_t row,
-                                                               int64_t block, int64_t blocks) {
+        const RowSpread spread = !S::kEvenRowBlocks ? RowSpread::kNone
+                                 : !intel           ? RowSpread::kFew
+                                 : G == 1           ? RowSpread::kAfterTwo
+                                                    : RowSpread::kAfterOne;
+        for_row_blocks<R>(row1 - row0, spread, [&](auto count, int64_t row, int64_t block,
+                                                   int64_t blocks) {
           constexpr int M = decltype(count)::value;
           if (block >= 0 && u < last) {
             fused_tile<S, M, G, F, kPair>(steps[s], step, w, u, row0 + row, k0, k1,
@@ -683,8 +693,8 @@ void fused_backward(const F* steps, const FusedBackwardRows<typename F::scalar_t
         for (int64_t j0 = 0; j0 < w.J; j0 += depth) {
           const int64_t j1 = std::min(w.J, j0 + depth);
           for_row_blocks<kRows>(row1 - row0, RowSpread::kNone, [&](auto count, int64_t row,
-                                                                        int64_t block,
-                                                                        int64_t blocks) {
+                                                                   int64_t block,
+                                                                   int64_t blocks) {
             constexpr int M = decltype(count)::value;
             PanelPrefetch prefetch;
             if (block >= 0 && q < own.last) prefetch = walk.share(q, j1, block, blocks);

@@ -68,6 +68,13 @@ C10_ALWAYS_INLINE C10_HOST_DEVICE typename Lanes::value load_plus(const Lanes& l
   return q == nullptr ? l.load(p + i) : l.load(p + i) + l.load(q + i);
 }
 
+// l.load(p + i), or zeros where p is null (an optional bias).
+template <typename Lanes, typename T>
+C10_ALWAYS_INLINE C10_HOST_DEVICE typename Lanes::value load_or_zero(const Lanes& l, const T* p,
+                                                                     int64_t i) {
+  return p == nullptr ? typename Lanes::value(0) : l.load(p + i);
+}
+
 // A value of the workspace saved for the backward: l.stream(p, v) where `stream` and
 // the Lanes have one (a non-temporal store: the CPU's AVX-512 Lanes), else l.store.
 template <typename Lanes, typename T, typename V>
@@ -222,17 +229,15 @@ struct GruForwardStep : StepFunctor<GruForwardStep<scalar_t, product_t>, scalar_
 
   template <typename Lanes>
   C10_ALWAYS_INLINE C10_HOST_DEVICE void apply(const Lanes& l, int64_t b, int64_t j) const {
-    using V = typename Lanes::value;
     const int64_t i = b * H + j;
     const int64_t g = b * 3 * H + j;
-    const V zero(0);
     const auto a = gru_activate(
-        l.load(x_proj + g) + (b_ih == nullptr ? zero : l.load(b_ih + j)),
-        l.load(x_proj + g + H) + (b_ih == nullptr ? zero : l.load(b_ih + j + H)),
-        l.load(x_proj + g + 2 * H) + (b_ih == nullptr ? zero : l.load(b_ih + j + 2 * H)),
-        l.load(h_proj + g) + (b_hh == nullptr ? zero : l.load(b_hh + j)),
-        l.load(h_proj + g + H) + (b_hh == nullptr ? zero : l.load(b_hh + j + H)),
-        l.load(h_proj + g + 2 * H) + (b_hh == nullptr ? zero : l.load(b_hh + j + 2 * H)));
+        l.load(x_proj + g) + load_or_zero(l, b_ih, j),
+        l.load(x_proj + g + H) + load_or_zero(l, b_ih, j + H),
+        l.load(x_proj + g + 2 * H) + load_or_zero(l, b_ih, j + 2 * H),
+        l.load(h_proj + g) + load_or_zero(l, b_hh, j),
+        l.load(h_proj + g + H) + load_or_zero(l, b_hh, j + H),
+        l.load(h_proj + g + 2 * H) + load_or_zero(l, b_hh, j + 2 * H));
     if (workspace != nullptr) {
       const int64_t w = b * 4 * H + j;
       store_saved(l, workspace + w, a.r, stream_saved);

@@ -381,10 +381,11 @@ def check_errors(actual, expected_low, exact, dtype, with_grads=True):
             f"{group}: rnnfused relative error {err_fused:.3g} > 2 x torch.nn's {err_torch:.3g}")
 
 
-def compare_low_precision(ref, fused, form: str, with_hx: bool, device, dtype, with_grads=True):
+def compare_low_precision(ref, fused, form: str, with_hx: bool, device, dtype, with_grads=True,
+                          **input_sizes):
     """compare_modules for float16 / bfloat16: run both modules and a float64 twin of `ref`
     holding the same (rounded) weights upcast, then check_errors."""
-    leaves, build = make_inputs(ref, form, with_hx, device, dtype)
+    leaves, build = make_inputs(ref, form, with_hx, device, dtype, **input_sizes)
     exact = run_float64_twin(ref, leaves, build)
     check_errors(run_module(fused, leaves, build), run_module(ref, leaves, build), exact, dtype,
                  with_grads=with_grads)

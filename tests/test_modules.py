@@ -581,6 +581,49 @@ def test_fused_backward_shared_blocks_follow_packed_rows(name):
                     lengths=lengths)
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("form", ["batched", "packed_sorted"])
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_fused_loops_split_the_batch_among_threads(name, form, threads):
+    """Where each thread's copy of the weights a loop reads every step fits in half a
+    core's L2 (hidden 40: under 100 KB), both loops split each step's rows among the
+    threads, every tile (the backward's 2L-unit blocks) a share of the batch, from a
+    register block of rows a thread (fused_loop.h's batch_split: 6-8 rows a block on
+    AVX-512, so 16 rows at most on 2 threads, 24 on 3): 75 rows do, on 2 and on 3
+    threads, odd shares included (37 and 38, 25 each). Packed, the steps' rows (75, 75,
+    70, 52, 47, 30, 20, 11, 3) go from the split batch to split tiles (and their
+    leftovers: 3 tiles of 16) as the sequences end, the backward's the other way; rows
+    past a step's product go to the last thread.
+    Outputs, states and all gradients equal torch.nn's."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ref, fused = make_twins(name, 17, 40)
+        compare_modules(ref, fused, form, True, "cpu", torch.float32, batch=75, seq_len=9,
+                        lengths=SPLIT_BATCH_LENGTHS if form == "packed_sorted" else None)
+    finally:
+        torch.set_num_threads(before)
+
+
+SPLIT_BATCH_LENGTHS = [9] * 3 + [8] * 8 + [7] * 9 + [6] * 10 + [5] * 17 + [4] * 5 + [3] * 18 + [2] * 5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_fused_loops_split_the_batch_in_16_bit(name, dtype):
+    """The same packed batch in bfloat16 and float16, whose loops (the AVX-512 forward
+    and backward, the dot product's on AVX512-BF16; not AMX's forward) split it alike:
+    within twice torch.nn's error against float64 (test_low_precision.py's rule)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ref, fused = make_twins(name, 17, 40, dtype=dtype)
+        compare_low_precision(ref, fused, "packed_sorted", True, "cpu", dtype, batch=75,
+                              seq_len=9, lengths=SPLIT_BATCH_LENGTHS)
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("name,hidden", [("LSTM", 2400), ("GRU", 3100), ("RNN", 4700)])
 def test_fused_loop_panels_past_a_whole_tile(name, hidden):
     """The loops take a tile's whole reduction in one panel up to 256 KB of packed

@@ -283,16 +283,36 @@ struct PanelWalk {
 // tiles, the backward's 2L-unit blocks) over its `rows` rows: whole blocks [first,
 // last), and where the blocks do not divide evenly among the nt threads and each
 // thread would get a whole register block (block_rows) of rows, rows [row0, row1)
-// of the units % nt left over, [owned, units); else owned == units.
+// of the units % nt left over, [owned, units); else owned == units. by_batch (the
+// caller's choice: batch_split), where each thread would get a whole register
+// block of rows: rows [row0, row1) of every block (owned == 0), so that no thread
+// reads the state rows another wrote.
 struct ThreadShare {
   int64_t first, last, owned, row0, row1;
+  bool by_batch;
 
-  static ThreadShare of(int64_t units, int64_t rows, int64_t block_rows, int64_t t, int64_t nt) {
-    const bool by_rows = units % nt != 0 && rows >= nt * block_rows;
-    const int64_t owned = by_rows ? units / nt * nt : units;
-    return {owned * t / nt, owned * (t + 1) / nt, owned, rows * t / nt, rows * (t + 1) / nt};
+  static ThreadShare of(int64_t units, int64_t rows, int64_t block_rows, int64_t t, int64_t nt,
+                        bool by_batch = false) {
+    const bool by_rows = rows >= nt * block_rows && (units % nt != 0 || by_batch);
+    const bool batch = by_rows && by_batch && nt > 1;
+    const int64_t owned = batch ? 0 : by_rows ? units / nt * nt : units;
+    return {owned * t / nt, owned * (t + 1) / nt, owned, rows * t / nt, rows * (t + 1) / nt, batch};
   }
 };
+
+// Whether a loop's threads split each step's batch rows (ThreadShare's by_batch)
+// rather than its blocks of weights: where each thread's copy of the weights the
+// loop reads every step (`weight_bytes`) takes at most half a core's L2. Split by
+// units, every thread reads the whole state each step, written by all of them: LSTM
+// 10, 512, 32, 64's forward ran 1.26x as fast on two threads as on one. In-process
+// A/B against the split by units, two Xeon vCPUs (2 MB L2), T 50, I = H, forward:
+// LSTM H 32-64 B 32-256 13-39% faster, H 128 6-12%, GRU H 32-64 15-31%, H 128-192
+// 4-12%, RNN H 32-256 B 16-256 10-46%; training (B 16-128): LSTM H 32-192 5-21%,
+// GRU 4-32%, RNN 3-24%; the AVX2 kernels on that CPU 6-16%. Without the bound,
+// LSTM H 256 (2 MB a thread) B 16-64 was 4-25% slower.
+inline bool batch_split(int64_t weight_bytes, int threads) {
+  return threads > 1 && weight_bytes <= l2_cache_bytes() / 2;
+}
 
 // Which units the step functor runs on after a tile's last panel (fused_steps):
 // the tile's own, none (the thread's next tile runs it), or the previous tile's
@@ -495,6 +515,9 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
   constexpr int64_t kBytesPerK = G * S::kLanes * sizeof(float);
   const bool prefetch_writes = has_prefetchw();
   const bool intel = blas_runs_avx512();  // for_row_blocks' RowSpread
+  // W_hh's tiles, and W_ih's where the loop forms the input projection.
+  const bool by_batch =
+      batch_split(w.tiles * (w.K + (w.w_input != nullptr ? w.I : 0)) * kBytesPerK, threads);
   StepBarrier barrier;
 #pragma omp parallel num_threads(threads)
   {
@@ -515,62 +538,65 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
       // B 64 1.7%; bfloat16 2-4%; the AVX2 kernels (8-unit tiles) 1.5-3%. Fewer rows
       // keep whole tiles (RNN H 300 B 8: shared, its tile pairs split, 2-3% slower).
       constexpr int64_t kRows = S::template forward_rows<G>();
-      const ThreadShare share = ThreadShare::of(w.tiles, step.rows, kRows, t, nt);
-      const int64_t first = share.first, last = share.last;
-      const PanelWalk walk{w.w, w.K, G * S::kLanes, depth, first, last};
-      // Tile u (and u + 1 when kPair) over [k0, k1), rows [row0, row1) R at a time;
-      // a shared tile's blocks (u past the thread's own) prefetch nothing.
-      auto panel = [&](auto rows_at_once, auto pair, int64_t u, int64_t k0, int64_t k1,
-                       TileFunctor functor, int64_t row0, int64_t row1) {
-        constexpr int R = decltype(rows_at_once)::value;
-        constexpr bool kPair = decltype(pair)::value;
-        const RowSpread spread = !S::kEvenRowBlocks ? RowSpread::kNone
-                                 : !intel           ? RowSpread::kFew
-                                 : G == 1           ? RowSpread::kAfterTwo
-                                                    : RowSpread::kAfterOne;
-        for_row_blocks<R>(row1 - row0, spread, [&](auto count, int64_t row, int64_t block,
-                                                   int64_t blocks) {
-          constexpr int M = decltype(count)::value;
-          if (block >= 0 && u < last) {
-            fused_tile<S, M, G, F, kPair>(steps[s], step, w, u, row0 + row, k0, k1,
-                                          prefetch_writes, functor,
-                                          walk.share(u, k1, block, blocks, kPair ? 2 : 1),
-                                          u == first);
-          } else {
-            fused_tile<S, M, G, F, kPair>(steps[s], step, w, u, row0 + row, k0, k1,
-                                          prefetch_writes, functor);
-          }
-        });
-      };
-      for (int64_t u = first; u < last;) {
-        const bool two = kPairs && u + 1 < last;
-        // A lone tile's functor runs with the next one's (fused_tile) where
-        // paired_functors: the thread's tiles first, first + 1 pair up, an odd last
-        // one alone.
-        const TileFunctor functor = two || !paired_functors ? TileFunctor::kOwn
-                                    : (u - first) % 2 == 1  ? TileFunctor::kWithPrevious
-                                    : u + 1 < last          ? TileFunctor::kNext
-                                                            : TileFunctor::kOwn;
-        for (int64_t k0 = 0; k0 < w.K; k0 += depth) {
-          const int64_t k1 = std::min(w.K, k0 + depth);
-          if constexpr (kPairs) {
-            if (two) {
-              panel(std::integral_constant<int, S::kPairRows>{}, std::true_type{}, u, k0, k1,
-                    functor, 0, step.rows);
-              continue;
+      const ThreadShare share = ThreadShare::of(w.tiles, step.rows, kRows, t, nt, by_batch);
+      // Tiles [first, last) over rows [row0, row1). `own`: the thread's own tiles,
+      // each full row block prefetching its share of the next panel into L2 and the
+      // functors paired (TileFunctor); else shared by rows, with no prefetch (where
+      // split by batch each thread's weights stay in its L2: 2-4.5% faster without,
+      // LSTM and GRU H 128, RNN H 128-256 3-6.6%) and each tile its own functor.
+      // `pairs`: single-gate tiles two at a time (kPairs; an RNN's split batch, H 256
+      // B 64-128, 3% slower one at a time than split by tiles, 8-10% faster in pairs).
+      auto run_tiles = [&](int64_t first, int64_t last, int64_t row0, int64_t row1, bool own,
+                           bool pairs) {
+        const PanelWalk walk{w.w, w.K, G * S::kLanes, depth, first, last};
+        // Tile u (and u + 1 when kPair) over [k0, k1), R rows at a time.
+        auto panel = [&](auto rows_at_once, auto pair, int64_t u, int64_t k0, int64_t k1,
+                         TileFunctor functor) {
+          constexpr int R = decltype(rows_at_once)::value;
+          constexpr bool kPair = decltype(pair)::value;
+          const RowSpread spread = !S::kEvenRowBlocks ? RowSpread::kNone
+                                   : !intel           ? RowSpread::kFew
+                                   : G == 1           ? RowSpread::kAfterTwo
+                                                      : RowSpread::kAfterOne;
+          for_row_blocks<R>(row1 - row0, spread, [&](auto count, int64_t row, int64_t block,
+                                                     int64_t blocks) {
+            constexpr int M = decltype(count)::value;
+            if (block >= 0 && own) {
+              fused_tile<S, M, G, F, kPair>(steps[s], step, w, u, row0 + row, k0, k1,
+                                            prefetch_writes, functor,
+                                            walk.share(u, k1, block, blocks, kPair ? 2 : 1),
+                                            u == first);
+            } else {
+              fused_tile<S, M, G, F, kPair>(steps[s], step, w, u, row0 + row, k0, k1,
+                                            prefetch_writes, functor);
             }
+          });
+        };
+        for (int64_t u = first; u < last;) {
+          const bool two = pairs && kPairs && u + 1 < last;
+          // A lone tile's functor runs with the next one's (fused_tile) where
+          // paired_functors: the thread's tiles first, first + 1 pair up, an odd last
+          // one alone.
+          const TileFunctor functor = !own || two || !paired_functors ? TileFunctor::kOwn
+                                      : (u - first) % 2 == 1 ? TileFunctor::kWithPrevious
+                                      : u + 1 < last         ? TileFunctor::kNext
+                                                             : TileFunctor::kOwn;
+          for (int64_t k0 = 0; k0 < w.K; k0 += depth) {
+            const int64_t k1 = std::min(w.K, k0 + depth);
+            if constexpr (kPairs) {
+              if (two) {
+                panel(std::integral_constant<int, S::kPairRows>{}, std::true_type{}, u, k0, k1,
+                      functor);
+                continue;
+              }
+            }
+            panel(std::integral_constant<int, kRows>{}, std::false_type{}, u, k0, k1, functor);
           }
-          panel(std::integral_constant<int, kRows>{}, std::false_type{}, u, k0, k1, functor, 0,
-                step.rows);
+          u += two ? 2 : 1;
         }
-        u += two ? 2 : 1;
-      }
-      for (int64_t u = share.owned; u < w.tiles; ++u) {
-        for (int64_t k0 = 0; k0 < w.K; k0 += depth) {
-          panel(std::integral_constant<int, kRows>{}, std::false_type{}, u, k0,
-                std::min(w.K, k0 + depth), TileFunctor::kOwn, share.row0, share.row1);
-        }
-      }
+      };
+      run_tiles(share.first, share.last, 0, step.rows, true, true);
+      run_tiles(share.owned, w.tiles, share.row0, share.row1, false, share.by_batch);
       barrier.wait();
     }
     // The functors' streamed stores (the saved workspace: Lanes::stream) are weakly
@@ -634,17 +660,19 @@ void fused_backward(const F* steps, const FusedBackwardRows<typename F::scalar_t
   // dot product's (S::kStatePerK 2: w.J pairs of it a row) as it is.
   constexpr bool kWidens = !std::is_same_v<T, float> && S::kStatePerK == 1;
   const int64_t G = w.J / H;
+  // Split by batch (batch_split) where W_hh's blocks fit: every block shared by rows.
+  const bool by_batch = batch_split(w.blocks * w.J * kBytesPerJ, threads);
   StepBarrier barrier;
 #pragma omp parallel num_threads(threads)
   {
     const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t depth = panel_depth(kBytesPerJ, w.J, S::kPanelBytes);
     // The thread's share of a step's product over `product_rows` rows (as
-    // fused_steps shares its tiles). The next step's functors run on the same units
+    // fused_steps shares its tiles or the batch). The next step's functors run on the same units
     // and rows: a thread reads only the d_h its own product wrote, so one barrier a
     // step suffices.
     auto share_of = [&](int64_t product_rows) {
-      return ThreadShare::of(w.blocks, product_rows, kRows, t, nt);
+      return ThreadShare::of(w.blocks, product_rows, kRows, t, nt, by_batch);
     };
     // The functors on rows [b0, b1) of units [j0, j1): row by row, each row's
     // units in order, so the saved gates, cells and gradients stream from memory

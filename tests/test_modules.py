@@ -581,6 +581,11 @@ def test_fused_backward_shared_blocks_follow_packed_rows(name):
                     lengths=lengths)
 
 
+# 75 sequences, a step's rows 75, 75, 70, 52, 47, 30, 20, 11, 3.
+SPLIT_BATCH_LENGTHS = ([9] * 3 + [8] * 8 + [7] * 9 + [6] * 10 + [5] * 17 + [4] * 5 + [3] * 18
+                       + [2] * 5)
+
+
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("form", ["batched", "packed_sorted"])
 @pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
@@ -593,8 +598,8 @@ def test_fused_loops_split_the_batch_among_threads(name, form, threads):
     threads, odd shares included (37 and 38, 25 each). Packed, the steps' rows (75, 75,
     70, 52, 47, 30, 20, 11, 3) go from the split batch to split tiles (and their
     leftovers: 3 tiles of 16) as the sequences end, the backward's the other way; rows
-    past a step's product go to the last thread.
-    Outputs, states and all gradients equal torch.nn's."""
+    past a step's product go to the last thread. Outputs, states and all gradients equal
+    torch.nn's."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -603,9 +608,6 @@ def test_fused_loops_split_the_batch_among_threads(name, form, threads):
                         lengths=SPLIT_BATCH_LENGTHS if form == "packed_sorted" else None)
     finally:
         torch.set_num_threads(before)
-
-
-SPLIT_BATCH_LENGTHS = [9] * 3 + [8] * 8 + [7] * 9 + [6] * 10 + [5] * 17 + [4] * 5 + [3] * 18 + [2] * 5
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])

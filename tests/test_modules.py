@@ -598,8 +598,9 @@ def test_fused_loops_split_the_batch_among_threads(name, form, threads):
     threads, odd shares included (37 and 38, 25 each). Packed, the steps' rows (75, 75,
     70, 52, 47, 30, 20, 11, 3) go from the split batch to split tiles (and their
     leftovers: 3 tiles of 16) as the sequences end, the backward's the other way; rows
-    past a step's product go to the last thread. Outputs, states and all gradients equal
-    torch.nn's."""
+    past a step's product go to the last thread; the forward's steps over the same split
+    rows as the next run without a barrier between them. Outputs, states and all
+    gradients equal torch.nn's."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -597,7 +597,13 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
       };
       run_tiles(share.first, share.last, 0, step.rows, true, true);
       run_tiles(share.owned, w.tiles, share.row0, share.row1, false, share.by_batch);
-      barrier.wait();
+      // Split by batch over the same rows as the next step, a thread's next step reads
+      // only rows it wrote (state, output, projection): no barrier. In-process A/B, two
+      // Xeon vCPUs, T 50: LSTM B 64 H 32 4.8% faster, B 256 H 128 2.9%, RNN B 64 H 32 9%,
+      // B 32 H 128 4.5%, GRU B 128 H 64 1.6%.
+      const bool rows_stay_own =
+          share.by_batch && s + 1 < count && rows[s + 1].rows == step.rows;
+      if (!rows_stay_own) barrier.wait();
     }
     // The functors' streamed stores (the saved workspace: Lanes::stream) are weakly
     // ordered: visible to every thread before the loop returns.

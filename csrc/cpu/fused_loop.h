@@ -165,12 +165,12 @@ enum class RowSpread { kNone, kFew, kAfterTwo, kAfterOne };
 //   and RNN 64 even or 1-2% slower), one whole block (LSTM B 7, 8 2-7% slower), the
 //   backward (LSTM training B 17-20 1-2% slower).
 // - On Intel's CPUs (blas_runs_avx512) kAfterOne for LSTM and GRU tiles, kAfterTwo for
-//   an RNN's (tile pairs, a lone tile unmeasured). Two Xeon vCPUs, in-process A/B, forward, against kFew: 4 rows
-//   after two or more blocks, LSTM H 512 B 16 3% faster (12 of 12 rounds), B 22 1.9%, H
-//   256 B 28 1.4%, training H 512 B 16 2.3%, the 2-layer bidirectional 100, 16, 128, 128
-//   0.9%; GRU H 512 B 20 3.3%, H 256 B 28 3.8%; RNN 100, 64, 512, 512 3.7% (12 of 12);
-//   5 rows, GRU B 21 3.3%, RNN B 29 1.1%; 10 rows, RNN H 256 B 70 even; LSTM 100, 64,
-//   512, 512 even. After one block, T 50, H 512: LSTM B 8 (4 + 4) 6.6% faster (10 of
+//   an RNN's (tile pairs, a lone tile unmeasured). Two Xeon vCPUs, in-process A/B,
+//   forward, against kFew: 4 rows after two or more blocks, LSTM H 512 B 16 3% faster
+//   (12 of 12 rounds), B 22 1.9%, H 256 B 28 1.4%, training H 512 B 16 2.3%, the 2-layer
+//   bidirectional 100, 16, 128, 128 0.9%; GRU H 512 B 20 3.3%, H 256 B 28 3.8%; RNN
+//   100, 64, 512, 512 3.7% (12 of 12); 5 rows, GRU B 21 3.3%, RNN B 29 1.1%; 10 rows,
+//   RNN H 256 B 70 even; LSTM 100, 64, 512, 512 even. After one block, T 50, H 512: LSTM B 8 (4 + 4) 6.6% faster (10 of
 //   10), B 9 (5 + 4) 11%, B 10 2.5%, H 256 B 8 5.7%; GRU B 10 7.7%, B 12 3.5%, H 256 B
 //   14 even; but RNN B 20 (10 + 10) 3.4% slower, B 16 even, and LSTM B 7 (4 + 3) 5%
 //   slower than 6 + 1: one row stays a block of its own.
@@ -292,11 +292,12 @@ struct ThreadShare {
   bool by_batch;
 
   static ThreadShare of(int64_t units, int64_t rows, int64_t block_rows, int64_t t, int64_t nt,
-                        bool by_batch = false) {
+                        bool by_batch) {
     const bool by_rows = rows >= nt * block_rows && (units % nt != 0 || by_batch);
     const bool batch = by_rows && by_batch && nt > 1;
     const int64_t owned = batch ? 0 : by_rows ? units / nt * nt : units;
-    return {owned * t / nt, owned * (t + 1) / nt, owned, rows * t / nt, rows * (t + 1) / nt, batch};
+    return {owned * t / nt, owned * (t + 1) / nt, owned, rows * t / nt, rows * (t + 1) / nt,
+            batch};
   }
 };
 
@@ -514,7 +515,11 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
   constexpr bool kPairs = S::kPairTiles && G == 1;
   constexpr int64_t kBytesPerK = G * S::kLanes * sizeof(float);
   const bool prefetch_writes = has_prefetchw();
-  const bool intel = blas_runs_avx512();  // for_row_blocks' RowSpread
+  // Which rows left after the whole register blocks for_row_blocks spreads over them.
+  const RowSpread spread = !S::kEvenRowBlocks  ? RowSpread::kNone
+                           : !blas_runs_avx512() ? RowSpread::kFew
+                           : G == 1              ? RowSpread::kAfterTwo
+                                                 : RowSpread::kAfterOne;
   // W_hh's tiles, and W_ih's where the loop forms the input projection.
   const bool by_batch =
       batch_split(w.tiles * (w.K + (w.w_input != nullptr ? w.I : 0)) * kBytesPerK, threads);
@@ -554,10 +559,6 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
                          TileFunctor functor) {
           constexpr int R = decltype(rows_at_once)::value;
           constexpr bool kPair = decltype(pair)::value;
-          const RowSpread spread = !S::kEvenRowBlocks ? RowSpread::kNone
-                                   : !intel           ? RowSpread::kFew
-                                   : G == 1           ? RowSpread::kAfterTwo
-                                                      : RowSpread::kAfterOne;
           for_row_blocks<R>(row1 - row0, spread, [&](auto count, int64_t row, int64_t block,
                                                      int64_t blocks) {
             constexpr int M = decltype(count)::value;
@@ -674,9 +675,9 @@ void fused_backward(const F* steps, const FusedBackwardRows<typename F::scalar_t
     const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t depth = panel_depth(kBytesPerJ, w.J, S::kPanelBytes);
     // The thread's share of a step's product over `product_rows` rows (as
-    // fused_steps shares its tiles or the batch). The next step's functors run on the same units
-    // and rows: a thread reads only the d_h its own product wrote, so one barrier a
-    // step suffices.
+    // fused_steps shares its tiles or the batch). The next step's functors run on the
+    // same units and rows: a thread reads only the d_h its own product wrote, so one
+    // barrier a step suffices.
     auto share_of = [&](int64_t product_rows) {
       return ThreadShare::of(w.blocks, product_rows, kRows, t, nt, by_batch);
     };

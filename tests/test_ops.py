@@ -607,6 +607,40 @@ def test_projection_in_loop_matches_torch_nn(kind, hidden, input_size, form, dev
     assert_float32_training_matches(theirs, ours, x, forward)
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("form", ["dense", "packed"])
+@pytest.mark.parametrize("kind,hidden", [("LSTM", 200), ("GRU", 232), ("RNN", 400)])
+def test_projection_formed_ahead_at_the_barrier(kind, hidden, form, threads):
+    """A float32 layer that forms its input projection in the fused forward loop, with W_ih
+    and W_hh past half a core's L2 (1.3 MB here: the tiles split among the threads, a
+    barrier after every step), forms each step's projection ahead, each thread its share
+    while it waits at the barrier before the step, into the buffer of the step's parity
+    (fused_loop.h's fused_steps): on 2 and 3 threads (13 tiles of 16 units on AVX-512: one
+    left over, shared by rows; RNN's in tile pairs), dense and packed (a step's rows 40, 40,
+    40, 40, 30, 20, 10, 10, 10, 10: the shares change where sequences end), the first step's
+    formed in the loop. Outputs and gradients equal torch.nn's."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(hidden)
+        theirs = getattr(torch.nn, kind)(hidden, hidden)
+        ours = getattr(rnnfused, kind)(hidden, hidden)
+        ours.load_state_dict(theirs.state_dict())
+        T, B = 10, 40
+        x = torch.randn(T, B, hidden)
+        lengths = torch.tensor([10] * 10 + [4] * 10 + [5] * 10 + [6] * 10)
+
+        def forward(model, inp):
+            if form == "dense":
+                return model(inp)[0]
+            packed = torch.nn.utils.rnn.pack_padded_sequence(inp, lengths, enforce_sorted=False)
+            return torch.nn.utils.rnn.pad_packed_sequence(model(packed)[0])[0]
+
+        assert_float32_training_matches(theirs, ours, x, forward)
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("hidden", [256, 250])
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
 def test_large_saved_workspace_matches_torch_nn(kind, hidden, device):

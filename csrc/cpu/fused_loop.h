@@ -205,19 +205,28 @@ __attribute__((always_inline)) inline void for_row_blocks(int64_t rows, RowSprea
 // else in between, so they spin on one cache line (~0.1 us per step where
 // libgomp's barrier costs several, and it costs nothing on one thread); after a
 // while they yield the CPU, for machines with more threads than cores.
-// Called by every thread of the enclosing OpenMP team.
+// Called by every thread of the enclosing OpenMP team: wait(), or in two halves,
+// arrive() (this thread's step is done) and then wait(ticket) (every thread's is),
+// with work that needs no other thread's step in between.
 class StepBarrier {
  public:
-  void wait() {
+  void wait() { wait(arrive()); }
+
+  // The generation this thread waits to see end; the last thread to arrive ends it.
+  unsigned arrive() {
     const int threads = omp_get_num_threads();
-    if (threads <= 1) return;
+    if (threads <= 1) return 0;
     const unsigned generation = generation_.load(std::memory_order_acquire);
     if (arrived_.fetch_add(1, std::memory_order_acq_rel) == threads - 1) {
       arrived_.store(0, std::memory_order_relaxed);
       generation_.store(generation + 1, std::memory_order_release);
-      return;
     }
-    for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
+    return generation;
+  }
+
+  void wait(unsigned ticket) {
+    if (omp_get_num_threads() <= 1) return;
+    for (int spins = 0; generation_.load(std::memory_order_acquire) == ticket; ++spins) {
       if (spins < kSpins) {
         _mm_pause();
       } else {
@@ -325,19 +334,82 @@ inline bool batch_split(int64_t weight_bytes, int threads) {
 // only where the gate math weighs enough beside the product.
 enum class TileFunctor { kOwn, kNext, kWithPrevious };
 
+// What a fused_tile call forms: the input projection where the loop forms it
+// (PackedRecurrent::w_input, at the first panel), the recurrent product and the
+// functor (kAll); the projection alone (kProjection: a step's, formed ahead while the
+// other threads finish the step before, fused_steps); or all but the projection
+// (kProduct: formed ahead).
+enum class TilePart { kAll, kProjection, kProduct };
+
+// The input projection of tile u's rows [row, row + M) (kPair: tiles u and u + 1)
+// into x_proj (FusedStepRows::x_proj_out), where the functor reads it: the
+// recurrent product's register blocks over the input rows and W_ih's packed tile (I
+// rows), the bias added to the first block's sums (fused_forward_cpu.h's
+// forms_projection_in_loop says where). A float32 x_proj is summed kSumDepth terms
+// at a time; a bfloat16 one (the dot product's loop: I pairs of input values a row)
+// in registers over all of I, rounded once, as a GEMM's bfloat16 out is.
+template <typename S, int M, int G, bool kPair>
+__attribute__((always_inline)) inline void project_tile(const auto& step, const PackedRecurrent& w,
+                                                        int64_t u, int64_t row) {
+  constexpr int kTiles = kPair ? 2 : 1;
+  constexpr int64_t L = S::kLanes;
+  constexpr int C = kPair ? 2 : S::template forward_columns<G, M>();
+  constexpr int kGatesAPass = kPair ? 1 : C;
+  const int64_t H = w.H, j = u * L;
+  typename S::Mask mask[kTiles];
+  for (int t = 0; t < kTiles; ++t) {
+    mask[t] = S::first(static_cast<int>(std::min<int64_t>(L, H - (u + t) * L)));
+  }
+  // Column c of a pass: fused_tile's.
+  const int64_t column_at = kPair ? L : H;
+  using Out = std::remove_pointer_t<decltype(step.x_proj_out)>;
+  const int64_t I = w.I, sum_depth = std::is_same_v<Out, float> ? kSumDepth : I;
+  const float* x_rows[M];
+  for (int m = 0; m < M; ++m) x_rows[m] = step.x_in + (row + m) * step.x_stride;
+  for (int g0 = 0; g0 < G; g0 += kGatesAPass) {
+    for (int64_t b0 = 0; b0 < I; b0 += sum_depth) {
+      const int64_t b1 = std::min(I, b0 + sum_depth);
+      typename S::V acc[M][C];
+      for (int m = 0; m < M; ++m) {
+        for (int c = 0; c < C; ++c) acc[m][c] = S::zero();
+      }
+      PanelPrefetch none;
+      tile_product<S, M, C, G>(w.w_input + (u * I * G + g0) * L, x_rows, b0, b1, acc, none,
+                               kPair ? I * G * L : L);
+      for (int c = 0; c < C; ++c) {
+        const typename S::Mask& lanes = mask[kPair ? c : 0];
+        const int64_t column = g0 * H + j + c * column_at;
+        const typename S::V bias = b0 == 0 && w.input_bias != nullptr
+                                       ? S::load(lanes, w.input_bias + column)
+                                       : S::zero();
+        for (int m = 0; m < M; ++m) {
+          Out* at = step.x_proj_out + (row + m) * G * H + column;
+          const typename S::V sum = S::add(acc[m][c], b0 == 0 ? bias : S::load(lanes, at));
+          S::store(lanes, at, sum);
+        }
+      }
+    }
+  }
+}
+
 // Rows [row, row + M) of tile u over k in [k0, k1) (kPair: tiles u and u + 1, a
 // single-gate layer's, one vector of each a pass): the partial product, kept in
 // float32 between panels, C = forward_columns<G, M>() gate vectors at a time (kPair:
 // one of each tile). After the last panel it goes to the product buffer (rounded to
 // the layer's type) where the functor reads it, the functor runs on the units
-// `functor` says, and h' goes into the next state where the step has one.
+// `functor` says, and h' goes into the next state where the step has one; `part`
+// says whether the input projection comes first, alone, or not at all (TilePart).
 // prefetch_writes: has_prefetchw(), read once per loop.
 template <typename S, int M, int G, typename F, bool kPair = false>
 __attribute__((always_inline)) inline void fused_tile(const F& f, const FusedStepRows<typename F::scalar_type>& step,
                        const PackedRecurrent& w, int64_t u, int64_t row, int64_t k0, int64_t k1,
-                       bool prefetch_writes, TileFunctor functor, PanelPrefetch prefetch = {},
-                       bool prefetch_state = false) {
+                       bool prefetch_writes, TileFunctor functor, TilePart part,
+                       PanelPrefetch prefetch = {}, bool prefetch_state = false) {
   static_assert(!kPair || G == 1, "tile pairs: single-gate layers");
+  if (part == TilePart::kProjection) {
+    project_tile<S, M, G, kPair>(step, w, u, row);
+    return;
+  }
   constexpr int kTiles = kPair ? 2 : 1;
   constexpr int64_t L = S::kLanes;
   const int64_t H = w.H, K = w.K;
@@ -415,42 +487,8 @@ __attribute__((always_inline)) inline void fused_tile(const F& f, const FusedSte
   // apart, its own packed tile K rows later).
   const int64_t column_at = kPair ? L : H;
   const int64_t column_weights = kPair ? K * G * L : L;
-  if (w.w_input != nullptr && k0 == 0) {
-    // The input projection of the tile's rows, formed here (before the first panel
-    // of the recurrent product) into x_proj, where the functor reads it: the same
-    // register blocks over the input rows and W_ih's packed tile (I rows), the bias
-    // added to the first block's sums (fused_forward_cpu.h's forms_projection_in_loop
-    // says where). A float32 x_proj is summed kSumDepth terms at a time; a bfloat16
-    // one (the dot product's loop: I pairs of input values a row) in registers over
-    // all of I, rounded once, as a GEMM's bfloat16 out is.
-    using Out = std::remove_pointer_t<decltype(step.x_proj_out)>;
-    const int64_t I = w.I, sum_depth = std::is_same_v<Out, float> ? kSumDepth : I;
-    const float* x_rows[M];
-    for (int m = 0; m < M; ++m) x_rows[m] = step.x_in + (row + m) * step.x_stride;
-    for (int g0 = 0; g0 < G; g0 += kGatesAPass) {
-      for (int64_t b0 = 0; b0 < I; b0 += sum_depth) {
-        const int64_t b1 = std::min(I, b0 + sum_depth);
-        typename S::V acc[M][C];
-        for (int m = 0; m < M; ++m) {
-          for (int c = 0; c < C; ++c) acc[m][c] = S::zero();
-        }
-        PanelPrefetch none;
-        tile_product<S, M, C, G>(w.w_input + (u * I * G + g0) * L, x_rows, b0, b1, acc, none,
-                                 kPair ? I * G * L : L);
-        for (int c = 0; c < C; ++c) {
-          const typename S::Mask& lanes = mask[kPair ? c : 0];
-          const int64_t column = g0 * H + j + c * column_at;
-          const typename S::V bias = b0 == 0 && w.input_bias != nullptr
-                                         ? S::load(lanes, w.input_bias + column)
-                                         : S::zero();
-          for (int m = 0; m < M; ++m) {
-            Out* at = step.x_proj_out + (row + m) * G * H + column;
-            const typename S::V sum = S::add(acc[m][c], b0 == 0 ? bias : S::load(lanes, at));
-            S::store(lanes, at, sum);
-          }
-        }
-      }
-    }
+  if (w.w_input != nullptr && k0 == 0 && part == TilePart::kAll) {
+    project_tile<S, M, G, kPair>(step, w, u, row);
   }
   // The state rows' pointers, set up here rather than live across the input
   // projection's block: there, in a draft of for_row_blocks, GCC ran out of registers
@@ -531,6 +569,10 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
     // Whether a thread's tiles pair their functors (TileFunctor), for every step.
     const bool paired_functors =
         w.K + (w.w_input != nullptr ? w.I : 0) <= S::kPairedFunctorDepth;
+    // Whether step s's projection was formed ahead (at the barrier before it), and
+    // whether every thread is done with step s - 1 (it ended at the barrier).
+    const bool project_ahead = w.w_input != nullptr && nt > 1;
+    bool projected_ahead = false, synced = true;
     for (int64_t s = 0; s < count; ++s) {
       const FusedStepRows<typename F::scalar_type>& step = rows[s];
       // Each thread owns whole tiles [first, last). Where the tiles do not divide
@@ -551,8 +593,10 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
       // LSTM and GRU H 128, RNN H 128-256 3-6.6%) and each tile its own functor.
       // `pairs`: single-gate tiles two at a time (kPairs; an RNN's split batch, H 256
       // B 64-128, 3% slower one at a time than split by tiles, 8-10% faster in pairs).
-      auto run_tiles = [&](int64_t first, int64_t last, int64_t row0, int64_t row1, bool own,
-                           bool pairs) {
+      // `part`: what each tile call forms (TilePart) for step `at`.
+      auto run_tiles = [&](int64_t at, TilePart part, int64_t first, int64_t last, int64_t row0,
+                           int64_t row1, bool own, bool pairs) {
+        const FusedStepRows<typename F::scalar_type>& at_rows = rows[at];
         const PanelWalk walk{w.w, w.K, G * S::kLanes, depth, first, last};
         // Tile u (and u + 1 when kPair) over [k0, k1), R rows at a time.
         auto panel = [&](auto rows_at_once, auto pair, int64_t u, int64_t k0, int64_t k1,
@@ -562,17 +606,19 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
           for_row_blocks<R>(row1 - row0, spread, [&](auto count, int64_t row, int64_t block,
                                                      int64_t blocks) {
             constexpr int M = decltype(count)::value;
-            if (block >= 0 && own) {
-              fused_tile<S, M, G, F, kPair>(steps[s], step, w, u, row0 + row, k0, k1,
-                                            prefetch_writes, functor,
+            if (block >= 0 && own && part != TilePart::kProjection) {
+              fused_tile<S, M, G, F, kPair>(steps[at], at_rows, w, u, row0 + row, k0, k1,
+                                            prefetch_writes, functor, part,
                                             walk.share(u, k1, block, blocks, kPair ? 2 : 1),
                                             u == first);
             } else {
-              fused_tile<S, M, G, F, kPair>(steps[s], step, w, u, row0 + row, k0, k1,
-                                            prefetch_writes, functor);
+              fused_tile<S, M, G, F, kPair>(steps[at], at_rows, w, u, row0 + row, k0, k1,
+                                            prefetch_writes, functor, part);
             }
           });
         };
+        // The projection is a tile's first panel's alone.
+        const int64_t k_end = part == TilePart::kProjection ? std::min(w.K, depth) : w.K;
         for (int64_t u = first; u < last;) {
           const bool two = pairs && kPairs && u + 1 < last;
           // A lone tile's functor runs with the next one's (fused_tile) where
@@ -582,7 +628,7 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
                                       : (u - first) % 2 == 1 ? TileFunctor::kWithPrevious
                                       : u + 1 < last         ? TileFunctor::kNext
                                                              : TileFunctor::kOwn;
-          for (int64_t k0 = 0; k0 < w.K; k0 += depth) {
+          for (int64_t k0 = 0; k0 < k_end; k0 += depth) {
             const int64_t k1 = std::min(w.K, k0 + depth);
             if constexpr (kPairs) {
               if (two) {
@@ -596,15 +642,43 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
           u += two ? 2 : 1;
         }
       };
-      run_tiles(share.first, share.last, 0, step.rows, true, true);
-      run_tiles(share.owned, w.tiles, share.row0, share.row1, false, share.by_batch);
+      // A share's tiles for step `at`: the thread's own, then those shared by rows.
+      auto run_share = [&](int64_t at, TilePart part, const ThreadShare& of) {
+        run_tiles(at, part, of.first, of.last, 0, rows[at].rows, true, true);
+        run_tiles(at, part, of.owned, w.tiles, of.row0, of.row1, false, of.by_batch);
+      };
+      run_share(s, projected_ahead ? TilePart::kProduct : TilePart::kAll, share);
       // Split by batch over the same rows as the next step, a thread's next step reads
       // only rows it wrote (state, output, projection): no barrier. In-process A/B, two
       // Xeon vCPUs, T 50: LSTM B 64 H 32 4.8% faster, B 256 H 128 2.9%, RNN B 64 H 32 9%,
       // B 32 H 128 4.5%, GRU B 128 H 64 1.6%.
       const bool rows_stay_own =
           share.by_batch && s + 1 < count && rows[s + 1].rows == step.rows;
-      if (!rows_stay_own) barrier.wait();
+      if (rows_stay_own) {
+        projected_ahead = synced = false;
+        continue;
+      }
+      // Where the loop forms the input projection, each thread forms the next step's
+      // for the tiles and rows it runs that step on (ThreadShare: no other thread reads
+      // them) between arriving at the barrier and waiting there (it reads no state),
+      // into the x_proj buffer of the step's parity (ProjectedInput's form_in_loop),
+      // which every thread is done with if the step before this one ended at the
+      // barrier too: a thread that arrives early works rather than waits (at LSTM 100,
+      // 32, 256, 256 the threads spent 11% of the loop waiting there).
+      // In-process A/B against the projection formed in the step, two Xeon vCPUs,
+      // forward, T 100, I = H (W_ih and W_hh 1-2 MB: split by tiles): LSTM H 256 B
+      // 16-128 1.7-2.6% faster, GRU H 256-288 4-7%, RNN H 384-512 2.4-4.7%; the AVX2
+      // kernels on that CPU (the loop forms the projection up to 24 MB there) LSTM H
+      // 256 8%, 512 2%, GRU 7-13%, RNN H 512 3%; training within 1.6%.
+      const bool project_next = project_ahead && synced && s + 1 < count;
+      const unsigned ticket = barrier.arrive();
+      if (project_next) {
+        run_share(s + 1, TilePart::kProjection,
+                  ThreadShare::of(w.tiles, rows[s + 1].rows, kRows, t, nt, by_batch));
+      }
+      barrier.wait(ticket);
+      projected_ahead = project_next;
+      synced = true;
     }
     // The functors' streamed stores (the saved workspace: Lanes::stream) are weakly
     // ordered: visible to every thread before the loop returns.

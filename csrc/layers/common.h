@@ -185,25 +185,25 @@ class ProjectedInput {
   ProjectedInput(const Schedule& sched, const at::Tensor& input, const at::Tensor& w_ih,
                  const at::Tensor& bias)
       : sched_(sched), input_(input), w_ih_(w_ih), bias_(bias), gemm_bias_(bias) {
-    int64_t widest = 0;
-    for (int64_t s = 0; s < sched.steps(); ++s) widest = std::max(widest, sched.rows(s));
-    buffer_ = Launch::empty({std::max(widest, std::min(kChunkRows, input.size(0))), w_ih.size(0)},
+    for (int64_t s = 0; s < sched.steps(); ++s) widest_ = std::max(widest_, sched.rows(s));
+    buffer_ = Launch::empty({std::max(widest_, std::min(kChunkRows, input.size(0))), w_ih.size(0)},
                         input.options());
   }
 
   // [rows(s), G*H]: the projection of step s's rows. Steps are visited in order;
   // the pointers of steps s .. chunk_end() - 1 stay valid together.
   const scalar_t* step(int64_t s) {
-    if (in_loop_) return buffer_.data_ptr<scalar_t>();
+    if (in_loop_) return buffer_.data_ptr<scalar_t>() + (s % 2) * widest_ * w_ih_.size(0);
     if (s >= chunk_end_) load_chunk(s);
     return buffer_.data_ptr<scalar_t>() + (sched_.offset(s) - first_row_) * w_ih_.size(0);
   }
   int64_t chunk_end() const { return chunk_end_; }
 
   // For a loop that forms the projection itself, a step at a time (the CPU's
-  // fused loops): from here on step(s) is, for every step, one buffer of the widest
-  // step's rows x G*H, which the loop fills with the step's projection before its
-  // functor reads it (no GEMM here).
+  // fused loops): from here on step(s) is one of two buffers of the widest step's
+  // rows x G*H, by the step's parity, which the loop fills with the step's
+  // projection before its functor reads it (no GEMM here): a thread may form the
+  // next step's while another's functors still read this step's.
   struct Operands {
     const at::Tensor& input;  // [N, I]
     const at::Tensor& w_ih;   // [G*H, I]
@@ -214,6 +214,9 @@ class ProjectedInput {
     TORCH_INTERNAL_ASSERT(chunk_end_ == 0, "rnnfused: the projection is formed in chunks already");
     in_loop_ = true;
     chunk_end_ = sched_.steps();
+    if (buffer_.size(0) < 2 * widest_) {
+      buffer_ = Launch::empty({2 * widest_, w_ih_.size(0)}, input_.options());
+    }
   }
 
   // For a loop that adds the bias itself (the CPU's fused loops: to the recurrent
@@ -272,6 +275,7 @@ class ProjectedInput {
   at::Tensor w_panels_;
   int64_t first_row_ = 0;
   int64_t chunk_end_ = 0;
+  int64_t widest_ = 0;  // the most rows a step has
   bool in_loop_ = false;
 };
 

@@ -470,8 +470,9 @@ def check_cell(row: Row) -> str:
 def markdown(meta: dict[str, Any], rows: list[Row]) -> str:
     lines = [f"# rnnfused benchmark ({meta['device']}, {meta['dtype']})", ""]
     for key in ("date", "cpu", "device_name", "torch", "threads", "cpu_isa", "fma_peak_gflops",
-                "fma_peak_gflops_start", "fma_peak_gflops_end", "bf16_dot_peak_gflops", "cpu_amx", "cpu_bf16_dot", "load_avg", "openblas_threads",
-                "rnnfused", "backend_info", "path", "timing"):
+                "fma_peak_gflops_start", "fma_peak_gflops_end", "bf16_dot_peak_gflops", "cpu_amx",
+                "cpu_bf16_dot", "load_avg", "openblas_threads", "rnnfused", "backend_info", "path",
+                "timing"):
         if key in meta:
             lines.append(f"- {key}: {meta[key]}")
     lines += [

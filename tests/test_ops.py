@@ -615,10 +615,10 @@ def test_projection_formed_ahead_at_the_barrier(kind, hidden, form, threads):
     and W_hh past half a core's L2 (1.3 MB here: the tiles split among the threads, a
     barrier after every step), forms each step's projection ahead, each thread its share
     while it waits at the barrier before the step, into the buffer of the step's parity
-    (fused_loop.h's fused_steps): on 2 and 3 threads (13 tiles of 16 units on AVX-512: one
-    left over, shared by rows; RNN's in tile pairs), dense and packed (a step's rows 40, 40,
-    40, 40, 30, 20, 10, 10, 10, 10: the shares change where sequences end), the first step's
-    formed in the loop. Outputs and gradients equal torch.nn's."""
+    (fused_loop.h's fused_steps): on 2 and 3 threads (tiles of 16 units on AVX-512: LSTM
+    13, GRU 15, RNN 25 in pairs, most with one left over, shared by rows), dense and packed
+    (a step's rows 40, 40, 40, 40, 30, 20, 10, 10, 10, 10: the shares change where sequences
+    end), the first step's formed in the step. Outputs and gradients equal torch.nn's."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

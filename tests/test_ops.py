@@ -607,18 +607,31 @@ def test_projection_in_loop_matches_torch_nn(kind, hidden, input_size, form, dev
     assert_float32_training_matches(theirs, ours, x, forward)
 
 
+def l2_cache_bytes() -> int:
+    """A core's L2 as the library reads it (glibc's sysconf, `getconf LEVEL2_CACHE_SIZE`;
+    1 MB where unknown, as simd.cpp's l2_cache_bytes)."""
+    try:
+        size = int(subprocess.run(["getconf", "LEVEL2_CACHE_SIZE"], capture_output=True,
+                                  text=True, timeout=10).stdout.strip())
+    except (OSError, ValueError, subprocess.SubprocessError):
+        size = 0
+    return size if size > 0 else 1 << 20
+
+
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("form", ["dense", "packed"])
-@pytest.mark.parametrize("kind,hidden", [("LSTM", 200), ("GRU", 232), ("RNN", 400)])
-def test_projection_formed_ahead_at_the_barrier(kind, hidden, form, threads):
+@pytest.mark.parametrize("kind,gates", [("LSTM", 4), ("GRU", 3), ("RNN", 1)])
+def test_projection_formed_ahead_at_the_barrier(kind, gates, form, threads):
     """A float32 layer that forms its input projection in the fused forward loop, with W_ih
-    and W_hh past half a core's L2 (1.3 MB here: the tiles split among the threads, a
-    barrier after every step), forms each step's projection ahead, each thread its share
-    while it waits at the barrier before the step, into the buffer of the step's parity
-    (fused_loop.h's fused_steps): on 2 and 3 threads (tiles of 16 units on AVX-512: LSTM
-    13, GRU 15, RNN 25 in pairs, most with one left over, shared by rows), dense and packed
-    (a step's rows 40, 40, 40, 40, 30, 20, 10, 10, 10, 10: the shares change where sequences
-    end), the first step's formed in the step. Outputs and gradients equal torch.nn's."""
+    and W_hh past half a core's L2 (so the tiles split among the threads, a barrier after
+    every step) and each thread's share at most half of its own (I = H sized from this
+    host's L2: the weights 3/4 of it, LSTM H 221, GRU 256, RNN 443 at 2 MB), forms each
+    step's projection ahead, each thread its share while it waits at the barrier before the
+    step, into the buffer of the step's parity (fused_loop.h's fused_steps): on 2 and 3
+    threads (the tiles left over shared by rows; RNN's in pairs), dense and packed (a step's
+    rows 96, 96, 96, 96, 72, 48, 24, 24, 24, 24: the shares change where sequences end), the
+    first step's formed in the step. Outputs and gradients equal torch.nn's."""
+    hidden = int((0.75 * l2_cache_bytes() / (8 * gates)) ** 0.5)  # 8 G H^2 bytes
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -626,9 +639,9 @@ def test_projection_formed_ahead_at_the_barrier(kind, hidden, form, threads):
         theirs = getattr(torch.nn, kind)(hidden, hidden)
         ours = getattr(rnnfused, kind)(hidden, hidden)
         ours.load_state_dict(theirs.state_dict())
-        T, B = 10, 40
+        T, B = 10, 96  # 2^22 multiply-adds a step's projection or more down to a 512 KB L2
         x = torch.randn(T, B, hidden)
-        lengths = torch.tensor([10] * 10 + [4] * 10 + [5] * 10 + [6] * 10)
+        lengths = torch.tensor([10] * 24 + [4] * 24 + [5] * 24 + [6] * 24)
 
         def forward(model, inp):
             if form == "dense":

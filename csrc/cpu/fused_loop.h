@@ -571,13 +571,14 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
         w.K + (w.w_input != nullptr ? w.I : 0) <= S::kPairedFunctorDepth;
     // Whether the steps' projections are formed ahead (at the barrier before each
     // step; below): where each thread's share of the weights the loop reads every step
-    // fits in its L2, so that the projection stays there until the step reads it. Past
-    // that it was measured only on a Xeon's AVX2 kernels (8 MB of weights: LSTM 2%
-    // faster, GRU 7%), not on Zen 5, whose loop forms the projection up to 24 MB and
-    // runs LSTM 100, 64, 512, 512 at ~90% of its peak: left as it was there.
+    // takes at most half its L2, so that the projection stays there until the step
+    // reads it (every loop that forms it on Intel's AVX-512 CPUs). Past that it was
+    // measured only on a Xeon's AVX2 kernels (8 MB of weights: LSTM 2% faster, GRU 7%),
+    // not on Zen 5, whose loop forms the projection up to 24 MB and runs LSTM 100, 64,
+    // 512, 512 at ~90% of its peak: left as it was there.
     const bool project_ahead =
         w.w_input != nullptr && nt > 1 &&
-        w.tiles * (w.K + w.I) * kBytesPerK <= nt * l2_cache_bytes();
+        w.tiles * (w.K + w.I) * kBytesPerK <= nt * l2_cache_bytes() / 2;
     // Whether step s's projection was formed ahead, and whether every thread is done
     // with step s - 1 (it ended at the barrier).
     bool projected_ahead = false, synced = true;
@@ -676,8 +677,7 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
       // In-process A/B against the projection formed in the step, two Xeon vCPUs,
       // forward, T 100, I = H (W_ih and W_hh 1-2 MB: split by tiles): LSTM H 256 B
       // 16-128 1.7-2.6% faster, GRU H 256-288 4-7%, RNN H 384-512 2.4-4.7%; the AVX2
-      // kernels on that CPU (the loop forms the projection up to 24 MB there) LSTM H
-      // 256 8%, 512 2%, GRU 7-13%, RNN H 512 3%; training within 1.6%.
+      // kernels on that CPU LSTM H 256 8%, GRU 13%, RNN H 512 3%; training within 1.6%.
       const bool project_next = project_ahead && synced && s + 1 < count;
       const unsigned ticket = barrier.arrive();
       if (project_next) {

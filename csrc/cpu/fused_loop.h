@@ -558,17 +558,18 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
                            : !blas_runs_avx512() ? RowSpread::kFew
                            : G == 1              ? RowSpread::kAfterTwo
                                                  : RowSpread::kAfterOne;
-  // W_hh's tiles, and W_ih's where the loop forms the input projection.
-  const bool by_batch =
-      batch_split(w.tiles * (w.K + (w.w_input != nullptr ? w.I : 0)) * kBytesPerK, threads);
+  // The rows of packed weights a tile reads every step: W_hh's K, and W_ih's I where
+  // the loop forms the input projection; all tiles' bytes.
+  const int64_t step_depth = w.K + (w.w_input != nullptr ? w.I : 0);
+  const int64_t step_weight_bytes = w.tiles * step_depth * kBytesPerK;
+  const bool by_batch = batch_split(step_weight_bytes, threads);
   StepBarrier barrier;
 #pragma omp parallel num_threads(threads)
   {
     const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t depth = panel_depth(kBytesPerK, w.K, S::kPanelBytes);
     // Whether a thread's tiles pair their functors (TileFunctor), for every step.
-    const bool paired_functors =
-        w.K + (w.w_input != nullptr ? w.I : 0) <= S::kPairedFunctorDepth;
+    const bool paired_functors = step_depth <= S::kPairedFunctorDepth;
     // Whether the steps' projections are formed ahead (at the barrier before each
     // step; below): where each thread's share of the weights the loop reads every step
     // takes at most half its L2, so that the projection stays there until the step
@@ -577,8 +578,7 @@ void fused_steps(const F* steps, const FusedStepRows<typename F::scalar_type>* r
     // not on Zen 5, whose loop forms the projection up to 24 MB and runs LSTM 100, 64,
     // 512, 512 at ~90% of its peak: left as it was there.
     const bool project_ahead =
-        w.w_input != nullptr && nt > 1 &&
-        w.tiles * (w.K + w.I) * kBytesPerK <= nt * l2_cache_bytes() / 2;
+        w.w_input != nullptr && nt > 1 && step_weight_bytes <= nt * l2_cache_bytes() / 2;
     // Whether step s's projection was formed ahead, and whether every thread is done
     // with step s - 1 (it ended at the barrier).
     bool projected_ahead = false, synced = true;

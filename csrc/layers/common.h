@@ -314,18 +314,30 @@ struct WeightGrads {
 // asks for it (the others [0]).
 //   d_x: [N, G*H] gradient on the input-side pre-activations, d_h: [N, G*H] on the
 //   hidden-side products (the same tensor for RNN and LSTM), input: [N, I],
-//   output: [N, P] every row's state, h0: [B, P] (the previous states: sched.previous_product).
+//   output: [N, P] every row's state, h0: [B, P] (the previous states: sched.previous_product);
+//   shared_columns: how many leading columns of d_h hold d_x's values (all where d_h is
+//   d_x; a GRU's r and z gates, 2H), whose bias sums b_hh then takes from b_ih's rather
+//   than summing them again (GRU 100, 64, 512, 512 training: two of the three
+//   [6400, 512] column blocks, ~1.6 ms of a ~250 ms step on two Xeon vCPUs).
 template <typename Launch>
 WeightGrads weight_grads(const at::Tensor& d_x, const at::Tensor& d_h, const at::Tensor& input,
                          const Schedule& sched, const at::Tensor& output, const at::Tensor& h0,
-                         const GradMask& mask) {
+                         const GradMask& mask, int64_t shared_columns) {
   WeightGrads g;
   g.w_ih = mask.w_ih ? matmul<Launch>(d_x.t(), input) : empty_grad(d_x);
   g.w_hh = mask.w_hh ? sched.previous_product<Launch>(d_h, output, h0) : empty_grad(d_x);
   g.b_ih = mask.b_ih ? d_x.sum(0) : empty_grad(d_x);
-  g.b_hh = !mask.b_hh                    ? empty_grad(d_x)
-           : d_h.is_same(d_x) && mask.b_ih ? g.b_ih.clone()
-                                           : d_h.sum(0);
+  const int64_t columns = d_h.size(1);
+  if (!mask.b_hh) {
+    g.b_hh = empty_grad(d_x);
+  } else if (!mask.b_ih || shared_columns == 0) {
+    g.b_hh = d_h.sum(0);
+  } else if (shared_columns >= columns) {
+    g.b_hh = g.b_ih.clone();
+  } else {
+    g.b_hh = at::cat({g.b_ih.narrow(0, 0, shared_columns),
+                      d_h.narrow(1, shared_columns, columns - shared_columns).sum(0)});
+  }
   return g;
 }
 

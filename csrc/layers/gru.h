@@ -62,7 +62,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
   at::Tensor grad_input = mask.input ? matmul<Launch>(d_x, w_ih) : empty_grad(input);
   const WeightGrads wg =
-      weight_grads<Launch>(d_x, d_hh, input, sched, output, h0, mask);
+      weight_grads<Launch>(d_x, d_hh, input, sched, output, h0, mask, /*shared_columns=*/2 * H);
   if (!mask.states) d_h = empty_grad(input);
   return {grad_input, d_h, wg.w_ih, wg.w_hh, wg.b_ih, wg.b_hh};
 }

@@ -90,7 +90,8 @@ lstm_backward(const LayerSizes& sz, const Schedule& sched, const at::Tensor& gra
   at::Tensor grad_input = mask.input ? matmul<Launch>(d_pre, w_ih) : empty_grad(input);
   at::Tensor grad_w_hr = empty_grad(input);
   const WeightGrads wg =
-      weight_grads<Launch>(d_pre, d_pre, input, sched, output, h0, mask);
+      weight_grads<Launch>(d_pre, d_pre, input, sched, output, h0, mask,
+                           /*shared_columns=*/d_pre.size(1));
   if (proj && mask.w_hr) grad_w_hr = matmul<Launch>(d_h_all.t(), hidden_all);  // [P, H]
   if (!mask.states) {
     d_h = empty_grad(input);

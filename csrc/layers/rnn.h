@@ -52,7 +52,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
   at::Tensor grad_input = mask.input ? matmul<Launch>(d_pre, w_ih) : empty_grad(input);
   const WeightGrads wg =
-      weight_grads<Launch>(d_pre, d_pre, input, sched, output, h0, mask);
+      weight_grads<Launch>(d_pre, d_pre, input, sched, output, h0, mask,
+                           /*shared_columns=*/d_pre.size(1));
   if (!mask.states) d_h = empty_grad(input);
   return {grad_input, d_h, wg.w_ih, wg.w_hh, wg.b_ih, wg.b_hh};
 }

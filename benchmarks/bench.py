@@ -385,11 +385,15 @@ def run_case(case: Case, mode: str, args: argparse.Namespace, rnnfused: Any,
     finally:
         torch.backends.cudnn.allow_tf32 = allow_tf32
     n_out = len(want) if mode == "fwd" else len(want) - (1 + len(list(nn_mod.parameters())))
+    # Under "medium" float32 products may round their operands to bfloat16 (torch.nn's GRU
+    # and RNN on oneDNN, rnnfused's loops on AMX tiles): judged at bfloat16's tolerance.
+    check_dtype = (torch.bfloat16 if dtype == torch.float32 and
+                   torch.get_float32_matmul_precision() == "medium" else dtype)
     for name in list(steps):
         if name == "torch.nn":
             continue
         try:
-            row.checks[name] = compare(steps[name](), want, n_out, dtype)
+            row.checks[name] = compare(steps[name](), want, n_out, check_dtype)
         except Exception as e:
             row.errors[name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             row.checks[name] = "error"
@@ -547,6 +551,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="interleaved rounds the min-time is split into (default 3, quick 1)")
     p.add_argument("--min-runs", type=int, default=None,
                    help="runs per contender per case at least (default 5, quick 3)")
+    p.add_argument("--float32-matmul-precision", default="highest",
+                   choices=["highest", "high", "medium"],
+                   help="torch.set_float32_matmul_precision for the whole run (default: "
+                        "%(default)s); 'medium' lets torch's float32 matmuls, and so torch.nn's "
+                        "GRU and RNN, round their operands to bfloat16 on oneDNN, and rnnfused's "
+                        "float32 loops form their products on AMX tiles where the CPU has them")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--torch-only", action="store_true",
                    help="debug: time torch.nn alone (works without rnnfused)")
@@ -618,6 +628,7 @@ def collect_meta(args: argparse.Namespace, rnnfused: Any) -> dict[str, Any]:
         "dtype": args.dtype,
         "torch": torch.__version__,
         "threads": args.threads,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "timing": f"torch.utils.benchmark.Timer (blocked_autorange, then blocks of its size), "
                   f"after {args.warmup:.3g} s (3 runs at least) of warm-up per contender, "
                   f"{args.rounds} interleaved round(s) x {args.min_time / args.rounds:.3g} s "
@@ -645,6 +656,11 @@ def collect_meta(args: argparse.Namespace, rnnfused: Any) -> dict[str, Any]:
         peak = measure_fma_peak(args.threads, 0.2 if args.quick else 1.0)
         if peak is not None:
             meta["fma_peak_gflops"] = round(peak, 1)
+        amx = getattr(torch.ops.rnnfused, "cpu_amx", None)
+        if amx is not None and (args.dtype_obj == torch.bfloat16 or
+                                args.float32_matmul_precision == "medium"):
+            # The recurrent products of the forward loop on AMX tiles.
+            meta["cpu_amx"] = bool(amx())
         if args.dtype_obj == torch.bfloat16:
             # What a kernel on the bfloat16 dot product can reach: rnnfused's bfloat16
             # forward loops run on it where it is the faster (cpu_bf16_dot).
@@ -652,10 +668,6 @@ def collect_meta(args: argparse.Namespace, rnnfused: Any) -> dict[str, Any]:
                                    "_cpu_bf16_dot_peak_gflops")
             if dot is not None:
                 meta["bf16_dot_peak_gflops"] = round(dot, 1)
-            amx = getattr(torch.ops.rnnfused, "cpu_amx", None)
-            if amx is not None:
-                # The recurrent products of the forward loop on AMX tiles.
-                meta["cpu_amx"] = bool(amx())
             dot_loops = getattr(torch.ops.rnnfused, "cpu_bf16_dot", None)
             if dot_loops is not None:
                 # The recurrent products of the forward loop on vdpbf16ps.
@@ -679,6 +691,7 @@ def main(argv: list[str] | None = None) -> int:
                   "or pass --torch-only to time torch.nn alone.", file=sys.stderr)
             return 2
     torch.set_num_threads(args.threads)
+    torch.set_float32_matmul_precision(args.float32_matmul_precision)
     meta = collect_meta(args, rnnfused)
     if meta.get("path") == "reference":
         print(f"bench.py: WARNING: rnnfused takes the reference path for {args.device}/"

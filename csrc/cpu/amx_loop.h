@@ -1,19 +1,22 @@
 // The persistent forward loop of a bfloat16 layer with its recurrent products on
-// AMX tiles (simd.h's run_fused_steps_amx). Included by step_avx512.cpp after
-// fused_loop.h, whose StepBarrier, Simd traits and apply_units it shares: only the
-// product differs from fused_steps. Per step, each thread takes its 16-unit blocks
-// u and forms the G gates' 16 x 16 float32 sums of every 16 rows of the batch and
-// those units with TDPBF16PS (tiles 0-3 the sums of two row tiles by two gates,
-// 4-5 the row tiles' state, 16 rows x 32 state units each, 6-7 the two gates'
-// packed weights, PackedRecurrentAmx), a panel of 32-unit chunks at a time with
-// the sums kept in a per-thread scratch in between; then the step functor reads
-// the sums (float32; RNN's rounded into its output rows) and h' goes into the
-// next step's operand. A barrier closes the step.
+// AMX tiles (simd.h's run_fused_steps_amx), and of a float32 layer whose products
+// torch lets run in bfloat16 (fused_forward_cpu.h's float32_products_on_amx).
+// Included by step_avx512.cpp after fused_loop.h, whose StepBarrier, Simd traits
+// and apply_units it shares: only the product differs from fused_steps. Per step,
+// each thread takes its 16-unit blocks u and forms the G gates' 16 x 16 float32
+// sums of every 16 rows of the batch and those units with TDPBF16PS (tiles 0-3 the
+// sums of two row tiles by two gates, 4-5 the row tiles' state, 16 rows x 32 state
+// units each, 6-7 the two gates' packed weights, PackedRecurrentAmx), a panel of
+// 32-unit chunks at a time with the sums kept in a per-thread scratch in between;
+// then the step functor reads the sums (float32; RNN's from its output rows, rounded
+// to bfloat16 in a bfloat16 layer) and h' goes into the next step's operand
+// (rounded to bfloat16 in a float32 layer). A barrier closes the step.
 // Tile state is per thread: each thread of the team loads the configuration and
 // releases the tiles when done.
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 namespace rnnfused {
@@ -143,12 +146,13 @@ RNNFUSED_AMX_TARGET void fused_steps_amx(const F* steps,
                                          const AmxStepRows<typename F::scalar_type>* rows,
                                          int64_t count, const PackedRecurrentAmx& w, int threads) {
   using T = typename F::scalar_type;
-  static_assert(sizeof(T) == 2, "the AMX loop runs bfloat16 layers");
+  static_assert(std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, float>,
+                "the AMX loop runs bfloat16 layers and float32 ones on bfloat16 operands");
   constexpr int G = F::kGates;
   const int64_t H = w.H, K_padded = w.chunks * kAmxDepth;
-  const int64_t a_bytes = K_padded * int64_t{sizeof(T)};
+  const int64_t a_bytes = K_padded * int64_t{sizeof(uint16_t)};  // bfloat16 operands whatever T
   const int64_t panel_chunks =
-      std::max<int64_t>(1, kAmxPanelBytes / (G * kAmxTileValues * int64_t{sizeof(T)}));
+      std::max<int64_t>(1, kAmxPanelBytes / (G * kAmxTileValues * int64_t{sizeof(uint16_t)}));
   StepBarrier barrier;
 #pragma omp parallel num_threads(threads)
   {
@@ -175,8 +179,7 @@ RNNFUSED_AMX_TARGET void fused_steps_amx(const F* steps,
           for (int gate = 0; gate < G; gate += 2) {
             const uint16_t* weights = block + gate * kAmxTileValues;
             for (int64_t tile = 0; tile < tiles_now; tile += 2) {
-              const uint16_t* a = reinterpret_cast<const uint16_t*>(step.h_in) +
-                                  tile * kAmxRows * K_padded;
+              const uint16_t* a = step.h_in + tile * kAmxRows * K_padded;
               const int pair_rows = tile + 1 < tiles_now ? 2 : 1;
               const int pair_gates = gate + 1 < G ? 2 : 1;
               float* const sums[4] = {sums_of(tile, gate), sums_of(tile, gate + pair_gates - 1),
@@ -198,10 +201,18 @@ RNNFUSED_AMX_TARGET void fused_steps_amx(const F* steps,
             }
           }
           apply_units<Lanes>(f, b, j, units);
-          // h' as stored (bfloat16 bits, no conversion) into both next states.
-          const __m256i h = _mm256_maskz_loadu_epi16(mask, step.out + b * H + j);
-          _mm256_mask_storeu_epi16(step.h_out + b * K_padded + j, mask, h);
-          _mm256_mask_storeu_epi16(step.h_out_stored + b * H + j, mask, h);
+          if constexpr (sizeof(T) == 2) {
+            // h' as stored (bfloat16 bits, no conversion) into both next states.
+            const __m256i h = _mm256_maskz_loadu_epi16(mask, step.out + b * H + j);
+            _mm256_mask_storeu_epi16(step.h_out + b * K_padded + j, mask, h);
+            _mm256_mask_storeu_epi16(step.h_out_stored + b * H + j, mask, h);
+          } else {
+            // A float32 layer's h': rounded to bfloat16 (to nearest even, as torch's
+            // .to(torch.bfloat16)) for the next product, kept whole for h_prev.
+            const typename Simd::V h = Simd::load(mask, step.out + b * H + j);
+            Simd::store(mask, reinterpret_cast<c10::BFloat16*>(step.h_out + b * K_padded + j), h);
+            Simd::store(mask, step.h_out_stored + b * H + j, h);
+          }
         }
       }
       barrier.wait();
@@ -227,4 +238,10 @@ RNNFUSED_AMX_TARGET void fused_steps_amx(const F* steps,
   template void fn(const ::rnnfused::LstmForwardStep<c10::BFloat16, float>*,                  \
                    const AmxStepRows<c10::BFloat16>*, int64_t, const PackedRecurrentAmx&, int); \
   template void fn(const ::rnnfused::GruForwardStep<c10::BFloat16, float>*,                   \
-                   const AmxStepRows<c10::BFloat16>*, int64_t, const PackedRecurrentAmx&, int)
+                   const AmxStepRows<c10::BFloat16>*, int64_t, const PackedRecurrentAmx&, int); \
+  template void fn(const ::rnnfused::RnnForwardStep<float>*, const AmxStepRows<float>*,        \
+                   int64_t, const PackedRecurrentAmx&, int);                                  \
+  template void fn(const ::rnnfused::LstmForwardStep<float>*, const AmxStepRows<float>*,       \
+                   int64_t, const PackedRecurrentAmx&, int);                                  \
+  template void fn(const ::rnnfused::GruForwardStep<float>*, const AmxStepRows<float>*,        \
+                   int64_t, const PackedRecurrentAmx&, int)

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -304,45 +305,82 @@ void run_by_chunks(const Schedule& sched, XProj& x_proj, Make make, Run run) {
   }
 }
 
-// fused_forward's loop for a bfloat16 layer on AMX tiles (amx_tiles_enabled()).
-template <typename XProj, typename MakeStep>
+// Whether a float32 layer's forward forms its recurrent products in bfloat16 on AMX
+// tiles (fused_forward_amx): where torch lets float32 matmuls run in bfloat16
+// (torch.set_float32_matmul_precision("medium"), or torch.backends.mkldnn.matmul.
+// fp32_precision = "bf16", with oneDNN enabled: at::mm then rounds its float32
+// operands to bfloat16 on oneDNN, as in torch.nn's GRU and RNN, and so do the input
+// projection's chunks here), the CPU has the tiles (amx_tiles_enabled()), and they
+// are faster than the float32 loop: a state K of 256 and more from 4 rows, of 128
+// (or, on one thread, any) for an LSTM or GRU from 16 rows, or W_hh of 2^20 values
+// and more at any batch. Two Xeon vCPUs, T 50, I = H, forward, the tiles against the float32 loop
+// (both under "medium"), processes alternating: two threads, H 256-512 B 4-64 1.01-2.39x
+// (B 64: LSTM 2.0-2.4, GRU 2.3, RNN 1.5-2.3), LSTM H 512 B 1 1.51, LSTM H 128 B 16-64
+// 1.11-1.38, GRU 1.00; H 64 (2 chunks of 32) 0.67-1.04, B 1 0.78-0.98; one thread a
+// direction (bidirectional), LSTM and GRU H 64-128 B 16-64 1.21-1.46, B 1-4 0.85-1.07,
+// RNN H 64-128 0.62-0.98. 100, 64, 512, 512 under "medium": torch.nn's RNN 17.1 ms, GRU
+// 59.8, LSTM 89.8 (oneDNN's LSTM keeps float32); rnnfused's float32 loop 22.0, 42.3,
+// 56.9, on the tiles 9.7, 21.5, 26.9.
+inline bool float32_products_on_amx(const LayerSizes& sz) {
+  const at::Context& context = at::globalContext();
+  if (!context.userEnabledMkldnn() ||
+      context.float32Precision(at::Float32Backend::MKLDNN, at::Float32Op::MATMUL) !=
+          at::Float32Precision::BF16 ||
+      !amx_tiles_enabled()) {
+    return false;
+  }
+  const int64_t G = sz.gates, H = sz.hidden, K = sz.output, B = sz.batch;
+  const bool one_thread = loop_threads(B * G * H * K, (H + kAmxUnits - 1) / kAmxUnits) == 1;
+  return G * H * K >= (int64_t{1} << 20) ||
+         (B >= 4 && (K >= 256 || (G >= 3 && B >= 16 && (K >= 128 || one_thread))));
+}
+
+// fused_forward's loop on AMX tiles: a bfloat16 layer (amx_tiles_enabled()), or a
+// float32 one with its products in bfloat16 (float32_products_on_amx; W_hh and
+// each step's state rounded to bfloat16 to nearest even, the sums, the gate math
+// and the states in float32).
+template <typename scalar_t, typename XProj, typename MakeStep>
 at::Tensor fused_forward_amx(const LayerSizes& sz, const Schedule& sched, XProj& x_proj,
                              const at::Tensor& h0, const at::Tensor& w_hh, at::Tensor& output,
                              const at::Tensor& product, MakeStep make_step) {
-  using scalar_t = c10::BFloat16;
+  constexpr bool kFloat = std::is_same_v<scalar_t, float>;
   const int64_t G = sz.gates, H = sz.hidden, K = sz.output, B = sz.batch;
-  const at::Tensor packed = pack_recurrent_amx(w_hh, G, H);
+  const at::Tensor packed = pack_recurrent_amx(w_hh.to(at::kBFloat16), G, H);
   const PackedRecurrentAmx w{reinterpret_cast<const uint16_t*>(packed.data_ptr()), K, H, G,
                              packed.size(0), packed.size(1)};
   // The state before and after each step, alternating (one barrier per step, as in
-  // fused_forward), as the tiles' left operand: whole tiles of 16 rows, rows of
-  // whole 32-unit chunks, zeros past B and K. Both start as h0 (rows that join in
-  // reverse over packed input read it from either). Beside them the same unpadded,
-  // the functors' h_prev (GRU).
+  // fused_forward), as the tiles' left operand in bfloat16: whole tiles of 16 rows,
+  // rows of whole 32-unit chunks, zeros past B and K. Both start as h0 (rows that
+  // join in reverse over packed input read it from either). Beside them the same
+  // unpadded in scalar_t, the functors' h_prev (GRU).
   const int64_t rows_padded = (B + kAmxRows - 1) / kAmxRows * kAmxRows;
   at::Tensor operands[2];
   at::Tensor stored[2];
   for (int i = 0; i < 2; ++i) {
-    operands[i] = at::zeros({rows_padded, w.chunks * kAmxDepth}, h0.options());
+    operands[i] =
+        at::zeros({rows_padded, w.chunks * kAmxDepth}, h0.options().dtype(at::kBFloat16));
     operands[i].narrow(0, 0, B).narrow(1, 0, K).copy_(h0);
     stored[i] = h0.clone(at::MemoryFormat::Contiguous);
   }
   // The product's float32 sums, which the functors read unrounded (RNN's, which
-  // has no product buffer, go rounded into the output rows it reads).
-  const at::Tensor sums =
-      product.defined() ? at::empty({B, G * H}, h0.options().dtype(at::kFloat)) : at::Tensor();
+  // has no product buffer, go into the output rows it reads): a float32 layer's
+  // product buffer itself.
+  const at::Tensor sums = product.defined() && !kFloat
+                              ? at::empty({B, G * H}, h0.options().dtype(at::kFloat))
+                              : product;
   const int threads = loop_threads(sz.batch * G * H * K, w.blocks);
 
   using Step = decltype(make_step(int64_t{0}, nullptr, nullptr, static_cast<float*>(nullptr),
                                   nullptr));
   float* sums_out = sums.defined() ? sums.data_ptr<float>() : nullptr;
+  auto bits = [](const at::Tensor& t) { return static_cast<uint16_t*>(t.data_ptr()); };
   run_by_chunks<Step, AmxStepRows<scalar_t>>(
       sched, x_proj,
       [&](int64_t s, const scalar_t* x_proj_s) {
         scalar_t* out = output.data_ptr<scalar_t>() + sched.offset(s) * H;
-        const AmxStepRows<scalar_t> row{sched.rows(s), operands[s % 2].data_ptr<scalar_t>(),
-                                        sums_out, sums_out != nullptr ? nullptr : out, out,
-                                        operands[(s + 1) % 2].data_ptr<scalar_t>(),
+        const AmxStepRows<scalar_t> row{sched.rows(s), bits(operands[s % 2]), sums_out,
+                                        sums_out != nullptr ? nullptr : out, out,
+                                        bits(operands[(s + 1) % 2]),
                                         stored[(s + 1) % 2].data_ptr<scalar_t>()};
         const scalar_t* h_prev = stored[s % 2].data_ptr<scalar_t>();
         return std::make_pair(make_step(s, x_proj_s, h_prev, sums_out, out), row);
@@ -366,7 +404,12 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
   if (sched.steps() == 0) return h0.clone(at::MemoryFormat::Contiguous);
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
     if (amx_tiles_enabled()) {
-      return fused_forward_amx(sz, sched, x_proj, h0, w_hh, output, product, make_step);
+      return fused_forward_amx<scalar_t>(sz, sched, x_proj, h0, w_hh, output, product, make_step);
+    }
+  }
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (float32_products_on_amx(sz)) {
+      return fused_forward_amx<scalar_t>(sz, sched, x_proj, h0, w_hh, output, product, make_step);
     }
   }
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;

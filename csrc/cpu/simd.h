@@ -175,23 +175,26 @@ struct PackedRecurrentAmx {
   int64_t K, H, G, blocks, chunks;
 };
 
-// One forward step of the AMX loop for a bfloat16 layer (T = c10::BFloat16).
+// One forward step of the AMX loop: a bfloat16 layer (T = c10::BFloat16), or a float32
+// one whose products torch lets run in bfloat16 (T = float, float32_products_on_amx).
+// The tiles' operands are bfloat16 bits whatever T.
 template <typename T>
 struct AmxStepRows {
-  int64_t rows;      // batch rows active at this step
-  const T* h_in;     // [16 * ceil(rows / 16) at least, 32 * chunks] the state before the
-                     //   step, the tiles' left operand: zero past K
-  float* sums;       // [rows, G * H] out: h_in @ W_hh^T, read by the step functor, or null:
-  T* product;        // [rows, G * H] out: the same rounded (RNN: the output rows)
-  const T* out;      // [rows, H] the functor's h'
-  T* h_out;          // [>= rows, 32 * chunks] out: h' copied here, the next step's h_in
-  T* h_out_stored;   // [>= rows, H] out: h' copied here too, the next step's h_prev (GRU)
+  int64_t rows;            // batch rows active at this step
+  const uint16_t* h_in;    // [16 * ceil(rows / 16) at least, 32 * chunks] the state before
+                           //   the step in bfloat16, the tiles' left operand: zero past K
+  float* sums;             // [rows, G * H] out: h_in @ W_hh^T, read by the step functor, or null:
+  T* product;              // [rows, G * H] out: the same in T (RNN: the output rows)
+  const T* out;            // [rows, H] the functor's h'
+  uint16_t* h_out;         // [>= rows, 32 * chunks] out: h' rounded to bfloat16 here, the
+                           //   next step's h_in
+  T* h_out_stored;         // [>= rows, H] out: h' copied here too, the next step's h_prev (GRU)
 };
 
-// Runs `count` forward steps of a bfloat16 layer in one parallel region, as
-// run_fused_steps_avx512 does (each thread owns a range of 16-unit blocks for
-// the whole run, a barrier closes each step), the products on AMX tiles with
-// float32 sums. Only where amx_tiles_enabled().
+// Runs `count` forward steps of a bfloat16 layer, or of a float32 one on bfloat16
+// operands, in one parallel region, as run_fused_steps_avx512 does (each thread owns
+// a range of 16-unit blocks for the whole run, a barrier closes each step), the
+// products on AMX tiles with float32 sums. Only where amx_tiles_enabled().
 template <typename F>
 void run_fused_steps_amx(const F* steps, const AmxStepRows<typename F::scalar_type>* rows,
                          int64_t count, const PackedRecurrentAmx& w, int threads);

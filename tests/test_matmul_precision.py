@@ -198,15 +198,15 @@ def test_float32_medium_precision_small_layers_stay_float32(kind, hidden, batch,
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("knob", ["set_float32_matmul_precision", "mkldnn_matmul"])
+@pytest.mark.parametrize("knob", ["set_float32_matmul_precision", "mkldnn_matmul", "backends"])
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 def test_float32_medium_precision_matches_torch_nn(kind, knob):
-    """On every CPU: a 2-layer bidirectional float32 module under "medium" (either way of
-    asking for it) gives torch.nn's float32 outputs and gradients within bfloat16's
-    precision, and rnnfused's own float32 ones (its default) again once the setting is
-    back: the setting is read at each call."""
-    ref = getattr(torch.nn, kind)(32, 48, num_layers=2, bidirectional=True)
-    fused = getattr(rnnfused, kind)(32, 48, num_layers=2, bidirectional=True)
+    """On every CPU: a 2-layer bidirectional float32 module under "medium" (any of torch's
+    ways of asking for it) gives torch.nn's float32 outputs and gradients within bfloat16's
+    precision (on a CPU with AMX, not its float32 ones), and rnnfused's own float32 ones
+    (its default) again once the setting is back: the setting is read at each call."""
+    ref = getattr(torch.nn, kind)(32, 256, num_layers=2, bidirectional=True)
+    fused = getattr(rnnfused, kind)(32, 256, num_layers=2, bidirectional=True)
     fused.load_state_dict(ref.state_dict())
     x = torch.randn(12, 20, 32)
 
@@ -222,14 +222,26 @@ def test_float32_medium_precision_matches_torch_nn(kind, knob):
         with float32_matmul_precision("medium"):
             medium = run(fused)
     else:
-        torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+        # torch's per-backend settings: oneDNN's matmuls', or every backend's, which oneDNN's
+        # matmuls inherit where theirs and oneDNN's are "none"
+        owners = [torch.backends.mkldnn.matmul, torch.backends.mkldnn, torch.backends]
+        previous = [owner.fp32_precision for owner in owners]
         try:
+            if knob == "mkldnn_matmul":
+                owners[0].fp32_precision = "bf16"
+            else:
+                owners[0].fp32_precision = owners[1].fp32_precision = "none"
+                owners[2].fp32_precision = "bf16"
             medium = run(fused)
         finally:
-            torch.backends.mkldnn.matmul.fp32_precision = "none"
+            for owner, value in zip(owners, previous):
+                owner.fp32_precision = value
     after = run(fused)
+    if cpu_amx():
+        # A state of 256 units, 20 rows: the loops on the tiles.
+        assert (medium[0] - before[0]).abs().max() > 1e-4
     for a, b, e in zip(before, after, expected):
-        torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(a, e, atol=1e-5 * max(e.abs().max().item(), 1.0), rtol=1e-4)
         torch.testing.assert_close(b, a, atol=0, rtol=0)
     for m, e in zip(medium, expected):
         scale = e.abs().max().item()

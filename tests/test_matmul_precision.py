@@ -241,3 +241,31 @@ def test_float32_medium_precision_matches_torch_nn(kind, knob):
     for m, e in zip(medium, expected):
         scale = e.abs().max().item()
         torch.testing.assert_close(m, e, atol=3e-2 * max(scale, 1e-3), rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_float32_medium_precision_large_steps(kind):
+    """Where a step's product is large (64 rows and more, 2^24 multiply-adds and more), the
+    backward under "medium" takes a GEMM a step (at::mm, on bfloat16 operands where the CPU
+    has AMX; launch_cpu.h's float32_gemm_steps) instead of the float32 loop: outputs and
+    gradients are torch.nn's float32 ones within bfloat16's precision, with both the
+    forward and the backward under "medium", and the forward alone under it."""
+    ref = getattr(torch.nn, kind)(64, 512)
+    fused = getattr(rnnfused, kind)(64, 512)
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 64, 64)
+
+    def run(module, forward="highest", backward="highest"):
+        leaf = x.clone().requires_grad_(True)
+        with float32_matmul_precision(forward):
+            out, _ = module(leaf)
+        with float32_matmul_precision(backward):
+            grads = torch.autograd.grad(weighted_sum([out]), [leaf, *module.parameters()])
+        return [out.detach(), *grads]
+
+    expected = run(ref)
+    for forward, backward in [("medium", "medium"), ("medium", "highest")]:
+        for m, e in zip(run(fused, forward, backward), expected):
+            scale = e.abs().max().item()
+            torch.testing.assert_close(m, e, atol=3e-2 * max(scale, 1e-3), rtol=0,
+                                       msg=lambda msg: f"{forward}/{backward}: {msg}")

@@ -63,8 +63,10 @@ struct CpuLaunch {
 
   // Whether the backward of such a layer runs as one persistent fused loop: the
   // same conditions, but a bfloat16 layer's large steps take oneDNN's GEMM with or
-  // without AMX (bf16_gemm_steps). (An AMX backward loop, d_recurrent @ W_hh on the
-  // tiles, measured no faster: the training step's time is in its other GEMMs.)
+  // without AMX (bf16_gemm_steps), and so do a float32 layer's under torch's "medium"
+  // float32 matmul precision where its forward runs on AMX tiles (float32_gemm_steps).
+  // (An AMX backward loop, d_recurrent @ W_hh on the tiles, measured no faster for
+  // bfloat16: the training step's time is in its other GEMMs.)
   // Where a bfloat16 backward's product runs on vdpbf16ps
   // (cpu::backward_on_bf16_pairs) the loop takes every size: two Zen 5 cores, training
   // LSTM 100, 64, 512, 512 98.6-99.9 -> 89.8 ms against a oneDNN GEMM a step, GRU
@@ -77,6 +79,9 @@ struct CpuLaunch {
       if (!cpu::backward_on_bf16_pairs(sz.gates * sz.hidden) && bf16_gemm_steps(sz)) {
         return false;
       }
+    }
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (float32_gemm_steps(sz)) return false;
     }
 #endif
     return fuses_forward<scalar_t>(sz);
@@ -326,6 +331,22 @@ struct CpuLaunch {
     constexpr int64_t kMinStepWork = int64_t{1} << 23;  // multiply-adds of one step's product
     return cpu::has_fast_bf16_gemm() && sz.batch > kSmallGemmRows &&
            sz.batch * sz.output * sz.gates * sz.hidden > kMinStepWork;
+  }
+
+  // Whether a float32 layer's backward steps are better as one GEMM each, which at::mm
+  // runs on bfloat16 operands on oneDNN (AMX) under torch's "medium" float32 matmul
+  // precision, than as the float32 loop: where the forward's products run on AMX tiles
+  // (cpu::float32_products_on_amx: that setting, the tiles, their sizes), from 64 rows
+  // and 2^24 multiply-adds a step. Two Xeon vCPUs, training under "medium", in-process
+  // A/B against the float32 loop: T 100, B 64, H 512 LSTM 11.6% faster, GRU 12.1%, RNN
+  // 18.9%; LSTM H 256 B 64 3%, GRU H 256 B 128 5.5%; below the bounds, GRU H 256 B 64 9%
+  // slower, GRU H 512 B 32 7%; RNN H 1024 B 32 6.7% faster, LSTM H 512 B 16 and H 1024
+  // B 8 even.
+  static bool float32_gemm_steps(const LayerSizes& sz) {
+    constexpr int64_t kMinStepWork = int64_t{1} << 24;  // multiply-adds of one step's product
+    constexpr int64_t kMinRows = 64;
+    return sz.batch >= kMinRows && sz.batch * sz.output * sz.gates * sz.hidden >= kMinStepWork &&
+           cpu::float32_products_on_amx(sz);
   }
 
   // bfloat16 products past the few-row kernel, where oneDNN's bf16 GEMM is slow

@@ -269,3 +269,18 @@ def test_float32_medium_precision_large_steps(kind):
             scale = e.abs().max().item()
             torch.testing.assert_close(m, e, atol=3e-2 * max(scale, 1e-3), rtol=0,
                                        msg=lambda msg: f"{forward}/{backward}: {msg}")
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_float32_medium_precision_without_onednn_stays_float32(kind):
+    """With oneDNN turned off (torch.backends.mkldnn.flags(enabled=False)) torch's float32
+    matmuls stay float32 under "medium", and so do rnnfused's loops: the same results as under
+    "highest", bit for bit, at a size whose forward takes the tiles where oneDNN is on."""
+    module = getattr(rnnfused, kind)(32, 256)
+    x = torch.randn(10, 20, 32)
+    with torch.no_grad():
+        expected = module(x)[0]
+        with torch.backends.mkldnn.flags(enabled=False, allow_tf32=None), \
+                float32_matmul_precision("medium"):
+            got = module(x)[0]
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)

@@ -4,9 +4,10 @@ torch.set_float32_matmul_precision("medium") (or torch.backends.mkldnn.matmul.fp
 = "bf16") lets torch's float32 matmuls round their operands to bfloat16 on oneDNN, and so
 torch.nn's GRU and RNN do. Where the CPU has AMX tiles, rnnfused's float32 forward loop then
 forms its recurrent products on them (fused_forward_cpu.h's float32_products_on_amx): W_hh and
-each step's state rounded to bfloat16, the sums, gate math and states in float32. The input
-projection's chunks go through at::mm, which follows the same setting. The default
-("highest") keeps everything in float32.
+each step's state rounded to bfloat16, the sums, gate math and states in float32, and the
+backward's large steps take a GEMM a step (launch_cpu.h's float32_gemm_steps). The input
+projection's large chunks and the weight gradients go through at::mm, which follows the same
+setting. The default ("highest") keeps everything in float32.
 """
 
 import contextlib

@@ -450,7 +450,8 @@ def measure_fma_peak(threads: int, seconds: float, op_name: str = "_cpu_fma_peak
     """The float32 FMA ceiling in GFLOP/s on `threads` threads: rnnfused's register-only
     AVX-512 loop (PERFORMANCE.md's method); None without AVX-512 or the extension.
     op_name "_cpu_bf16_dot_peak_gflops": the same for the bfloat16 dot product
-    (AVX512-BF16 vdpbf16ps), None without it."""
+    (AVX512-BF16 vdpbf16ps), None without it; "_cpu_amx_peak_gflops": AMX-BF16's tiles,
+    None where they are off."""
     op = getattr(torch.ops.rnnfused, op_name, None)
     return (op(seconds, threads) or None) if op is not None else None
 
@@ -475,7 +476,8 @@ def markdown(meta: dict[str, Any], rows: list[Row]) -> str:
     lines = [f"# rnnfused benchmark ({meta['device']}, {meta['dtype']})", ""]
     for key in ("date", "cpu", "device_name", "torch", "threads", "float32_matmul_precision",
                 "cpu_isa", "fma_peak_gflops",
-                "fma_peak_gflops_start", "fma_peak_gflops_end", "bf16_dot_peak_gflops", "cpu_amx",
+                "fma_peak_gflops_start", "fma_peak_gflops_end", "bf16_dot_peak_gflops",
+                "amx_peak_gflops", "cpu_amx",
                 "cpu_bf16_dot", "load_avg", "openblas_threads", "rnnfused", "backend_info", "path",
                 "timing"):
         if key in meta:
@@ -498,6 +500,10 @@ def markdown(meta: dict[str, Any], rows: list[Row]) -> str:
             "of the float32 FMA peak; results checked at bfloat16's tolerance"]
           if meta.get("float32_matmul_precision") == "medium" and meta["dtype"] == "float32"
           else []),
+        *(["- amx_peak_gflops = AMX-BF16's tdpbf16ps on tiles held in registers (16 x 16 x 32 "
+            "x 2 FLOP an instruction): the ceiling of the tiles the forward loops run on where "
+            "cpu_amx"]
+          if "amx_peak_gflops" in meta else []),
         "- noise = the worst contender's IQR / median; others = share of all CPUs that other "
         "processes used while the row was timed (above a few %, OpenMP stalls can inflate "
         "times by orders of magnitude: rerun on a quiet machine)",
@@ -666,8 +672,12 @@ def collect_meta(args: argparse.Namespace, rnnfused: Any) -> dict[str, Any]:
         amx = getattr(torch.ops.rnnfused, "cpu_amx", None)
         if amx is not None and (args.dtype_obj == torch.bfloat16 or
                                 args.float32_matmul_precision == "medium"):
-            # The recurrent products of the forward loop on AMX tiles.
+            # The recurrent products of the forward loop on AMX tiles, and the tiles' rate.
             meta["cpu_amx"] = bool(amx())
+            tiles = measure_fma_peak(args.threads, 0.2 if args.quick else 1.0,
+                                     "_cpu_amx_peak_gflops")
+            if tiles is not None:
+                meta["amx_peak_gflops"] = round(tiles, 1)
         if args.dtype_obj == torch.bfloat16:
             # What a kernel on the bfloat16 dot product can reach: rnnfused's bfloat16
             # forward loops run on it where it is the faster (cpu_bf16_dot).

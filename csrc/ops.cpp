@@ -102,6 +102,17 @@ TORCH_LIBRARY(rnnfused, m) {
 #endif
           return 0.0;
         });
+  // The same for AMX-BF16's tdpbf16ps from tile registers; 0 where the tiles are off
+  // (cpu_amx()).
+  m.def("_cpu_amx_peak_gflops(float seconds, int threads) -> float",
+        [](double seconds, int64_t threads) {
+#if defined(__x86_64__)
+          if (rnnfused::cpu::amx_tiles_enabled()) {
+            return rnnfused::cpu::amx_bf16_peak_gflops(seconds, static_cast<int>(threads));
+          }
+#endif
+          return 0.0;
+        });
   // Which vectorised CPU step kernels run here: "avx512", "avx2" or "scalar".
   m.def("cpu_isa() -> str",
         [] { return std::string(rnnfused::cpu::isa_name(rnnfused::cpu::active_isa())); });

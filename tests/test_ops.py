@@ -855,6 +855,25 @@ def test_cpu_fma_peak_gflops():
         plausible("avx2", float(out[1]))
 
 
+def test_cpu_amx_peak_gflops():
+    """The AMX tiles' ceiling (tdpbf16ps from tile registers, 16 x 16 x 32 x 2 FLOP an
+    instruction), reported in bfloat16 and "medium" benchmarks: where the tiles are on
+    (cpu_amx()), above the float32 FMA peak of the same thread (the TMUL does 16x its
+    multiply-adds a cycle; one instruction per 16 ns at least) and at most 2048 FLOP a cycle
+    at 5 GHz; else 0, as with RNNFUSED_CPU_AMX=0 in a process of its own."""
+    peak = torch.ops.rnnfused._cpu_amx_peak_gflops(0.05, 1)
+    if torch.ops.rnnfused.cpu_amx():
+        assert max(torch.ops.rnnfused._cpu_fma_peak_gflops(0.05, 1), 1024.0) < peak < 10_240.0
+        code = ("import rnnfused, torch; print(torch.ops.rnnfused.cpu_amx(), "
+                "torch.ops.rnnfused._cpu_amx_peak_gflops(0.05, 1))")
+        env = {**os.environ, "RNNFUSED_CPU_AMX": "0"}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True).stdout.split()
+        assert out == ["False", "0.0"]
+    else:
+        assert peak == 0.0
+
+
 def test_cpu_bf16_dot_peak_gflops():
     """The bfloat16 dot product's ceiling (vdpbf16ps, 64 FLOP an instruction), reported
     beside the FMA peak in bfloat16 benchmarks: plausible where the CPU has AVX512-BF16

@@ -330,6 +330,9 @@ double fma_peak_gflops_avx2(double seconds, int threads);
 // The same for AVX512-BF16's dot product vdpbf16ps (64 FLOP an instruction); the
 // caller checks that the CPU has it.
 double bf16_dot_peak_gflops_avx512(double seconds, int threads);
+// The same for AMX-BF16's tdpbf16ps on tiles in registers (16 x 16 x 32 x 2 FLOP an
+// instruction); the caller checks amx_tiles_enabled().
+double amx_bf16_peak_gflops(double seconds, int threads);
 bool has_avx512_bf16();
 
 }  // namespace cpu

@@ -26,22 +26,6 @@ namespace {
 #define RNNFUSED_AMX_TARGET \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,amx-tile,amx-bf16")))
 
-// The palette-1 configuration: all 8 tiles 16 rows of 64 bytes (16 float32 sums,
-// or 32 bfloat16 values, a row).
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t row_bytes[16] = {};
-  uint8_t rows[16] = {};
-  TileConfig() {
-    for (int t = 0; t < 8; ++t) {
-      row_bytes[t] = 64;
-      rows[t] = kAmxRows;
-    }
-  }
-};
-
 // A block of R x N sum tiles (R row tiles, R <= 2, by N gates, N <= 2): sum tile
 // 2r + n in tile register 2r + n, row tile r's operand in 4 + r, gate n's
 // weights in 6 + n, so that every load of a chunk feeds two products (where R

@@ -53,26 +53,17 @@ namespace {
 // function would make it a version of it, GCC's multiversioning, with no default.)
 __attribute__((target("amx-tile,amx-bf16"))) double tile_peak_gflops(double seconds,
                                                                     int threads) {
-  struct alignas(64) Config {
-    uint8_t palette = 1, start_row = 0, reserved[14] = {};
-    uint16_t row_bytes[16] = {};
-    uint8_t rows[16] = {};
-  };
-  constexpr double kFlopsPerInsn = 16.0 * 16 * 32 * 2;
+  constexpr double kFlopsPerInsn = 2.0 * kAmxRows * kAmxUnits * kAmxDepth;  // 16 x 16 x 32
   constexpr long kRound = 1 << 12;  // 4 instructions each
   double flops = 0.0;
   const auto begin = std::chrono::steady_clock::now();
 #pragma omp parallel num_threads(threads) reduction(+ : flops)
   {
-    Config config;
-    for (int t = 0; t < 8; ++t) {
-      config.row_bytes[t] = 64;
-      config.rows[t] = 16;
-    }
+    const TileConfig config;
     _tile_loadconfig(&config);
     // Operands of bfloat16 ones (0x3f80): the sums grow by 32 an instruction and stay
     // finite (the rate does not depend on the values).
-    alignas(64) uint16_t operand[16 * 32];
+    alignas(64) uint16_t operand[kAmxTileValues];
     for (uint16_t& v : operand) v = 0x3f80;
     _tile_loadd(4, operand, 64);
     _tile_loadd(5, operand, 64);

@@ -166,6 +166,23 @@ constexpr int64_t kAmxDepth = 32;  // state units per chunk (bfloat16 values a t
 constexpr int64_t kAmxTileValues = kAmxRows * kAmxDepth;  // bfloat16 values a weight tile
 constexpr int64_t kAmxSumValues = kAmxRows * kAmxUnits;   // float32 sums a sum tile
 
+// The palette-1 configuration that _tile_loadconfig takes: all 8 tiles 16 rows of 64
+// bytes (16 float32 sums, or 32 bfloat16 values, a row). The AMX loop (amx_loop.h) and
+// the tiles' peak (peak_avx512.cpp) load it on each thread.
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t row_bytes[16] = {};
+  uint8_t rows[16] = {};
+  TileConfig() {
+    for (int t = 0; t < 8; ++t) {
+      row_bytes[t] = 64;
+      rows[t] = kAmxRows;
+    }
+  }
+};
+
 // W_hh [G*H, K] in bfloat16 packed as AMX tiles (pack_recurrent_amx): for each
 // block u of 16 hidden units and chunk c of 32 state units, G tiles of 16 rows of
 // 64 bytes, gate g's w[u][c][g][p][n][e] = W_hh[g * H + 16 u + n][32 c + 2 p + e]

@@ -133,6 +133,38 @@ def test_bf16_projection_in_loop(kind, hidden, input_size, form, device):
     check_errors(run_module(fused, (x,), build), run_module(ref, (x,), build), exact, dtype)
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+@pytest.mark.parametrize("kind,hidden,batch",
+                         [("LSTM", 32, 8), ("LSTM", 32, 16), ("GRU", 32, 16), ("GRU", 32, 40),
+                          ("RNN", 32, 32), ("RNN", 20, 64), ("RNN", 64, 8), ("RNN", 64, 16),
+                          ("RNN", 96, 24), ("RNN", 100, 24)])
+def test_bf16_forward_either_side_of_the_tiles_rule(kind, hidden, batch, packed, device):
+    """Where the CPU has AMX tiles, a bfloat16 layer's forward runs on them but for a state of
+    one 32-unit chunk from 64 gate rows (G * B: LSTM from 16 rows, GRU from 22, RNN from 64) and
+    an RNN's state of 64-96 units from 16 rows, which take the float32 loop on widened values
+    (fused_forward_cpu.h's bfloat16_products_on_amx; the bound is the widest batch, which
+    packed input shrinks): layers on each side of those bounds, outputs and gradients within
+    twice torch.nn's error against float64. Elsewhere they judge whichever loop runs."""
+    torch.manual_seed(hidden * batch)
+    dtype = torch.bfloat16
+    ref = getattr(torch.nn, kind)(8, hidden, device=device, dtype=dtype)
+    fused = getattr(rnnfused, kind)(8, hidden, device=device, dtype=dtype)
+    fused.load_state_dict(ref.state_dict())
+    T = 6
+    lengths = [T] + sorted(torch.randint(3, T + 1, (batch - 1,)).tolist(), reverse=True)
+    x = torch.randn(T, batch, 8, device=device, dtype=dtype)
+    h0 = torch.randn(1, batch, hidden, device=device, dtype=dtype)
+    c0 = torch.randn(1, batch, hidden, device=device, dtype=dtype) if kind == "LSTM" else None
+
+    def build(x_, h0_, c0_):
+        inp = pack_padded_sequence(x_, torch.tensor(lengths)) if packed else x_
+        return (inp, (h0_, c0_)) if c0_ is not None else (inp, h0_)
+
+    leaves = (x, h0, c0)
+    exact = run_float64_twin(ref, leaves, build)
+    check_errors(run_module(fused, leaves, build), run_module(ref, leaves, build), exact, dtype)
+
+
 # bfloat16's forward loops other than the float32 one on widened values: the switch that
 # turns each off, its probe, and whether this CPU should run it (flags, vendor, AMX on).
 BF16_LOOPS = {

@@ -6,8 +6,9 @@
 // (Intel's bfloat16 dot product without AMX, vdpbf16ps, was measured at half the
 // float32 FMA rate, 87 vs 176 GFLOP/s a core); a bfloat16 layer's loops on
 // vdpbf16ps where it runs at the FMA's instruction rate (bf16_dot_loops: AMD's
-// Zen 4/5), its forward on AMX tiles where the CPU has them. The layer drivers take them through
-// CpuLaunch::fused_forward / fused_backward where they apply.
+// Zen 4/5), its forward on AMX tiles where the CPU has them (bfloat16_products_on_amx).
+// The layer drivers take them through CpuLaunch::fused_forward / fused_backward where
+// they apply.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -335,7 +336,25 @@ inline bool float32_products_on_amx(const LayerSizes& sz) {
          (B >= 4 && (K >= 256 || (G >= 3 && B >= 16 && (K >= 128 || one_thread))));
 }
 
-// fused_forward's loop on AMX tiles: a bfloat16 layer (amx_tiles_enabled()), or a
+// Whether a bfloat16 layer's forward forms its recurrent products on AMX tiles
+// (fused_forward_amx) rather than in the float32 loop on widened operands (or the
+// vdpbf16ps loops): where the CPU has the tiles (amx_tiles_enabled()), but for a state
+// of one 32-unit chunk (K <= 32) from 64 gate rows (G * B) and an RNN's state of 64-96
+// units from 16 rows, where a step's few tile products per block cost more than the
+// loop's FMAs. Two Xeon vCPUs, T 100, I = H, forward, the loop against the tiles,
+// processes alternating: K 32 LSTM B 16-128 1.28-1.43x, GRU B 32-64 1.23-1.27, RNN B 64
+// 1.55; RNN K 64 B 16-128 1.18-1.30, K 96 B 32 1.16; the tiles ahead just outside these
+// bounds (LSTM K 32 B 8 1.09x, GRU K 32 B 16 1.02, RNN K 32 B 16-32 1.09-1.10, RNN K 64
+// B 8 1.20, K 128 B 32 0.99-1.04, LSTM / GRU K 64 B 32 1.08-1.09).
+inline bool bfloat16_products_on_amx(const LayerSizes& sz) {
+  if (!amx_tiles_enabled()) return false;
+  const int64_t G = sz.gates, K = sz.output, B = sz.batch;
+  const bool one_chunk_many_rows = K <= kAmxDepth && G * B >= 64;
+  const bool narrow_rnn = G == 1 && K >= 64 && K <= 96 && B >= 16;
+  return !one_chunk_many_rows && !narrow_rnn;
+}
+
+// fused_forward's loop on AMX tiles: a bfloat16 layer (bfloat16_products_on_amx), or a
 // float32 one with its products in bfloat16 (float32_products_on_amx; W_hh and
 // each step's state rounded to bfloat16 to nearest even, the sums, the gate math
 // and the states in float32).
@@ -403,7 +422,7 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
   const int64_t G = sz.gates, H = sz.hidden, K = sz.output, B = sz.batch;
   if (sched.steps() == 0) return h0.clone(at::MemoryFormat::Contiguous);
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-    if (amx_tiles_enabled()) {
+    if (bfloat16_products_on_amx(sz)) {
       return fused_forward_amx<scalar_t>(sz, sched, x_proj, h0, w_hh, output, product, make_step);
     }
   }

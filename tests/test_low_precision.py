@@ -72,14 +72,24 @@ def test_low_precision_fused_loop_sizes(name, hidden, batch, packed, dtype, devi
     not GRU's or RNN's at H 17), a state of odd width (its pairs padded with a zero) and one
     whose 515 pairs a row are summed in two blocks (fused_loop.h's kSumDepth)."""
     torch.manual_seed(hidden + batch)
-    ref = getattr(torch.nn, name)(8, hidden, bidirectional=True, device=device, dtype=dtype)
-    fused = getattr(rnnfused, name)(8, hidden, bidirectional=True, device=device, dtype=dtype)
+    check_layer_against_float64(name, hidden, batch, 4, packed, dtype, device, bidirectional=True)
+
+
+def check_layer_against_float64(kind, hidden, batch, shortest, packed, dtype, device,
+                                bidirectional=False):
+    """A layer of `kind` (input 8, T 6, random h0 / c0; packed: lengths from 6 down to
+    `shortest`) in rnnfused and torch.nn with the same weights: outputs and gradients within
+    twice torch.nn's error against the float64 twin."""
+    options = dict(bidirectional=bidirectional, device=device, dtype=dtype)
+    ref = getattr(torch.nn, kind)(8, hidden, **options)
+    fused = getattr(rnnfused, kind)(8, hidden, **options)
     fused.load_state_dict(ref.state_dict())
-    T = 6
-    lengths = [T] + sorted(torch.randint(4, T + 1, (batch - 1,)).tolist(), reverse=True)
+    T, directions = 6, 2 if bidirectional else 1
+    lengths = [T] + sorted(torch.randint(shortest, T + 1, (batch - 1,)).tolist(), reverse=True)
     x = torch.randn(T, batch, 8, device=device, dtype=dtype)
-    h0 = torch.randn(2, batch, hidden, device=device, dtype=dtype)
-    c0 = torch.randn(2, batch, hidden, device=device, dtype=dtype) if name == "LSTM" else None
+    h0 = torch.randn(directions, batch, hidden, device=device, dtype=dtype)
+    c0 = (torch.randn(directions, batch, hidden, device=device, dtype=dtype)
+          if kind == "LSTM" else None)
 
     def build(x_, h0_, c0_):
         inp = pack_padded_sequence(x_, torch.tensor(lengths)) if packed else x_
@@ -146,23 +156,7 @@ def test_bf16_forward_either_side_of_the_tiles_rule(kind, hidden, batch, packed,
     packed input shrinks): layers on each side of those bounds, outputs and gradients within
     twice torch.nn's error against float64. Elsewhere they judge whichever loop runs."""
     torch.manual_seed(hidden * batch)
-    dtype = torch.bfloat16
-    ref = getattr(torch.nn, kind)(8, hidden, device=device, dtype=dtype)
-    fused = getattr(rnnfused, kind)(8, hidden, device=device, dtype=dtype)
-    fused.load_state_dict(ref.state_dict())
-    T = 6
-    lengths = [T] + sorted(torch.randint(3, T + 1, (batch - 1,)).tolist(), reverse=True)
-    x = torch.randn(T, batch, 8, device=device, dtype=dtype)
-    h0 = torch.randn(1, batch, hidden, device=device, dtype=dtype)
-    c0 = torch.randn(1, batch, hidden, device=device, dtype=dtype) if kind == "LSTM" else None
-
-    def build(x_, h0_, c0_):
-        inp = pack_padded_sequence(x_, torch.tensor(lengths)) if packed else x_
-        return (inp, (h0_, c0_)) if c0_ is not None else (inp, h0_)
-
-    leaves = (x, h0, c0)
-    exact = run_float64_twin(ref, leaves, build)
-    check_errors(run_module(fused, leaves, build), run_module(ref, leaves, build), exact, dtype)
+    check_layer_against_float64(kind, hidden, batch, 3, packed, torch.bfloat16, device)
 
 
 # bfloat16's forward loops other than the float32 one on widened values: the switch that

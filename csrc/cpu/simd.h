@@ -143,7 +143,8 @@ void run_fused_steps_avx2(const F* steps, const FusedStepRows<typename F::scalar
 // and run_fused_backward_dpbf16 where W_hh's rows pair up) rather than in float32 on
 // widened values: has_fast_bf16_dot() with the AVX-512 kernels active, and
 // RNNFUSED_CPU_BF16_DOT not "0". Where amx_tiles_enabled() the tile loop runs the
-// forward instead (but for the narrowest states: bfloat16_products_on_amx). Decided once per process.
+// forward instead (but for the narrowest states: bfloat16_products_on_amx). Decided
+// once per process.
 bool bf16_dot_loops();
 
 // run_fused_steps_avx512 for a bfloat16 layer with the products on vdpbf16ps (only

@@ -159,6 +159,21 @@ def test_bf16_forward_either_side_of_the_tiles_rule(kind, hidden, batch, packed,
     check_layer_against_float64(kind, hidden, batch, 3, packed, torch.bfloat16, device)
 
 
+@pytest.mark.parametrize("form", ["dense", "packed", "bidirectional"])
+@pytest.mark.parametrize("hidden,batch", [(64, 32), (130, 64), (256, 33)])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_bf16_amx_rows_split_between_threads(kind, hidden, batch, form, device):
+    """Where the AMX loop's threads split the batch's 16-row tiles among them (amx_loop.h:
+    W_hh within half a core's L2 and a whole tile for each thread; each thread's rows fixed by
+    the widest step, no barrier between steps): two tiles (B 32), four, and three of which the
+    last holds one row (B 33: one thread's 16 rows, the other's 17), partial 16-unit blocks
+    (H 130), a batch that shrinks (packed) and, backwards, grows. Outputs and gradients within
+    twice torch.nn's error against float64; elsewhere they judge whichever loop runs."""
+    torch.manual_seed(hidden + batch)
+    check_layer_against_float64(kind, hidden, batch, 3, form != "dense", torch.bfloat16, device,
+                                bidirectional=form == "bidirectional")
+
+
 # bfloat16's forward loops other than the float32 one on widened values: the switch that
 # turns each off, its probe, and whether this CPU should run it (flags, vendor, AMX on).
 BF16_LOOPS = {

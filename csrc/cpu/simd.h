@@ -211,8 +211,9 @@ struct AmxStepRows {
 
 // Runs `count` forward steps of a bfloat16 layer, or of a float32 one on bfloat16
 // operands, in one parallel region, as run_fused_steps_avx512 does (each thread owns
-// a range of 16-unit blocks for the whole run, a barrier closes each step), the
-// products on AMX tiles with float32 sums. Only where amx_tiles_enabled().
+// a range of 16-unit blocks for the whole run, a barrier closes each step; or, where
+// W_hh fits, a range of the batch's 16-row tiles, no barrier), the products on AMX
+// tiles with float32 sums. Only where amx_tiles_enabled().
 template <typename F>
 void run_fused_steps_amx(const F* steps, const AmxStepRows<typename F::scalar_type>* rows,
                          int64_t count, const PackedRecurrentAmx& w, int threads);

@@ -32,11 +32,19 @@ namespace {
 // 2r + n in tile register 2r + n, row tile r's operand in 4 + r, gate n's
 // weights in 6 + n, so that every load of a chunk feeds two products (where R
 // and N are 2) and no register is reused within a chunk.
-// sums[2r + n] (16 x 16 float32 each) -> the sum tiles, or zeros.
+// sums[2r + n] (16 x 16 float32 each) -> the sum tiles; or, at the first panel, the
+// gates' biases (bias[n]: gate n's 16 values, in every row), or zeros.
 template <int R, int N>
-RNNFUSED_AMX_TARGET __attribute__((always_inline)) inline void amx_load_sums(float* const* sums,
-                                                                          bool zero) {
-  if (zero) {
+RNNFUSED_AMX_TARGET __attribute__((always_inline)) inline void amx_load_sums(
+    float* const* sums, bool first_panel, const float* const* bias) {
+  if (first_panel && bias != nullptr) {  // rows 0 bytes apart: every row the same 16 values
+    _tile_loadd(0, bias[0], 0);
+    if constexpr (N > 1) _tile_loadd(1, bias[1], 0);
+    if constexpr (R > 1) _tile_loadd(2, bias[0], 0);
+    if constexpr (R > 1 && N > 1) _tile_loadd(3, bias[1], 0);
+    return;
+  }
+  if (first_panel) {
     _tile_zero(0);
     if constexpr (N > 1) _tile_zero(1);
     if constexpr (R > 1) _tile_zero(2);
@@ -82,9 +90,10 @@ RNNFUSED_AMX_TARGET __attribute__((always_inline)) inline void amx_chunk(
 // second of a pair b_step further than the first.
 template <int R, int N>
 RNNFUSED_AMX_TARGET __attribute__((always_inline)) inline void amx_block(
-    float* const* sums, bool first_panel, const uint16_t* a, int64_t a_bytes,
-    const uint16_t* weights, int64_t chunk_values, int64_t b_step, int64_t c0, int64_t c1) {
-  amx_load_sums<R, N>(sums, first_panel);
+    float* const* sums, bool first_panel, const float* const* bias, const uint16_t* a,
+    int64_t a_bytes, const uint16_t* weights, int64_t chunk_values, int64_t b_step, int64_t c0,
+    int64_t c1) {
+  amx_load_sums<R, N>(sums, first_panel, bias);
   for (int64_t c = c0; c < c1; ++c) {
     amx_chunk<R, N>(a + c * kAmxDepth, a_bytes, weights + c * chunk_values, b_step);
   }
@@ -93,19 +102,19 @@ RNNFUSED_AMX_TARGET __attribute__((always_inline)) inline void amx_block(
 
 // amx_block for R row tiles by N weight tiles known at run time (1 or 2 each).
 RNNFUSED_AMX_TARGET __attribute__((always_inline)) inline void amx_block_of(
-    int rows, int columns, float* const* sums, bool first_panel, const uint16_t* a,
-    int64_t a_bytes, const uint16_t* weights, int64_t chunk_values, int64_t b_step, int64_t c0,
-    int64_t c1) {
+    int rows, int columns, float* const* sums, bool first_panel, const float* const* bias,
+    const uint16_t* a, int64_t a_bytes, const uint16_t* weights, int64_t chunk_values,
+    int64_t b_step, int64_t c0, int64_t c1) {
   if (columns == 2) {
     if (rows == 2) {
-      amx_block<2, 2>(sums, first_panel, a, a_bytes, weights, chunk_values, b_step, c0, c1);
+      amx_block<2, 2>(sums, first_panel, bias, a, a_bytes, weights, chunk_values, b_step, c0, c1);
     } else {
-      amx_block<1, 2>(sums, first_panel, a, a_bytes, weights, chunk_values, b_step, c0, c1);
+      amx_block<1, 2>(sums, first_panel, bias, a, a_bytes, weights, chunk_values, b_step, c0, c1);
     }
   } else if (rows == 2) {
-    amx_block<2, 1>(sums, first_panel, a, a_bytes, weights, chunk_values, b_step, c0, c1);
+    amx_block<2, 1>(sums, first_panel, bias, a, a_bytes, weights, chunk_values, b_step, c0, c1);
   } else {
-    amx_block<1, 1>(sums, first_panel, a, a_bytes, weights, chunk_values, b_step, c0, c1);
+    amx_block<1, 1>(sums, first_panel, bias, a, a_bytes, weights, chunk_values, b_step, c0, c1);
   }
 }
 
@@ -175,6 +184,10 @@ RNNFUSED_AMX_TARGET void fused_steps_amx(const F* steps,
     // Every row tile's G tiles of sums (16 rows x 16 units each) between panels.
     SumTiles scratch(most_tiles * G);
     auto sums_of = [&](int64_t tile, int gate) { return scratch.tile(tile * G + gate); };
+    // Gate g's bias for units [j, j + 16) (w.sum_bias non-null).
+    auto bias_of = [&](int gate, int64_t j) -> const float* {
+      return w.sum_bias != nullptr ? w.sum_bias + gate * w.blocks * kAmxUnits + j : nullptr;
+    };
     for (int64_t s = 0; s < count; ++s) {
       const AmxStepRows<T>& step = rows[s];
       const F& f = steps[s];
@@ -196,7 +209,9 @@ RNNFUSED_AMX_TARGET void fused_steps_amx(const F* steps,
               float* const sums[4] = {sums_of(tile, gate), sums_of(tile, gate + pair_gates - 1),
                                       sums_of(tile + pair_rows - 1, gate),
                                       sums_of(tile + pair_rows - 1, gate + pair_gates - 1)};
-              amx_block_of(pair_rows, pair_gates, sums, c0 == 0, a, a_bytes, weights,
+              const float* const bias[2] = {bias_of(gate, j), bias_of(gate + pair_gates - 1, j)};
+              amx_block_of(pair_rows, pair_gates, sums, c0 == 0,
+                           w.sum_bias != nullptr ? bias : nullptr, a, a_bytes, weights,
                            G * kAmxTileValues, kAmxTileValues, c0, c1);
             }
           }

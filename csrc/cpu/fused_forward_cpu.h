@@ -365,8 +365,8 @@ at::Tensor fused_forward_amx(const LayerSizes& sz, const Schedule& sched, XProj&
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;
   const int64_t G = sz.gates, H = sz.hidden, K = sz.output, B = sz.batch;
   const at::Tensor packed = pack_recurrent_amx(w_hh.to(at::kBFloat16), G, H);
-  const PackedRecurrentAmx w{reinterpret_cast<const uint16_t*>(packed.data_ptr()), K, H, G,
-                             packed.size(0), packed.size(1)};
+  PackedRecurrentAmx w{reinterpret_cast<const uint16_t*>(packed.data_ptr()), K, H, G,
+                       packed.size(0), packed.size(1)};
   // The state before and after each step, alternating (one barrier per step, as in
   // fused_forward), as the tiles' left operand in bfloat16: whole tiles of 16 rows,
   // rows of whole 32-unit chunks, zeros past B and K. Both start as h0 (rows that
@@ -391,6 +391,23 @@ at::Tensor fused_forward_amx(const LayerSizes& sz, const Schedule& sched, XProj&
 
   using Step = decltype(make_step(int64_t{0}, nullptr, nullptr, static_cast<float*>(nullptr),
                                   nullptr));
+  // The chunks' GEMMs leave the bias out (ProjectedInput::leave_bias_to_loop; a GEMM
+  // with a bias first copies it into every row of its output: oneDNN's bfloat16
+  // 1830 x 128 x 512 chunk 0.26 ms without, 0.37-0.42 with) and the loop adds it:
+  // LSTM's and RNN's (b_ih + b_hh) as the sum tiles' starting values, a GRU's b_ih
+  // in its functor, as the float32 loop does.
+  const at::Tensor& input_bias = x_proj.operands().bias;
+  at::Tensor sum_bias, functor_bias;
+  if (input_bias.defined()) {
+    x_proj.leave_bias_to_loop();
+    if constexpr (Step::kSumsProjections) {
+      sum_bias = at::zeros({G, w.blocks * kAmxUnits}, h0.options().dtype(at::kFloat));
+      sum_bias.narrow(1, 0, H).copy_(input_bias.view({G, H}));
+      w.sum_bias = sum_bias.data_ptr<float>();
+    } else {
+      functor_bias = input_bias.contiguous();
+    }
+  }
   float* sums_out = sums.defined() ? sums.data_ptr<float>() : nullptr;
   auto bits = [](const at::Tensor& t) { return static_cast<uint16_t*>(t.data_ptr()); };
   run_by_chunks<Step, AmxStepRows<scalar_t>>(
@@ -402,7 +419,11 @@ at::Tensor fused_forward_amx(const LayerSizes& sz, const Schedule& sched, XProj&
                                         bits(operands[(s + 1) % 2]),
                                         stored[(s + 1) % 2].data_ptr<scalar_t>()};
         const scalar_t* h_prev = stored[s % 2].data_ptr<scalar_t>();
-        return std::make_pair(make_step(s, x_proj_s, h_prev, sums_out, out), row);
+        Step functor = make_step(s, x_proj_s, h_prev, sums_out, out);
+        if constexpr (requires { functor.b_ih; }) {
+          if (functor_bias.defined()) functor.b_ih = functor_bias.data_ptr<scalar_t>();
+        }
+        return std::make_pair(functor, row);
       },
       [&](const Step* steps, const AmxStepRows<scalar_t>* rows, int64_t count) {
         run_fused_steps_amx(steps, rows, count, w, threads);

@@ -191,6 +191,9 @@ struct alignas(64) TileConfig {
 struct PackedRecurrentAmx {
   const uint16_t* w;  // [blocks, chunks, G, 16, 32] bfloat16 bits
   int64_t K, H, G, blocks, chunks;
+  // [G, 16 * blocks] float32, zero past H, or null: the sums' starting values where
+  // the input projection is formed without its bias (LSTM, RNN: b_ih + b_hh).
+  const float* sum_bias = nullptr;
 };
 
 // One forward step of the AMX loop: a bfloat16 layer (T = c10::BFloat16), or a float32

@@ -99,7 +99,7 @@ def reference_layer(kind, params, x, h0, c0, lengths, forced):
             [torch.cat(outputs, 2), torch.stack(h_n), *c_n])
 
 
-AMX_SIZES = [(260, 5), (272, 19), (300, 40), (256, 33), (512, 1)]
+AMX_SIZES = [(260, 5), (272, 19), (300, 40), (256, 33), (96, 33), (512, 1)]
 
 
 @pytest.mark.skipif(not cpu_amx(), reason="the float32 loop on AMX tiles needs a CPU with AMX-BF16")
@@ -109,10 +109,10 @@ AMX_SIZES = [(260, 5), (272, 19), (300, 40), (256, 33), (512, 1)]
 def test_float32_medium_precision_forms_products_on_amx(kind, hidden, batch, form):
     """Under "medium", a float32 layer's forward loop forms its recurrent products on AMX
     tiles where they are the faster (fused_forward_cpu.h's float32_products_on_amx: a state of
-    256 and more from 4 rows, W_hh of 2^20 values at any batch): partial 16-unit blocks
-    (H 260, 272, 300), one, two and three 16-row tiles (B 5, 19, 40, 33; at B 40 and 33 the
-    two threads split the tiles, 16 rows and 24 or 17, rather than W_hh's blocks:
-    amx_loop.h's by_batch), two panels of 32-unit
+    192 and more from 4 rows, of 96 from 32 rows, W_hh of 2^20 values at any batch): partial
+    16-unit blocks (H 260, 272, 300), one, two and three 16-row tiles (B 5, 19, 40, 33; at B 40
+    and 33 the two threads split the tiles, 16 rows and 24 or 17, rather than W_hh's blocks:
+    amx_loop.h's by_batch), a state of 3 chunks (H 96), two panels of 32-unit
     chunks (H 300), one row (an LSTM of H 512; a GRU's and an RNN's W_hh that size stay on
     the float32 loop), a batch that shrinks (packed) and, backwards, grows (rows joining with
     their h0). Weights and input are whole bfloat16 values, so that the only rounding in the
@@ -181,13 +181,13 @@ def test_float32_medium_precision_forms_products_on_amx(kind, hidden, batch, for
 
 
 @pytest.mark.parametrize("kind,hidden,batch,directions",
-                         [("LSTM", 64, 1, 1), ("GRU", 64, 19, 1), ("RNN", 128, 40, 1),
+                         [("LSTM", 64, 1, 1), ("GRU", 64, 19, 1), ("RNN", 128, 16, 1),
                           ("RNN", 64, 19, 2), ("GRU", 64, 2, 2)])
 def test_float32_medium_precision_small_layers_stay_float32(kind, hidden, batch, directions):
-    """Where the tiles are not the faster (a narrow state, few rows, an RNN's 128 units), the
-    float32 loop runs under "medium" too: with whole bfloat16 weights and input (the input
-    projection exact either way) its outputs are the "highest" ones to float32's precision,
-    not a bfloat16-rounded state's."""
+    """Where the tiles are not the faster (a narrow state, few rows, an RNN's 128 units from 16
+    rows), the float32 loop runs under "medium" too: with whole bfloat16 weights and input (the
+    input projection exact either way) its outputs are the "highest" ones to float32's
+    precision, not a bfloat16-rounded state's."""
     torch.manual_seed(hidden + batch)
     module = getattr(rnnfused, kind)(24, hidden, bidirectional=directions == 2)
     with torch.no_grad():

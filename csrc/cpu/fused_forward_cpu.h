@@ -312,16 +312,18 @@ void run_by_chunks(const Schedule& sched, XProj& x_proj, Make make, Run run) {
 // fp32_precision = "bf16", with oneDNN enabled: at::mm then rounds its float32
 // operands to bfloat16 on oneDNN, as in torch.nn's GRU and RNN, and so do the input
 // projection's chunks here), the CPU has the tiles (amx_tiles_enabled()), and they
-// are faster than the float32 loop: a state K of 256 and more from 4 rows, of 128
-// (or, on one thread, any) for an LSTM or GRU from 16 rows, or W_hh of 2^20 values
-// and more at any batch. Two Xeon vCPUs, T 50, I = H, forward, the tiles against the float32 loop
-// (both under "medium"), processes alternating: two threads, H 256-512 B 4-64 1.01-2.39x
-// (B 64: LSTM 2.0-2.4, GRU 2.3, RNN 1.5-2.3), LSTM H 512 B 1 1.51, LSTM H 128 B 16-64
-// 1.11-1.38, GRU 1.00; H 64 (2 chunks of 32) 0.67-1.04, B 1 0.78-0.98; one thread a
-// direction (bidirectional), LSTM and GRU H 64-128 B 16-64 1.21-1.46, B 1-4 0.85-1.07,
-// RNN H 64-128 0.62-0.98. 100, 64, 512, 512 under "medium": torch.nn's RNN 17.1 ms, GRU
+// are faster than the float32 loop: a state K of 192 and more from 4 rows, of 96 from
+// 32 rows (LSTM, GRU: 16), of 64 for an LSTM or GRU from 32 rows (or 16 on one thread),
+// or W_hh of 2^20 values and more at any batch. Two Xeon vCPUs, T 50, I = H, forward
+// under "medium", the tiles (with their batch split and bias, amx_loop.h) against the
+// float32 loop, in-process A/B: LSTM H 64-256 B 16-128 1.07-2.80x (B 4: 0.80-1.16),
+// GRU H 64 B 32-128 1.13-1.23, H 96-256 B 16-128 1.10-2.83 (H 64 B 16 0.85, B 4
+// 0.96-1.32), RNN H 192-256 B 4-128 1.09-2.36, H 96-128 B 32-128 1.05-1.30 (B 4-16
+// 0.68-0.96, H 64 0.68-1.04). One thread a direction (bidirectional, the forty-first
+// session's tiles): LSTM and GRU H 64-128 B 16-64 1.21-1.46, B 1-4 0.85-1.07, RNN H
+// 64-128 0.62-0.98. 100, 64, 512, 512 under "medium": torch.nn's RNN 17.1 ms, GRU
 // 59.8, LSTM 89.8 (oneDNN's LSTM keeps float32); rnnfused's float32 loop 22.0, 42.3,
-// 56.9, on the tiles 9.7, 21.5, 26.9.
+// 56.9, on the tiles 9.7, 21.5, 26.9 (the forty-first session's).
 inline bool float32_products_on_amx(const LayerSizes& sz) {
   const at::Context& context = at::globalContext();
   if (!context.userEnabledMkldnn() ||
@@ -332,8 +334,9 @@ inline bool float32_products_on_amx(const LayerSizes& sz) {
   }
   const int64_t G = sz.gates, H = sz.hidden, K = sz.output, B = sz.batch;
   const bool one_thread = loop_threads(B * G * H * K, (H + kAmxUnits - 1) / kAmxUnits) == 1;
-  return G * H * K >= (int64_t{1} << 20) ||
-         (B >= 4 && (K >= 256 || (G >= 3 && B >= 16 && (K >= 128 || one_thread))));
+  return G * H * K >= (int64_t{1} << 20) || (B >= 4 && K >= 192) ||
+         (K >= 96 && (B >= 32 || (G >= 3 && B >= 16))) ||
+         (G >= 3 && ((K >= 64 && B >= 32) || (B >= 16 && one_thread)));
 }
 
 // Whether a bfloat16 layer's forward forms its recurrent products on AMX tiles

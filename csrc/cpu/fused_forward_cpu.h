@@ -341,20 +341,20 @@ inline bool float32_products_on_amx(const LayerSizes& sz) {
 
 // Whether a bfloat16 layer's forward forms its recurrent products on AMX tiles
 // (fused_forward_amx) rather than in the float32 loop on widened operands (or the
-// vdpbf16ps loops): where the CPU has the tiles (amx_tiles_enabled()), but for a state
-// of one 32-unit chunk (K <= 32) from 64 gate rows (G * B) and an RNN's state of 64-96
-// units from 16 rows, where a step's few tile products per block cost more than the
-// loop's FMAs. Two Xeon vCPUs, T 100, I = H, forward, the loop against the tiles,
-// processes alternating: K 32 LSTM B 16-128 1.28-1.43x, GRU B 32-64 1.23-1.27, RNN B 64
-// 1.55; RNN K 64 B 16-128 1.18-1.30, K 96 B 32 1.16; the tiles ahead just outside these
-// bounds (LSTM K 32 B 8 1.09x, GRU K 32 B 16 1.02, RNN K 32 B 16-32 1.09-1.10, RNN K 64
-// B 8 1.20, K 128 B 32 0.99-1.04, LSTM / GRU K 64 B 32 1.08-1.09).
+// vdpbf16ps loops): where the CPU has the tiles (amx_tiles_enabled()), but for the
+// narrowest states below 32 rows, where the tile loop's two threads cannot split the
+// batch (amx_loop.h's by_batch) and a step's few tile products per block cost more
+// than the loop's FMAs: one 32-unit chunk (K <= 32) from 64 gate rows (G * B), an
+// RNN's 64-96 units from 16 rows. Two Xeon vCPUs, T 100, I = H, forward, the tiles
+// against the loop, in-process A/B: LSTM K 32 B 16 0.78x, RNN K 64 B 16 0.86, K 96 B 16
+// 0.95; from 32 rows, with the split, 1.28-1.57x (LSTM K 32 B 32-128, GRU K 32, RNN
+// K 32-96), and at fewer gate rows 1.02-1.20 (LSTM K 32 B 8, GRU K 32 B 16, RNN K 64 B 8).
 inline bool bfloat16_products_on_amx(const LayerSizes& sz) {
   if (!amx_tiles_enabled()) return false;
   const int64_t G = sz.gates, K = sz.output, B = sz.batch;
   const bool one_chunk_many_rows = K <= kAmxDepth && G * B >= 64;
   const bool narrow_rnn = G == 1 && K >= 64 && K <= 96 && B >= 16;
-  return !one_chunk_many_rows && !narrow_rnn;
+  return B >= 2 * kAmxRows || (!one_chunk_many_rows && !narrow_rnn);
 }
 
 // fused_forward's loop on AMX tiles: a bfloat16 layer (bfloat16_products_on_amx), or a

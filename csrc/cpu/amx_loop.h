@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace rnnfused {
@@ -33,11 +34,12 @@ namespace {
 // weights in 6 + n, so that every load of a chunk feeds two products (where R
 // and N are 2) and no register is reused within a chunk.
 // sums[2r + n] (16 x 16 float32 each) -> the sum tiles; or, at the first panel, the
-// gates' biases (bias[n]: gate n's 16 values, in every row), or zeros.
+// gates' biases (bias[n]: gate n's 16 values, in every row; bias[0] null: none), or
+// zeros.
 template <int R, int N>
 RNNFUSED_AMX_TARGET __attribute__((always_inline)) inline void amx_load_sums(
     float* const* sums, bool first_panel, const float* const* bias) {
-  if (first_panel && bias != nullptr) {  // rows 0 bytes apart: every row the same 16 values
+  if (first_panel && bias[0] != nullptr) {  // rows 0 bytes apart: every row the same 16 values
     _tile_loadd(0, bias[0], 0);
     if constexpr (N > 1) _tile_loadd(1, bias[1], 0);
     if constexpr (R > 1) _tile_loadd(2, bias[0], 0);
@@ -162,9 +164,13 @@ RNNFUSED_AMX_TARGET void fused_steps_amx(const F* steps,
   // 17-32%; float32 under "medium" 3-44%. Past the L2 bound (LSTM and GRU H 512, RNN
   // H 1024, B 64) 0-11% slower, and with a thread's share short of a tile (B 17-24:
   // one thread's 16 rows against the other's 1-8) 5-13% slower.
+  // Thread t of nt's row tiles [first, second) where they split the batch.
+  const auto row_tiles_of = [&](int64_t t, int64_t nt) {
+    return std::pair<int64_t, int64_t>{most_tiles * t / nt, most_tiles * (t + 1) / nt};
+  };
   const auto whole_tile_each = [&] {
     for (int64_t t = 0; t < threads; ++t) {
-      const int64_t tile0 = most_tiles * t / threads, tile1 = most_tiles * (t + 1) / threads;
+      const auto [tile0, tile1] = row_tiles_of(t, threads);
       if (std::min(most_rows, tile1 * kAmxRows) - tile0 * kAmxRows < kAmxRows) return false;
     }
     return true;
@@ -179,12 +185,12 @@ RNNFUSED_AMX_TARGET void fused_steps_amx(const F* steps,
     const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t first = by_batch ? 0 : w.blocks * t / nt;
     const int64_t last = by_batch ? w.blocks : w.blocks * (t + 1) / nt;
-    const int64_t tile0 = by_batch ? most_tiles * t / nt : 0;
-    const int64_t tile1 = by_batch ? most_tiles * (t + 1) / nt : most_tiles;
+    const auto [tile0, tile1] = by_batch ? row_tiles_of(t, nt)
+                                         : std::pair<int64_t, int64_t>{0, most_tiles};
     // Every row tile's G tiles of sums (16 rows x 16 units each) between panels.
     SumTiles scratch(most_tiles * G);
     auto sums_of = [&](int64_t tile, int gate) { return scratch.tile(tile * G + gate); };
-    // Gate g's bias for units [j, j + 16) (w.sum_bias non-null).
+    // Gate g's bias for units [j, j + 16), or null where w.sum_bias is.
     auto bias_of = [&](int gate, int64_t j) -> const float* {
       return w.sum_bias != nullptr ? w.sum_bias + gate * w.blocks * kAmxUnits + j : nullptr;
     };
@@ -210,8 +216,7 @@ RNNFUSED_AMX_TARGET void fused_steps_amx(const F* steps,
                                       sums_of(tile + pair_rows - 1, gate),
                                       sums_of(tile + pair_rows - 1, gate + pair_gates - 1)};
               const float* const bias[2] = {bias_of(gate, j), bias_of(gate + pair_gates - 1, j)};
-              amx_block_of(pair_rows, pair_gates, sums, c0 == 0,
-                           w.sum_bias != nullptr ? bias : nullptr, a, a_bytes, weights,
+              amx_block_of(pair_rows, pair_gates, sums, c0 == 0, bias, a, a_bytes, weights,
                            G * kAmxTileValues, kAmxTileValues, c0, c1);
             }
           }

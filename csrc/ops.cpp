@@ -113,6 +113,27 @@ TORCH_LIBRARY(rnnfused, m) {
 #endif
           return 0.0;
         });
+  // For the tests: [sigmoid(x), tanh(x)] (x float32, contiguous) as a bfloat16
+  // layer's gate math forms them on the AMX tile loop (cpu::bf16_gate_math_avx512);
+  // only where the AVX-512 kernels run (cpu_isa() "avx512").
+  m.def("_cpu_bf16_gate_math(Tensor x) -> Tensor[]", [](const at::Tensor& x) {
+    TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat,
+                "_cpu_bf16_gate_math: expected a float32 CPU tensor, got ", x.scalar_type(), " on ",
+                x.device());
+#if defined(__x86_64__)
+    TORCH_CHECK(rnnfused::cpu::active_isa() == rnnfused::cpu::Isa::kAvx512,
+                "_cpu_bf16_gate_math: needs the AVX-512 kernels (cpu_isa() is ",
+                rnnfused::cpu::isa_name(rnnfused::cpu::active_isa()), ")");
+    const at::Tensor input = x.contiguous();
+    at::Tensor sigmoid = at::empty_like(input), tanh = at::empty_like(input);
+    rnnfused::cpu::bf16_gate_math_avx512(input.data_ptr<float>(), sigmoid.data_ptr<float>(),
+                                         tanh.data_ptr<float>(), input.numel());
+    return std::vector<at::Tensor>{sigmoid, tanh};
+#else
+    TORCH_CHECK(false, "_cpu_bf16_gate_math: needs the AVX-512 kernels (an x86-64 CPU)");
+    return std::vector<at::Tensor>{};
+#endif
+  });
   // Which vectorised CPU step kernels run here: "avx512", "avx2" or "scalar".
   m.def("cpu_isa() -> str",
         [] { return std::string(rnnfused::cpu::isa_name(rnnfused::cpu::active_isa())); });

@@ -177,12 +177,45 @@ def test_bf16_amx_rows_split_between_threads(kind, hidden, batch, form, device):
                                 bidirectional=form == "bidirectional")
 
 
+def test_bf16_layers_gate_math_error():
+    """A bfloat16 layer's gate math on the AMX tile loop (simd_avx512.h's Bf16Vec: vrcp14ps's
+    reciprocal in place of division, exp and tanh of lower degree; torch.ops.rnnfused.
+    _cpu_bf16_gate_math forms sigmoid and tanh with it) within 7e-5 relative of float64's over
+    [-30, 30] (measured 5.6e-5 and 6.0e-5; a bfloat16 value's rounding is up to 2^-9, 2e-3),
+    within [0, 1] and [-1, 1], tanh odd, the limits, signed zeros and NaN as torch's."""
+    if torch.ops.rnnfused.cpu_isa() != "avx512":
+        pytest.skip("the AVX-512 kernels do not run here")
+    special = torch.tensor([float("inf"), -float("inf"), float("nan"), 0.0, -0.0, 1e-30, -1e-30,
+                            1e-40, 88.0, -88.0, 104.0, -104.0, 200.0, -200.0])
+    x = torch.cat([torch.linspace(-30, 30, 600_001), special])
+    sigmoid, tanh = torch.ops.rnnfused._cpu_bf16_gate_math(x)
+    want_sigmoid, want_tanh = torch.sigmoid(x.double()), torch.tanh(x.double())
+    finite = torch.isfinite(x)
+    # sigmoid's relative error where it is a normal float (from x ~ -87 up)
+    normal = finite & (want_sigmoid > torch.finfo(torch.float32).tiny)
+    sigmoid_error = ((sigmoid.double() - want_sigmoid).abs() / want_sigmoid)[normal]
+    nonzero = finite & (x != 0)
+    tanh_error = ((tanh.double() - want_tanh).abs() / want_tanh.abs())[nonzero]
+    assert sigmoid_error.max() < 7e-5 and tanh_error.max() < 7e-5, (sigmoid_error.max(),
+                                                                      tanh_error.max())
+    assert sigmoid[finite].min() >= 0 and sigmoid[finite].max() <= 1
+    assert tanh[finite].abs().max() <= 1
+    _, flipped_tanh = torch.ops.rnnfused._cpu_bf16_gate_math(-x)
+    assert torch.equal(flipped_tanh[finite], -tanh[finite])
+    tail = slice(x.numel() - special.numel(), None)
+    torch.testing.assert_close(sigmoid[tail].double(), want_sigmoid[tail], atol=1e-38, rtol=7e-5,
+                               equal_nan=True)
+    torch.testing.assert_close(tanh[tail].double(), want_tanh[tail], atol=0, rtol=7e-5,
+                               equal_nan=True)
+    assert torch.equal(torch.signbit(tanh[tail][3:5]), torch.tensor([False, True]))  # +-0
+
+
 # bfloat16's forward loops other than the float32 one on widened values: the switch that
 # turns each off, its probe, and whether this CPU should run it (flags, vendor, AMX on).
 BF16_LOOPS = {
     # AMX-BF16 tiles (cpu/amx_loop.h).
     "amx": ("RNNFUSED_CPU_AMX", "cpu_amx",
-            lambda flags, vendor, amx: "amx_bf16" in flags),
+            lambda flags, vendor, amx: "amx_bf16" in flags and "avx512_bf16" in flags),
     # AVX512-BF16's vdpbf16ps (step_avx512.cpp's SimdDot) on CPUs other than Intel's (Intel
     # runs it at half the float32 rate without AMX); where AMX runs, the tiles take the loop.
     "dot": ("RNNFUSED_CPU_BF16_DOT", "cpu_bf16_dot",

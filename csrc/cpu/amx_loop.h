@@ -1,7 +1,7 @@
 // The persistent forward loop of a bfloat16 layer with its recurrent products on
 // AMX tiles (simd.h's run_fused_steps_amx), and of a float32 layer whose products
 // torch lets run in bfloat16 (fused_forward_cpu.h's float32_products_on_amx).
-// Included by step_avx512.cpp after fused_loop.h, whose StepBarrier, Simd traits
+// Included by step_avx512_bf16.cpp after fused_loop.h, whose StepBarrier, Simd traits
 // and apply_units it shares: only the product differs from fused_steps. Per step,
 // each thread takes its 16-unit blocks u (or, splitting the batch, every block over
 // its own rows) and forms the G gates' 16 x 16 float32 sums of every 16 rows and those
@@ -231,13 +231,15 @@ RNNFUSED_AMX_TARGET void fused_steps_amx(const F* steps,
               Simd::store(mask, step.product + b * G * H + g * H + j, sum);
             }
           }
-          apply_units<Lanes>(f, b, j, units);
           if constexpr (sizeof(T) == 2) {
-            // h' as stored (bfloat16 bits, no conversion) into both next states.
+            // A bfloat16 layer's gate math to bfloat16's needs (Bf16Vec, simd_avx512.h),
+            // and h' as stored (bfloat16 bits, no conversion) into both next states.
+            apply_units<Bf16Lanes>(f, b, j, units);
             const __m256i h = _mm256_maskz_loadu_epi16(mask, step.out + b * H + j);
             _mm256_mask_storeu_epi16(step.h_out + b * K_padded + j, mask, h);
             _mm256_mask_storeu_epi16(step.h_out_stored + b * H + j, mask, h);
           } else {
+            apply_units<Lanes>(f, b, j, units);
             // A float32 layer's h': rounded to bfloat16 (to nearest even, as torch's
             // .to(torch.bfloat16)) for the next product, kept whole for h_prev.
             const typename Simd::V h = Simd::load(mask, step.out + b * H + j);

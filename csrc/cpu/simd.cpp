@@ -136,7 +136,9 @@ bool amx_tiles_enabled() {
   static const bool enabled = [] {
     const char* env = std::getenv("RNNFUSED_CPU_AMX");
     if (env != nullptr && std::strcmp(env, "0") == 0) return false;
-    if (!has_amx_bf16() || active_isa() != Isa::kAvx512) return false;
+    // The tile loop is compiled with AVX512-BF16 (step_avx512_bf16.cpp), which every
+    // CPU with AMX-BF16 has; asked for all the same.
+    if (!has_amx_bf16() || !has_avx512_bf16() || active_isa() != Isa::kAvx512) return false;
 #if defined(__linux__) && defined(__x86_64__)
     // Linux hands out the 8 KB of tile state only to a process that asks
     // (ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA); oneDNN asks the same way.

@@ -26,7 +26,7 @@ bool has_amx_bf16();
 // for the rows they are about to write. Decided once per process.
 bool has_prefetchw();
 // Whether the bfloat16 persistent forward loop runs its products on AMX tiles
-// (run_fused_steps_amx): AMX-BF16, the AVX-512 kernels active, the kernel's
+// (run_fused_steps_amx): AMX-BF16 and AVX512-BF16, the AVX-512 kernels active, the kernel's
 // permission to use the tile state granted (Linux's ARCH_REQ_XCOMP_PERM, asked for
 // once), and RNNFUSED_CPU_AMX not "0". Decided once per process.
 bool amx_tiles_enabled();
@@ -356,6 +356,9 @@ double bf16_dot_peak_gflops_avx512(double seconds, int threads);
 // instruction); the caller checks amx_tiles_enabled().
 double amx_bf16_peak_gflops(double seconds, int threads);
 bool has_avx512_bf16();
+// sigmoid and tanh of x[0, n) as a bfloat16 layer's gate math on AVX-512 forms them
+// (simd_avx512.h's Bf16Vec): for the tests, which measure their error.
+void bf16_gate_math_avx512(const float* x, float* sigmoid_out, float* tanh_out, int64_t n);
 
 }  // namespace cpu
 }  // namespace rnnfused

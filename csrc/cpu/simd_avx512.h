@@ -1,6 +1,7 @@
 // The AVX-512 (F, BW, VL, DQ) vector types of the step functors and persistent loops:
-// Vec and its math (simd_math.h), Lanes / PairLanes (simd_rows.h, simd_pair.h) and
-// the loops' traits Simd (fused_loop.h). Included after a target pragma with those
+// Vec / Bf16Vec and their math (simd_math.h), Lanes / Bf16Lanes / PairLanes
+// (simd_rows.h, simd_pair.h) and the loops' traits Simd (fused_loop.h). Included
+// after a target pragma with those
 // extensions by each translation unit that compiles code on them (step_avx512.cpp;
 // step_avx512_bf16.cpp, which adds AVX512-BF16), and defined in an unnamed
 // namespace there: no code compiled for AVX-512 can stand in for a generic copy
@@ -16,66 +17,112 @@ namespace rnnfused {
 namespace cpu {
 namespace {
 
-struct Vec {
+// Sixteen floats, the step functors' values (gates.h's math on them). Vec: float32's
+// math. Bf16Vec: a bfloat16 layer's (the AMX tile loop's functors, Bf16Lanes), whose
+// states, gates and outputs are rounded to bfloat16 (up to 2^-9 relative) at every
+// step: the same operations but for division, vrcp14ps's reciprocal (within 2^-14
+// relative) times the dividend, and exp and tanh of lower degree (simd_math.h's
+// kBFloat16: within 6.4e-6); its sigmoid and tanh within ~7e-5 relative, 1/28 of
+// that rounding (tests/test_low_precision.py measures them over a grid). An LSTM
+// unit's gate math loses its five vdivps (~10 cycles each on Intel's cores) and
+// ~15 other operations. In-process A/B, two Xeon vCPUs, bfloat16 forward on AMX
+// tiles: LSTM 100, 128, 128, 128 15% faster, 100, 64, 64, 64 10%, 100, 64, 256,
+// 256 9%, GRU 100, 128, 128, 128 15%, RNN 7%; LSTM H 512 within noise.
+template <bool kBFloat16Math>
+struct VecOf {
   __m512 v;
-  Vec() = default;
-  Vec(__m512 x) : v(x) {}
-  Vec(float x) : v(_mm512_set1_ps(x)) {}
+  VecOf() = default;
+  VecOf(__m512 x) : v(x) {}
+  VecOf(float x) : v(_mm512_set1_ps(x)) {}
 };
 
-inline Vec operator+(Vec a, Vec b) { return _mm512_add_ps(a.v, b.v); }
-inline Vec operator-(Vec a, Vec b) { return _mm512_sub_ps(a.v, b.v); }
-inline Vec operator*(Vec a, Vec b) { return _mm512_mul_ps(a.v, b.v); }
-inline Vec operator/(Vec a, Vec b) { return _mm512_div_ps(a.v, b.v); }
-inline Vec operator-(Vec a) {
+// Its operations: templates over M (hidden friends in VecOf would be instantiated
+// without the file's target pragma by GCC 12).
+template <bool M>
+inline VecOf<M> operator+(VecOf<M> a, VecOf<M> b) { return _mm512_add_ps(a.v, b.v); }
+template <bool M>
+inline VecOf<M> operator-(VecOf<M> a, VecOf<M> b) { return _mm512_sub_ps(a.v, b.v); }
+template <bool M>
+inline VecOf<M> operator*(VecOf<M> a, VecOf<M> b) { return _mm512_mul_ps(a.v, b.v); }
+template <bool M>
+inline VecOf<M> operator/(VecOf<M> a, VecOf<M> b) {
+  if constexpr (M) {
+    return _mm512_mul_ps(a.v, _mm512_rcp14_ps(b.v));
+  } else {
+    return _mm512_div_ps(a.v, b.v);
+  }
+}
+template <bool M>
+inline VecOf<M> operator-(VecOf<M> a) {
   return _mm512_castsi512_ps(
       _mm512_xor_si512(_mm512_castps_si512(a.v), _mm512_set1_epi32(static_cast<int>(0x80000000u))));
 }
-inline Vec fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a.v, b.v, c.v); }
+template <bool M>
+inline VecOf<M> fma(VecOf<M> a, VecOf<M> b, VecOf<M> c) { return _mm512_fmadd_ps(a.v, b.v, c.v); }
 
-inline Vec min_of(Vec a, Vec b) { return _mm512_min_ps(a.v, b.v); }
-inline Vec max_of(Vec a, Vec b) { return _mm512_max_ps(a.v, b.v); }
-inline Vec round_of(Vec x) {
+template <bool M>
+inline VecOf<M> min_of(VecOf<M> a, VecOf<M> b) { return _mm512_min_ps(a.v, b.v); }
+template <bool M>
+inline VecOf<M> max_of(VecOf<M> a, VecOf<M> b) { return _mm512_max_ps(a.v, b.v); }
+template <bool M>
+inline VecOf<M> round_of(VecOf<M> x) {
   return _mm512_roundscale_ps(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
 // scalef rounds to denormals, 0 and inf as exp does: past x = 89, 2^n overflows
 // to inf; from x = -104 down the result is below half the smallest denormal: 0.
 constexpr float kExpLow = -104.0f, kExpHigh = 89.0f;
-inline Vec scale_exp(Vec y, Vec n, Vec) { return _mm512_scalef_ps(y.v, n.v); }
+template <bool M>
+inline VecOf<M> scale_exp(VecOf<M> y, VecOf<M> n, VecOf<M>) { return _mm512_scalef_ps(y.v, n.v); }
 
 // Bitwise operations through the integer forms (AVX-512F has no and_ps).
-inline Vec abs_of(Vec x) {
+template <bool M>
+inline VecOf<M> abs_of(VecOf<M> x) {
   return _mm512_castsi512_ps(
       _mm512_and_si512(_mm512_castps_si512(x.v), _mm512_set1_epi32(0x7fffffff)));
 }
-inline Vec with_sign_of(Vec magnitude, Vec sign) {
+template <bool M>
+inline VecOf<M> with_sign_of(VecOf<M> magnitude, VecOf<M> sign) {
   const __m512i sign_bit = _mm512_set1_epi32(static_cast<int>(0x80000000u));
   return _mm512_castsi512_ps(_mm512_or_si512(
       _mm512_castps_si512(magnitude.v), _mm512_and_si512(_mm512_castps_si512(sign.v), sign_bit)));
 }
-inline Vec where_less(Vec a, Vec b, Vec if_less, Vec otherwise) {
+template <bool M>
+inline VecOf<M> where_less(VecOf<M> a, VecOf<M> b, VecOf<M> if_less, VecOf<M> otherwise) {
   return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ), otherwise.v, if_less.v);
 }
 
-#include "simd_math.h"
+template <bool M>
+inline VecOf<M> relu_of(VecOf<M> x) { return _mm512_max_ps(_mm512_setzero_ps(), x.v); }
 
-inline Vec relu_of(Vec x) { return _mm512_max_ps(_mm512_setzero_ps(), x.v); }
-
-inline Vec where_positive(Vec h, Vec value) {
+template <bool M>
+inline VecOf<M> where_positive(VecOf<M> h, VecOf<M> value) {
   return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(h.v, _mm512_setzero_ps(), _CMP_GT_OQ), value.v);
 }
 
-template <bool kPartial>
-struct Lanes {
-  using value = Vec;
+using Vec = VecOf<false>;
+using Bf16Vec = VecOf<true>;
+
+#include "simd_math.h"
+
+__attribute__((always_inline)) inline Bf16Vec exp_of(Bf16Vec x) {
+  return exp_vector<Bf16Vec, true>(x);
+}
+__attribute__((always_inline)) inline Bf16Vec tanh_of(Bf16Vec x) {
+  return tanh_vector<Bf16Vec, true>(x);
+}
+
+// A row's units [j, j + 16) (or its first `count`: kPartial) as the functors' values V.
+template <bool kPartial, typename V>
+struct LanesOf {
+  using value = V;
   static constexpr int64_t kWidth = 16;
   __mmask16 mask = 0xFFFF;
-  Lanes() = default;
-  explicit Lanes(int count) : mask(static_cast<__mmask16>((1u << count) - 1u)) {}
-  Vec load(const float* p) const {
+  LanesOf() = default;
+  explicit LanesOf(int count) : mask(static_cast<__mmask16>((1u << count) - 1u)) {}
+  V load(const float* p) const {
     return kPartial ? _mm512_maskz_loadu_ps(mask, p) : _mm512_loadu_ps(p);
   }
-  void store(float* p, Vec v) const {
+  void store(float* p, V v) const {
     if (kPartial) {
       _mm512_mask_storeu_ps(p, mask, v.v);
     } else {
@@ -86,7 +133,7 @@ struct Lanes {
   // A value that is not read again soon (the workspace saved for the backward:
   // step_functors.h's store_saved): a whole 64-byte line straight to memory, without
   // first reading it in (a non-temporal store); else, and for 16-bit types, store().
-  void stream(float* p, Vec v) const {
+  void stream(float* p, V v) const {
     if (!kPartial && (reinterpret_cast<uintptr_t>(p) & 63) == 0) {
       _mm512_stream_ps(p, v.v);
     } else {
@@ -94,15 +141,15 @@ struct Lanes {
     }
   }
   template <typename T>
-  void stream(T* p, Vec v) const {
+  void stream(T* p, V v) const {
     store(p, v);
   }
 
   // bfloat16 and float16 through bf16_avx512.h.
-  Vec load(const c10::BFloat16* p) const { return widen_bf16(load_bits(p)); }
-  void store(c10::BFloat16* p, Vec v) const { store_bits(p, narrow_bf16(v.v)); }
-  Vec load(const c10::Half* p) const { return widen_f16(load_bits(p)); }
-  void store(c10::Half* p, Vec v) const { store_bits(p, narrow_f16(v.v)); }
+  V load(const c10::BFloat16* p) const { return widen_bf16(load_bits(p)); }
+  void store(c10::BFloat16* p, V v) const { store_bits(p, narrow_bf16(v.v)); }
+  V load(const c10::Half* p) const { return widen_f16(load_bits(p)); }
+  void store(c10::Half* p, V v) const { store_bits(p, narrow_f16(v.v)); }
 
  private:
   __m256i load_bits(const void* p) const {
@@ -117,6 +164,11 @@ struct Lanes {
     }
   }
 };
+template <bool kPartial>
+using Lanes = LanesOf<kPartial, Vec>;
+// A bfloat16 layer's functors on Bf16Vec (the AMX tile loop's).
+template <bool kPartial>
+using Bf16Lanes = LanesOf<kPartial, Bf16Vec>;
 
 #include "simd_pair.h"
 

@@ -1,7 +1,7 @@
 // The step functors on 16 units at a time with AVX-512 (F, BW, VL, DQ), for
 // float32 and bfloat16 storage (math in float32), and the persistent loops on
 // them (fused_loop.h; the vector types in simd_avx512.h, the bfloat16 loops on
-// vdpbf16ps in step_avx512_bf16.cpp). Compiled for AVX-512 from the target pragma
+// vdpbf16ps and the forward loop on AMX tiles in step_avx512_bf16.cpp). Compiled for AVX-512 from the target pragma
 // on, and run only where active_isa() says so.
 // Everything defined here is internal or unique to this file, so that no code
 // compiled for AVX-512 can stand in for a generic copy elsewhere.
@@ -35,7 +35,6 @@
 
 #include "simd_rows.h"
 #include "fused_loop.h"
-#include "amx_loop.h"
 
 namespace rnnfused {
 namespace cpu {
@@ -49,10 +48,18 @@ RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx512, float);
 RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx512, c10::BFloat16);
 RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx512, c10::Half);
 
+void bf16_gate_math_avx512(const float* x, float* sigmoid_out, float* tanh_out, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const Bf16Lanes<true> lanes(static_cast<int>(std::min<int64_t>(16, n - i)));
+    const Bf16Vec v = lanes.load(x + i);
+    lanes.store(sigmoid_out + i, sigmoid(v));
+    lanes.store(tanh_out + i, tanh_of(v));
+  }
+}
+
 RNNFUSED_DEFINE_FUSED_LOOPS(run_fused_steps_avx512, run_fused_backward_avx512, pack_recurrent_tiles_avx512);
 RNNFUSED_INSTANTIATE_FUSED_LOOPS(run_fused_steps_avx512, run_fused_backward_avx512, c10::BFloat16);
 RNNFUSED_INSTANTIATE_FUSED_LOOPS(run_fused_steps_avx512, run_fused_backward_avx512, c10::Half);
-RNNFUSED_DEFINE_AMX_LOOP(run_fused_steps_amx);
 
 }  // namespace cpu
 }  // namespace rnnfused

@@ -177,6 +177,33 @@ def test_bf16_amx_rows_split_between_threads(kind, hidden, batch, form, device):
                                 bidirectional=form == "bidirectional")
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+@pytest.mark.parametrize("kind,hidden,input_size,T,batch",
+                         [("LSTM", 256, 512, 100, 32), ("GRU", 16, 8, 300, 16),
+                          ("RNN", 40, 24, 130, 40)])
+def test_bf16_projection_chunks(kind, hidden, input_size, T, batch, packed, device):
+    """A 16-bit layer forms its input projection in chunks of 2048 rows, or of as many as make
+    a GEMM of 2^30 multiply-adds up to 32 MB (layers/common.h's ProjectedInput::chunk_rows):
+    a wide W_ih (LSTM 1024 x 512: 2048 rows) over 3200 rows (packed ~2400: two chunks), and
+    narrow layers whose 4800 and 5200 rows (three chunks before) now take one; packed input's
+    batch shrinking inside and across chunks. Outputs and gradients within twice
+    torch.nn's error against float64."""
+    torch.manual_seed(hidden + T)
+    dtype = torch.bfloat16
+    options = dict(device=device, dtype=dtype)
+    ref = getattr(torch.nn, kind)(input_size, hidden, **options)
+    fused = getattr(rnnfused, kind)(input_size, hidden, **options)
+    fused.load_state_dict(ref.state_dict())
+    lengths = torch.tensor([T - (b * T // 2) // batch for b in range(batch)])  # T down to ~T / 2
+    x = torch.randn(T, batch, input_size, device=device, dtype=dtype)
+
+    def build(x_):
+        return (pack_padded_sequence(x_, lengths) if packed else x_,)
+
+    exact = run_float64_twin(ref, (x,), build)
+    check_errors(run_module(fused, (x,), build), run_module(ref, (x,), build), exact, dtype)
+
+
 def test_bf16_layers_gate_math_error():
     """A bfloat16 layer's gate math on the AMX tile loop (simd_avx512.h's Bf16Vec: vrcp14ps's
     reciprocal in place of division, exp and tanh of lower degree; torch.ops.rnnfused.

@@ -145,19 +145,20 @@ def test_bf16_projection_in_loop(kind, hidden, input_size, form, device):
 
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
 @pytest.mark.parametrize("kind,hidden,batch",
-                         [("LSTM", 32, 8), ("LSTM", 32, 16), ("LSTM", 32, 40), ("GRU", 32, 16),
-                          ("GRU", 32, 24), ("RNN", 20, 64), ("RNN", 64, 8), ("RNN", 64, 16),
-                          ("RNN", 96, 24), ("RNN", 100, 24)])
+                         [("LSTM", 32, 8), ("LSTM", 32, 16), ("LSTM", 32, 40), ("LSTM", 16, 16),
+                          ("GRU", 32, 16), ("GRU", 32, 24), ("GRU", 16, 24), ("RNN", 20, 64),
+                          ("RNN", 64, 8), ("RNN", 64, 16), ("RNN", 96, 24), ("RNN", 100, 24)])
 def test_bf16_forward_either_side_of_the_tiles_rule(kind, hidden, batch, packed, device):
     """Where the CPU has AMX tiles, a bfloat16 layer's forward runs on them but for the
-    narrowest states below 32 rows (where the tile loop's threads cannot split the batch): one
-    32-unit chunk of state from 64 gate rows (G * B: LSTM from 16 rows, GRU from 22) and an
-    RNN's 64-96 units from 16 rows take the float32 loop on widened values
+    narrowest states below 32 rows on two threads (where the tile loop's threads cannot split
+    the batch): one 32-unit chunk of state from 64 gate rows (G * B: LSTM from 16 rows, GRU
+    from 22) and an RNN's 64-96 units from 16 rows take the float32 loop on widened values
     (fused_forward_cpu.h's bfloat16_products_on_amx; the bound is the widest batch, which
-    packed input shrinks): layers on each side of those bounds (LSTM K 32 at B 8, 16 and 40,
-    GRU K 32 at B 16 and 24, RNN K 20 at B 64, K 64 at B 8 and 16, K 96 and 100 at B 24),
-    outputs and gradients within twice torch.nn's error against float64. Elsewhere they judge
-    whichever loop runs."""
+    packed input shrinks), unless the loops run on one thread: layers on each side of those
+    bounds (LSTM K 32 at B 8, 16 and 40, GRU K 32 at B 16 and 24, RNN K 20 at B 64, K 64 at B
+    8 and 16, K 96 and 100 at B 24; on one thread, their work below 2^16, LSTM K 16 B 16 and
+    GRU K 16 B 24), outputs and gradients within twice torch.nn's error against float64.
+    Elsewhere they judge whichever loop runs."""
     torch.manual_seed(hidden * batch)
     check_layer_against_float64(kind, hidden, batch, 3, packed, torch.bfloat16, device)
 

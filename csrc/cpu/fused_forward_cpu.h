@@ -342,19 +342,25 @@ inline bool float32_products_on_amx(const LayerSizes& sz) {
 // Whether a bfloat16 layer's forward forms its recurrent products on AMX tiles
 // (fused_forward_amx) rather than in the float32 loop on widened operands (or the
 // vdpbf16ps loops): where the CPU has the tiles (amx_tiles_enabled()), but for the
-// narrowest states below 32 rows, where the tile loop's two threads cannot split the
-// batch (amx_loop.h's by_batch) and a step's few tile products per block cost more
-// than the loop's FMAs: one 32-unit chunk (K <= 32) from 64 gate rows (G * B), an
-// RNN's 64-96 units from 16 rows. Two Xeon vCPUs, T 100, I = H, forward, the tiles
-// against the loop, in-process A/B: LSTM K 32 B 16 0.78x, RNN K 64 B 16 0.86, K 96 B 16
-// 0.95; from 32 rows, with the split, 1.28-1.57x (LSTM K 32 B 32-128, GRU K 32, RNN
-// K 32-96), and at fewer gate rows 1.02-1.20 (LSTM K 32 B 8, GRU K 32 B 16, RNN K 64 B 8).
+// narrowest states below 32 rows on two threads or more, where the tile loop's
+// threads cannot split the batch (amx_loop.h's by_batch) and wait at a barrier each
+// step while a step's few tile products per block cost more than the loop's FMAs:
+// one 32-unit chunk (K <= 32) from 64 gate rows (G * B), an RNN's 64-96 units from
+// 16 rows. Two Xeon vCPUs, T 100, I = H, forward, the tiles (with their bfloat16
+// gate math, Bf16Vec) against the loop, in-process A/B: two threads, LSTM K 32 B 16-24
+// 0.77-0.84x, GRU K 32 B 24 0.76, RNN K 64 B 16-24 0.79-0.87, K 96 B 16-24 0.93-0.97;
+// from 32 rows, with the split, or with fewer gate rows (LSTM K 32 B 8, GRU K 32 B
+// 16, RNN K 32 B 16-24, K 64 B 8-12) 1.01-1.64x; where the loops run on one thread
+// (loop_threads: the steps' work below 2^16, or one thread a direction) the tiles
+// won every narrow state tried, 1.27-2.0x (LSTM K 16 B 16-31, K 32 B 16-64, GRU K 16
+// B 16-31, K 32 B 24, RNN K 48-96 B 16-64) but LSTM K 8 B 16 (0.88, 0.2 ms).
 inline bool bfloat16_products_on_amx(const LayerSizes& sz) {
   if (!amx_tiles_enabled()) return false;
-  const int64_t G = sz.gates, K = sz.output, B = sz.batch;
+  const int64_t G = sz.gates, H = sz.hidden, K = sz.output, B = sz.batch;
+  const bool one_thread = loop_threads(B * G * H * K, (H + kAmxUnits - 1) / kAmxUnits) == 1;
   const bool one_chunk_many_rows = K <= kAmxDepth && G * B >= 64;
   const bool narrow_rnn = G == 1 && K >= 64 && K <= 96 && B >= 16;
-  return B >= 2 * kAmxRows || (!one_chunk_many_rows && !narrow_rnn);
+  return one_thread || B >= 2 * kAmxRows || (!one_chunk_many_rows && !narrow_rnn);
 }
 
 // fused_forward's loop on AMX tiles: a bfloat16 layer (bfloat16_products_on_amx), or a

@@ -113,8 +113,8 @@ TORCH_LIBRARY(rnnfused, m) {
 #endif
           return 0.0;
         });
-  // For the tests: [sigmoid(x), tanh(x)] (x float32, contiguous) as a bfloat16
-  // layer's gate math forms them on the AMX tile loop (cpu::bf16_gate_math_avx512);
+  // For the tests: [sigmoid(x), tanh(x)] (x float32) as a bfloat16 layer's gate
+  // math forms them on AVX-512 (cpu::bf16_gate_math_avx512);
   // only where the AVX-512 kernels run (cpu_isa() "avx512").
   m.def("_cpu_bf16_gate_math(Tensor x) -> Tensor[]", [](const at::Tensor& x) {
     TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat,

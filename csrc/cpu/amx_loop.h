@@ -231,15 +231,14 @@ RNNFUSED_AMX_TARGET void fused_steps_amx(const F* steps,
               Simd::store(mask, step.product + b * G * H + g * H + j, sum);
             }
           }
+          // (A bfloat16 layer's gate math on Bf16Vec: simd_avx512.h's FunctorLanes.)
+          apply_units<FunctorLanes<T>::template one>(f, b, j, units);
           if constexpr (sizeof(T) == 2) {
-            // A bfloat16 layer's gate math to bfloat16's needs (Bf16Vec, simd_avx512.h),
-            // and h' as stored (bfloat16 bits, no conversion) into both next states.
-            apply_units<Bf16Lanes>(f, b, j, units);
+            // h' as stored (bfloat16 bits, no conversion) into both next states.
             const __m256i h = _mm256_maskz_loadu_epi16(mask, step.out + b * H + j);
             _mm256_mask_storeu_epi16(step.h_out + b * K_padded + j, mask, h);
             _mm256_mask_storeu_epi16(step.h_out_stored + b * H + j, mask, h);
           } else {
-            apply_units<Lanes>(f, b, j, units);
             // A float32 layer's h': rounded to bfloat16 (to nearest even, as torch's
             // .to(torch.bfloat16)) for the next product, kept whole for h_prev.
             const typename Simd::V h = Simd::load(mask, step.out + b * H + j);

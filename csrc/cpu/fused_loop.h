@@ -1,8 +1,8 @@
 // The persistent forward and backward loops (simd.h's run_fused_steps_<isa> and
 // run_fused_backward_<isa>), written once over the vector instruction set. Each
 // ISA translation unit (step_avx512.cpp, step_avx512_bf16.cpp, step_avx2.cpp)
-// includes it after simd_rows.h, with `Lanes` and `PairLanes` defined, and passes a
-// traits struct S:
+// includes it after simd_rows.h, with `FunctorLanes<T>` defined (the Lanes and
+// PairLanes, `one` and `pair`, of a functor stored in T), and passes a traits struct S:
 //   V, Mask, kLanes         a vector of kLanes floats, a mask of some of its lanes
 //   zero(), load(p), load(mask, p) (zero past the mask), store(mask, p, v),
 //                           the masked two also on the storage type of every layer
@@ -535,7 +535,9 @@ __attribute__((always_inline)) inline void fused_tile(const F& f, const FusedSte
   const int64_t end = std::min(H, j + kTiles * L);  // at most 2L units from begin
   for (int m = 0; m < M; ++m) {
     const int64_t b = row + m;
-    apply_span<Lanes, PairLanes>(f, b, begin, static_cast<int>(end - begin));
+    using Functor = FunctorLanes<typename F::scalar_type>;
+    apply_span<Functor::template one, Functor::template pair>(f, b, begin,
+                                                              static_cast<int>(end - begin));
     if (step.h_out == nullptr) continue;
     for (int64_t units = begin; units < end; units += L) {
       const typename S::Mask lanes = S::first(static_cast<int>(std::min(L, end - units)));
@@ -771,8 +773,9 @@ void fused_backward(const F* steps, const FusedBackwardRows<typename F::scalar_t
       const FusedBackwardRows<T>& step = rows[s];
       for (int64_t b = b0; b < b1; ++b) {
         for (int64_t j = j0; j < j1; j += 2 * L) {
-          apply_span<Lanes, PairLanes>(steps[s], b, j,
-                                       static_cast<int>(std::min<int64_t>(2 * L, j1 - j)));
+          using Functor = FunctorLanes<T>;
+          apply_span<Functor::template one, Functor::template pair>(
+              steps[s], b, j, static_cast<int>(std::min<int64_t>(2 * L, j1 - j)));
           if constexpr (kWidens) {
             // The functor's gradient on this step's products, widened for the product.
             for (int64_t unit = j; unit < std::min(j + 2 * L, j1); unit += L) {

@@ -18,18 +18,23 @@ namespace cpu {
 namespace {
 
 // Sixteen floats, the step functors' values (gates.h's math on them). Vec: float32's
-// math. Bf16Vec: a bfloat16 layer's (the AMX tile loop's functors, Bf16Lanes), whose
-// states, gates and outputs are rounded to bfloat16 (up to 2^-9 relative) at every
-// step: the same operations but for division, vrcp14ps's reciprocal (within 2^-14
-// relative) times the dividend, and exp and tanh of lower degree (simd_math.h's
-// kBFloat16: within 6.4e-6); its sigmoid and tanh within ~7e-5 relative, 1/28 of
-// that rounding (tests/test_low_precision.py measures them over a grid). An LSTM
-// unit's gate math loses its five vdivps (~10 cycles each on Intel's cores) and
-// ~15 other operations. In-process A/B, two Xeon vCPUs, bfloat16 forward on AMX
-// tiles: LSTM 100, 128, 128, 128 15% faster, 100, 64, 64, 64 10%, 100, 64, 256,
-// 256 9%, GRU 100, 128, 128, 128 15%, RNN 7%; LSTM H 512 within noise.
-template <bool kBFloat16Math>
+// math (float32, float16 layers). Bf16Vec: a bfloat16 layer's (every functor of one,
+// forward and backward, in every loop: FunctorLanes below), whose states, gates and
+// outputs are rounded to bfloat16 (up to 2^-9 relative) at every step: the same
+// operations but for division, vrcp14ps's reciprocal (within 2^-14 relative) times
+// the dividend, and exp and tanh of lower degree (simd_math.h's kBFloat16: within
+// 6.4e-6); its sigmoid and tanh within ~7e-5 relative, 1/28 of that rounding
+// (tests/test_low_precision.py measures them over a grid). An LSTM unit's gate math
+// loses its five vdivps (~10 cycles each on Intel's cores) and ~15 other operations.
+// Two Xeon vCPUs, bfloat16: forward on AMX tiles, in-process A/B, LSTM 100, 128,
+// 128, 128 15% faster, 100, 64, 64, 64 10%, 100, 64, 256, 256 9%, GRU 100, 128, 128,
+// 128 15%, RNN 7%, LSTM H 512 within noise; the float32 loop's narrow states
+// (forward) and every backward loop, processes alternating: LSTM, GRU K 32 B 16-24
+// forward 15-31% faster, RNN K 64 B 16 36%, training 26-32%, LSTM 100, 64, 256, 256
+// training 16%, GRU 6%.
+template <bool kBFloat16MathParam>
 struct VecOf {
+  static constexpr bool kBFloat16Math = kBFloat16MathParam;
   __m512 v;
   VecOf() = default;
   VecOf(__m512 x) : v(x) {}
@@ -166,11 +171,32 @@ struct LanesOf {
 };
 template <bool kPartial>
 using Lanes = LanesOf<kPartial, Vec>;
-// A bfloat16 layer's functors on Bf16Vec (the AMX tile loop's).
+// A bfloat16 layer's functors on Bf16Vec.
 template <bool kPartial>
 using Bf16Lanes = LanesOf<kPartial, Bf16Vec>;
 
 #include "simd_pair.h"
+
+template <bool kPartial>
+using Bf16PairLanes = PairLanesOf<kPartial, Bf16Lanes>;
+
+// The Lanes and PairLanes (`one`, `pair`) the step functors of a layer stored in T
+// run on (fused_loop.h, amx_loop.h, run_rows_avx512): a bfloat16 layer's on Bf16Vec,
+// every other type's on Vec.
+template <typename T>
+struct FunctorLanes {
+  template <bool kPartial>
+  using one = Lanes<kPartial>;
+  template <bool kPartial>
+  using pair = PairLanes<kPartial>;
+};
+template <>
+struct FunctorLanes<c10::BFloat16> {
+  template <bool kPartial>
+  using one = Bf16Lanes<kPartial>;
+  template <bool kPartial>
+  using pair = Bf16PairLanes<kPartial>;
+};
 
 // The persistent loops' vector operations (fused_loop.h).
 struct Simd {

@@ -41,7 +41,8 @@ namespace cpu {
 
 template <typename F>
 void run_rows_avx512(const F& f, int64_t row_begin, int64_t row_end) {
-  run_rows<Lanes, PairLanes>(f, row_begin, row_end);
+  using Functor = FunctorLanes<typename F::scalar_type>;
+  run_rows<Functor::template one, Functor::template pair>(f, row_begin, row_end);
 }
 
 RNNFUSED_INSTANTIATE_RUN_ROWS(run_rows_avx512, float);

@@ -180,16 +180,8 @@ using Bf16Lanes = LanesOf<kPartial, Bf16Vec>;
 template <bool kPartial>
 using Bf16PairLanes = PairLanesOf<kPartial, Bf16Lanes>;
 
-// The Lanes and PairLanes (`one`, `pair`) the step functors of a layer stored in T
-// run on (fused_loop.h, amx_loop.h, run_rows_avx512): a bfloat16 layer's on Bf16Vec,
-// every other type's on Vec.
-template <typename T>
-struct FunctorLanes {
-  template <bool kPartial>
-  using one = Lanes<kPartial>;
-  template <bool kPartial>
-  using pair = PairLanes<kPartial>;
-};
+// A bfloat16 layer's functors on Bf16Vec (simd_pair.h's FunctorLanes: every other
+// type's on Vec).
 template <>
 struct FunctorLanes<c10::BFloat16> {
   template <bool kPartial>

@@ -124,3 +124,14 @@ struct PairLanesOf {
 };
 template <bool kPartial>
 using PairLanes = PairLanesOf<kPartial, Lanes>;
+
+// The Lanes and PairLanes (`one`, `pair`) the step functors of a layer stored in T
+// run on (fused_loop.h, amx_loop.h, run_rows_<isa>): the ISA's own, but where the ISA
+// specializes it (simd_avx512.h: a bfloat16 layer's on Bf16Vec).
+template <typename T>
+struct FunctorLanes {
+  template <bool kPartial>
+  using one = Lanes<kPartial>;
+  template <bool kPartial>
+  using pair = PairLanes<kPartial>;
+};

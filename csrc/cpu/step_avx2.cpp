@@ -91,16 +91,6 @@ struct Lanes {
 
 #include "simd_pair.h"
 
-// The Lanes and PairLanes the step functors of every stored type run on here
-// (fused_loop.h; simd_avx512.h's give bfloat16 layers their own).
-template <typename T>
-struct FunctorLanes {
-  template <bool kPartial>
-  using one = Lanes<kPartial>;
-  template <bool kPartial>
-  using pair = PairLanes<kPartial>;
-};
-
 // float64: 4 units a call, exp and tanh from SLEEF's AVX2 functions in libtorch_cpu
 // (1 ulp, the functions ATen's own float64 sigmoid and tanh take on AVX2; weak
 // references: a torch built without them leaves them null, and float64 then runs

@@ -1,8 +1,8 @@
 // The step functors on 16 units at a time with AVX-512 (F, BW, VL, DQ), for
 // float32 and bfloat16 storage (math in float32), and the persistent loops on
 // them (fused_loop.h; the vector types in simd_avx512.h, the bfloat16 loops on
-// vdpbf16ps and the forward loop on AMX tiles in step_avx512_bf16.cpp). Compiled for AVX-512 from the target pragma
-// on, and run only where active_isa() says so.
+// vdpbf16ps and the forward loop on AMX tiles in step_avx512_bf16.cpp). Compiled
+// for AVX-512 from the target pragma on, and run only where active_isa() says so.
 // Everything defined here is internal or unique to this file, so that no code
 // compiled for AVX-512 can stand in for a generic copy elsewhere.
 // c10::BFloat16 and c10::Half come in before the target pragma: their inline

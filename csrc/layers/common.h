@@ -188,9 +188,9 @@ class ProjectedInput {
   // GEMMs. Two Xeon vCPUs, bfloat16, forward on the AMX tile loop, chunk rows in-process
   // A/B: LSTM 100, 128, 128, 128 2048 rows 4.72 ms, 4096 4.23, 8192 3.92, all 12800
   // (13 MB) 3.62; GRU the same 3.87 -> 2.94, RNN 1.43 -> 1.23, LSTM 100, 256, 64, 64
-  // 3.59 (4 MB chunks) -> 2.88 (32 MB), LSTM 100, 64, 64, 64 1.21 -> 1.08; at 2^30
-  // multiply-adds a chunk already (I 512, H 1024: 2048 rows) larger chunks were
-  // 3-7% slower.
+  // 3.59 (4 MB chunks) -> 2.88 (32 MB), LSTM 100, 64, 64, 64 1.21 -> 1.08; where
+  // 2048 rows already make 2^30 multiply-adds and more (I 512, H 1024) larger chunks
+  // were 3-7% slower. (The CUDA launcher's 16-bit chunks follow the same rule.)
   static int64_t chunk_rows(int64_t row_values, int64_t input_size) {
     if (sizeof(scalar_t) != 2) return 512;
     constexpr int64_t kRows = 2048, kChunkWork = int64_t{1} << 30;

@@ -209,9 +209,9 @@ def test_bf16_layers_gate_math_error():
     """A bfloat16 layer's gate math on AVX-512 (simd_avx512.h's Bf16Vec, every functor of a
     bfloat16 layer: vrcp14ps's reciprocal in place of division, exp and tanh of lower degree;
     torch.ops.rnnfused._cpu_bf16_gate_math forms sigmoid and tanh with it) within 7e-5
-    relative of float64's over
-    [-30, 30] (measured 5.6e-5 and 6.0e-5; a bfloat16 value's rounding is up to 2^-9, 2e-3),
-    within [0, 1] and [-1, 1], tanh odd, the limits, signed zeros and NaN as torch's."""
+    relative of float64's over [-30, 30] (measured 5.6e-5 and 6.0e-5; a bfloat16 value's
+    rounding is up to 2^-9, 2e-3), within [0, 1] and [-1, 1], tanh odd, the limits, signed
+    zeros and NaN as torch's."""
     if torch.ops.rnnfused.cpu_isa() != "avx512":
         pytest.skip("the AVX-512 kernels do not run here")
     special = torch.tensor([float("inf"), -float("inf"), float("nan"), 0.0, -0.0, 1e-30, -1e-30,

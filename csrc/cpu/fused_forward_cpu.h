@@ -192,6 +192,13 @@ inline int loop_threads(int64_t work, int64_t parts) {
       1, std::min<int64_t>(capped_threads(at::get_num_threads()), parts)));
 }
 
+// Threads of the AMX tile loop (fused_forward_amx) for a layer of these sizes: its
+// steps' work over its 16-unit blocks. The tiles' rules below ask it too.
+inline int amx_loop_threads(const LayerSizes& sz) {
+  return loop_threads(sz.batch * sz.gates * sz.hidden * sz.output,
+                      (sz.hidden + kAmxUnits - 1) / kAmxUnits);
+}
+
 // Whether a bfloat16 backward loop over W_hh [J, K] forms its product on vdpbf16ps
 // (run_fused_backward_dpbf16): bf16_dot_loops() and W_hh's rows in pairs (J even; the
 // functors' d_recurrent rows, J values each, then read as pairs).
@@ -333,7 +340,7 @@ inline bool float32_products_on_amx(const LayerSizes& sz) {
     return false;
   }
   const int64_t G = sz.gates, H = sz.hidden, K = sz.output, B = sz.batch;
-  const bool one_thread = loop_threads(B * G * H * K, (H + kAmxUnits - 1) / kAmxUnits) == 1;
+  const bool one_thread = amx_loop_threads(sz) == 1;
   return G * H * K >= (int64_t{1} << 20) || (B >= 4 && K >= 192) ||
          (K >= 96 && (B >= 32 || (G >= 3 && B >= 16))) ||
          (G >= 3 && ((K >= 64 && B >= 32) || (B >= 16 && one_thread)));
@@ -356,8 +363,8 @@ inline bool float32_products_on_amx(const LayerSizes& sz) {
 // B 16-31, K 32 B 24, RNN K 48-96 B 16-64) but LSTM K 8 B 16 (0.88, 0.2 ms).
 inline bool bfloat16_products_on_amx(const LayerSizes& sz) {
   if (!amx_tiles_enabled()) return false;
-  const int64_t G = sz.gates, H = sz.hidden, K = sz.output, B = sz.batch;
-  const bool one_thread = loop_threads(B * G * H * K, (H + kAmxUnits - 1) / kAmxUnits) == 1;
+  const int64_t G = sz.gates, K = sz.output, B = sz.batch;
+  const bool one_thread = amx_loop_threads(sz) == 1;
   const bool one_chunk_many_rows = K <= kAmxDepth && G * B >= 64;
   const bool narrow_rnn = G == 1 && K >= 64 && K <= 96 && B >= 16;
   return one_thread || B >= 2 * kAmxRows || (!one_chunk_many_rows && !narrow_rnn);
@@ -396,7 +403,7 @@ at::Tensor fused_forward_amx(const LayerSizes& sz, const Schedule& sched, XProj&
   const at::Tensor sums = product.defined() && !kFloat
                               ? at::empty({B, G * H}, h0.options().dtype(at::kFloat))
                               : product;
-  const int threads = loop_threads(sz.batch * G * H * K, w.blocks);
+  const int threads = amx_loop_threads(sz);
 
   using Step = decltype(make_step(int64_t{0}, nullptr, nullptr, static_cast<float*>(nullptr),
                                   nullptr));

@@ -76,18 +76,20 @@ def test_low_precision_fused_loop_sizes(name, hidden, batch, packed, dtype, devi
 
 
 def check_layer_against_float64(kind, hidden, batch, shortest, packed, dtype, device,
-                                bidirectional=False):
+                                bidirectional=False, proj_size=0):
     """A layer of `kind` (input 8, T 6, random h0 / c0; packed: lengths from 6 down to
     `shortest`) in rnnfused and torch.nn with the same weights: outputs and gradients within
     twice torch.nn's error against the float64 twin."""
     options = dict(bidirectional=bidirectional, device=device, dtype=dtype)
+    if proj_size:
+        options["proj_size"] = proj_size
     ref = getattr(torch.nn, kind)(8, hidden, **options)
     fused = getattr(rnnfused, kind)(8, hidden, **options)
     fused.load_state_dict(ref.state_dict())
     T, directions = 6, 2 if bidirectional else 1
     lengths = [T] + sorted(torch.randint(shortest, T + 1, (batch - 1,)).tolist(), reverse=True)
     x = torch.randn(T, batch, 8, device=device, dtype=dtype)
-    h0 = torch.randn(directions, batch, hidden, device=device, dtype=dtype)
+    h0 = torch.randn(directions, batch, proj_size or hidden, device=device, dtype=dtype)
     c0 = (torch.randn(directions, batch, hidden, device=device, dtype=dtype)
           if kind == "LSTM" else None)
 
@@ -237,6 +239,59 @@ def test_bf16_layers_gate_math_error():
     torch.testing.assert_close(tanh[tail].double(), want_tanh[tail], atol=0, rtol=7e-5,
                                equal_nan=True)
     assert torch.equal(torch.signbit(tanh[tail][3:5]), torch.tensor([False, True]))  # +-0
+
+
+@pytest.mark.parametrize("form", ["dense", "packed", "bidirectional"])
+@pytest.mark.parametrize("kind,hidden,batch,proj_size",
+                         [("LSTM", 128, 130, 0), ("GRU", 128, 180, 0), ("RNN", 256, 130, 0),
+                          ("LSTM", 40, 33, 24), ("LSTM", 100, 17, 36)])
+def test_bf16_backward_steps_on_amx(kind, hidden, batch, proj_size, form, device):
+    """Where a bfloat16 layer's backward runs a GEMM a step (steps of 2^23 multiply-adds and
+    more: LSTM H 128 B 130, GRU H 128 B 180, RNN H 256 B 130; an LSTM with a projection at
+    every size) and the CPU has AMX tiles, each step's d_pre @ W_hh runs on them with W_hh
+    packed once (cpu::amx_gemm_bf16): whole and partial 16-row tiles (B 130: 8 and 2 rows; 17;
+    33), an odd count of row tiles (B 180), partial 32-deep chunks (the projection's 4H 400)
+    and 16-column tiles (P 36, 24), the GRU's products added to the gradient already there, a
+    batch that shrinks (packed) and both directions. Outputs and gradients within twice
+    torch.nn's error against float64; elsewhere they judge oneDNN's GEMM a step."""
+    torch.manual_seed(hidden + batch + proj_size)
+    check_layer_against_float64(kind, hidden, batch, 3, form == "packed", torch.bfloat16, device,
+                                bidirectional=form == "bidirectional", proj_size=proj_size)
+
+
+def test_bf16_amx_matmul():
+    """The AMX GEMM behind those steps (torch.ops.rnnfused._cpu_amx_matmul: the right
+    operand packed as the tiles take it, then out (+)= a @ b in float32 sums rounded once)
+    against float64 over the edges of its tiles: 1-100 rows (16-row tiles, pairs of them and
+    the last one alone), depths 1-600 (32-deep chunks, 512-deep panels, odd depths), 1-70
+    columns (16-column tiles), rows of a with a stride of their own, an empty sum (depth 0),
+    added to an existing out;
+    on one thread and two. Each value within a bfloat16 rounding of the exact sum (relative to
+    the sum of the magnitudes of its terms)."""
+    if not torch.ops.rnnfused.cpu_amx():
+        pytest.skip("no AMX tiles here")
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            for rows, depth, columns in [(1, 1, 1), (15, 31, 15), (16, 32, 16), (17, 33, 17),
+                                         (33, 64, 32), (64, 600, 33), (100, 2, 70),
+                                         (100, 1100, 48), (48, 513, 1), (20, 0, 18)]:
+                a = torch.randn(rows, depth + 5, dtype=torch.bfloat16)[:, :depth]
+                b = torch.randn(depth, columns, dtype=torch.bfloat16)
+                exact = a.double() @ b.double()
+                scale = a.double().abs() @ b.double().abs() + 1e-30
+                got = torch.ops.rnnfused._cpu_amx_matmul(a, b)
+                assert ((got.double() - exact).abs() / scale).max() <= 2 ** -8, (rows, depth, columns)
+                out = torch.randn(rows, columns, dtype=torch.bfloat16)
+                want = exact + out.double()
+                torch.ops.rnnfused._cpu_amx_matmul(a, b, out)
+                bound = scale + out.double().abs()
+                assert ((out.double() - want).abs() / bound).max() <= 2 ** -8, (rows, depth, columns)
+    finally:
+        torch.set_num_threads(threads)
+
 
 
 # bfloat16's forward loops other than the float32 one on widened values: the switch that

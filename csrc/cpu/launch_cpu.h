@@ -62,11 +62,10 @@ struct CpuLaunch {
   }
 
   // Whether the backward of such a layer runs as one persistent fused loop: the
-  // same conditions, but a bfloat16 layer's large steps take oneDNN's GEMM with or
-  // without AMX (bf16_gemm_steps), and so do a float32 layer's under torch's "medium"
-  // float32 matmul precision where its forward runs on AMX tiles (float32_gemm_steps).
-  // (An AMX backward loop, d_recurrent @ W_hh on the tiles, measured no faster for
-  // bfloat16: the training step's time is in its other GEMMs.)
+  // same conditions, but a bfloat16 layer's large steps take a GEMM each (bf16_gemm_steps:
+  // on the AMX tiles with W_hh packed once where the CPU has them, takes_amx_gemm; else
+  // oneDNN's), and so do a float32 layer's under torch's "medium" float32 matmul
+  // precision where its forward runs on AMX tiles (float32_gemm_steps).
   // Where a bfloat16 backward's product runs on vdpbf16ps
   // (cpu::backward_on_bf16_pairs) the loop takes every size: two Zen 5 cores, training
   // LSTM 100, 64, 512, 512 98.6-99.9 -> 89.8 ms against a oneDNN GEMM a step, GRU
@@ -230,6 +229,43 @@ struct CpuLaunch {
     return at::Tensor();
   }
 
+  // Whether gemm_nn runs a step loop's product out (+)= a @ w, w packed once for
+  // the loop (pack_gemm_nn_weights), on the AMX tiles (cpu::amx_gemm_bf16):
+  // bfloat16 with more rows than the few-row kernel takes and rows of unit stride.
+  // In place of oneDNN's GEMM, which repacks w at every call: two Xeon vCPUs, a
+  // step's 64 x 2048 x 512 (d_pre @ W_hh, LSTM H 512) ~195 us on oneDNN, ~130 on its
+  // own API with W_hh packed once (mkldnn::_linear_pointwise). The layers' other
+  // products (the input and weight gradients: one call each, their operands in
+  // L3) stay on oneDNN: this kernel's 2 x 2 tile blocks run them at 1.5-1.8 TF/s,
+  // oneDNN at 1.8-2.2 (6400 x 2048 x 512, packing included on both sides).
+  static bool takes_amx_gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& w) {
+#if defined(__x86_64__)
+    return out.scalar_type() == at::kBFloat16 && a.scalar_type() == at::kBFloat16 &&
+           w.scalar_type() == at::kBFloat16 && a.size(0) > kSmallGemmRows &&
+           (a.size(1) <= 1 || a.stride(1) == 1) && (out.size(1) <= 1 || out.stride(1) == 1) &&
+           cpu::amx_tiles_enabled();
+#else
+    return false;
+#endif
+  }
+
+  // w [K, N] packed once for a step loop's products gemm_nn runs on the AMX tiles
+  // (takes_amx_gemm; cpu::pack_amx_gemm_b; rows: the loop's widest step), else
+  // undefined (the products then read w as it is).
+  static at::Tensor pack_gemm_nn_weights(const at::Tensor& w, int64_t rows) {
+#if defined(__x86_64__)
+    if (rows > kSmallGemmRows && w.dim() == 2 && w.scalar_type() == at::kBFloat16 &&
+        cpu::amx_tiles_enabled()) {
+      const at::Tensor rows_of_w = w.size(1) <= 1 || w.stride(1) == 1 ? w : w.contiguous();
+      at::Tensor packed = at::empty({cpu::amx_gemm_b_values(w.size(0), w.size(1))}, w.options());
+      cpu::pack_amx_gemm_b(rows_of_w.data_ptr(), w.size(0), w.size(1),
+                           w.size(0) > 1 ? rows_of_w.stride(0) : w.size(1), packed.data_ptr());
+      return packed;
+    }
+#endif
+    return at::Tensor();
+  }
+
   // out (+)= a @ w, w [K, N] as stored (the backward's d_pre @ W_hh and its
   // large products). float32 products of 2+ rows within_own_gemm (a's rows or
   // columns contiguous: the weight gradients' d_pre^T) and up to 16 rows in 16-bit
@@ -238,8 +274,13 @@ struct CpuLaunch {
   // on MKL, 128 x 1024 x 64: 44 vs 100); bfloat16 with more rows the float32 BLAS
   // on widened copies (widens_16bit; float16 too); the rest ATen.
   static void gemm_nn(const at::Tensor& out, const at::Tensor& a, const at::Tensor& w,
-                      bool accumulate) {
+                      bool accumulate, const at::Tensor& w_packed = at::Tensor()) {
 #if defined(__x86_64__)
+    if (w_packed.defined() && takes_amx_gemm(out, a, w)) {
+      cpu::amx_gemm_bf16({a.size(0), w.size(1), a.size(1), a.data_ptr(), a.stride(0),
+                          w_packed.data_ptr(), out.data_ptr(), out.stride(0), accumulate});
+      return;
+    }
     const bool f32 = out.scalar_type() == at::kFloat;
     const bool by_columns = f32 && !(a.size(1) <= 1 || a.stride(1) == 1) &&
                             (a.size(0) <= 1 || a.stride(0) == 1);
@@ -314,8 +355,9 @@ struct CpuLaunch {
            w.is_contiguous() && (!bias.defined() || bias.is_contiguous());
   }
 
-  // Whether a bfloat16 layer's steps are better as one oneDNN GEMM each than as
-  // the persistent float32 loop: where oneDNN's bf16 GEMM is fast
+  // Whether a bfloat16 layer's steps are better as one GEMM each (oneDNN's; with AMX
+  // tiles the library's, takes_amx_gemm) than as the persistent float32 loop: where
+  // oneDNN's bf16 GEMM is fast
   // (cpu::has_fast_bf16_gemm). With AMX-BF16 it runs a step's product on the
   // tiles, 3-4x the float32 rate once it is large (two threads, 64 x 512 x 2048:
   // 170 vs 590 us for MKL's float32 GEMM; 16 x 128 x 512: 27 vs 15 us, oneDNN's
@@ -327,10 +369,17 @@ struct CpuLaunch {
   // vdpbf16ps (bf16_dot_loops) this decides the backward only: those loops' forwards are
   // ahead of both at every size measured (LSTM 100, 64, 512, 512: AMX 17.8 ms against
   // 28.2 a GEMM a step; two Zen 5 cores, vdpbf16ps 27.9 against 39.3).
+  // With AMX tiles the steps' products run on them (takes_amx_gemm), W_hh packed once,
+  // and the backward takes them from half the work a step: in-process A/B against the
+  // float32 loop, training, T 100: LSTM B 32 H 256 22% faster, RNN B 64 H 256 18%, GRU
+  // B 32 H 256 11%, B 48 H 192 6%; below 2^22 within 5% either way (LSTM B 24-32 H 128
+  // 2-3% faster, B 64-128 H 64 4.5% slower).
   static bool bf16_gemm_steps(const LayerSizes& sz) {
     constexpr int64_t kMinStepWork = int64_t{1} << 23;  // multiply-adds of one step's product
+    constexpr int64_t kMinAmxStepWork = int64_t{1} << 22;
+    const int64_t work = sz.batch * sz.output * sz.gates * sz.hidden;
     return cpu::has_fast_bf16_gemm() && sz.batch > kSmallGemmRows &&
-           sz.batch * sz.output * sz.gates * sz.hidden > kMinStepWork;
+           (work > kMinStepWork || (work >= kMinAmxStepWork && cpu::amx_tiles_enabled()));
   }
 
   // Whether a float32 layer's backward steps are better as one GEMM each, which at::mm

@@ -221,6 +221,26 @@ template <typename F>
 void run_fused_steps_amx(const F* steps, const AmxStepRows<typename F::scalar_type>* rows,
                          int64_t count, const PackedRecurrentAmx& w, int threads);
 
+// A bfloat16 product on AMX tiles (gemm_amx_avx512.cpp; only where
+// amx_tiles_enabled()): out[M, N] (+)= a[M, K] @ b[K, N], a's rows lda values apart
+// with unit stride along K, b packed by pack_amx_gemm_b, out's rows ldo apart;
+// float32 sums rounded once to bfloat16 (out's value added first where accumulate).
+struct AmxGemm {
+  int64_t M, N, K;
+  const void* a;
+  int64_t lda;
+  const void* b_packed;
+  void* out;
+  int64_t ldo;
+  bool accumulate;
+};
+void amx_gemm_bf16(const AmxGemm& g);
+// b [K, N] bfloat16, rows ldb values apart, as the tiles amx_gemm_bf16 multiplies:
+// for each block of 16 columns and chunk of 32 rows, 16 rows of the 16 columns'
+// pairs (b[k][n], b[k + 1][n]); zero past K and N. amx_gemm_b_values(K, N) values.
+int64_t amx_gemm_b_values(int64_t K, int64_t N);
+void pack_amx_gemm_b(const void* b, int64_t K, int64_t N, int64_t ldb, void* dst);
+
 // W_hh [J = G*H, K] packed by blocks of 2L state units for the backward's
 // product d_h = d_pre @ W_hh: w[q][j][l] = W_hh[j][2L q + l], zero past K.
 struct PackedRecurrentT {

@@ -152,8 +152,11 @@ struct CudaLaunch {
   // cuBLAS takes w as stored: nothing to pack (NtProduct::w_panels).
   static at::Tensor pack_gemm_weights(const NtProduct&) { return at::Tensor(); }
 
+  // cuBLAS takes w as stored: nothing to pack for a loop's products.
+  static at::Tensor pack_gemm_nn_weights(const at::Tensor&, int64_t) { return at::Tensor(); }
+
   static void gemm_nn(const at::Tensor& out, const at::Tensor& a, const at::Tensor& w,
-                      bool accumulate) {
+                      bool accumulate, const at::Tensor& /*w_packed*/ = at::Tensor()) {
     if (!cublas_direct::gemm(out, a, w, /*transpose_w=*/false, accumulate)) {
       gemm_nn_aten(out, a, w, accumulate);
     }

@@ -446,6 +446,11 @@ bool backward_loop(const LayerSizes& sz, const Schedule& sched, const at::Tensor
                                                      d_recurrent, accumulate, initial_state_grad,
                                                      make_step);
   }
+  // W_hh in the launcher's layout for the steps' products, where it has one (and
+  // there is a product: not for one step without the initial state's gradient).
+  const at::Tensor w_hh_packed = sched.steps() > 1 || initial_state_grad
+                                     ? Launch::pack_gemm_nn_weights(w_hh, sz.batch)
+                                     : at::Tensor();
   for (int64_t s = sched.steps() - 1; s >= 0; --s) {
     const int64_t rows = sched.rows(s), off = sched.offset(s);
     if (rows == 0) continue;
@@ -457,7 +462,7 @@ bool backward_loop(const LayerSizes& sz, const Schedule& sched, const at::Tensor
     }
     Launch::run(rows * sz.hidden, step);
     if (s == 0 && !initial_state_grad) break;
-    Launch::gemm_nn(d_h_rows, row_range(d_recurrent, off, rows), w_hh, accumulate);
+    Launch::gemm_nn(d_h_rows, row_range(d_recurrent, off, rows), w_hh, accumulate, w_hh_packed);
   }
   return false;
 }

@@ -134,16 +134,18 @@ TORCH_LIBRARY(rnnfused, m) {
     return std::vector<at::Tensor>{};
 #endif
   });
-  // For the tests: a @ b (a [M, K], b [K, N], bfloat16 CPU tensors) on the AMX
-  // tiles as the backward's bfloat16 products run there (cpu::amx_gemm_bf16, b packed
-  // by cpu::pack_amx_gemm_b); added to `out` (then returned) where given. Only where
+  // For the tests: a @ b (a [M, K], b [K, N], both bfloat16 or both float32 CPU
+  // tensors; float32 rounded to bfloat16 as under "medium") on the AMX tiles as the
+  // backward's per-step products run there (cpu::amx_gemm_bf16, b packed by
+  // cpu::pack_amx_gemm_b); added to `out` (then returned) where given. Only where
   // cpu_amx().
   m.def("_cpu_amx_matmul(Tensor a, Tensor b, Tensor(a!)? out=None) -> Tensor",
         [](const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& out) {
+    const at::ScalarType type = a.scalar_type();
     TORCH_CHECK(a.device().is_cpu() && b.device().is_cpu() && a.dim() == 2 && b.dim() == 2 &&
-                    a.scalar_type() == at::kBFloat16 && b.scalar_type() == at::kBFloat16,
-                "_cpu_amx_matmul: expected 2-D bfloat16 CPU tensors, got ", a.dim(), "-D ",
-                a.scalar_type(), " and ", b.dim(), "-D ", b.scalar_type());
+                    (type == at::kBFloat16 || type == at::kFloat) && b.scalar_type() == type,
+                "_cpu_amx_matmul: expected 2-D CPU tensors, both bfloat16 or both float32, got ",
+                a.dim(), "-D ", a.scalar_type(), " and ", b.dim(), "-D ", b.scalar_type());
     TORCH_CHECK(a.size(1) == b.size(0), "_cpu_amx_matmul: a is [", a.size(0), ", ", a.size(1),
                 "], b [", b.size(0), ", ", b.size(1), "]");
 #if defined(__x86_64__)
@@ -151,19 +153,19 @@ TORCH_LIBRARY(rnnfused, m) {
     const at::Tensor lhs = a.size(1) <= 1 || a.stride(1) == 1 ? a : a.contiguous();
     const at::Tensor rhs = b.contiguous();
     at::Tensor result = out.has_value() ? *out : at::empty({a.size(0), b.size(1)}, a.options());
-    TORCH_CHECK(result.scalar_type() == at::kBFloat16 && result.dim() == 2 &&
+    TORCH_CHECK(result.scalar_type() == type && result.dim() == 2 &&
                     result.size(0) == a.size(0) && result.size(1) == b.size(1) &&
                     (result.size(1) <= 1 || result.stride(1) == 1),
-                "_cpu_amx_matmul: out must be bfloat16 [", a.size(0), ", ", b.size(1),
+                "_cpu_amx_matmul: out must be ", type, " [", a.size(0), ", ", b.size(1),
                 "] with unit column stride");
     at::Tensor packed = at::empty({rnnfused::cpu::amx_gemm_b_values(b.size(0), b.size(1))},
-                                  b.options());
+                                  b.options().dtype(at::kBFloat16));
     rnnfused::cpu::pack_amx_gemm_b(rhs.data_ptr(), rhs.size(0), rhs.size(1), rhs.size(1),
-                                   packed.data_ptr());
+                                   packed.data_ptr(), type == at::kFloat);
     rnnfused::cpu::amx_gemm_bf16({a.size(0), b.size(1), a.size(1), lhs.data_ptr(),
                                   lhs.size(0) > 1 ? lhs.stride(0) : lhs.size(1), packed.data_ptr(),
                                   result.data_ptr(), result.size(0) > 1 ? result.stride(0) : result.size(1),
-                                  out.has_value()});
+                                  out.has_value(), type == at::kFloat});
     return result;
 #else
     TORCH_CHECK(false, "_cpu_amx_matmul: needs AMX tiles (an x86-64 CPU)");

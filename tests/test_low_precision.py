@@ -259,17 +259,21 @@ def test_bf16_backward_steps_on_amx(kind, hidden, batch, proj_size, form, device
                                 bidirectional=form == "bidirectional", proj_size=proj_size)
 
 
-def test_bf16_amx_matmul():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "f32"])
+def test_bf16_amx_matmul(dtype):
     """The AMX GEMM behind those steps (torch.ops.rnnfused._cpu_amx_matmul: the right
     operand packed as the tiles take it, then out (+)= a @ b in float32 sums rounded once)
     against float64 over the edges of its tiles: 1-100 rows (16-row tiles, pairs of them and
     the last one alone), depths 1-600 (32-deep chunks, 512-deep panels, odd depths), 1-70
     columns (16-column tiles), rows of a with a stride of their own, an empty sum (depth 0),
     added to an existing out;
-    on one thread and two. Each value within a bfloat16 rounding of the exact sum (relative to
-    the sum of the magnitudes of its terms)."""
+    on one thread and two. bfloat16: each value within a bfloat16 rounding of the exact sum
+    (relative to the sum of the magnitudes of its terms). float32 (a float32 layer's steps
+    under "medium"): the operands rounded to bfloat16, the sums and out float32, within
+    float32's rounding of the exact sum of the rounded operands."""
     if not torch.ops.rnnfused.cpu_amx():
         pytest.skip("no AMX tiles here")
+    bound = 2 ** -8 if dtype == torch.bfloat16 else 2 ** -20
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     try:
@@ -278,17 +282,19 @@ def test_bf16_amx_matmul():
             for rows, depth, columns in [(1, 1, 1), (15, 31, 15), (16, 32, 16), (17, 33, 17),
                                          (33, 64, 32), (64, 600, 33), (100, 2, 70),
                                          (100, 1100, 48), (48, 513, 1), (20, 0, 18)]:
-                a = torch.randn(rows, depth + 5, dtype=torch.bfloat16)[:, :depth]
-                b = torch.randn(depth, columns, dtype=torch.bfloat16)
-                exact = a.double() @ b.double()
-                scale = a.double().abs() @ b.double().abs() + 1e-30
+                a = torch.randn(rows, depth + 5, dtype=dtype)[:, :depth]
+                b = torch.randn(depth, columns, dtype=dtype)
+                a_used, b_used = a.bfloat16().double(), b.bfloat16().double()
+                exact = a_used @ b_used
+                scale = a_used.abs() @ b_used.abs() + 1e-30
                 got = torch.ops.rnnfused._cpu_amx_matmul(a, b)
-                assert ((got.double() - exact).abs() / scale).max() <= 2 ** -8, (rows, depth, columns)
-                out = torch.randn(rows, columns, dtype=torch.bfloat16)
+                assert got.dtype == dtype
+                assert ((got.double() - exact).abs() / scale).max() <= bound, (rows, depth, columns)
+                out = torch.randn(rows, columns, dtype=dtype)
                 want = exact + out.double()
                 torch.ops.rnnfused._cpu_amx_matmul(a, b, out)
-                bound = scale + out.double().abs()
-                assert ((out.double() - want).abs() / bound).max() <= 2 ** -8, (rows, depth, columns)
+                magnitude = scale + out.double().abs()
+                assert ((out.double() - want).abs() / magnitude).max() <= bound, (rows, depth, columns)
     finally:
         torch.set_num_threads(threads)
 

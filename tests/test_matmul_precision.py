@@ -246,17 +246,21 @@ def test_float32_medium_precision_matches_torch_nn(kind, knob):
         torch.testing.assert_close(m, e, atol=3e-2 * max(scale, 1e-3), rtol=0)
 
 
+@pytest.mark.parametrize("batch,hidden", [(64, 512), (40, 336)])
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
-def test_float32_medium_precision_large_steps(kind):
-    """Where a step's product is large (64 rows and more, 2^24 multiply-adds and more), the
-    backward under "medium" takes a GEMM a step (at::mm, on bfloat16 operands where the CPU
-    has AMX; launch_cpu.h's float32_gemm_steps) instead of the float32 loop: outputs and
-    gradients are torch.nn's float32 ones within bfloat16's precision, with both the
-    forward and the backward under "medium", and the forward alone under it."""
-    ref = getattr(torch.nn, kind)(64, 512)
-    fused = getattr(rnnfused, kind)(64, 512)
+def test_float32_medium_precision_large_steps(kind, batch, hidden):
+    """Where a step's product is large (17 rows and more, 2^22 multiply-adds and more), the
+    backward under "medium" takes a GEMM a step (on bfloat16 operands where the CPU has AMX:
+    on the tiles with W_hh packed once, cpu::amx_gemm_bf16; launch_cpu.h's
+    float32_gemm_steps) instead of the float32 loop: B 64 H 512, and B 40 H 336 (a partial
+    16-row tile, an odd count of 16-column tiles, a partial 32-deep chunk for the RNN's 336).
+    Outputs and gradients are torch.nn's float32 ones within bfloat16's precision, with both
+    the forward and the backward under "medium", and the forward alone under it."""
+    torch.manual_seed(batch + hidden)
+    ref = getattr(torch.nn, kind)(64, hidden)
+    fused = getattr(rnnfused, kind)(64, hidden)
     fused.load_state_dict(ref.state_dict())
-    x = torch.randn(5, 64, 64)
+    x = torch.randn(5, batch, 64)
 
     def run(module, forward="highest", backward="highest"):
         leaf = x.clone().requires_grad_(True)

@@ -313,6 +313,18 @@ void run_by_chunks(const Schedule& sched, XProj& x_proj, Make make, Run run) {
   }
 }
 
+// Whether torch lets float32 products run on bfloat16 operands here and the AMX
+// tiles can run them: torch's "medium" float32 matmul precision (or
+// torch.backends.mkldnn.matmul.fp32_precision = "bf16") with oneDNN enabled, and
+// amx_tiles_enabled().
+inline bool float32_products_in_bf16() {
+  const at::Context& context = at::globalContext();
+  return context.userEnabledMkldnn() &&
+         context.float32Precision(at::Float32Backend::MKLDNN, at::Float32Op::MATMUL) ==
+             at::Float32Precision::BF16 &&
+         amx_tiles_enabled();
+}
+
 // Whether a float32 layer's forward forms its recurrent products in bfloat16 on AMX
 // tiles (fused_forward_amx): where torch lets float32 matmuls run in bfloat16
 // (torch.set_float32_matmul_precision("medium"), or torch.backends.mkldnn.matmul.
@@ -332,13 +344,7 @@ void run_by_chunks(const Schedule& sched, XProj& x_proj, Make make, Run run) {
 // 59.8, LSTM 89.8 (oneDNN's LSTM keeps float32); rnnfused's float32 loop 22.0, 42.3,
 // 56.9, on the tiles 9.7, 21.5, 26.9 (the forty-first session's).
 inline bool float32_products_on_amx(const LayerSizes& sz) {
-  const at::Context& context = at::globalContext();
-  if (!context.userEnabledMkldnn() ||
-      context.float32Precision(at::Float32Backend::MKLDNN, at::Float32Op::MATMUL) !=
-          at::Float32Precision::BF16 ||
-      !amx_tiles_enabled()) {
-    return false;
-  }
+  if (!float32_products_in_bf16()) return false;
   const int64_t G = sz.gates, H = sz.hidden, K = sz.output, B = sz.batch;
   const bool one_thread = amx_loop_threads(sz) == 1;
   return G * H * K >= (int64_t{1} << 20) || (B >= 4 && K >= 192) ||

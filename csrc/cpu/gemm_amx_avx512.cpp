@@ -47,6 +47,18 @@ inline __mmask16 first_lanes(int64_t n) {
   return n >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << std::max<int64_t>(n, 0)) - 1);
 }
 
+// 32 values of a from a[offset] as bfloat16, the first n of them (the rest 0).
+inline __m512i load_chunk(const AmxGemm& g, int64_t offset, int64_t n) {
+  if (!g.float32) {
+    const __mmask32 mask = n >= 32 ? ~__mmask32(0) : (__mmask32(1) << n) - 1;
+    return _mm512_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(g.a) + offset);
+  }
+  const float* a = static_cast<const float*>(g.a) + offset;
+  const __m256i low = narrow_bf16(_mm512_maskz_loadu_ps(first_lanes(n), a));
+  const __m256i high = narrow_bf16(_mm512_maskz_loadu_ps(first_lanes(n - 16), a + 16));
+  return _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
+}
+
 // A thread's copy of the left operand's rows for a few row groups (32 rows each)
 // over one panel of chunks: each row (kPanelChunks + 1) * 32 values, zero past M and
 // K, so that no tile reads past a's rows, and tile rows 4 KB apart (K 2048: a
@@ -62,18 +74,16 @@ class PanelRows {
     return reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(values_.data()) + 63) &
                                        ~uintptr_t{63}) + i * kGroupValues;
   }
-  // a's rows [row0, row0 + 32 * groups) (those below M) and chunks [c0, c1).
+  // a's rows [row0, row0 + 32 * groups) (those below M) and chunks [c0, c1); a
+  // float32 a rounded to bfloat16.
   void copy(const AmxGemm& g, int64_t row0, int64_t groups, int64_t c0, int64_t c1) {
-    const auto* a = static_cast<const uint16_t*>(g.a);
     for (int64_t i = 0; i < groups; ++i) {
       for (int64_t r = 0; r < 2 * kAmxRows; ++r) {
         const int64_t row = row0 + i * 2 * kAmxRows + r;
         uint16_t* const dst = group(i) + r * kPanelStride;
         for (int64_t c = c0; c < c1; ++c) {
           const int64_t k0 = c * kAmxDepth, n = row < g.M ? std::min(kAmxDepth, g.K - k0) : 0;
-          const __mmask32 mask = n >= 32 ? ~__mmask32(0) : (__mmask32(1) << n) - 1;
-          _mm512_store_si512(dst + (c - c0) * kAmxDepth,
-                             _mm512_maskz_loadu_epi16(mask, a + row * g.lda + k0));
+          _mm512_store_si512(dst + (c - c0) * kAmxDepth, load_chunk(g, row * g.lda + k0, n));
         }
       }
     }
@@ -119,7 +129,6 @@ RNNFUSED_AMX_TARGET void run_block_of(int rows, int columns, float* const* sums,
 // values where accumulate; only rows < M and columns < N.
 void write_block(const AmxGemm& g, int rows, int columns, float* const* sums, int64_t row0,
                  int64_t col0) {
-  uint16_t* const out = static_cast<uint16_t*>(g.out);
   for (int r = 0; r < rows; ++r) {
     for (int64_t i = 0; i < kAmxRows; ++i) {
       const int64_t row = row0 + r * kAmxRows + i;
@@ -127,10 +136,16 @@ void write_block(const AmxGemm& g, int rows, int columns, float* const* sums, in
       for (int n = 0; n < columns; ++n) {
         const int64_t col = col0 + n * kAmxUnits;
         const __mmask16 mask = first_lanes(g.N - col);
-        uint16_t* const dst = out + row * g.ldo + col;
         __m512 v = _mm512_load_ps(sums[2 * r + n] + i * kAmxUnits);
-        if (g.accumulate) v = _mm512_add_ps(v, widen_bf16(_mm256_maskz_loadu_epi16(mask, dst)));
-        _mm256_mask_storeu_epi16(dst, mask, narrow_bf16(v));
+        if (g.float32) {
+          float* const dst = static_cast<float*>(g.out) + row * g.ldo + col;
+          if (g.accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, dst));
+          _mm512_mask_storeu_ps(dst, mask, v);
+        } else {
+          uint16_t* const dst = static_cast<uint16_t*>(g.out) + row * g.ldo + col;
+          if (g.accumulate) v = _mm512_add_ps(v, widen_bf16(_mm256_maskz_loadu_epi16(mask, dst)));
+          _mm256_mask_storeu_epi16(dst, mask, narrow_bf16(v));
+        }
       }
     }
   }
@@ -142,9 +157,17 @@ int64_t amx_gemm_b_values(int64_t K, int64_t N) {
   return ceil_div(N, kAmxUnits) * ceil_div(K, kAmxDepth) * kAmxTileValues;
 }
 
-void pack_amx_gemm_b(const void* b, int64_t K, int64_t N, int64_t ldb, void* dst) {
-  const auto* rows = static_cast<const uint16_t*>(b);
+void pack_amx_gemm_b(const void* b, int64_t K, int64_t N, int64_t ldb, void* dst,
+                     bool float32) {
   auto* packed = static_cast<uint16_t*>(dst);
+  // 16 values of row k from column n0 as bfloat16, the first `mask` of them.
+  const auto row_values = [&](int64_t k, int64_t n0, __mmask16 mask) {
+    if (k >= K) return _mm256_setzero_si256();
+    if (float32) {
+      return narrow_bf16(_mm512_maskz_loadu_ps(mask, static_cast<const float*>(b) + k * ldb + n0));
+    }
+    return _mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(b) + k * ldb + n0);
+  };
   const int64_t chunks = ceil_div(K, kAmxDepth), blocks = ceil_div(N, kAmxUnits);
   const int threads = gemm_threads(K * N, chunks, int64_t{1} << 16);
   // Tile (block, chunk) row p: columns [16 block, 16 block + 16)'s pairs (b[k][n],
@@ -153,15 +176,10 @@ void pack_amx_gemm_b(const void* b, int64_t K, int64_t N, int64_t ldb, void* dst
   for (int64_t c = 0; c < chunks; ++c) {
     for (int64_t p = 0; p < kAmxDepth / 2; ++p) {
       const int64_t k = c * kAmxDepth + 2 * p;
-      const uint16_t* even = k < K ? rows + k * ldb : nullptr;
-      const uint16_t* odd = k + 1 < K ? rows + (k + 1) * ldb : nullptr;
       for (int64_t block = 0; block < blocks; ++block) {
         const int64_t n0 = block * kAmxUnits;
         const __mmask16 mask = first_lanes(N - n0);
-        const __m256i e = even != nullptr ? _mm256_maskz_loadu_epi16(mask, even + n0)
-                                          : _mm256_setzero_si256();
-        const __m256i o = odd != nullptr ? _mm256_maskz_loadu_epi16(mask, odd + n0)
-                                         : _mm256_setzero_si256();
+        const __m256i e = row_values(k, n0, mask), o = row_values(k + 1, n0, mask);
         const __m512i pairs = _mm512_or_si512(_mm512_cvtepu16_epi32(e),
                                               _mm512_slli_epi32(_mm512_cvtepu16_epi32(o), 16));
         _mm512_storeu_si512(packed + ((block * chunks + c) * (kAmxDepth / 2) + p) * 2 * kAmxUnits,
@@ -177,7 +195,11 @@ RNNFUSED_AMX_TARGET void run_amx_gemm(const AmxGemm& g) {
   if (g.M <= 0 || g.N <= 0) return;
   if (g.K <= 0) {  // an empty sum: out = 0, or unchanged
     for (int64_t r = 0; r < g.M && !g.accumulate; ++r) {
-      std::fill_n(static_cast<uint16_t*>(g.out) + r * g.ldo, g.N, uint16_t{0});
+      if (g.float32) {
+        std::fill_n(static_cast<float*>(g.out) + r * g.ldo, g.N, 0.0f);
+      } else {
+        std::fill_n(static_cast<uint16_t*>(g.out) + r * g.ldo, g.N, uint16_t{0});
+      }
     }
     return;
   }

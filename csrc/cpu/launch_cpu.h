@@ -231,19 +231,22 @@ struct CpuLaunch {
 
   // Whether gemm_nn runs a step loop's product out (+)= a @ w, w packed once for
   // the loop (pack_gemm_nn_weights), on the AMX tiles (cpu::amx_gemm_bf16):
-  // bfloat16 with more rows than the few-row kernel takes and rows of unit stride.
-  // In place of oneDNN's GEMM, which repacks w at every call: two Xeon vCPUs, a
-  // step's 64 x 2048 x 512 (d_pre @ W_hh, LSTM H 512) ~195 us on oneDNN, ~130 on its
-  // own API with W_hh packed once (mkldnn::_linear_pointwise). The layers' other
-  // products (the input and weight gradients: one call each, their operands in
-  // L3) stay on oneDNN: this kernel's 2 x 2 tile blocks run them at 1.5-1.8 TF/s,
-  // oneDNN at 1.8-2.2 (6400 x 2048 x 512, packing included on both sides).
+  // bfloat16, or float32 where torch lets its products run on bfloat16 operands
+  // (cpu::float32_products_in_bf16: "medium"), with more rows than the few-row kernel
+  // takes and rows of unit stride. In place of oneDNN's GEMM, which repacks w at
+  // every call (and rounds a float32 one to bfloat16 again): two Xeon vCPUs, a
+  // step's 64 x 2048 x 512 (d_pre @ W_hh, LSTM H 512) ~195 us on oneDNN in bfloat16,
+  // ~130 on its own API with W_hh packed once (mkldnn::_linear_pointwise). The
+  // layers' other products (the input and weight gradients: one call each, their
+  // operands in L3) stay on oneDNN: this kernel's 2 x 2 tile blocks run them at
+  // 1.5-1.8 TF/s, oneDNN at 1.8-2.2 (6400 x 2048 x 512, packing included on both sides).
   static bool takes_amx_gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& w) {
 #if defined(__x86_64__)
-    return out.scalar_type() == at::kBFloat16 && a.scalar_type() == at::kBFloat16 &&
-           w.scalar_type() == at::kBFloat16 && a.size(0) > kSmallGemmRows &&
+    const at::ScalarType type = out.scalar_type();
+    return (type == at::kBFloat16 || type == at::kFloat) && a.scalar_type() == type &&
+           w.scalar_type() == type && a.size(0) > kSmallGemmRows &&
            (a.size(1) <= 1 || a.stride(1) == 1) && (out.size(1) <= 1 || out.stride(1) == 1) &&
-           cpu::amx_tiles_enabled();
+           (type == at::kBFloat16 ? cpu::amx_tiles_enabled() : cpu::float32_products_in_bf16());
 #else
     return false;
 #endif
@@ -254,12 +257,16 @@ struct CpuLaunch {
   // undefined (the products then read w as it is).
   static at::Tensor pack_gemm_nn_weights(const at::Tensor& w, int64_t rows) {
 #if defined(__x86_64__)
-    if (rows > kSmallGemmRows && w.dim() == 2 && w.scalar_type() == at::kBFloat16 &&
-        cpu::amx_tiles_enabled()) {
+    const bool float32 = w.scalar_type() == at::kFloat;
+    if (rows > kSmallGemmRows && w.dim() == 2 &&
+        (float32 ? cpu::float32_products_in_bf16()
+                 : w.scalar_type() == at::kBFloat16 && cpu::amx_tiles_enabled())) {
       const at::Tensor rows_of_w = w.size(1) <= 1 || w.stride(1) == 1 ? w : w.contiguous();
-      at::Tensor packed = at::empty({cpu::amx_gemm_b_values(w.size(0), w.size(1))}, w.options());
+      at::Tensor packed = at::empty({cpu::amx_gemm_b_values(w.size(0), w.size(1))},
+                                    w.options().dtype(at::kBFloat16));
       cpu::pack_amx_gemm_b(rows_of_w.data_ptr(), w.size(0), w.size(1),
-                           w.size(0) > 1 ? rows_of_w.stride(0) : w.size(1), packed.data_ptr());
+                           w.size(0) > 1 ? rows_of_w.stride(0) : w.size(1), packed.data_ptr(),
+                           float32);
       return packed;
     }
 #endif
@@ -278,7 +285,8 @@ struct CpuLaunch {
 #if defined(__x86_64__)
     if (w_packed.defined() && takes_amx_gemm(out, a, w)) {
       cpu::amx_gemm_bf16({a.size(0), w.size(1), a.size(1), a.data_ptr(), a.stride(0),
-                          w_packed.data_ptr(), out.data_ptr(), out.stride(0), accumulate});
+                          w_packed.data_ptr(), out.data_ptr(), out.stride(0), accumulate,
+                          out.scalar_type() == at::kFloat});
       return;
     }
     const bool f32 = out.scalar_type() == at::kFloat;
@@ -382,19 +390,21 @@ struct CpuLaunch {
            (work > kMinStepWork || (work >= kMinAmxStepWork && cpu::amx_tiles_enabled()));
   }
 
-  // Whether a float32 layer's backward steps are better as one GEMM each, which at::mm
-  // runs on bfloat16 operands on oneDNN (AMX) under torch's "medium" float32 matmul
-  // precision, than as the float32 loop: where the forward's products run on AMX tiles
-  // (cpu::float32_products_on_amx: that setting, the tiles, their sizes), from 64 rows
-  // and 2^24 multiply-adds a step. Two Xeon vCPUs, training under "medium", in-process
-  // A/B against the float32 loop: T 100, B 64, H 512 LSTM 11.6% faster, GRU 12.1%, RNN
-  // 18.9%; LSTM H 256 B 64 3%, GRU H 256 B 128 5.5%; below the bounds, GRU H 256 B 64 9%
-  // slower, GRU H 512 B 32 7%; RNN H 1024 B 32 6.7% faster, LSTM H 512 B 16 and H 1024
-  // B 8 even.
+  // Whether a float32 layer's backward steps are better as one GEMM each on bfloat16
+  // operands, as torch's "medium" float32 matmul precision lets them run, than as the
+  // float32 loop: where the forward's products run on AMX tiles
+  // (cpu::float32_products_on_amx: that setting, the tiles, their sizes), the steps'
+  // products then on the tiles too with W_hh packed once (takes_amx_gemm), from 17 rows
+  // and 2^22 multiply-adds a step. Two Xeon vCPUs, training under "medium", in-process
+  // A/B against the float32 loop: T 100, B 32, H 512 LSTM 20% faster, RNN 20%, GRU 14%;
+  // H 256 LSTM B 32 6.5%, RNN B 64 6%, GRU B 64 3%; GRU B 48 H 192 2%. (With at::mm a
+  // step, oneDNN, which rounds and repacks W_hh at every call, from 64 rows and 2^24:
+  // B 64 H 512 LSTM 11.6%, GRU 12.1%, RNN 18.9%, GRU H 256 B 64 9% and H 512 B 32 7%
+  // slower; the tiles are 11-12% faster again at B 64 H 512, in-process A/B.)
   static bool float32_gemm_steps(const LayerSizes& sz) {
-    constexpr int64_t kMinStepWork = int64_t{1} << 24;  // multiply-adds of one step's product
-    constexpr int64_t kMinRows = 64;
-    return sz.batch >= kMinRows && sz.batch * sz.output * sz.gates * sz.hidden >= kMinStepWork &&
+    constexpr int64_t kMinStepWork = int64_t{1} << 22;  // multiply-adds of one step's product
+    return sz.batch > kSmallGemmRows &&
+           sz.batch * sz.output * sz.gates * sz.hidden >= kMinStepWork &&
            cpu::float32_products_on_amx(sz);
   }
 

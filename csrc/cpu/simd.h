@@ -221,10 +221,12 @@ template <typename F>
 void run_fused_steps_amx(const F* steps, const AmxStepRows<typename F::scalar_type>* rows,
                          int64_t count, const PackedRecurrentAmx& w, int threads);
 
-// A bfloat16 product on AMX tiles (gemm_amx_avx512.cpp; only where
-// amx_tiles_enabled()): out[M, N] (+)= a[M, K] @ b[K, N], a's rows lda values apart
-// with unit stride along K, b packed by pack_amx_gemm_b, out's rows ldo apart;
-// float32 sums rounded once to bfloat16 (out's value added first where accumulate).
+// A product on AMX tiles (gemm_amx_avx512.cpp; only where amx_tiles_enabled()):
+// out[M, N] (+)= a[M, K] @ b[K, N], a's rows lda values apart with unit stride along
+// K, b packed by pack_amx_gemm_b, out's rows ldo apart; a and out bfloat16, or
+// float32 (a rounded to bfloat16 to nearest even, as torch's "medium" float32 matmul
+// precision has oneDNN do); float32 sums, rounded once to a bfloat16 out (out's
+// value added first where accumulate).
 struct AmxGemm {
   int64_t M, N, K;
   const void* a;
@@ -233,13 +235,16 @@ struct AmxGemm {
   void* out;
   int64_t ldo;
   bool accumulate;
+  bool float32 = false;
 };
 void amx_gemm_bf16(const AmxGemm& g);
-// b [K, N] bfloat16, rows ldb values apart, as the tiles amx_gemm_bf16 multiplies:
-// for each block of 16 columns and chunk of 32 rows, 16 rows of the 16 columns'
-// pairs (b[k][n], b[k + 1][n]); zero past K and N. amx_gemm_b_values(K, N) values.
+// b [K, N] bfloat16 (or float32, rounded to bfloat16), rows ldb values apart, as the
+// tiles amx_gemm_bf16 multiplies: for each block of 16 columns and chunk of 32 rows,
+// 16 rows of the 16 columns' pairs (b[k][n], b[k + 1][n]); zero past K and N.
+// amx_gemm_b_values(K, N) bfloat16 values.
 int64_t amx_gemm_b_values(int64_t K, int64_t N);
-void pack_amx_gemm_b(const void* b, int64_t K, int64_t N, int64_t ldb, void* dst);
+void pack_amx_gemm_b(const void* b, int64_t K, int64_t N, int64_t ldb, void* dst,
+                     bool float32 = false);
 
 // W_hh [J = G*H, K] packed by blocks of 2L state units for the backward's
 // product d_h = d_pre @ W_hh: w[q][j][l] = W_hh[j][2L q + l], zero past K.

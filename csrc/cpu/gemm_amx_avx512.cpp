@@ -1,8 +1,10 @@
-// bfloat16 products on AMX tiles (simd.h's amx_gemm_bf16, pack_amx_gemm_b): the
-// per-step products d_pre @ W_hh of a bfloat16 layer's backward where the CPU has
-// AMX-BF16 (CpuLaunch::takes_amx_gemm), in place of oneDNN's GEMM, which repacks its
-// right operand at every call (two Xeon vCPUs, a step's 64 x 2048 x 512: ~195 us;
-// ~130 on oneDNN's own API with W_hh packed once). Here the right operand is packed
+// Products on bfloat16 operands on AMX tiles (simd.h's amx_gemm_bf16,
+// pack_amx_gemm_b): the per-step products d_pre @ W_hh of a bfloat16 layer's backward
+// where the CPU has AMX-BF16, and of a float32 one's under torch's "medium" float32
+// matmul precision, its operands rounded to bfloat16 (CpuLaunch::takes_amx_gemm), in
+// place of oneDNN's GEMM, which repacks its right operand at every call (two Xeon
+// vCPUs, a step's 64 x 2048 x 512 in bfloat16: ~195 us; ~130 on oneDNN's own API with
+// W_hh packed once). Here the right operand is packed
 // once per loop into the tiles TDPBF16PS multiplies, each thread keeps its share of
 // it (its column tiles, where the rows are few) in its L2 from step to step, and
 // runs blocks of 2 x 2 sum tiles (32 rows x 32 columns) over 512-deep panels, the

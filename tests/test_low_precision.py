@@ -244,7 +244,7 @@ def test_bf16_layers_gate_math_error():
 @pytest.mark.parametrize("form", ["dense", "packed", "bidirectional"])
 @pytest.mark.parametrize("kind,hidden,batch,proj_size",
                          [("LSTM", 128, 130, 0), ("GRU", 128, 180, 0), ("RNN", 256, 130, 0),
-                          ("LSTM", 40, 33, 24), ("LSTM", 100, 17, 36)])
+                          ("LSTM", 40, 33, 24), ("LSTM", 100, 17, 36), ("GRU", 512, 20, 0)])
 def test_bf16_backward_steps_on_amx(kind, hidden, batch, proj_size, form, device):
     """Where a bfloat16 layer's backward runs a GEMM a step (steps of 2^23 multiply-adds and
     more: LSTM H 128 B 130, GRU H 128 B 180, RNN H 256 B 130; an LSTM with a projection at
@@ -252,8 +252,11 @@ def test_bf16_backward_steps_on_amx(kind, hidden, batch, proj_size, form, device
     packed once (cpu::amx_gemm_bf16): whole and partial 16-row tiles (B 130: 8 and 2 rows; 17;
     33), an odd count of row tiles (B 180), partial 32-deep chunks (the projection's 4H 400)
     and 16-column tiles (P 36, 24), the GRU's products added to the gradient already there, a
-    batch that shrinks (packed) and both directions. Outputs and gradients within twice
-    torch.nn's error against float64; elsewhere they judge oneDNN's GEMM a step."""
+    batch that shrinks (packed) and both directions. GRU H 512: W_hh's gradient (1536 x 512)
+    formed as (h^T @ d_pre)^T with our transpositions (launch_cpu.h's
+    transposed_product_is_faster), the first step's rows apart and the rest added to them.
+    Outputs and gradients within twice torch.nn's error against float64; elsewhere they
+    judge oneDNN's GEMM a step."""
     torch.manual_seed(hidden + batch + proj_size)
     check_layer_against_float64(kind, hidden, batch, 3, form == "packed", torch.bfloat16, device,
                                 bidirectional=form == "bidirectional", proj_size=proj_size)

@@ -472,5 +472,53 @@ void pack_gemm_avx512_panels(const NtGemm& g, float* dst) {
   }
 }
 
+
+void transpose_16bit_avx512(const void* src, int64_t rows, int64_t cols, void* dst) {
+  constexpr int64_t kBlock = 32;                 // rows and columns of a block
+  constexpr int64_t kMinForkElements = 1 << 16;  // 128 KB read and written
+  // Output row 2p (2p + 1) from the transposed pairs of two 16-row halves: the
+  // halves' even (odd) 16-bit values, the first half's rows then the second's (index
+  // 2i of the pair a:b for lane i < 32).
+  alignas(64) int16_t even_index[kBlock];
+  for (int i = 0; i < kBlock; ++i) even_index[i] = static_cast<int16_t>(2 * i);
+  const __m512i even = _mm512_load_si512(even_index);
+  const __m512i odd = _mm512_add_epi16(even, _mm512_set1_epi16(1));
+  const auto* from = static_cast<const uint16_t*>(src);
+  auto* to = static_cast<uint16_t*>(dst);
+  // A block of rows at a time, all of its columns: each row read in sequence.
+  const int64_t row_blocks = (rows + kBlock - 1) / kBlock;
+  const int threads = gemm_threads(rows * cols, row_blocks, kMinForkElements);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+  for (int64_t rb = 0; rb < row_blocks; ++rb) {
+    const int64_t r0 = rb * kBlock, block_rows = std::min(kBlock, rows - r0);
+    const __mmask32 row_mask = block_rows >= kBlock ? ~__mmask32(0)
+                                                    : (__mmask32(1) << block_rows) - 1;
+    for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
+      const int64_t block_cols = std::min(kBlock, cols - c0);
+      const __mmask32 col_mask = block_cols >= kBlock ? ~__mmask32(0)
+                                                      : (__mmask32(1) << block_cols) - 1;
+      // half[h][i]: row 16h + i's 32 values as 16 pairs; absent rows zero.
+      __m512 half[2][16];
+      for (int h = 0; h < 2; ++h) {
+        for (int i = 0; i < 16; ++i) {
+          const int64_t r = 16 * h + i;
+          half[h][i] = r < block_rows ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(
+                                            col_mask, from + (r0 + r) * cols + c0))
+                                      : _mm512_setzero_ps();
+        }
+        transpose16(half[h]);  // half[h][p]: pair p (columns 2p, 2p + 1) of the 16 rows
+      }
+      for (int64_t p = 0; 2 * p < block_cols; ++p) {
+        const __m512i a = _mm512_castps_si512(half[0][p]), b = _mm512_castps_si512(half[1][p]);
+        uint16_t* column = to + (c0 + 2 * p) * rows + r0;
+        _mm512_mask_storeu_epi16(column, row_mask, _mm512_permutex2var_epi16(a, even, b));
+        if (2 * p + 1 < block_cols) {
+          _mm512_mask_storeu_epi16(column + rows, row_mask, _mm512_permutex2var_epi16(a, odd, b));
+        }
+      }
+    }
+  }
+}
+
 }  // namespace cpu
 }  // namespace rnnfused

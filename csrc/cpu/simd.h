@@ -332,6 +332,10 @@ void gemm_nt_small_avx512(const NtGemm* products, int count);
 // on the threads of one parallel region (as gemm_avx2's below).
 int64_t gemm_avx512_panel_floats(int64_t N, int64_t K);
 void pack_gemm_avx512_panels(const NtGemm& g, float* dst);
+// dst [cols, rows] = src [rows, cols]^T for 16-bit values, both contiguous
+// (gemm_avx512.cpp): 32 x 32 blocks through the registers, a block of rows at a time,
+// the blocks split between the threads from 64K values.
+void transpose_16bit_avx512(const void* src, int64_t rows, int64_t cols, void* dst);
 
 // The same products in float32 on AVX2 (gemm_avx2.cpp), 2 rows of `a` or more:
 // where the CPU lacks AVX-512 and its BLAS is slow (not Intel's: own_gemm_avx2).

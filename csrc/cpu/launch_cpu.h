@@ -278,8 +278,10 @@ struct CpuLaunch {
   // (gemm_nn_transposed) on oneDNN with AMX: its GEMM takes d^T as a view at about half
   // the rate of stored operands (two Xeon vCPUs, K 6400: M 2048 x N 512 14.2 against 7.7
   // ms for x^T @ d; x^T @ d over M 256-4096, N 64-1024 at 0.49-0.86 of the time but where
-  // M is 512-768 and N 384 or more, 1.2-1.6), and x^T and out^T cost little beside it
-  // (cpu::transpose_16bit_avx512: x is K x N, not K x M); from 2^19 values of out.
+  // M is 512 with N 384 or more and M 768 with N 768 or more, 1.2-1.6: M in (256, 768]
+  // with N from 384 keeps the view), and x^T and out^T cost little beside it
+  // (cpu::transpose_16bit_avx512: x is K x N, not K x M); from 2^19 values of out. (Its
+  // buffers from at::empty: fresh pages at every call, ~6.5 MB for x^T at K 6400, N 512.)
   // In-process A/B, bfloat16 training: LSTM 100, 64, 512, 512 11% faster, GRU 5%, LSTM
   // 35, 20, 650, 650 1.4%.
   static bool transposed_product_is_faster(const at::Tensor& out, const at::Tensor& a,

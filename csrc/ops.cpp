@@ -11,6 +11,7 @@
 
 #include <string>
 
+#include "cpu/fused_forward_cpu.h"
 #include "cpu/huge_pages.h"
 #include "cpu/simd.h"
 
@@ -151,17 +152,13 @@ TORCH_LIBRARY(rnnfused, m) {
 #if defined(__x86_64__)
     TORCH_CHECK(rnnfused::cpu::amx_tiles_enabled(), "_cpu_amx_matmul: needs AMX tiles (cpu_amx())");
     const at::Tensor lhs = a.size(1) <= 1 || a.stride(1) == 1 ? a : a.contiguous();
-    const at::Tensor rhs = b.contiguous();
     at::Tensor result = out.has_value() ? *out : at::empty({a.size(0), b.size(1)}, a.options());
     TORCH_CHECK(result.scalar_type() == type && result.dim() == 2 &&
                     result.size(0) == a.size(0) && result.size(1) == b.size(1) &&
                     (result.size(1) <= 1 || result.stride(1) == 1),
                 "_cpu_amx_matmul: out must be ", type, " [", a.size(0), ", ", b.size(1),
                 "] with unit column stride");
-    at::Tensor packed = at::empty({rnnfused::cpu::amx_gemm_b_values(b.size(0), b.size(1))},
-                                  b.options().dtype(at::kBFloat16));
-    rnnfused::cpu::pack_amx_gemm_b(rhs.data_ptr(), rhs.size(0), rhs.size(1), rhs.size(1),
-                                   packed.data_ptr(), type == at::kFloat);
+    const at::Tensor packed = rnnfused::cpu::pack_amx_gemm_weights(b);
     rnnfused::cpu::amx_gemm_bf16({a.size(0), b.size(1), a.size(1), lhs.data_ptr(),
                                   lhs.size(0) > 1 ? lhs.stride(0) : lhs.size(1), packed.data_ptr(),
                                   result.data_ptr(), result.size(0) > 1 ? result.stride(0) : result.size(1),

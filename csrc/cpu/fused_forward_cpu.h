@@ -183,6 +183,19 @@ inline at::Tensor pack_recurrent_amx(const at::Tensor& w_hh, int64_t G, int64_t 
   return packed;
 }
 
+// b [K, N] (bfloat16, or float32 rounded to bfloat16) packed as amx_gemm_bf16's right
+// operand (pack_amx_gemm_b): the backward's W_hh once for all its steps
+// (CpuLaunch::pack_gemm_nn_weights), and the test op _cpu_amx_matmul's.
+inline at::Tensor pack_amx_gemm_weights(const at::Tensor& b) {
+  const at::Tensor rows = b.size(1) <= 1 || b.stride(1) == 1 ? b : b.contiguous();
+  at::Tensor packed = at::empty({amx_gemm_b_values(b.size(0), b.size(1))},
+                                b.options().dtype(at::kBFloat16));
+  pack_amx_gemm_b(rows.data_ptr(), b.size(0), b.size(1),
+                  b.size(0) > 1 ? rows.stride(0) : b.size(1), packed.data_ptr(),
+                  b.scalar_type() == at::kFloat);
+  return packed;
+}
+
 // Threads for a loop whose steps cost `work` multiply-adds over `parts` units of split:
 // torch's, at most one per CPU the process may run on (capped_threads).
 inline int loop_threads(int64_t work, int64_t parts) {

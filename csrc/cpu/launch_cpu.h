@@ -261,13 +261,7 @@ struct CpuLaunch {
     if (rows > kSmallGemmRows && w.dim() == 2 &&
         (float32 ? cpu::float32_products_in_bf16()
                  : w.scalar_type() == at::kBFloat16 && cpu::amx_tiles_enabled())) {
-      const at::Tensor rows_of_w = w.size(1) <= 1 || w.stride(1) == 1 ? w : w.contiguous();
-      at::Tensor packed = at::empty({cpu::amx_gemm_b_values(w.size(0), w.size(1))},
-                                    w.options().dtype(at::kBFloat16));
-      cpu::pack_amx_gemm_b(rows_of_w.data_ptr(), w.size(0), w.size(1),
-                           w.size(0) > 1 ? rows_of_w.stride(0) : w.size(1), packed.data_ptr(),
-                           float32);
-      return packed;
+      return cpu::pack_amx_gemm_weights(w);
     }
 #endif
     return at::Tensor();

@@ -535,6 +535,38 @@ def test_gemm_large_products(device):
                                a_t.double().t() @ w_kn.double(), **tol)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gemm_nn_at_aliasing_strides(threads, device):
+    """Products whose `a` has a stride the AVX-512 kernel copies it at on CPUs with
+    a 32 KB L1 (Zen 4: gemm_avx512.cpp's packs_a): by rows with a row stride of a
+    multiple of 4 KB (a block's 12 rows transposed into depth-major order, 16 depths
+    at a time), by columns with a stride of a multiple of 2 KB in units of 4 panels
+    or more (all the unit's rows a depth at a time); elsewhere read in place.
+    Against float64, with and without c, at partial register blocks, panels, 16-depth
+    blocks and depths past one buffered panel, one thread and two."""
+    torch.manual_seed(threads)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        cases = [  # (M, K, N, a's stride in floats, by columns)
+            (37, 300, 33, 1024, False), (300, 1030, 70, 2048, False), (5, 17, 130, 1024, False),
+            (1031, 600, 300, 1536, True), (100, 270, 520, 512, True), (13, 515, 256, 512, True)]
+        for M, K, N, stride, by_columns in cases:
+            if by_columns:
+                a = torch.randn(K, stride, device=device)[:, :M].t()  # strides (1, stride)
+            else:
+                a = torch.randn(M, stride, device=device)[:, :K]  # strides (stride, 1)
+            w = torch.randn(K, N, device=device)
+            for c in (None, torch.randn(M, N, device=device)):
+                got = torch.ops.rnnfused._gemm_nn(a, w, c)
+                want = a.double() @ w.double() + (c.double() if c is not None else 0)
+                torch.testing.assert_close(
+                    got.double(), want, atol=1e-4 * (K + 1) ** 0.5, rtol=1e-5,
+                    msg=lambda m: f"{M} x {K} x {N}, stride {stride}: {m}")
+    finally:
+        torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("input_size", [37, 300])
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 def test_projection_over_chunks_matches_reference(kind, input_size, device):

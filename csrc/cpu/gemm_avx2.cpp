@@ -461,30 +461,6 @@ void run_unit(const NtGemm& g, const GemmSplit& s, int64_t u, const float* packe
       });
 }
 
-struct FreeDeleter {
-  void operator()(float* p) const { std::free(p); }
-};
-
-// `floats` floats, 64-byte aligned, or null when the memory is not there.
-std::unique_ptr<float[], FreeDeleter> aligned_floats(int64_t floats) {
-  const size_t bytes = (static_cast<size_t>(floats) * sizeof(float) + 63) / 64 * 64;
-  return std::unique_ptr<float[], FreeDeleter>(static_cast<float*>(std::aligned_alloc(64, bytes)));
-}
-
-// The calling thread's scratch of at least `floats` floats, kept between calls
-// (a cell's products take microseconds: no allocation a call). Throws
-// std::bad_alloc outside any parallel region when the memory is not there.
-float* calling_thread_scratch(int64_t floats) {
-  thread_local std::unique_ptr<float[], FreeDeleter> scratch;
-  thread_local int64_t size = 0;
-  if (size < floats) {
-    scratch = aligned_floats(floats);
-    size = scratch != nullptr ? floats : 0;
-    if (scratch == nullptr) throw std::bad_alloc();
-  }
-  return scratch.get();
-}
-
 }  // namespace
 
 void gemm_avx2(const NtGemm* gemms, int count) {

@@ -6,8 +6,10 @@
 // 8 x 128 x 512 on one core). From 4 rows each 32-row panel of w is transposed in
 // registers (16 x 16 blocks) into an L1 buffer [kc, 32] (or read from the panels a
 // caller packed once for several products: pack_gemm_avx512_panels), and the rows
-// of `a` are broadcast against it, 12 rows x 32 columns of accumulators at a time (24 of the
-// 32 registers); below 4 rows, dot products along k. The panels of one or two
+// of `a` are broadcast against it, 12 rows x 32 columns of accumulators at a time
+// (24 of the 32 registers), read in place or, at strides that read slowly on a 32
+// KB L1 (Zen 4), from a per-thread copy made a depth at a time (packs_a); below 4
+// rows, dot products along k. The panels of one or two
 // products are split between the threads in one parallel region. 16-bit
 // (bfloat16, float16) weights widen as they load; 16-bit rows, bias and out go
 // through float32 copies.
@@ -15,9 +17,13 @@
 // std::allocator's members into implicitly defined destructors declared after it
 // ("target specific option mismatch", fixed in GCC 14.2).
 #include <omp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <new>
 #include <vector>
 
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
@@ -40,7 +46,8 @@ constexpr int64_t kPanel = 32;   // columns of out (rows of w) per panel
 // 6400 x 512 x 2048 NN 425 -> 475 GFLOP/s, 512 x 2048 x 512 NT (the input
 // projection's chunks) 444 -> 490, 2048 x 512 x 6400 TN (weight gradients) 381 ->
 // 430, 8 x 512 x 128 unchanged; 14 rows no better. (Packing `a` by columns for the
-// TN, as gemm_avx2 does: no gain at 768-row units, slower at 192.)
+// TN, as gemm_avx2 does: no gain there at 768-row units, slower at 192; on 32 KB
+// L1s it is copied at some strides: packs_a.)
 constexpr int64_t kDepth = 256;  // k per buffered panel: 32 KB
 constexpr int kRowBlock = 12;    // rows of `a` per register block
 
@@ -336,15 +343,107 @@ void form_panel(const Product& g, int64_t p, int64_t k0, int64_t kc, float* dst)
   }
 }
 
+// Whether this CPU's L1 data cache is 32 KB or less (Zen 4's: 32 KB, 8-way), from
+// the C library (0 where it cannot tell: then not). The panel kernel reads its
+// rows of `a` in place on the 48 KB L1s it was tuned on (Zen 5, Intel).
+bool small_l1() {
+  static const bool small = [] {
+    const long bytes = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+    return bytes > 0 && bytes <= 32 * 1024;
+  }();
+  return small;
+}
+
+// Whether g's units copy their rows of `a` a depth at a time (pack_rows,
+// pack_columns) rather than read them in place: on a small L1 (small_l1), where
+// a's stride is one at which reading in place measured slow. By rows (the input
+// gradient's d_pre @ W_ih): a multiple of 4 KB, a block's 12 rows then in one set
+// of the 8-way L1. By columns (the weight gradients' d_pre^T, a line per depth, its
+// stride the layer's G * H): 2, 4 or 8 KB, in units of 4 panels or more, each of
+// which reuses the copy. Two Zen 4 vCPUs, alone, M x K x N in GFLOP/s, in place ->
+// copied: NN 6400 x 2048 x 512 175 -> 193, 6400 x 1024 x 512 169 -> 185, a
+// stride of 3072 floats 135 -> 175; TN 512 x 6400 x 512 142 -> 168, 1024 x 3200 x
+// 256 135 -> 159, 2048 x 6400 x 512 163 -> 181; but TN at strides of 1536 (a GRU
+// of 512 units) 176 -> 169 and 16 KB 197-201 -> 161-176, NN at 2 KB 163 -> 159 and
+// TN in units of one panel (512 x 1600 x 128) -35%, which read in place; NT (the
+// input projection, `a` by rows) as NN: 6400 x 1024 x 1024 150 -> 179, 512 x 2048 x
+// 1536 164 -> 180. Layers, in-process A/B, training: LSTM 100, 64, 512, 512 5-9%
+// faster, 100, 32, 256, 256 12-17%, 100, 16, 1024, 1024 13%, RNN 100, 64, 512, 512
+// 6-8%, 50, 32, 1024, 1024 13%; forward: LSTM 100, 16, 1024, 1024 13%, RNN and GRU
+// with I 1024-2048 within 2%; shapes where nothing is copied within the noise (4%).
+bool packs_a(const Product& g) {
+  if (!small_l1()) return false;
+  constexpr int64_t kKb = 1024 / sizeof(float);
+  if (g.lda_k != 1) {
+    const bool power_of_two = (g.lda_k & (g.lda_k - 1)) == 0;
+    return g.split.group >= 4 && power_of_two && g.lda_k >= 2 * kKb && g.lda_k <= 8 * kKb;
+  }
+  return g.lda % (4 * kKb) == 0;
+}
+
+// Floats of one register block's copy of `a` (packs_a) over a depth, and of a
+// unit's (up to split.rows rows).
+constexpr int64_t kPackedBlockFloats = kDepth * kRowBlock;
+int64_t packed_a_floats(const Product& g) {
+  return packs_a(g) ? g.split.rows / kRowBlock * kPackedBlockFloats : 0;
+}
+
+// Rows [r0, r0 + rows) of `a` by rows (rows <= kRowBlock) over depths [k0, k0 +
+// kc), transposed in registers (16 x 16 blocks): depth k's rows at packed + k *
+// kRowBlock (the layout row_block<ROWS, true> reads with stride kRowBlock).
+void pack_rows(const Product& g, int64_t r0, int64_t rows, int64_t k0, int64_t kc,
+               float* packed) {
+  constexpr __mmask16 kBlockLanes = (1u << kRowBlock) - 1;
+  for (int64_t kb = 0; kb < kc; kb += 16) {
+    const __mmask16 depths = first_lanes(kc - kb);
+    __m512 r[16];
+    for (int64_t i = 0; i < 16; ++i) {
+      r[i] = i < rows ? _mm512_maskz_loadu_ps(depths, g.a + (r0 + i) * g.lda + k0 + kb)
+                      : _mm512_setzero_ps();
+    }
+    transpose16(r);
+    for (int64_t k = 0; k < std::min<int64_t>(16, kc - kb); ++k) {
+      _mm512_mask_storeu_ps(packed + (kb + k) * kRowBlock, kBlockLanes, r[k]);
+    }
+  }
+}
+
+// Rows [r0, r1) of `a` by columns (lda 1: a depth's rows side by side, the next
+// depth's lda_k floats on) over depths [k0, k0 + kc), each register block's as
+// pack_rows lays it out, kPackedBlockFloats apart: a depth's rows at once, each
+// line read once, with the lines kAhead depths on asked for meanwhile.
+void pack_columns(const Product& g, int64_t r0, int64_t r1, int64_t k0, int64_t kc,
+                  float* packed) {
+  constexpr int64_t kAhead = 4;
+  constexpr __mmask16 kBlockLanes = (1u << kRowBlock) - 1;
+  for (int64_t k = 0; k < kc; ++k) {
+    const float* depth = g.a + (k0 + k) * g.lda_k;
+    if (k0 + k + kAhead < g.K) {
+      const char* ahead = reinterpret_cast<const char*>(depth + kAhead * g.lda_k);
+      for (int64_t r = r0; r < r1; r += 16) _mm_prefetch(ahead + r * sizeof(float), _MM_HINT_T0);
+    }
+    float* block = packed + k * kRowBlock;
+    for (int64_t r = r0; r < r1; r += kRowBlock, block += kPackedBlockFloats) {
+      _mm512_mask_storeu_ps(block, kBlockLanes,
+                            _mm512_maskz_loadu_ps(first_lanes(r1 - r), depth + r));
+    }
+  }
+}
+
 // Unit u: panel group u % groups over row block u / groups (g.split), its panels
-// read from g.w_packed where there, else formed a depth at a time in an L1 buffer.
+// read from g.w_packed where there, else formed a depth at a time in an L1 buffer;
+// its rows of `a` read in place, or copied into `a_packed` (packed_a_floats(g)) a
+// depth at a time as the group's first panel reaches them (packs_a).
 template <typename W>
-void run_panel(const Product& g, int64_t u) {
+void run_panel(const Product& g, int64_t u, float* a_packed) {
   alignas(64) float buffer[kDepth * kPanel];
   const float* panel = buffer;
   const bool columns = g.lda_k != 1;  // then lda is 1 (Product)
-  const RowBlockFn* blocks = columns ? kRowBlocks<true> : kRowBlocks<false>;
-  const int64_t stride = columns ? g.lda_k : g.lda;
+  const bool pack_a = a_packed != nullptr && packs_a(g);
+  const RowBlockFn* blocks = columns || pack_a ? kRowBlocks<true> : kRowBlocks<false>;
+  const int64_t stride = pack_a ? kRowBlock : columns ? g.lda_k : g.lda;
+  const int64_t first_panel = g.split.first_panel(u), first_row = g.split.first_row(u);
+  const int64_t end_row = g.split.end_row(u, g.M);
   walk_unit(
       g.split, u, g.M, g.K, kDepth,
       [&](int64_t p, int64_t k0, int64_t kc) {
@@ -359,13 +458,25 @@ void run_panel(const Product& g, int64_t u) {
         const __mmask16 m0 = first_lanes(g.N - n0);
         const __mmask16 m1 = g.N - n0 > 16 ? first_lanes(g.N - n0 - 16) : __mmask16(0);
         const bool last = k0 + kc == g.K;
-        blocks[rows - 1](g.a + r0 * g.lda + k0 * g.lda_k, stride, panel, kc,
-                         g.out + r0 * g.ldo + n0, g.ldo, m0, m1,
+        const float* a = g.a + r0 * g.lda + k0 * g.lda_k;
+        if (pack_a) {
+          float* block = a_packed + (r0 - first_row) / kRowBlock * kPackedBlockFloats;
+          if (p == first_panel) {
+            // By rows a block at a time; by columns all the unit's rows at its first block.
+            if (!columns) {
+              pack_rows(g, r0, rows, k0, kc, block);
+            } else if (r0 == first_row) {
+              pack_columns(g, first_row, end_row, k0, kc, a_packed);
+            }
+          }
+          a = block;
+        }
+        blocks[rows - 1](a, stride, panel, kc, g.out + r0 * g.ldo + n0, g.ldo, m0, m1,
                          last && g.bias ? g.bias + n0 : nullptr, k0 > 0 || g.accumulate);
       });
 }
 
-void run_unit(const Product& g, int64_t u) {
+void run_unit(const Product& g, int64_t u, float* a_packed) {
   if (g.K == 0) {
     fill_without_depth(g.M, g.N, g.bias, g.out, g.ldo, g.accumulate);
   } else if (takes_dots(g)) {
@@ -376,9 +487,9 @@ void run_unit(const Product& g, int64_t u) {
     }
   } else {
     switch (g.w_type) {
-      case Storage::kBFloat16: return run_panel<Bf16>(g, u);
-      case Storage::kFloat16: return run_panel<F16>(g, u);
-      default: return run_panel<float>(g, u);
+      case Storage::kBFloat16: return run_panel<Bf16>(g, u, a_packed);
+      case Storage::kFloat16: return run_panel<F16>(g, u, a_packed);
+      default: return run_panel<float>(g, u, a_packed);
     }
   }
 }
@@ -442,11 +553,20 @@ void gemm_nt_small_avx512(const NtGemm* gemms, int count) {
   }
   const int64_t units = first[count];
   const int threads = gemm_threads(work, units);
+  // Each thread's copy of its unit's rows of `a` where a product takes one (packs_a).
+  int64_t slice_floats = 0;
+  for (int j = 0; j < count; ++j) {
+    if (!takes_dots(products[j])) {
+      slice_floats = std::max(slice_floats, packed_a_floats(products[j]));
+    }
+  }
+  float* const slices = slice_floats > 0 ? calling_thread_scratch(slice_floats * threads) : nullptr;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t u = 0; u < units; ++u) {
     int j = 0;
     while (u >= first[j + 1]) ++j;
-    run_unit(products[j], u - first[j]);
+    run_unit(products[j], u - first[j],
+             slices != nullptr ? slices + slice_floats * omp_get_thread_num() : nullptr);
   }
   for (int j = 0; j < count; ++j) narrow_out(gemms[j], products[j]);
 }

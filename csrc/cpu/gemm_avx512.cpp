@@ -553,14 +553,17 @@ void gemm_nt_small_avx512(const NtGemm* gemms, int count) {
   }
   const int64_t units = first[count];
   const int threads = gemm_threads(work, units);
-  // Each thread's copy of its unit's rows of `a` where a product takes one (packs_a).
+  // Each thread's copy of its unit's rows of `a` where a product takes one (packs_a);
+  // without the memory, read in place (the caller may be inside a parallel region:
+  // the loops' threads form their input projections' chunks here).
   int64_t slice_floats = 0;
   for (int j = 0; j < count; ++j) {
     if (!takes_dots(products[j])) {
       slice_floats = std::max(slice_floats, packed_a_floats(products[j]));
     }
   }
-  float* const slices = slice_floats > 0 ? calling_thread_scratch(slice_floats * threads) : nullptr;
+  float* const slices =
+      slice_floats > 0 ? calling_thread_scratch_or_null(slice_floats * threads) : nullptr;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t u = 0; u < units; ++u) {
     int j = 0;

@@ -154,17 +154,24 @@ std::unique_ptr<float[], FreeDeleter> aligned_floats(int64_t floats) {
 }
 
 // The calling thread's scratch of at least `floats` floats, kept between calls
-// (a cell's products take microseconds: no allocation a call). Throws
-// std::bad_alloc outside any parallel region when the memory is not there.
-float* calling_thread_scratch(int64_t floats) {
+// (a cell's products take microseconds: no allocation a call), or null when the
+// memory is not there.
+float* calling_thread_scratch_or_null(int64_t floats) {
   thread_local std::unique_ptr<float[], FreeDeleter> scratch;
   thread_local int64_t size = 0;
   if (size < floats) {
     scratch = aligned_floats(floats);
     size = scratch != nullptr ? floats : 0;
-    if (scratch == nullptr) throw std::bad_alloc();
   }
   return scratch.get();
+}
+
+// The same, throwing std::bad_alloc when the memory is not there: outside any
+// parallel region only (an exception must not leave an OpenMP region).
+float* calling_thread_scratch(int64_t floats) {
+  float* scratch = calling_thread_scratch_or_null(floats);
+  if (scratch == nullptr) throw std::bad_alloc();
+  return scratch;
 }
 
 }  // namespace

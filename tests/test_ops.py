@@ -538,10 +538,11 @@ def test_gemm_large_products(device):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_gemm_nn_at_aliasing_strides(threads, device):
     """Products whose `a` has a stride the AVX-512 kernel copies it at on CPUs with
-    a 32 KB L1 (Zen 4: gemm_avx512.cpp's packs_a): by rows with a row stride of a
-    multiple of 4 KB (a block's 12 rows transposed into depth-major order, 16 depths
-    at a time), by columns with a stride of a multiple of 2 KB in units of 4 panels
-    or more (all the unit's rows a depth at a time); elsewhere read in place.
+    a 32 KB L1 (Zen 4: gemm_avx512.cpp's packs_a): by rows, from 9 rows, with a row
+    stride of a multiple of 4 KB (a block's 12 rows transposed into depth-major
+    order, 16 depths at a time; 5 rows read in place), by columns with a stride of
+    2, 4 or 8 KB in units of 4 panels or more (all the unit's rows a depth at a
+    time; 1536 floats read in place); elsewhere read in place.
     Against float64, with and without c, at partial register blocks, panels, 16-depth
     blocks and depths past one buffered panel, one thread and two."""
     torch.manual_seed(threads)
@@ -549,8 +550,10 @@ def test_gemm_nn_at_aliasing_strides(threads, device):
     torch.set_num_threads(threads)
     try:
         cases = [  # (M, K, N, a's stride in floats, by columns)
-            (37, 300, 33, 1024, False), (300, 1030, 70, 2048, False), (5, 17, 130, 1024, False),
-            (1031, 600, 300, 1536, True), (100, 270, 520, 512, True), (13, 515, 256, 512, True)]
+            (37, 300, 33, 1024, False), (300, 1030, 70, 2048, False), (9, 17, 130, 1024, False),
+            (5, 17, 130, 1024, False),
+            (1031, 600, 300, 1536, True), (1031, 600, 300, 2048, True), (100, 270, 520, 512, True),
+            (13, 515, 256, 512, True)]
         for M, K, N, stride, by_columns in cases:
             if by_columns:
                 a = torch.randn(K, stride, device=device)[:, :M].t()  # strides (1, stride)

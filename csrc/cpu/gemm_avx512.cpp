@@ -98,25 +98,33 @@ void narrow(const float* from, int64_t ld_from, T* to, int64_t ld_to, int64_t ro
   }
 }
 
+// dst[k * ld_dst + i] = src[i * ld_src + k] for k < kc and the lanes i of `stored`
+// (0 for i >= rows), widened to float32: up to 16 rows transposed into depth-major
+// order, 16 x 16 blocks through the registers.
+template <typename W>
+void transpose_rows(const W* src, int64_t ld_src, int64_t rows, int64_t kc, float* dst,
+                    int64_t ld_dst, __mmask16 stored) {
+  for (int64_t kb = 0; kb < kc; kb += 16) {
+    const __mmask16 cols = first_lanes(kc - kb);
+    __m512 r[16];
+    for (int64_t i = 0; i < 16; ++i) {
+      r[i] = i < rows ? load_lanes(cols, src + i * ld_src + kb) : _mm512_setzero_ps();
+    }
+    transpose16(r);
+    for (int64_t k = 0; k < std::min<int64_t>(16, kc - kb); ++k) {
+      _mm512_mask_storeu_ps(dst + (kb + k) * ld_dst, stored, r[k]);
+    }
+  }
+}
+
 // panel[k][c] = w[n0 + c][k0 + k] for k < kc, c < 32; 0 for rows n0 + c >= N.
 template <typename W>
 void transpose_panel(const W* w, int64_t N, int64_t K, int64_t n0, int64_t k0, int64_t kc,
                      float* panel) {
   for (int64_t half = 0; half < 2; ++half) {
-    const int64_t row0 = n0 + 16 * half;
-    for (int64_t kb = 0; kb < kc; kb += 16) {
-      const __mmask16 cols = first_lanes(kc - kb);
-      __m512 r[16];
-      for (int64_t i = 0; i < 16; ++i) {
-        r[i] = row0 + i < N ? load_lanes(cols, w + (row0 + i) * K + k0 + kb)
-                            : _mm512_setzero_ps();
-      }
-      transpose16(r);
-      const int64_t depth = std::min<int64_t>(16, kc - kb);
-      for (int64_t k = 0; k < depth; ++k) {
-        _mm512_store_ps(panel + (kb + k) * kPanel + 16 * half, r[k]);
-      }
-    }
+    const int64_t row0 = n0 + 16 * half, rows = std::max<int64_t>(0, N - row0);
+    transpose_rows(rows > 0 ? w + row0 * K + k0 : w, K, rows, kc, panel + 16 * half, kPanel,
+                   __mmask16(0xffff));
   }
 }
 
@@ -360,9 +368,9 @@ bool small_l1() {
 // gradient's d_pre @ W_ih, the input projection): a multiple of 4 KB, a block's 12
 // rows then in one set of the 8-way L1 (from 9 rows: 8 fit its ways; LSTMCell B 8,
 // H 1024 steps 3.5% and RNNCell B 4 6% slower copied, B 16 RNN / GRU cells 10-17%
-// faster, in-process A/B, noise ~5%). By columns (the weight gradients' d_pre^T, a line per depth, its
-// stride the layer's G * H): 2, 4 or 8 KB, in units of 4 panels or more, each of
-// which reuses the copy. Two Zen 4 vCPUs, alone, M x K x N in GFLOP/s, in place ->
+// faster, in-process A/B, noise ~5%). By columns (the weight gradients' d_pre^T, a
+// line per depth, its stride the layer's G * H): 2, 4 or 8 KB, in units of 4 panels
+// or more, each of which reuses the copy. Two Zen 4 vCPUs, alone, M x K x N in GFLOP/s, in place ->
 // copied: NN 6400 x 2048 x 512 175 -> 193, 6400 x 1024 x 512 169 -> 185, a
 // stride of 3072 floats 135 -> 175; TN 512 x 6400 x 512 142 -> 168, 1024 x 3200 x
 // 256 135 -> 159, 2048 x 6400 x 512 163 -> 181; but TN at strides of 1536 (a GRU
@@ -396,19 +404,8 @@ int64_t packed_a_floats(const Product& g) {
 // kRowBlock (the layout row_block<ROWS, true> reads with stride kRowBlock).
 void pack_rows(const Product& g, int64_t r0, int64_t rows, int64_t k0, int64_t kc,
                float* packed) {
-  constexpr __mmask16 kBlockLanes = (1u << kRowBlock) - 1;
-  for (int64_t kb = 0; kb < kc; kb += 16) {
-    const __mmask16 depths = first_lanes(kc - kb);
-    __m512 r[16];
-    for (int64_t i = 0; i < 16; ++i) {
-      r[i] = i < rows ? _mm512_maskz_loadu_ps(depths, g.a + (r0 + i) * g.lda + k0 + kb)
-                      : _mm512_setzero_ps();
-    }
-    transpose16(r);
-    for (int64_t k = 0; k < std::min<int64_t>(16, kc - kb); ++k) {
-      _mm512_mask_storeu_ps(packed + (kb + k) * kRowBlock, kBlockLanes, r[k]);
-    }
-  }
+  transpose_rows(g.a + r0 * g.lda + k0, g.lda, rows, kc, packed, kRowBlock,
+                 first_lanes(kRowBlock));
 }
 
 // Rows [r0, r1) of `a` by columns (lda 1: a depth's rows side by side, the next
@@ -418,7 +415,7 @@ void pack_rows(const Product& g, int64_t r0, int64_t rows, int64_t k0, int64_t k
 void pack_columns(const Product& g, int64_t r0, int64_t r1, int64_t k0, int64_t kc,
                   float* packed) {
   constexpr int64_t kAhead = 4;
-  constexpr __mmask16 kBlockLanes = (1u << kRowBlock) - 1;
+  const __mmask16 block_lanes = first_lanes(kRowBlock);
   for (int64_t k = 0; k < kc; ++k) {
     const float* depth = g.a + (k0 + k) * g.lda_k;
     if (k0 + k + kAhead < g.K) {
@@ -427,7 +424,7 @@ void pack_columns(const Product& g, int64_t r0, int64_t r1, int64_t k0, int64_t 
     }
     float* block = packed + k * kRowBlock;
     for (int64_t r = r0; r < r1; r += kRowBlock, block += kPackedBlockFloats) {
-      _mm512_mask_storeu_ps(block, kBlockLanes,
+      _mm512_mask_storeu_ps(block, block_lanes,
                             _mm512_maskz_loadu_ps(first_lanes(r1 - r), depth + r));
     }
   }

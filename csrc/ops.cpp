@@ -205,5 +205,15 @@ TORCH_LIBRARY(rnnfused, m) {
     return false;
 #endif
   });
+  // The row stride, in elements, of a float32 backward's gradients on the
+  // pre-activations of `columns` columns (G * H) here: `columns`, or a line more
+  // (cpu::gradient_row_floats, RNNFUSED_CPU_PAD_GRADIENTS).
+  m.def("cpu_gradient_row_stride(int columns) -> int", [](int64_t columns) {
+#if defined(__x86_64__)
+    return rnnfused::cpu::gradient_row_floats(columns);
+#else
+    return columns;
+#endif
+  });
 }
 

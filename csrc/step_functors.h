@@ -120,14 +120,16 @@ struct RnnBackwardStep : StepFunctor<RnnBackwardStep<scalar_t>, scalar_t> {
   const scalar_t* hidden;       // [rows, H]  h' of this step
   const scalar_t* d_hidden;     // [rows, H]  gradient on h' from the later steps
   const scalar_t* grad_output;  // [rows, H]  gradient on h' from the output, or null (in d_hidden)
-  scalar_t* d_pre;              // [rows, H]  out: gradient on the pre-activation
+  scalar_t* d_pre;              // [rows, H]  out: gradient on the pre-activation, rows
+                                //   d_pre_stride apart (>= H: Launch::gradient_rows)
   int64_t H;
   bool relu;
+  int64_t d_pre_stride;
 
   template <typename Lanes>
   C10_ALWAYS_INLINE C10_HOST_DEVICE void apply(const Lanes& l, int64_t b, int64_t j) const {
     const int64_t i = b * H + j;
-    l.store(d_pre + i,
+    l.store(d_pre + b * d_pre_stride + j,
             rnn_backward(l.load(hidden + i), load_plus(l, d_hidden, grad_output, i), relu));
   }
 };
@@ -182,9 +184,11 @@ struct LstmBackwardStep : StepFunctor<LstmBackwardStep<scalar_t>, scalar_t> {
   const scalar_t* d_hidden;      // [rows, H]  gradient on o * tanh(c') from the later steps
   const scalar_t* grad_output;   // [rows, H]  ... from the output, or null (in d_hidden)
   scalar_t* d_cell;              // [rows, H]  in: gradient on c', out: gradient on c_prev
-  scalar_t* d_pre;               // [rows, 4H] out: gradient on the pre-activations
+  scalar_t* d_pre;               // [rows, 4H] out: gradient on the pre-activations, rows
+                                 //   d_pre_stride apart (>= 4H: Launch::gradient_rows)
   scalar_t* hidden;              // [rows, H]  out: o * tanh(c') when non-null (projection grads)
   int64_t H;
+  int64_t d_pre_stride;
 
   template <typename Lanes>
   C10_ALWAYS_INLINE C10_HOST_DEVICE void apply(const Lanes& l, int64_t b, int64_t j) const {
@@ -197,10 +201,11 @@ struct LstmBackwardStep : StepFunctor<LstmBackwardStep<scalar_t>, scalar_t> {
     const V c_prev = l.load(b < rows_before ? cells_before + i : c0 + i);
     const LstmGrads<V> d = lstm_backward(a, c, c_prev, load_plus(l, d_hidden, grad_output, i),
                                          l.load(d_cell + i));
-    l.store(d_pre + g, d.d_pre.i);
-    l.store(d_pre + g + H, d.d_pre.f);
-    l.store(d_pre + g + 2 * H, d.d_pre.g);
-    l.store(d_pre + g + 3 * H, d.d_pre.o);
+    const int64_t p = b * d_pre_stride + j;
+    l.store(d_pre + p, d.d_pre.i);
+    l.store(d_pre + p + H, d.d_pre.f);
+    l.store(d_pre + p + 2 * H, d.d_pre.g);
+    l.store(d_pre + p + 3 * H, d.d_pre.o);
     l.store(d_cell + i, d.d_c_prev);
     if (hidden != nullptr) {
       l.store(hidden + i, lstm_hidden(a, c));
@@ -262,6 +267,7 @@ struct GruBackwardStep : StepFunctor<GruBackwardStep<scalar_t>, scalar_t> {
   scalar_t* d_x;                  // [rows, 3H] out: gradient on the input-side pre-activations
   scalar_t* d_h;                  // [rows, 3H] out: gradient on the hidden-side products
   int64_t H;
+  int64_t d_stride;               // d_x's and d_h's row stride (>= 3H: Launch::gradient_rows)
 
   template <typename Lanes>
   C10_ALWAYS_INLINE C10_HOST_DEVICE void apply(const Lanes& l, int64_t b, int64_t j) const {
@@ -272,7 +278,7 @@ struct GruBackwardStep : StepFunctor<GruBackwardStep<scalar_t>, scalar_t> {
                         l.load(workspace + w + 2 * H), l.load(workspace + w + 3 * H)};
     const V h_prev = l.load(b < rows_before ? hidden_before + i : h0 + i);
     const GruGrads<V> d = gru_backward(a, h_prev, load_plus(l, d_hidden, grad_output, i));
-    const int64_t g = b * 3 * H + j;
+    const int64_t g = b * d_stride + j;
     l.store(d_x + g, d.d_x_r);
     l.store(d_x + g + H, d.d_x_z);
     l.store(d_x + g + 2 * H, d.d_x_n);

@@ -17,6 +17,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 import rnnfused
 from helpers import (
+    cpu_flags_and_vendor,
     FORMS,
     MODULE_KINDS,
     assert_results_equal,
@@ -777,3 +778,60 @@ def test_directions_together_one_node_and_double_backward(name):
                 assert len(nodes) == 1 and f"{name.capitalize()}LayerPair" in nodes.pop(), nodes
     finally:
         torch.set_num_threads(threads)
+
+
+def l1_data_cache_bytes():
+    """The L1 data cache's bytes as the C library tells them (getconf, sysconf's
+    _SC_LEVEL1_DCACHE_SIZE), or None where it cannot."""
+    try:
+        found = subprocess.run(["getconf", "LEVEL1_DCACHE_SIZE"], capture_output=True, text=True)
+        return int(found.stdout.strip()) if found.returncode == 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+def test_padded_gradient_rows(isa):
+    """A float32 backward's gradients on the pre-activations (d_pre, a GRU's d_x and d_h)
+    take rows a 64-byte line longer (16 floats) where the library's AVX-512 GEMM reads
+    them slowly: on AVX-512 CPUs other than Intel's with a 32 KB L1 (Zen 4), G * H a
+    multiple of 512 below 4096 (cpu::gradient_row_floats; torch.ops.rnnfused
+    .cpu_gradient_row_stride says which), or wherever RNNFUSED_CPU_PAD_GRADIENTS is 1, never
+    where it is 0. The step functors, both backward loops and the GEMMs then read and
+    write rows that far apart: in a process of their own with every float32 gradient's
+    rows padded (the switch at 1), on the AVX-512 kernels and on AVX2's, this file's
+    float32 CPU tests give torch.nn's outputs, states and gradients."""
+    stride = torch.ops.rnnfused.cpu_gradient_row_stride
+    found, l1 = cpu_flags_and_vendor(), l1_data_cache_bytes()
+    switch = os.environ.get("RNNFUSED_CPU_PAD_GRADIENTS")
+    if switch in ("0", "1"):
+        expected = {c: c + 16 * int(switch) for c in (6, 512, 2048, 3072, 4096)}
+    elif found is not None and l1 is not None:
+        flags, vendor = found
+        rule = (torch.ops.rnnfused.cpu_isa() == "avx512" and vendor != "GenuineIntel"
+                and 0 < l1 <= 32 * 1024)
+        expected = {6: 6, 512: 512 + 16 * rule, 2048: 2048 + 16 * rule,
+                    3072: 3072 + 16 * rule, 4096: 4096}
+    else:
+        expected = {}
+    for columns, want in expected.items():
+        assert stride(columns) == want, (columns, stride(columns), want)
+
+    env = subprocess_env(RNNFUSED_CPU_PAD_GRADIENTS="1", RNNFUSED_CPU_ISA=isa)
+    probe = subprocess.run(
+        [sys.executable, "-c",
+         "import rnnfused, torch; o = torch.ops.rnnfused; "
+         "print(o.cpu_gradient_row_stride(6), o.cpu_isa())"],
+        env=env, capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    padded, active = probe.stdout.split()
+    assert padded == "22"
+    if active != isa:
+        pytest.skip(f"no {isa} kernels here ({active})")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k",
+         "not cuda and not padded and (float32 or f32 or fused_loop or fused_backward"
+         " or fused_loops or other_sizes or non_contiguous or frozen or initial_state)"],
+        env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert " passed" in result.stdout, result.stdout[-3000:]

@@ -642,9 +642,9 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
 // Runs every backward step of a layer stored in scalar_t (float, c10::BFloat16, c10::Half),
 // in reverse; d_h [B, H] holds grad_h_n on entry and the gradient on h0 on return.
 //   d_recurrent: [N, G*H], the matrix the step functors write the gradient on
-//     h_prev @ W_hh^T into; accumulate: the functor leaves the direct part of d_h
-//     in d_h (GRU); initial_state_grad: else the first step's product is skipped
-//     (common.h's backward_loop);
+//     h_prev @ W_hh^T into (float32: its rows any stride apart); accumulate: the
+//     functor leaves the direct part of d_h in d_h (GRU); initial_state_grad: else
+//     the first step's product is skipped (common.h's backward_loop);
 //   make_step(s, grad_output rows) -> the step functor, reading d_h's rows plus
 //     those (and writing d_h's where it leaves the direct part there: GRU).
 // Returns whether the steps ran on the calling thread alone (d_recurrent then in
@@ -662,6 +662,8 @@ bool fused_backward(const LayerSizes& sz, const Schedule& sched, const at::Tenso
   const bool pairs = kBFloat16 && backward_on_bf16_pairs(J);
   const at::Tensor packed = pairs ? pack_recurrent_t_pairs(w_hh) : pack_recurrent_t(w_hh, fused_lanes());
   const PackedRecurrentT w{packed.data_ptr<float>(), pairs ? J / 2 : J, K, packed.size(0)};
+  // float32 rows may be padded (CpuLaunch::gradient_rows); 16-bit ones are read J apart.
+  TORCH_INTERNAL_ASSERT(d_recurrent.stride(1) == 1 && (kFloat || d_recurrent.stride(0) == J));
   const int threads = loop_threads(sz.batch * J * K, w.blocks);
   // A bfloat16 layer's float32 sums between panels, and the functors' gradients on
   // the products widened (but for the dot product), two steps' worth alternating: a
@@ -674,7 +676,7 @@ bool fused_backward(const LayerSizes& sz, const Schedule& sched, const at::Tenso
   std::vector<FusedBackwardRows<scalar_t>> rows;
   for (int64_t s = sched.steps() - 1; s >= 0; --s) {
     const int64_t off = sched.offset(s);
-    scalar_t* d_rec = d_recurrent.data_ptr<scalar_t>() + off * J;
+    scalar_t* d_rec = d_recurrent.data_ptr<scalar_t>() + off * d_recurrent.stride(0);
     float* d_h_partial = nullptr;
     float* d_rec_float = nullptr;
     if constexpr (kFloat) {
@@ -687,7 +689,7 @@ bool fused_backward(const LayerSizes& sz, const Schedule& sched, const at::Tenso
     }
     steps.push_back(make_step(s, grad_output.data_ptr<scalar_t>() + off * K));
     rows.push_back({sched.rows(s), d_h.data_ptr<scalar_t>(), d_h_partial, d_rec, d_rec_float,
-                    accumulate,
+                    kFloat ? d_recurrent.stride(0) : w.J, accumulate,
                     /*product=*/s > 0 || initial_state_grad});
   }
   const int64_t n = static_cast<int64_t>(steps.size());

@@ -711,7 +711,9 @@ __attribute__((always_inline)) inline void backward_block(const FusedBackwardRow
     const int64_t k = q * 2 * L + half * L;
     masks[half] = S::first(static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(L, w.K - k))));
   }
-  for (int m = 0; m < M; ++m) d_rows[m] = step.d_recurrent_float + (row + m) * w.J;
+  for (int m = 0; m < M; ++m) {
+    d_rows[m] = step.d_recurrent_float + (row + m) * step.d_recurrent_stride;
+  }
   // Blocks of kSumDepth, their sums added up in d_h_partial (a float32 layer's d_h
   // itself); the functor's direct part (GRU: in d_h) added to the first block's.
   for (int64_t b0 = j0; b0 < j1; b0 += kSumDepth) {

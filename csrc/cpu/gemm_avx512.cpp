@@ -17,7 +17,6 @@
 // std::allocator's members into implicitly defined destructors declared after it
 // ("target specific option mismatch", fixed in GCC 14.2).
 #include <omp.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -351,25 +350,16 @@ void form_panel(const Product& g, int64_t p, int64_t k0, int64_t kc, float* dst)
   }
 }
 
-// Whether this CPU's L1 data cache is 32 KB or less (Zen 4's: 32 KB, 8-way), from
-// the C library (0 where it cannot tell: then not). The panel kernel reads its
-// rows of `a` in place on the 48 KB L1s it was tuned on (Zen 5, Intel).
-bool small_l1() {
-  static const bool small = [] {
-    const long bytes = sysconf(_SC_LEVEL1_DCACHE_SIZE);
-    return bytes > 0 && bytes <= 32 * 1024;
-  }();
-  return small;
-}
-
 // Whether g's units copy their rows of `a` a depth at a time (pack_rows,
-// pack_columns) rather than read them in place: on a small L1 (small_l1), where
-// a's stride is one at which reading in place measured slow. By rows (the input
-// gradient's d_pre @ W_ih, the input projection): a multiple of 4 KB, a block's 12
+// pack_columns) rather than read them in place: on a small L1 (small_l1_cache), where
+// a's stride is one at which reading in place measured slow (the backward's own
+// gradients on the pre-activations, which the measurements below were made on, now
+// have rows padded past these strides instead: gradient_row_floats, simd.h). By
+// rows (an input projection, a cell's products): a multiple of 4 KB, a block's 12
 // rows then in one set of the 8-way L1 (from 9 rows: 8 fit its ways; LSTMCell B 8,
 // H 1024 steps 3.5% and RNNCell B 4 6% slower copied, B 16 RNN / GRU cells 10-17%
-// faster, in-process A/B, noise ~5%). By columns (the weight gradients' d_pre^T, a
-// line per depth, its stride the layer's G * H): 2, 4 or 8 KB, in units of 4 panels
+// faster, in-process A/B, noise ~5%). By columns (a d_pre^T, a line per depth, its
+// stride a layer's G * H): 2, 4 or 8 KB, in units of 4 panels
 // or more, each of which reuses the copy. Two Zen 4 vCPUs, alone, M x K x N in GFLOP/s, in place ->
 // copied: NN 6400 x 2048 x 512 175 -> 193, 6400 x 1024 x 512 169 -> 185, a
 // stride of 3072 floats 135 -> 175; TN 512 x 6400 x 512 142 -> 168, 1024 x 3200 x
@@ -382,7 +372,7 @@ bool small_l1() {
 // 6-8%, 50, 32, 1024, 1024 13%; forward: LSTM 100, 16, 1024, 1024 13%, RNN and GRU
 // with I 1024-2048 within 2%; shapes where nothing is copied within the noise (4%).
 bool packs_a(const Product& g) {
-  if (!small_l1()) return false;
+  if (!small_l1_cache()) return false;
   constexpr int64_t kKb = 1024 / sizeof(float);
   constexpr int64_t kL1Ways = 8;
   if (g.lda_k != 1) {

@@ -34,6 +34,19 @@ struct CpuLaunch {
     return cpu::empty_on_huge_pages(sizes, options);
   }
 
+  // The backward's gradients on the pre-activations [rows, columns] (d_pre; a GRU's
+  // d_x and d_h), which the input and weight gradients' GEMMs read: float32 rows
+  // cpu::gradient_row_floats(columns) apart (a line longer where that reads faster),
+  // else contiguous.
+  static at::Tensor gradient_rows(int64_t rows, int64_t columns, const at::TensorOptions& options) {
+#if defined(__x86_64__)
+    const int64_t stride =
+        options.dtype() == at::kFloat ? cpu::gradient_row_floats(columns) : columns;
+    if (stride != columns) return empty({rows, stride}, options).narrow(1, 0, columns);
+#endif
+    return empty({rows, columns}, options);
+  }
+
   // The 16-bit storage types the AVX-512 kernels take (math in float32).
   template <typename T>
   static constexpr bool is_16bit() {

@@ -63,6 +63,30 @@ bool blas_runs_avx512();
 // Intel Xeon vCPUs 2 MB, two Zen 5 vCPUs 1 MB. Read once per process.
 int64_t l2_cache_bytes();
 
+// Whether a core's L1 data cache is 32 KB or less (Zen 4's: 32 KB, 8-way), from
+// sysconf (false where the system does not say). The AVX-512 GEMM was tuned on 48
+// KB L1s (Zen 5, Intel); on a small one it copies `a` at some strides
+// (gemm_avx512.cpp's packs_a). Read once per process.
+bool small_l1_cache();
+
+// The row stride, in floats, of the backward's float32 gradients on the
+// pre-activations (d_pre [N, columns], a GRU's d_x and d_h: CpuLaunch::gradient_rows),
+// which the input gradient's GEMM reads as rows of `a` and the weight gradients'
+// as columns of `a` (d_pre^T): `columns`, or a 64-byte line more where those reads
+// are slow at `columns` and the GEMMs are the library's (AVX-512, not Intel's:
+// blas_runs_avx512) on a small L1 (small_l1_cache): rows of 2 KB multiples below
+// 16 KB, where packs_a would copy `a`, and reading padded rows in place beats the
+// copy. Two Zen 4 vCPUs, GFLOP/s, M x K x N copied -> padded: TN 2048 x 6400 x 512
+// 170 -> 181, 512 x 6400 x 512 158 -> 173, 1024 x 6400 x 512 153 -> 164; NN 6400 x
+// 2048 x 512 157 -> 168-176, 6400 x 1024 x 512 157 -> 169; at rows of 1536 and
+// 3072 floats (not copied) TN even / 186 -> 190, NN 178 -> 186 / 180 -> 191; at 16
+// KB TN in place ran 189 against 181 padded (left). Layers, training, in-process
+// A/B (13 rounds): LSTM 100, 64, 512, 512 2.5-7% faster, 100, 32, 256, 256 4.5-5.5%,
+// 200, 8, 64, 256 5.5-7%, RNN 100, 64, 512, 512 2-4%, the 2-layer bidirectional
+// LSTM 100, 16, 128, 128 3-5%; GRU 512, RNN 1024 and LSTM 1024 (all rows padded)
+// even.
+int64_t gradient_row_floats(int64_t columns);
+
 // Run the step functor `f` (step_functors.h) over rows [row_begin, row_end) and
 // all of its H units, 16 (AVX-512: float, bfloat16 and float16 storage), 8 (AVX2:
 // float) or 4 (AVX2: double, where avx2_float64_math()) units per call.
@@ -265,6 +289,9 @@ struct FusedBackwardRows {
   const T* d_recurrent;       // [rows, J]  the functor's gradient on h_prev @ W_hh^T
   float* d_recurrent_float;   // [rows, J]  out: the same widened, which the product reads
                               //   (float32: d_recurrent itself, not written)
+  int64_t d_recurrent_stride; // d_recurrent_float's row stride in floats: float32 d_recurrent's
+                              //   (>= J: CpuLaunch::gradient_rows), 16-bit the rows' J (the
+                              //   dot product's J / 2 pairs), contiguous
   bool accumulate;            // d_h = the functor's direct part + product (GRU), else product
   bool product;               // whether to form the product (the first step's only feeds the
                               //   gradient on h0)

@@ -141,6 +141,11 @@ struct CudaLaunch {
   static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
     return at::empty(sizes, options);
   }
+  // The backward's gradients on the pre-activations, [rows, columns]: contiguous
+  // here (CpuLaunch's may pad their rows).
+  static at::Tensor gradient_rows(int64_t rows, int64_t columns, const at::TensorOptions& options) {
+    return at::empty({rows, columns}, options);
+  }
 
   // Each product out = a @ w^T (+ bias) (common.h's NtProduct) on cuBLAS: directly
   // (cublas_direct) without a bias, else through ATen.

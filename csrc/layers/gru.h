@@ -43,8 +43,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& workspace, const GradMask& mask) {
   const int64_t H = sz.hidden, N = sz.rows;
   at::Tensor d_h = grad_h_n.clone(at::MemoryFormat::Contiguous);  // [B, H]
-  at::Tensor d_x = Launch::empty({N, 3 * H}, input.options());
-  at::Tensor d_hh = Launch::empty({N, 3 * H}, input.options());
+  at::Tensor d_x = Launch::gradient_rows(N, 3 * H, input.options());
+  at::Tensor d_hh = Launch::gradient_rows(N, 3 * H, input.options());
 
   auto make_step = [&](int64_t s, const scalar_t* grad_output_rows) {
     const int64_t off = sched.offset(s), before = sched.rows_before(s);
@@ -52,7 +52,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         workspace.data_ptr<scalar_t>() + off * 4 * H,
         before > 0 ? output.data_ptr<scalar_t>() + sched.offset_before(s) * H : nullptr,
         h0.data_ptr<scalar_t>(), before, d_h.data_ptr<scalar_t>(), grad_output_rows,
-        d_x.data_ptr<scalar_t>() + off * 3 * H, d_hh.data_ptr<scalar_t>() + off * 3 * H, H};
+        d_x.data_ptr<scalar_t>() + off * d_x.stride(0),
+        d_hh.data_ptr<scalar_t>() + off * d_hh.stride(0), H, d_x.stride(0)};
   };
   const bool loop_on_one_thread = backward_loop<scalar_t, Launch>(
       sz, sched, grad_output, w_hh, d_h, d_hh, /*accumulate=*/true,

@@ -58,7 +58,7 @@ lstm_backward(const LayerSizes& sz, const Schedule& sched, const at::Tensor& gra
   const bool proj = w_hr.defined();
   at::Tensor d_h = grad_h_n.clone(at::MemoryFormat::Contiguous);  // [B, P]
   at::Tensor d_c = grad_c_n.clone(at::MemoryFormat::Contiguous);  // [B, H]
-  at::Tensor d_pre = Launch::empty({N, 4 * H}, input.options());
+  at::Tensor d_pre = Launch::gradient_rows(N, 4 * H, input.options());
   // With a projection: the total gradient on every row's h' and o*tanh(c'), for grad_w_hr.
   at::Tensor d_h_all = proj ? Launch::empty({N, P}, input.options()) : at::Tensor();
   at::Tensor hidden_all = proj ? Launch::empty({N, H}, input.options()) : at::Tensor();
@@ -73,8 +73,8 @@ lstm_backward(const LayerSizes& sz, const Schedule& sched, const at::Tensor& gra
         c0.data_ptr<scalar_t>(), before,
         proj ? d_hidden.data_ptr<scalar_t>() : d_h.data_ptr<scalar_t>(),
         proj ? nullptr : grad_output_rows, d_c.data_ptr<scalar_t>(),
-        d_pre.data_ptr<scalar_t>() + off * 4 * H,
-        proj ? hidden_all.data_ptr<scalar_t>() + off * H : nullptr, H};
+        d_pre.data_ptr<scalar_t>() + off * d_pre.stride(0),
+        proj ? hidden_all.data_ptr<scalar_t>() + off * H : nullptr, H, d_pre.stride(0)};
   };
   const bool loop_on_one_thread = backward_loop<scalar_t, Launch>(
       sz, sched, grad_output, w_hh, d_h, d_pre, /*accumulate=*/false, mask.states,

@@ -37,13 +37,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     bool relu, const GradMask& mask) {
   const int64_t H = sz.hidden, N = sz.rows;
   at::Tensor d_h = grad_h_n.clone(at::MemoryFormat::Contiguous);  // [B, H]
-  at::Tensor d_pre = Launch::empty({N, H}, input.options());
+  at::Tensor d_pre = Launch::gradient_rows(N, H, input.options());
 
   auto make_step = [&](int64_t s, const scalar_t* grad_output_rows) {
     const int64_t off = sched.offset(s);
     return RnnBackwardStep<scalar_t>{{}, output.data_ptr<scalar_t>() + off * H,
-        d_h.data_ptr<scalar_t>(), grad_output_rows, d_pre.data_ptr<scalar_t>() + off * H, H,
-        relu};
+        d_h.data_ptr<scalar_t>(), grad_output_rows,
+        d_pre.data_ptr<scalar_t>() + off * d_pre.stride(0), H, relu, d_pre.stride(0)};
   };
   const bool loop_on_one_thread = backward_loop<scalar_t, Launch>(
       sz, sched, grad_output, w_hh, d_h, d_pre, /*accumulate=*/false,

@@ -544,8 +544,7 @@ void gemm_nt_small_avx512(const NtGemm* gemms, int count) {
   const int64_t units = first[count];
   const int threads = gemm_threads(work, units);
   // Each thread's copy of its unit's rows of `a` where a product takes one (packs_a);
-  // without the memory, read in place (the caller may be inside a parallel region:
-  // the loops' threads form their input projections' chunks here).
+  // without the memory, read in place rather than fail the product.
   int64_t slice_floats = 0;
   for (int j = 0; j < count; ++j) {
     if (!takes_dots(products[j])) {

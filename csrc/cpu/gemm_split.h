@@ -166,8 +166,10 @@ float* calling_thread_scratch_or_null(int64_t floats) {
   return scratch.get();
 }
 
-// The same, throwing std::bad_alloc when the memory is not there: outside any
-// parallel region only (an exception must not leave an OpenMP region).
+// The same, throwing std::bad_alloc when the memory is not there. An exception
+// must not leave an OpenMP region: the GEMMs run outside any, or on the threads of
+// a region that catches and rethrows after it (a bidirectional layer's directions:
+// directions.cpp's run_two); the fused loops' regions call none.
 float* calling_thread_scratch(int64_t floats) {
   float* scratch = calling_thread_scratch_or_null(floats);
   if (scratch == nullptr) throw std::bad_alloc();

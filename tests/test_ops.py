@@ -693,7 +693,7 @@ def test_projection_formed_ahead_at_the_barrier(kind, gates, form, threads):
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
 def test_large_saved_workspace_matches_torch_nn(kind, hidden, device):
     """A float32 training step whose saved workspace (LSTM: gates and cells, 5H a row;
-    GRU 4H) takes 8-10 MB, past two cores' L2: on Intel's AVX-512 CPUs the fused
+    GRU 4H) takes 8-10 MB, past two cores' L2: on AVX-512 CPUs the fused
     loop streams it to memory (non-temporal stores of whole 64-byte lines,
     fused_forward_cpu.h's stream_saved), plain stores for the lines H 250 leaves
     unaligned. The backward reads it back: torch.nn's outputs and gradients."""

@@ -578,14 +578,18 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
   // The workspace the functors save for the backward (LSTM: gates and cells, GRU: r,
   // z, n and W_hn h + b_hn; (G + 1) H values a row) stored past the caches
   // (Lanes::stream: a line written whole, not read in first) where it cannot stay in
-  // the loop threads' L2s until the backward reads it; on Intel's AVX-512 CPUs
-  // (blas_runs_avx512), the only ones measured. In-process A/B, two Xeon vCPUs,
-  // training, four runs: GRU 100, 64, 512, 512 0.7-5% faster (2-3% typical), 50, 16,
-  // 512, 512 3%, 100, 64, 256, 256 1.3%; LSTM 100, 64, 512, 512 0.6-3.7%; the 2-layer
-  // bidirectional LSTM and GRU 100, 16, 128, 128 (3-4 MB a direction) within 1% either
-  // way. Streamed, the 64 KB of 50, 1, 64, 64 cost 3-4% (it stays in L2).
+  // the loop threads' L2s until the backward reads it; on every AVX-512 CPU. In-process
+  // A/B, training: two Xeon vCPUs, four runs: GRU 100, 64, 512, 512 0.7-5% faster
+  // (2-3% typical), 50, 16, 512, 512 3%, 100, 64, 256, 256 1.3%; LSTM 100, 64, 512,
+  // 512 0.6-3.7%; the 2-layer bidirectional LSTM and GRU 100, 16, 128, 128 (3-4 MB a
+  // direction) within 1% either way. Two Zen 4 vCPUs (32 KB L1, 1 MB L2), 11-15
+  // rounds: the bidirectional LSTM 3.8-4.3% faster, LSTM 35, 20, 650, 650 (2 layers)
+  // 3.3%, 200, 8, 64, 256 1.2%, GRU 100, 64, 512, 512 0.9-1.3%, 100, 64, 256, 256
+  // 2.2%, 50, 16, 512, 512 0.8%, LSTM 100, 64, 256, 256 0.9%; LSTM 512 and the
+  // bidirectional GRU even. Streamed, the 64 KB of 50, 1, 64, 64 cost 3-4% (it stays
+  // in L2).
   const bool stream_saved =
-      avx512 && blas_runs_avx512() &&
+      avx512 &&
       sz.rows * (G + 1) * H * static_cast<int64_t>(sizeof(scalar_t)) > threads * l2_cache_bytes();
   auto reads_previous_output = [&](int64_t t) {
     return outputs_are_states && t > 0 && sched.rows(t) <= sched.rows(t - 1);

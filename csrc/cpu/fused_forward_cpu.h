@@ -585,8 +585,9 @@ at::Tensor fused_forward(const LayerSizes& sz, const Schedule& sched, XProj& x_p
   // direction) within 1% either way. Two Zen 4 vCPUs (32 KB L1, 1 MB L2), 11-15
   // rounds: the bidirectional LSTM 3.8-4.3% faster, LSTM 35, 20, 650, 650 (2 layers)
   // 3.3%, 200, 8, 64, 256 1.2%, GRU 100, 64, 512, 512 0.9-1.3%, 100, 64, 256, 256
-  // 2.2%, 50, 16, 512, 512 0.8%, LSTM 100, 64, 256, 256 0.9%; LSTM 512 and the
-  // bidirectional GRU even. Streamed, the 64 KB of 50, 1, 64, 64 cost 3-4% (it stays
+  // 2.2%, 20, 256, 64, 64 4.2%, 50, 16, 512, 512 0.8%, LSTM 20, 256, 64, 64 1.9%,
+  // 100, 32-64, 256, 256 0.9-1.2%; LSTM 512, 50, 16, 512, 512 and the bidirectional
+  // GRU even. Streamed, the 64 KB of 50, 1, 64, 64 cost 3-4% (it stays
   // in L2).
   const bool stream_saved =
       avx512 &&
